@@ -1,0 +1,203 @@
+//! Types shared by the herdwatch eBPF programs (`herdwatch-ebpf`) and the agent (`herdwatch`).
+//!
+//! Everything here is `#[repr(C)]`, has no padding holes the verifier would reject, and is
+//! 8-byte aligned so it can be reserved in a BPF ring buffer. With the `user` feature each type is
+//! `aya::Pod` so the agent can read maps and globals of it.
+#![no_std]
+
+/// Length of `task_struct.comm` in the kernel.
+pub const COMM_LEN: usize = 16;
+/// How many bytes of the exec'd filename the kernel copies into an exec event.
+pub const FILENAME_LEN: usize = 256;
+
+/// Default capacity of the per-thread counter LRU map. A busy 64-core host has a few tens of
+/// thousands of threads; the agent can override this at load time.
+pub const THREAD_MAP_ENTRIES: u32 = 65_536;
+/// Default byte size of the process-event ring buffer (a power of two multiple of the page size).
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+
+/// `sched_switch.prev_state` bits as the tracepoint reports them (`task_state_index` → `1 << (i-1)`).
+pub mod task_state {
+    pub const RUNNING: u64 = 0;
+    pub const INTERRUPTIBLE: u64 = 0x1;
+    pub const UNINTERRUPTIBLE: u64 = 0x2;
+    /// Set by `__trace_sched_switch_state` when the switch is a preemption (`TASK_REPORT_MAX`).
+    pub const PREEMPTED: u64 = 0x100;
+}
+
+/// Per-thread scheduler counters, the value of the `THREADS` LRU hash map (key: thread id).
+///
+/// Totals are monotonic for the life of the thread; the `*_at_ns` fields are the kernel side's
+/// scratch state (CLOCK_MONOTONIC, `bpf_ktime_get_ns`) and are 0 when not applicable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadCounters {
+    /// Thread group id (process id); 0 until the thread has been switched out once.
+    pub tgid: u32,
+    pub _reserved: u32,
+    /// Time on CPU.
+    pub on_cpu_ns: u64,
+    /// Off CPU in interruptible sleep (S): waiting on a socket, a lock, a timer.
+    pub sleep_ns: u64,
+    /// Off CPU in uninterruptible sleep (D): mostly disk and other I/O.
+    pub blocked_ns: u64,
+    /// Off CPU in any other state (stopped, traced, parked, idle kernel threads).
+    pub other_off_ns: u64,
+    /// Runnable but waiting on a run queue (wakeup or preemption → switch-in).
+    pub run_delay_ns: u64,
+    /// Number of run-queue waits that ended in a switch-in.
+    pub run_delay_count: u64,
+    /// Largest single run-queue wait seen.
+    pub run_delay_max_ns: u64,
+    /// Switches where the thread gave up the CPU itself (it blocked).
+    pub voluntary_switches: u64,
+    /// Switches where the thread was preempted while still runnable.
+    pub involuntary_switches: u64,
+    pub switched_in_at_ns: u64,
+    pub switched_out_at_ns: u64,
+    pub enqueued_at_ns: u64,
+    /// `prev_state` at the last switch-out.
+    pub out_state: u64,
+}
+
+/// What each CPU is running, per the last `sched_switch` seen on it (the `CURRENT` per-CPU
+/// array). Lets the agent add the in-progress slice of a running thread, and the kernel side
+/// notice a switch-out it was never told about.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuCurrent {
+    pub tid: u32,
+    pub _reserved: u32,
+    pub since_ns: u64,
+}
+
+/// Which kind of record follows an [`EventHeader`] in the ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A task was created (`task:task_newtask`): a process (fork) or a thread (clone).
+    NewTask = 1,
+    /// A task replaced its image (`sched:sched_process_exec`).
+    Exec = 2,
+    /// A task exited (`sched:sched_process_exit`), with its final counters.
+    Exit = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::NewTask),
+            2 => Some(Self::Exec),
+            3 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// Common first fields of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] as u32.
+    pub kind: u32,
+    /// The task the event is about (thread id).
+    pub tid: u32,
+    /// Its thread group id.
+    pub tgid: u32,
+    pub _reserved: u32,
+    pub timestamp_ns: u64,
+}
+
+/// `CLONE_THREAD` from `<linux/sched.h>`: the new task shares the creator's thread group.
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NewTaskEvent {
+    /// `tid` = the new task, `tgid` = its thread group (the creator's for a thread, its own for a process).
+    pub header: EventHeader,
+    /// The creating thread and its thread group.
+    pub parent_tid: u32,
+    pub parent_tgid: u32,
+    pub clone_flags: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// The tid before exec (differs from header.tid when a non-leader thread exec'd).
+    pub old_tid: u32,
+    pub filename_len: u32,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; FILENAME_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// 1 when this was the last thread of the group (the process is gone).
+    pub group_dead: u32,
+    pub _reserved: u32,
+    pub comm: [u8; COMM_LEN],
+    /// The thread's counters at exit; the kernel side removes its map entry afterwards.
+    pub counters: ThreadCounters,
+}
+
+/// Indexes of the `STATS` per-CPU array: everything the kernel side had to drop.
+pub mod stat {
+    /// Ring buffer full: a process event was lost.
+    pub const EVENTS_DROPPED: u32 = 0;
+    /// The per-thread map refused an insert.
+    pub const THREAD_INSERT_FAILED: u32 = 1;
+    /// A tracepoint field could not be read.
+    pub const READ_FAILED: u32 = 2;
+    /// A CPU switched away from a task whose switch-out the kernel never reported (seen on
+    /// some kernels for some tasks); that task's open slice is discarded, not guessed.
+    pub const MISSED_SWITCH_OUT: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Byte offsets of the tracepoint fields the programs read, taken by the agent from
+/// `events/<category>/<name>/format` in tracefs at load time (the `OFFSETS` global), so a kernel
+/// that moves a field keeps working. The defaults are those of Linux 6.x on x86_64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub switch_prev_pid: u32,
+    pub switch_prev_state: u32,
+    pub switch_next_pid: u32,
+    pub wakeup_pid: u32,
+    pub exec_filename: u32,
+    pub exec_pid: u32,
+    pub exec_old_pid: u32,
+    pub exit_group_dead: u32,
+    pub newtask_pid: u32,
+    pub newtask_clone_flags: u32,
+}
+
+impl TracepointOffsets {
+    pub const LINUX_6_X86_64: Self = Self {
+        switch_prev_pid: 24,
+        switch_prev_state: 32,
+        switch_next_pid: 56,
+        wakeup_pid: 24,
+        exec_filename: 8,
+        exec_pid: 12,
+        exec_old_pid: 16,
+        exit_group_dead: 32,
+        newtask_pid: 8,
+        newtask_clone_flags: 32,
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain integers/arrays with no implicit padding.
+    unsafe impl aya::Pod for ThreadCounters {}
+    unsafe impl aya::Pod for TracepointOffsets {}
+    unsafe impl aya::Pod for CpuCurrent {}
+}

@@ -1,0 +1,44 @@
+//! Maps and globals shared by the programs, plus small helpers around them.
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use herdwatch_common::{
+    CpuCurrent, EVENT_RING_BYTES, THREAD_MAP_ENTRIES, ThreadCounters, TracepointOffsets, stat,
+};
+
+/// Per-thread scheduler counters keyed by thread id. LRU so a host with thread churn can never
+/// fill it; exited threads are removed by the exit program after their totals are reported.
+#[map]
+pub static THREADS: LruHashMap<u32, ThreadCounters> =
+    LruHashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
+
+/// What each CPU is running (index 0 of a per-CPU array).
+#[map]
+pub static CURRENT: PerCpuArray<CpuCurrent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Process lifecycle events for the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Drop and error counters, indexed by `herdwatch_common::stat::*`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Tracepoint field offsets, rewritten by the agent at load time from tracefs `format` files.
+#[unsafe(no_mangle)]
+static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets::LINUX_6_X86_64);
+
+#[inline(always)]
+pub fn offsets() -> TracepointOffsets {
+    OFFSETS.load()
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // Per-CPU slot: no other writer while this program runs on this CPU.
+        unsafe { *slot += 1 };
+    }
+}

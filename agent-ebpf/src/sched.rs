@@ -1,0 +1,171 @@
+//! CPU and run-queue accounting from `sched:sched_switch`, `sched:sched_wakeup` and
+//! `sched:sched_wakeup_new`.
+//!
+//! On-CPU time runs from switch-in to switch-out. Off-CPU time runs from switch-out to the
+//! wakeup (split by the state the thread left in); the run-queue delay runs from the moment the
+//! thread became runnable (wakeup, or switch-out while still runnable = preemption) to its next
+//! switch-in — the same definition as `/proc/<pid>/schedstat` field 2.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use herdwatch_common::{ThreadCounters, stat, task_state};
+
+use crate::maps::{CURRENT, THREADS, count, offsets};
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+/// The thread's counters, created when first seen. Entries are only created for threads that
+/// are running or about to run, so the final switch-out of an exited thread does not recreate
+/// the entry the exit program removed.
+#[inline(always)]
+fn counters_or_insert(tid: u32) -> Option<*mut ThreadCounters> {
+    if let Some(ptr) = THREADS.get_ptr_mut(tid) {
+        return Some(ptr);
+    }
+    if THREADS.insert(tid, ThreadCounters::default(), 0).is_err() {
+        count(stat::THREAD_INSERT_FAILED);
+        return None;
+    }
+    THREADS.get_ptr_mut(tid)
+}
+
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    let off = offsets();
+    let (prev_pid, prev_state, next_pid) = match unsafe {
+        (
+            ctx.read_at::<i32>(off.switch_prev_pid as usize),
+            ctx.read_at::<i64>(off.switch_prev_state as usize),
+            ctx.read_at::<i32>(off.switch_next_pid as usize),
+        )
+    } {
+        (Ok(p), Ok(s), Ok(n)) => (p as u32, s as u64, n as u32),
+        _ => {
+            count(stat::READ_FAILED);
+            return 0;
+        }
+    };
+    let ts = now();
+    track_current(prev_pid, next_pid, ts);
+    // pid 0 is the per-CPU idle task: not a thread anyone wants accounted.
+    if prev_pid != 0 {
+        switch_out(prev_pid, prev_state, ts);
+    }
+    if next_pid != 0 {
+        switch_in(next_pid, ts);
+    }
+    0
+}
+
+/// Records what this CPU runs now. If the CPU was last seen running some other task than the
+/// one switching out, that task's switch-out was never reported: drop its open slice rather
+/// than let it grow forever.
+#[inline(always)]
+fn track_current(prev_pid: u32, next_pid: u32, ts: u64) {
+    let Some(cur) = CURRENT.get_ptr_mut(0) else {
+        return;
+    };
+    let cur = unsafe { &mut *cur };
+    if cur.tid != 0 && cur.tid != prev_pid {
+        count(stat::MISSED_SWITCH_OUT);
+        if let Some(stale) = THREADS.get_ptr_mut(cur.tid) {
+            let stale = unsafe { &mut *stale };
+            if stale.switched_in_at_ns == cur.since_ns {
+                stale.switched_in_at_ns = 0;
+            }
+        }
+    }
+    cur.tid = next_pid;
+    cur.since_ns = ts;
+}
+
+#[inline(always)]
+fn switch_out(tid: u32, state: u64, ts: u64) {
+    let Some(ptr) = THREADS.get_ptr_mut(tid) else {
+        // Not seen switching in since we attached (or already exited): nothing to close.
+        return;
+    };
+    let c = unsafe { &mut *ptr };
+    // The tracepoint runs in the context of the task being switched out.
+    c.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if c.switched_in_at_ns != 0 && ts > c.switched_in_at_ns {
+        c.on_cpu_ns += ts - c.switched_in_at_ns;
+    }
+    c.switched_in_at_ns = 0;
+    c.switched_out_at_ns = ts;
+    c.out_state = state;
+    let still_runnable = state == task_state::RUNNING || state & task_state::PREEMPTED != 0;
+    if still_runnable {
+        c.involuntary_switches += 1;
+        c.enqueued_at_ns = ts;
+    } else {
+        c.voluntary_switches += 1;
+        c.enqueued_at_ns = 0;
+    }
+}
+
+#[inline(always)]
+fn switch_in(tid: u32, ts: u64) {
+    let Some(ptr) = counters_or_insert(tid) else {
+        return;
+    };
+    let c = unsafe { &mut *ptr };
+    if c.enqueued_at_ns != 0 && ts > c.enqueued_at_ns {
+        let delay = ts - c.enqueued_at_ns;
+        c.run_delay_ns += delay;
+        c.run_delay_count += 1;
+        if delay > c.run_delay_max_ns {
+            c.run_delay_max_ns = delay;
+        }
+    }
+    c.enqueued_at_ns = 0;
+    c.switched_out_at_ns = 0;
+    c.switched_in_at_ns = ts;
+}
+
+/// A sleeping thread became runnable: close its off-CPU interval and open its run-queue wait.
+#[inline(always)]
+fn wakeup(ctx: &TracePointContext) -> u32 {
+    let tid = match unsafe { ctx.read_at::<i32>(offsets().wakeup_pid as usize) } {
+        Ok(pid) if pid > 0 => pid as u32,
+        Ok(_) => return 0,
+        Err(_) => {
+            count(stat::READ_FAILED);
+            return 0;
+        }
+    };
+    let Some(ptr) = counters_or_insert(tid) else {
+        return 0;
+    };
+    let c = unsafe { &mut *ptr };
+    let ts = now();
+    if c.switched_out_at_ns != 0 && ts > c.switched_out_at_ns {
+        let off_cpu = ts - c.switched_out_at_ns;
+        if c.out_state & task_state::INTERRUPTIBLE != 0 {
+            c.sleep_ns += off_cpu;
+        } else if c.out_state & task_state::UNINTERRUPTIBLE != 0 {
+            c.blocked_ns += off_cpu;
+        } else {
+            c.other_off_ns += off_cpu;
+        }
+        c.switched_out_at_ns = 0;
+    }
+    // A wakeup of a task that is already queued (or running) does not restart its wait.
+    if c.enqueued_at_ns == 0 && c.switched_in_at_ns == 0 {
+        c.enqueued_at_ns = ts;
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    wakeup(&ctx)
+}
+
+#[tracepoint]
+pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+    wakeup(&ctx)
+}

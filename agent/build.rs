@@ -1,0 +1,21 @@
+//! Compiles `agent-ebpf` for bpfel-unknown-none with the nightly toolchain (aya-build) and
+//! leaves the object in OUT_DIR, where `probes::loader` embeds it with `include_bytes_aligned!`.
+use anyhow::{Context as _, anyhow};
+
+fn main() -> anyhow::Result<()> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .ok_or_else(|| anyhow!("agent crate has no parent dir"))?;
+    let ebpf_dir = root.join("agent-ebpf");
+    let ebpf_dir = ebpf_dir.to_str().context("agent-ebpf path is not UTF-8")?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "herdwatch-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+    .context("building the eBPF programs (run `cargo xtask setup` if the nightly toolchain, rust-src or bpf-linker is missing)")
+}

@@ -1,0 +1,136 @@
+//! The running agent: kernel programs attached, readers spawned, the pipeline task owning the
+//! state, and a handle to read snapshots from.
+use std::sync::Arc;
+
+use aya::Ebpf;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    config::Config,
+    error::{Error, Result},
+    pipeline::{Snapshot, state::PipelineState},
+    probes::{
+        LoadOptions, loader,
+        maps::KernelMaps,
+        reader::{self, ReaderCounters},
+    },
+    procs::ProcessTable,
+};
+
+enum Command {
+    /// Take a snapshot now (after applying every queued event) and send it back.
+    Snapshot(oneshot::Sender<Arc<Snapshot>>),
+}
+
+pub struct Agent {
+    // Dropping Ebpf detaches the programs: it lives exactly as long as the agent.
+    _ebpf: Ebpf,
+    commands: mpsc::Sender<Command>,
+    latest: watch::Receiver<Arc<Snapshot>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Loads and attaches the kernel programs, seeds the process table from /proc and starts
+    /// the pipeline. Must be called inside a tokio runtime.
+    pub async fn start(config: &Config) -> Result<Self> {
+        let kernel_log_level = if tracing::enabled!(tracing::Level::DEBUG) {
+            4
+        } else {
+            2
+        };
+        let mut ebpf = loader::load_and_attach(&LoadOptions {
+            thread_map_entries: config.thread_map_entries,
+            event_ring_bytes: config.event_ring_bytes,
+            kernel_log_level,
+        })?;
+        let counters = Arc::new(ReaderCounters::default());
+        let (event_tx, mut event_rx) = mpsc::channel(config.event_channel_capacity);
+        let mut tasks = vec![reader::spawn_event_reader(
+            &mut ebpf,
+            event_tx,
+            counters.clone(),
+        )?];
+        tasks.extend(reader::spawn_kernel_logger(&mut ebpf));
+        let maps = KernelMaps::take(&mut ebpf)?;
+        // Seed after attaching, so a process born during the scan is seen by one or the other.
+        let table = tokio::task::spawn_blocking(ProcessTable::seed_from_proc)
+            .await
+            .map_err(|_| Error::PipelineStopped)?
+            .map_err(|source| Error::Proc {
+                what: "/proc (initial process scan)".into(),
+                source,
+            })?;
+        let mut state = PipelineState::new(table, maps, counters);
+        let first = Arc::new(state.snapshot());
+        let (snap_tx, latest) = watch::channel(first);
+        let (commands, mut command_rx) = mpsc::channel::<Command>(16);
+        let interval = config.interval();
+        tasks.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    event = event_rx.recv() => match event {
+                        Some(event) => state.apply(&event),
+                        None => return,
+                    },
+                    command = command_rx.recv() => match command {
+                        Some(Command::Snapshot(reply)) => {
+                            drain(&mut event_rx, &mut state);
+                            let snap = Arc::new(state.snapshot());
+                            snap_tx.send_replace(snap.clone());
+                            let _ = reply.send(snap);
+                        }
+                        None => return,
+                    },
+                    _ = ticker.tick() => {
+                        drain(&mut event_rx, &mut state);
+                        snap_tx.send_replace(Arc::new(state.snapshot()));
+                    }
+                }
+            }
+        }));
+        Ok(Self {
+            _ebpf: ebpf,
+            commands,
+            latest,
+            tasks,
+        })
+    }
+
+    /// A snapshot taken now, with every event received so far applied.
+    pub async fn snapshot_now(&self) -> Result<Arc<Snapshot>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Snapshot(tx))
+            .await
+            .map_err(|_| Error::PipelineStopped)?;
+        rx.await.map_err(|_| Error::PipelineStopped)
+    }
+
+    /// The most recent periodic snapshot.
+    pub fn latest(&self) -> Arc<Snapshot> {
+        self.latest.borrow().clone()
+    }
+
+    /// Resolves when a new periodic snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.latest.clone()
+    }
+}
+
+fn drain(rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>, state: &mut PipelineState) {
+    while let Ok(event) = rx.try_recv() {
+        state.apply(&event);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The agent's one config struct: defaults, then a TOML file, then `HERDWATCH_*` environment
+//! variables, then command-line flags — each validated with an error naming where it came from.
+use std::{path::Path, time::Duration};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How often a snapshot is taken and the live view refreshed, in milliseconds.
+    pub interval_ms: u64,
+    /// Capacity of the kernel's per-thread counter LRU map.
+    pub thread_map_entries: u32,
+    /// Size of the process-event ring buffer in bytes (a power of two, at least 4096).
+    pub event_ring_bytes: u32,
+    /// Capacity of the channel from the ring-buffer reader to the pipeline.
+    pub event_channel_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interval_ms: 2000,
+            thread_map_entries: herdwatch_common::THREAD_MAP_ENTRIES,
+            event_ring_bytes: herdwatch_common::EVENT_RING_BYTES,
+            event_channel_capacity: 8192,
+        }
+    }
+}
+
+impl Config {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// Parses a TOML document (`origin` names it in errors, e.g. the file path).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("config file {}", path.display()),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Applies `HERDWATCH_INTERVAL_MS` and friends from `vars`.
+    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
+        for (key, value) in vars {
+            let Some(field) = key.strip_prefix("HERDWATCH_") else {
+                continue;
+            };
+            let bad = |m: String| Error::Config {
+                origin: format!("environment variable {key}"),
+                message: m,
+            };
+            let parse_u64 = |v: &str| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|e| bad(format!("{v:?}: {e}")))
+            };
+            match field {
+                "INTERVAL_MS" => self.interval_ms = parse_u64(&value)?,
+                "THREAD_MAP_ENTRIES" => {
+                    self.thread_map_entries =
+                        u32::try_from(parse_u64(&value)?).map_err(|e| bad(e.to_string()))?
+                }
+                "EVENT_RING_BYTES" => {
+                    self.event_ring_bytes =
+                        u32::try_from(parse_u64(&value)?).map_err(|e| bad(e.to_string()))?
+                }
+                "EVENT_CHANNEL_CAPACITY" => {
+                    self.event_channel_capacity = parse_u64(&value)? as usize
+                }
+                // Other HERDWATCH_* variables belong to the test harness or tools.
+                _ => {}
+            }
+        }
+        self.validate("environment")
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let fail = |message: String| {
+            Err(Error::Config {
+                origin: origin.to_string(),
+                message,
+            })
+        };
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            return fail(format!(
+                "interval_ms = {} is outside 100..=3600000",
+                self.interval_ms
+            ));
+        }
+        if !(1024..=4_194_304).contains(&self.thread_map_entries) {
+            return fail(format!(
+                "thread_map_entries = {} is outside 1024..=4194304",
+                self.thread_map_entries
+            ));
+        }
+        if self.event_ring_bytes < 4096 || !self.event_ring_bytes.is_power_of_two() {
+            return fail(format!(
+                "event_ring_bytes = {} must be a power of two ≥ 4096",
+                self.event_ring_bytes
+            ));
+        }
+        if !(16..=1_048_576).contains(&self.event_channel_capacity) {
+            return fail(format!(
+                "event_channel_capacity = {} is outside 16..=1048576",
+                self.event_channel_capacity
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_toml_overrides() {
+        Config::default()
+            .validate("default")
+            .expect("defaults valid");
+        let c = Config::from_toml("interval_ms = 500\n", "t.toml").expect("valid");
+        assert_eq!(c.interval_ms, 500);
+        assert_eq!(c.thread_map_entries, Config::default().thread_map_entries);
+    }
+
+    #[test]
+    fn bad_lines_name_the_origin_and_the_problem() {
+        let err = Config::from_toml("interval_ms = \"fast\"\n", "/etc/herdwatch.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("/etc/herdwatch.toml") && text.contains("line 1"),
+            "{text}"
+        );
+        let err = Config::from_toml("intervall_ms = 5\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("intervall_ms"), "{err}");
+        let err = Config::from_toml("event_ring_bytes = 5000\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("power of two"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_rejects_garbage() {
+        let mut c = Config::default();
+        c.apply_env([("HERDWATCH_INTERVAL_MS".to_string(), "250".to_string())].into_iter())
+            .expect("valid");
+        assert_eq!(c.interval_ms, 250);
+        let err = c
+            .apply_env([("HERDWATCH_INTERVAL_MS".to_string(), "x".to_string())].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HERDWATCH_INTERVAL_MS"), "{err}");
+    }
+}

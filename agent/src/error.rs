@@ -1,0 +1,80 @@
+//! The one error type of the `herdwatch` library. Every variant says what failed and, where
+//! there is one, the fix; the binary prints these as they are.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "tracefs is not mounted at {path} and mounting it failed ({source}); fix: `mount -t tracefs nodev /sys/kernel/tracing` as root"
+    )]
+    TracefsUnavailable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "tracepoint {category}:{name} is not available ({detail}); this kernel lacks it or tracefs is incomplete"
+    )]
+    TracepointMissing {
+        category: String,
+        name: String,
+        detail: String,
+    },
+    #[error("cannot load the eBPF programs: {source}{hint}")]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+        hint: &'static str,
+    },
+    #[error("eBPF program {program} failed to {action}: {source}{hint}")]
+    Program {
+        program: String,
+        action: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+        hint: &'static str,
+    },
+    #[error("eBPF map {name} is missing or has the wrong type: {detail}")]
+    Map { name: &'static str, detail: String },
+    #[error("reading {what}: {source}")]
+    Proc {
+        what: String,
+        #[source]
+        source: procfs::ProcError,
+    },
+    #[error("I/O on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Config { origin: String, message: String },
+    #[error("malformed event from the kernel: {0}")]
+    Decode(String),
+    #[error("the agent's pipeline task has stopped")]
+    PipelineStopped,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The fix to print when the kernel refused us for lack of privilege.
+pub const PRIVILEGE_HINT: &str = " — run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE \
+(systemd: AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_RESOURCE; Kubernetes: securityContext.capabilities.add)";
+
+/// True when an OS error means "not permitted" rather than "not supported".
+pub fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return true;
+        }
+        let text = e.to_string();
+        if text.contains("Operation not permitted") || text.contains("Permission denied") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}

@@ -1,0 +1,15 @@
+//! herdwatch: an eBPF host agent that watches gunicorn/uvicorn fleets from the kernel and
+//! names the repeating root cause behind "CPU high".
+pub mod agent;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod net;
+pub mod pipeline;
+pub mod probes;
+pub mod procs;
+pub mod view;
+
+pub use agent::Agent;
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,0 +1,150 @@
+//! The `herdwatch` binary: run, check, version.
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use herdwatch::{Agent, Config, check, view};
+
+#[derive(Parser)]
+#[command(
+    name = "herdwatch",
+    version,
+    about = "eBPF agent naming the repeating root cause of CPU saturation in Python web fleets"
+)]
+struct Cli {
+    /// TOML config file (defaults apply without one).
+    #[arg(long, global = true, env = "HERDWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Trace and show the live view (pools, top processes by CPU and run-queue delay).
+    Run {
+        /// Print one view after one interval and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print snapshots as JSON lines instead of the terminal view.
+        #[arg(long)]
+        json: bool,
+        /// Refresh interval in milliseconds (overrides the config).
+        #[arg(long)]
+        interval_ms: Option<u64>,
+    },
+    /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
+    Check,
+    /// Print the version.
+    Version,
+}
+
+fn load_config(path: Option<&PathBuf>, interval_ms: Option<u64>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    config.apply_env(std::env::vars())?;
+    if let Some(ms) = interval_ms {
+        config.interval_ms = ms;
+        config.validate("--interval-ms")?;
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERDWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Cmd::Run {
+        once: false,
+        json: false,
+        interval_ms: None,
+    }) {
+        Cmd::Version => {
+            println!("herdwatch {}", env!("CARGO_PKG_VERSION"));
+            Ok(true)
+        }
+        Cmd::Check => Ok(run_check()),
+        Cmd::Run {
+            once,
+            json,
+            interval_ms,
+        } => {
+            load_config(cli.config.as_ref(), interval_ms).and_then(|config| run(config, once, json))
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("herdwatch: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_check() -> bool {
+    let lines = check::run_checks();
+    for l in &lines {
+        println!(
+            "{} {:<28} {}",
+            if l.ok { "ok  " } else { "FAIL" },
+            l.name,
+            l.detail
+        );
+    }
+    lines.iter().all(|l| l.ok)
+}
+
+fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let agent = Agent::start(&config).await?;
+        let mut updates = agent.subscribe();
+        let print = |snap: &herdwatch::pipeline::Snapshot| -> anyhow::Result<()> {
+            let mut stdout = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer(&mut stdout, snap)?;
+                writeln!(stdout)?;
+            } else {
+                if !once {
+                    // Clear the screen and home the cursor for the live view.
+                    write!(stdout, "\x1b[2J\x1b[H")?;
+                }
+                write!(stdout, "{}", view::render(snap))?;
+            }
+            stdout.flush()?;
+            Ok(())
+        };
+        if once {
+            // The first periodic snapshot covers one full interval since start.
+            updates
+                .changed()
+                .await
+                .map_err(|_| herdwatch::Error::PipelineStopped)?;
+            let snap = updates.borrow_and_update().clone();
+            print(&snap)?;
+            return Ok(true);
+        }
+        loop {
+            tokio::select! {
+                changed = updates.changed() => {
+                    if changed.is_err() { return Ok(false); }
+                    let snap = updates.borrow_and_update().clone();
+                    print(&snap)?;
+                }
+                _ = tokio::signal::ctrl_c() => return Ok(true),
+            }
+        }
+    })
+}

@@ -1,0 +1,102 @@
+//! Listen sockets of a set of processes, from their fds matched against their network
+//! namespace's /proc/<pid>/net/{tcp,tcp6,unix}, with the accept-queue length of each.
+use std::collections::{BTreeMap, HashSet};
+
+use procfs::{
+    net::{TcpState, UnixState},
+    process::{FDTarget, Process},
+};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Tcp,
+    Unix,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listener {
+    pub inode: u64,
+    pub transport: Transport,
+    /// `127.0.0.1:8000`, `[::]:8000` or `unix:/run/app.sock`.
+    pub address: String,
+    pub port: Option<u16>,
+    /// Connections completed by the kernel but not yet accept()ed — `ss -ltn` Recv-Q.
+    /// None for Unix sockets: /proc/net/unix does not expose it.
+    pub accept_queue: Option<u32>,
+}
+
+/// Socket inodes among the open fds of `pid`. A process that exited or an fd that closed
+/// mid-read yields fewer inodes, not an error.
+pub fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(proc) = Process::new(pid as i32) else {
+        return HashSet::new();
+    };
+    let Ok(fds) = proc.fd() else {
+        return HashSet::new();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| match fd.target {
+            FDTarget::Socket(inode) => Some(inode),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Listen sockets held by any of `pids`, read in the network namespace of the first one that
+/// is still alive. Deduplicated by inode (workers inherit the master's socket).
+pub fn listeners_of(pids: &[u32]) -> Vec<Listener> {
+    let mut inodes = HashSet::new();
+    for pid in pids {
+        inodes.extend(socket_inodes(*pid));
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Some(proc) = pids.iter().find_map(|pid| Process::new(*pid as i32).ok()) else {
+        return Vec::new();
+    };
+    let mut found: BTreeMap<u64, Listener> = BTreeMap::new();
+    let tcp = proc
+        .tcp()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(proc.tcp6().unwrap_or_default());
+    for entry in tcp {
+        if entry.state == TcpState::Listen && inodes.contains(&entry.inode) {
+            let address = entry.local_address.to_string();
+            found.insert(
+                entry.inode,
+                Listener {
+                    inode: entry.inode,
+                    transport: Transport::Tcp,
+                    address,
+                    port: Some(entry.local_address.port()),
+                    // For a LISTEN socket the kernel prints sk_ack_backlog as rx_queue.
+                    accept_queue: Some(entry.rx_queue),
+                },
+            );
+        }
+    }
+    for entry in proc.unix().unwrap_or_default() {
+        // SOCK_STREAM (1) with a path, not connected: a listening socket.
+        if entry.socket_type == libc::SOCK_STREAM as u16
+            && entry.state == UnixState::UNCONNECTED
+            && inodes.contains(&entry.inode)
+            && let Some(path) = &entry.path
+        {
+            found.insert(
+                entry.inode,
+                Listener {
+                    inode: entry.inode,
+                    transport: Transport::Unix,
+                    address: format!("unix:{}", path.display()),
+                    port: None,
+                    accept_queue: None,
+                },
+            );
+        }
+    }
+    found.into_values().collect()
+}

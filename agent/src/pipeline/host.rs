@@ -1,0 +1,68 @@
+//! Host CPU utilisation from /proc/stat deltas.
+use procfs::{CurrentSI, KernelStats};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    busy: u64,
+    total: u64,
+}
+
+pub fn read_ticks() -> Option<CpuTicks> {
+    let stats = KernelStats::current().ok()?;
+    let t = stats.total;
+    let idle = t.idle + t.iowait.unwrap_or(0);
+    let busy = t.user
+        + t.nice
+        + t.system
+        + t.irq.unwrap_or(0)
+        + t.softirq.unwrap_or(0)
+        + t.steal.unwrap_or(0);
+    Some(CpuTicks {
+        busy,
+        total: busy + idle,
+    })
+}
+
+/// Fraction (0..=1) of all CPUs busy between two readings; None if no time passed.
+pub fn utilization(prev: CpuTicks, cur: CpuTicks) -> Option<f64> {
+    let total = cur.total.checked_sub(prev.total)?;
+    let busy = cur.busy.checked_sub(prev.busy)?;
+    (total > 0).then(|| (busy as f64 / total as f64).clamp(0.0, 1.0))
+}
+
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` uses.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilization_from_deltas() {
+        let a = CpuTicks {
+            busy: 100,
+            total: 400,
+        };
+        let b = CpuTicks {
+            busy: 180,
+            total: 500,
+        };
+        assert_eq!(utilization(a, b), Some(0.8));
+        assert_eq!(utilization(b, b), None);
+        assert_eq!(utilization(b, a), None);
+    }
+}

@@ -1,0 +1,97 @@
+//! What the pipeline publishes every interval: read-only, cheap to clone behind an Arc, and the
+//! one thing the terminal view, `--json` and the tests read.
+use serde::Serialize;
+
+use crate::{
+    net::Listener,
+    probes::maps::KernelDrops,
+    procs::{CpuTotals, Pool, worker_state::WorkerState},
+};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub taken_at_unix_ms: u64,
+    /// Wall time the rates below are computed over (0 for the first snapshot).
+    pub interval_ms: u64,
+    pub host: HostView,
+    /// Every live process, highest CPU first.
+    pub processes: Vec<ProcessView>,
+    pub pools: Vec<PoolView>,
+    pub lifecycle: Vec<crate::procs::table::Lifecycle>,
+    pub agent: AgentStats,
+}
+
+impl Snapshot {
+    pub fn process(&self, pid: u32) -> Option<&ProcessView> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+
+    pub fn pool_of_master(&self, master: u32) -> Option<&PoolView> {
+        self.pools.iter().find(|p| p.pool.master == master)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostView {
+    pub cpus: usize,
+    /// Share of all CPUs busy over the interval, 0..=1 (None on the first snapshot).
+    pub cpu_utilization: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub cmdline: String,
+    /// Since the agent started watching the process.
+    pub totals: CpuTotals,
+    /// CPU over the interval, in % of one CPU.
+    pub cpu_percent: f64,
+    /// Run-queue wait over the interval, ms per second of wall time (summed over threads).
+    pub run_delay_ms_per_s: f64,
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerView {
+    pub pid: u32,
+    pub state: WorkerState,
+    pub cpu_percent: f64,
+    pub totals: CpuTotals,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    #[serde(flatten)]
+    pub pool: Pool,
+    pub listeners: Vec<Listener>,
+    pub worker_states: Vec<WorkerView>,
+    pub busy_workers: usize,
+    /// Master and workers together, % of one CPU.
+    pub cpu_percent: f64,
+}
+
+impl PoolView {
+    /// Sum of the TCP accept queues (None when no listener exposes one).
+    pub fn accept_queue(&self) -> Option<u32> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.accept_queue)
+            .reduce(|a, b| a + b)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentStats {
+    pub events_received: u64,
+    pub events_channel_full: u64,
+    pub events_malformed: u64,
+    pub kernel: KernelDrops,
+    /// Full /proc scans so far (1 = only the seed at start).
+    pub process_scans: u64,
+    pub process_scan_skipped: u64,
+    pub processes_tracked: usize,
+    pub threads_tracked: usize,
+}

@@ -1,0 +1,251 @@
+//! The pipeline's state and the per-interval snapshot computation.
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use herdwatch_common::{CpuCurrent, ThreadCounters};
+
+use crate::{
+    net::listen,
+    probes::{ProcessEvent, maps::KernelMaps, reader::ReaderCounters},
+    procs::{CpuTotals, Pool, ProcessTable, pools, worker_state},
+};
+
+use super::{
+    host::{self, CpuTicks},
+    snapshot::{AgentStats, HostView, PoolView, ProcessView, Snapshot, WorkerView},
+};
+
+/// Bound on the tid → tgid cache for threads not yet seen switching out.
+const TID_CACHE_MAX: usize = 65_536;
+const CMDLINE_MAX: usize = 200;
+
+pub struct PipelineState {
+    table: ProcessTable,
+    maps: KernelMaps,
+    reader: Arc<ReaderCounters>,
+    pools: Vec<Pool>,
+    pools_generation: u64,
+    prev_totals: HashMap<u32, CpuTotals>,
+    prev_taken_mono_ns: u64,
+    prev_ticks: Option<CpuTicks>,
+    tid_to_tgid: HashMap<u32, u32>,
+}
+
+impl PipelineState {
+    pub fn new(table: ProcessTable, maps: KernelMaps, reader: Arc<ReaderCounters>) -> Self {
+        Self {
+            table,
+            maps,
+            reader,
+            pools: Vec::new(),
+            pools_generation: u64::MAX,
+            prev_totals: HashMap::new(),
+            prev_taken_mono_ns: 0,
+            prev_ticks: host::read_ticks(),
+            tid_to_tgid: HashMap::new(),
+        }
+    }
+
+    pub fn apply(&mut self, event: &ProcessEvent) {
+        if let ProcessEvent::Exit { tid, .. } = event {
+            self.tid_to_tgid.remove(tid);
+        }
+        self.table.apply(event);
+    }
+
+    /// Thread group of a thread the kernel side has not attributed yet (never switched out
+    /// since we attached, e.g. a CPU hog alone on its CPU).
+    fn resolve_tgid(&mut self, tid: u32) -> Option<u32> {
+        if let Some(tgid) = self.tid_to_tgid.get(&tid) {
+            return Some(*tgid);
+        }
+        let tgid = procfs::process::Process::new(tid as i32)
+            .and_then(|p| p.status())
+            .ok()
+            .map(|s| s.tgid as u32)?;
+        if self.tid_to_tgid.len() >= TID_CACHE_MAX {
+            self.tid_to_tgid.clear();
+        }
+        self.tid_to_tgid.insert(tid, tgid);
+        Some(tgid)
+    }
+
+    fn live_totals(&mut self, now_mono: u64) -> (HashMap<u32, (CpuTotals, u32)>, usize) {
+        let running = self.maps.running_now();
+        let threads = self.maps.threads();
+        let count = threads.len();
+        let mut per_process: HashMap<u32, (CpuTotals, u32)> = HashMap::new();
+        for (tid, mut c) in threads {
+            let tgid = if c.tgid != 0 {
+                c.tgid
+            } else {
+                match self.resolve_tgid(tid) {
+                    Some(t) => t,
+                    None => continue,
+                }
+            };
+            include_running_slice(&mut c, &running, tid, now_mono);
+            let entry = per_process.entry(tgid).or_default();
+            entry.0.add_thread(&c);
+            entry.1 += 1;
+        }
+        (per_process, count)
+    }
+
+    pub fn snapshot(&mut self) -> Snapshot {
+        let now_mono = host::monotonic_ns();
+        let interval_ns = if self.prev_taken_mono_ns == 0 {
+            0
+        } else {
+            now_mono.saturating_sub(self.prev_taken_mono_ns)
+        };
+        let (live, threads_tracked) = self.live_totals(now_mono);
+        let rate = |cur: u64, prev: u64| -> f64 {
+            if interval_ns == 0 {
+                0.0
+            } else {
+                cur.saturating_sub(prev) as f64 / interval_ns as f64
+            }
+        };
+
+        let mut processes = Vec::with_capacity(self.table.len());
+        let mut new_prev = HashMap::with_capacity(self.table.len());
+        for info in self.table.iter() {
+            let mut totals = info.exited_threads;
+            let mut threads = 0;
+            if let Some((t, n)) = live.get(&info.pid) {
+                totals.add(t);
+                threads = *n;
+            }
+            let prev = self.prev_totals.get(&info.pid).copied().unwrap_or_default();
+            processes.push(ProcessView {
+                pid: info.pid,
+                ppid: info.ppid,
+                comm: info.comm.clone(),
+                cmdline: truncate(&printable(&info.cmdline.join(" ")), CMDLINE_MAX),
+                totals,
+                cpu_percent: 100.0 * rate(totals.on_cpu_ns, prev.on_cpu_ns),
+                run_delay_ms_per_s: 1000.0 * rate(totals.run_delay_ns, prev.run_delay_ns),
+                threads,
+            });
+            new_prev.insert(info.pid, totals);
+        }
+        processes.sort_by(|a, b| {
+            b.cpu_percent
+                .total_cmp(&a.cpu_percent)
+                .then(a.pid.cmp(&b.pid))
+        });
+        self.prev_totals = new_prev;
+        self.prev_taken_mono_ns = now_mono;
+
+        if self.pools_generation != self.table.generation {
+            self.pools = pools::discover(&self.table);
+            self.pools_generation = self.table.generation;
+        }
+        let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
+        let pool_views = self
+            .pools
+            .iter()
+            .map(|pool| pool_view(pool, &by_pid))
+            .collect();
+
+        let ticks = host::read_ticks();
+        let cpu_utilization = match (self.prev_ticks, ticks) {
+            (Some(a), Some(b)) if interval_ns > 0 => host::utilization(a, b),
+            _ => None,
+        };
+        self.prev_ticks = ticks.or(self.prev_ticks);
+
+        let agent = AgentStats {
+            events_received: self.reader.events_received.load(Ordering::Relaxed),
+            events_channel_full: self.reader.events_channel_full.load(Ordering::Relaxed),
+            events_malformed: self.reader.events_malformed.load(Ordering::Relaxed),
+            kernel: self.maps.drops(),
+            process_scans: self.table.scans,
+            process_scan_skipped: self.table.scan_skipped,
+            processes_tracked: self.table.len(),
+            threads_tracked,
+        };
+        Snapshot {
+            taken_at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            interval_ms: interval_ns / 1_000_000,
+            host: HostView {
+                cpus: host::cpu_count(),
+                cpu_utilization,
+            },
+            processes,
+            pools: pool_views,
+            lifecycle: self.table.drain_lifecycle(),
+            agent,
+        }
+    }
+}
+
+/// Adds the slice a thread is running right now, so a thread that has not been switched out
+/// for a while still shows its CPU. Only for threads a CPU really runs now: a switch-out the
+/// kernel never reported must not turn into an ever-growing slice.
+fn include_running_slice(c: &mut ThreadCounters, running: &[CpuCurrent], tid: u32, now_mono: u64) {
+    let on_a_cpu = running
+        .iter()
+        .any(|r| r.tid == tid && r.since_ns == c.switched_in_at_ns);
+    if on_a_cpu && c.switched_in_at_ns != 0 && now_mono > c.switched_in_at_ns {
+        c.on_cpu_ns += now_mono - c.switched_in_at_ns;
+    }
+}
+
+fn pool_view(pool: &Pool, by_pid: &HashMap<u32, &ProcessView>) -> PoolView {
+    let mut members = vec![pool.master];
+    members.extend(pool.workers.iter().filter(|w| **w != pool.master));
+    let listeners = listen::listeners_of(&members);
+    let worker_states: Vec<WorkerView> = pool
+        .workers
+        .iter()
+        .map(|pid| {
+            let view = by_pid.get(pid);
+            WorkerView {
+                pid: *pid,
+                state: worker_state::read(*pid),
+                cpu_percent: view.map(|v| v.cpu_percent).unwrap_or(0.0),
+                totals: view.map(|v| v.totals).unwrap_or_default(),
+            }
+        })
+        .collect();
+    let busy_workers = worker_states.iter().filter(|w| w.state.is_busy()).count();
+    let cpu_percent = members
+        .iter()
+        .filter_map(|pid| by_pid.get(pid))
+        .map(|v| v.cpu_percent)
+        .sum();
+    PoolView {
+        name: pool.name(),
+        pool: pool.clone(),
+        listeners,
+        worker_states,
+        busy_workers,
+        cpu_percent,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Command lines may hold newlines and escape sequences; the terminal view must not obey them.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}

@@ -1,0 +1,113 @@
+//! Loads the embedded eBPF object, patches it for this kernel and attaches every program.
+use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use herdwatch_common::TracepointOffsets;
+
+use crate::error::{Error, PRIVILEGE_HINT, Result, is_permission_error};
+
+use super::tracefs;
+
+/// The eBPF object built by `build.rs` from `agent-ebpf`.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/herdwatch-ebpf"));
+
+/// Every program: (function name in agent-ebpf, tracepoint category, tracepoint name).
+pub const PROGRAMS: [(&str, &str, &str); 6] = [
+    ("sched_switch", "sched", "sched_switch"),
+    ("sched_wakeup", "sched", "sched_wakeup"),
+    ("sched_wakeup_new", "sched", "sched_wakeup_new"),
+    ("task_newtask", "task", "task_newtask"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub thread_map_entries: u32,
+    pub event_ring_bytes: u32,
+    /// Highest aya-log level the kernel side emits (1 = error … 5 = trace).
+    pub kernel_log_level: u8,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            thread_map_entries: herdwatch_common::THREAD_MAP_ENTRIES,
+            event_ring_bytes: herdwatch_common::EVENT_RING_BYTES,
+            kernel_log_level: 2,
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so map creation does not
+/// fail on them. Newer kernels ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "could not lift RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn hint_for(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    if is_permission_error(err) {
+        PRIVILEGE_HINT
+    } else {
+        ""
+    }
+}
+
+/// Loads the object with this kernel's tracepoint offsets, without attaching anything.
+pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
+    raise_memlock_limit();
+    let tracefs = tracefs::ensure_mounted()?;
+    let offsets: TracepointOffsets = tracefs::read_offsets(&tracefs)?;
+    let level = opts.kernel_log_level;
+    EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .override_global(aya_log::LEVEL, &level, false)
+        .map_max_entries("THREADS", opts.thread_map_entries)
+        .map_max_entries("EVENTS", opts.event_ring_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|source| Error::Load {
+            hint: hint_for(&source),
+            source,
+        })
+}
+
+/// Loads (verifies) and attaches one program by name.
+pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
+    let program_error = |action, source: aya::programs::ProgramError| Error::Program {
+        program: name.to_string(),
+        action,
+        hint: hint_for(&source),
+        source,
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Map {
+            name: "program",
+            detail: format!("{name} is not in the eBPF object"),
+        })?
+        .try_into()
+        .map_err(|e| program_error("convert", e))?;
+    program.load().map_err(|e| program_error("load", e))?;
+    program
+        .attach(category, event)
+        .map_err(|e| program_error("attach", e))?;
+    Ok(())
+}
+
+/// Loads and attaches all programs; on error nothing stays attached (dropping `Ebpf` detaches).
+pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
+    let mut ebpf = load(opts)?;
+    for (name, category, event) in PROGRAMS {
+        attach_one(&mut ebpf, name, category, event)?;
+    }
+    Ok(ebpf)
+}

@@ -1,0 +1,10 @@
+//! Everything that touches the kernel side: loading and attaching the programs, reading the
+//! process-event ring buffer, the per-thread counter map and the drop counters.
+pub mod events;
+pub mod loader;
+pub mod maps;
+pub mod reader;
+pub mod tracefs;
+
+pub use events::ProcessEvent;
+pub use loader::{LoadOptions, PROGRAMS};

@@ -1,0 +1,110 @@
+//! Async readers: the process-event ring buffer and the aya-log ring buffer, each woken by
+//! epoll through `AsyncFd`, never polled in a loop.
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
+
+use crate::error::{Error, Result};
+
+use super::events::{ProcessEvent, decode};
+
+/// Userspace-side losses, shared between the reader task and the snapshot.
+#[derive(Debug, Default)]
+pub struct ReaderCounters {
+    pub events_received: AtomicU64,
+    /// The pipeline's channel was full.
+    pub events_channel_full: AtomicU64,
+    /// The record could not be decoded.
+    pub events_malformed: AtomicU64,
+}
+
+/// Spawns the task that drains the EVENTS ring buffer into `tx`. A full channel drops the
+/// event and counts it: the kernel must never wait on us.
+pub fn spawn_event_reader(
+    ebpf: &mut Ebpf,
+    tx: mpsc::Sender<ProcessEvent>,
+    counters: Arc<ReaderCounters>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let map = ebpf.take_map("EVENTS").ok_or_else(|| Error::Map {
+        name: "EVENTS",
+        detail: "not in the eBPF object".into(),
+    })?;
+    let ring = RingBuf::try_from(map).map_err(|e| Error::Map {
+        name: "EVENTS",
+        detail: e.to_string(),
+    })?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until it is dropped
+    // together with the AsyncFd.
+    let mut fd =
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+            Error::Io {
+                what: "EVENTS ring buffer fd".into(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                tracing::error!("event ring buffer fd failed; process events stop");
+                return;
+            };
+            let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                counters.events_received.fetch_add(1, Ordering::Relaxed);
+                match decode(&item) {
+                    Ok(event) => match tx.try_send(event) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            counters.events_channel_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    },
+                    Err(err) => {
+                        counters.events_malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("{err}");
+                    }
+                }
+            }
+            guard.clear_ready();
+        }
+    }))
+}
+
+/// Forwards kernel-side aya-log records to the `log` facade (and from there to `tracing`).
+pub fn spawn_kernel_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(err) => {
+            // No log statements survived compilation: nothing to forward.
+            tracing::debug!("kernel log forwarding off: {err}");
+            return None;
+        }
+    };
+    // SAFETY: as above, the logger owns the AYA_LOGS ring buffer fd for its whole life.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::warn!("kernel log forwarding off: {err}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

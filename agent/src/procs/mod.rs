@@ -1,0 +1,9 @@
+//! Processes: the table (seeded from /proc, kept current by kernel events) and the discovery
+//! of gunicorn/uvicorn worker pools in it.
+pub mod cmdline;
+pub mod pools;
+pub mod table;
+pub mod worker_state;
+
+pub use pools::{Pool, PoolKind};
+pub use table::{CpuTotals, ProcessInfo, ProcessTable};

@@ -1,0 +1,200 @@
+//! Worker pools: a gunicorn or uvicorn master and its workers, derived from the process table.
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{
+    cmdline::{ServerCmd, classify, is_helper_process},
+    table::ProcessTable,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    Gunicorn,
+    Uvicorn,
+}
+
+/// A pool's shape: who the master is and which processes are its workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    pub kind: PoolKind,
+    pub master: u32,
+    pub workers: Vec<u32>,
+    /// `module:attribute` served, e.g. `shop.app:app`.
+    pub app: Option<String>,
+    pub worker_class: String,
+    /// Workers the command line asked for (None = the server's default).
+    pub configured_workers: Option<u32>,
+    /// Addresses from the command line; the real listen sockets come from /proc.
+    pub configured_binds: Vec<String>,
+}
+
+impl Pool {
+    /// A stable, human name: `gunicorn shop.app:app (pid 123)`.
+    pub fn name(&self) -> String {
+        let kind = match self.kind {
+            PoolKind::Gunicorn => "gunicorn",
+            PoolKind::Uvicorn => "uvicorn",
+        };
+        match &self.app {
+            Some(app) => format!("{kind} {app}"),
+            None => format!("{kind} pid {}", self.master),
+        }
+    }
+}
+
+/// Finds every pool in the table.
+///
+/// A master is a server process whose parent is not the same kind of server; its workers are
+/// its children (gunicorn forks them: same argv; uvicorn spawns them through multiprocessing:
+/// a `python -c "from multiprocessing.spawn …"` argv, so any child but a helper counts). A
+/// uvicorn without children is a single-process pool that is its own worker.
+pub fn discover(table: &ProcessTable) -> Vec<Pool> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut servers: HashMap<u32, ServerCmd> = HashMap::new();
+    for p in table.iter() {
+        children.entry(p.ppid).or_default().push(p.pid);
+        if let Some(cmd) = classify(&p.cmdline) {
+            servers.insert(p.pid, cmd);
+        }
+    }
+    let same_kind = |a: &ServerCmd, b: &ServerCmd| {
+        matches!(
+            (a, b),
+            (ServerCmd::Gunicorn { .. }, ServerCmd::Gunicorn { .. })
+                | (ServerCmd::Uvicorn { .. }, ServerCmd::Uvicorn { .. })
+        )
+    };
+    let mut pools = Vec::new();
+    for (&pid, cmd) in &servers {
+        let Some(info) = table.get(pid) else { continue };
+        if let Some(parent) = servers.get(&info.ppid)
+            && same_kind(parent, cmd)
+        {
+            continue; // a worker; its master builds the pool
+        }
+        if let ServerCmd::Gunicorn {
+            title_role: Some(role),
+            ..
+        } = cmd
+            && role == "worker"
+        {
+            continue; // orphaned worker title; not a master
+        }
+        let mut workers: Vec<u32> = children
+            .get(&pid)
+            .map(|kids| {
+                kids.iter()
+                    .copied()
+                    .filter(|kid| {
+                        let Some(k) = table.get(*kid) else {
+                            return false;
+                        };
+                        match cmd {
+                            // gunicorn workers are forks of the master: same program.
+                            ServerCmd::Gunicorn { .. } => {
+                                matches!(classify(&k.cmdline), Some(ServerCmd::Gunicorn { .. }))
+                            }
+                            ServerCmd::Uvicorn { .. } => !is_helper_process(&k.cmdline),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        workers.sort_unstable();
+        let (kind, worker_class, configured_workers, binds) = match cmd {
+            ServerCmd::Gunicorn {
+                worker_class,
+                workers,
+                binds,
+                ..
+            } => (
+                PoolKind::Gunicorn,
+                worker_class.clone(),
+                *workers,
+                binds.clone(),
+            ),
+            ServerCmd::Uvicorn { workers, binds, .. } => (
+                PoolKind::Uvicorn,
+                "uvicorn".to_string(),
+                *workers,
+                binds.clone(),
+            ),
+        };
+        if workers.is_empty() && kind == PoolKind::Uvicorn {
+            workers.push(pid);
+        }
+        pools.push(Pool {
+            kind,
+            master: pid,
+            workers,
+            app: cmd.app().map(String::from),
+            worker_class,
+            configured_workers,
+            configured_binds: binds,
+        });
+    }
+    pools.sort_by_key(|p| p.master);
+    pools
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::ProcessEvent;
+
+    fn fork(t: &mut ProcessTable, pid: u32, ppid: u32) {
+        t.apply(&ProcessEvent::NewTask {
+            tid: pid,
+            tgid: pid,
+            parent_tid: ppid,
+            parent_tgid: ppid,
+            is_thread: false,
+            comm: "python3".into(),
+            timestamp_ns: 0,
+        });
+    }
+
+    #[test]
+    fn gunicorn_master_and_forked_workers() {
+        let mut t = ProcessTable::default();
+        t.insert_for_test(
+            100,
+            1,
+            "/venv/bin/gunicorn -w 2 -b 127.0.0.1:8000 shop.app:app",
+        );
+        fork(&mut t, 101, 100);
+        fork(&mut t, 102, 100);
+        let pools = discover(&t);
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].master, 100);
+        assert_eq!(pools[0].workers, vec![101, 102]);
+        assert_eq!(pools[0].app.as_deref(), Some("shop.app:app"));
+        assert_eq!(pools[0].kind, PoolKind::Gunicorn);
+    }
+
+    #[test]
+    fn uvicorn_spawned_workers_skip_the_resource_tracker() {
+        let mut t = ProcessTable::default();
+        t.insert_for_test(200, 1, "/venv/bin/python -m uvicorn api:app --workers 2");
+        t.insert_for_test(201, 200, "/venv/bin/python -c from multiprocessing.spawn import spawn_main; --multiprocessing-fork");
+        t.insert_for_test(202, 200, "/venv/bin/python -c from multiprocessing.spawn import spawn_main; --multiprocessing-fork");
+        t.insert_for_test(
+            203,
+            200,
+            "/venv/bin/python -c from multiprocessing.resource_tracker import main;main(6)",
+        );
+        let pools = discover(&t);
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].workers, vec![201, 202]);
+        assert_eq!(pools[0].configured_workers, Some(2));
+    }
+
+    #[test]
+    fn single_process_uvicorn_is_its_own_worker() {
+        let mut t = ProcessTable::default();
+        t.insert_for_test(300, 1, "uvicorn app:app");
+        assert_eq!(discover(&t)[0].workers, vec![300]);
+    }
+}
