@@ -1,1 +1,69 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. Each does the setup it needs first, so a fresh
+//! machine needs nothing but `cargo`.
+mod bench;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building the eBPF programs needs (nightly rust-src, bpf-linker) and mount tracefs.
+    Setup {
+        /// Also the test dependencies: Debian packages and the Python venv.
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Build and run the agent with embedded defaults (live terminal view, no collector).
+    Run {
+        /// Arguments after `--` go to `herdwatch run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, run every test; ends with `N passed, N failed, N skipped`.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Benchmarks that print ratios measured side by side in one run.
+    Bench {
+        /// Which benchmark: `sched`.
+        name: String,
+        /// Rounds of the interleaved measurement.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup { tests } => {
+            setup::build_prerequisites()?;
+            if tests {
+                setup::test_prerequisites()?;
+            }
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            setup::build_prerequisites()?;
+            let mut cmd = std::process::Command::new("cargo");
+            cmd.args(["run", "--release", "--package", "herdwatch", "--", "run"]).args(args);
+            setup::run_checked(&mut cmd)
+        }
+        Cmd::Test { filter } => test::run(filter.as_deref()),
+        Cmd::Bench { name, rounds } => {
+            setup::build_prerequisites()?;
+            match name.as_str() {
+                "sched" => bench::sched(rounds),
+                other => anyhow::bail!("unknown benchmark {other:?}; known: sched"),
+            }
+        }
+    }
+}

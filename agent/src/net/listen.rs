@@ -44,13 +44,22 @@ pub fn socket_inodes(pid: u32) -> HashSet<u64> {
         .collect()
 }
 
-/// Listen sockets held by any of `pids`, read in the network namespace of the first one that
-/// is still alive. Deduplicated by inode (workers inherit the master's socket).
-pub fn listeners_of(pids: &[u32]) -> Vec<Listener> {
+/// Listen sockets a pool serves on, read in the network namespace of the first pid still
+/// alive. When the pool has workers besides the master, only sockets a worker shares count:
+/// workers inherit the app's listeners, while a master-only socket (gunicorn's control socket,
+/// a metrics port) is not where requests queue. Deduplicated by inode.
+pub fn listeners_of(master: u32, workers: &[u32]) -> Vec<Listener> {
+    let separate_workers: Vec<u32> = workers.iter().copied().filter(|w| *w != master).collect();
     let mut inodes = HashSet::new();
-    for pid in pids {
-        inodes.extend(socket_inodes(*pid));
+    if separate_workers.is_empty() {
+        inodes.extend(socket_inodes(master));
+    } else {
+        for pid in &separate_workers {
+            inodes.extend(socket_inodes(*pid));
+        }
     }
+    let mut pids = vec![master];
+    pids.extend(separate_workers);
     if inodes.is_empty() {
         return Vec::new();
     }

@@ -202,7 +202,7 @@ fn include_running_slice(c: &mut ThreadCounters, running: &[CpuCurrent], tid: u3
 fn pool_view(pool: &Pool, by_pid: &HashMap<u32, &ProcessView>) -> PoolView {
     let mut members = vec![pool.master];
     members.extend(pool.workers.iter().filter(|w| **w != pool.master));
-    let listeners = listen::listeners_of(&members);
+    let listeners = listen::listeners_of(pool.master, &pool.workers);
     let worker_states: Vec<WorkerView> = pool
         .workers
         .iter()

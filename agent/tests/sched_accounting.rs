@@ -1,0 +1,85 @@
+//! The agent's per-process CPU and run-queue figures against the kernel's own
+//! /proc/<pid>/schedstat, for real processes started after the agent attached.
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::*;
+
+const BURN_SECONDS: f64 = 1.0;
+
+/// Burns `seconds` of CPU (process time, so preemption does not shorten the burn), says
+/// "done", then blocks on stdin so /proc/<pid>/schedstat stays readable and still.
+fn burner(seconds: f64) -> String {
+    format!(
+        "import sys,time\nt=time.process_time()\nwhile time.process_time()-t<{seconds}: pass\nprint('done',flush=True)\nsys.stdin.readline()\n"
+    )
+}
+
+const SLEEPER: &str = "import sys,time\ntime.sleep(0.5)\ntime.sleep(0.5)\nprint('done',flush=True)\nsys.stdin.readline()\n";
+
+#[test]
+fn on_cpu_matches_schedstat_and_sleep_shows_as_sleep() {
+    if !kernel_available("on_cpu_matches_schedstat_and_sleep_shows_as_sleep") {
+        return;
+    }
+    runtime().block_on(async {
+        let agent = start_agent().await;
+        let mut burn = Proc::spawn(Command::new("python3").args(["-c", &burner(BURN_SECONDS)]));
+        let mut sleep = Proc::spawn(Command::new("python3").args(["-c", SLEEPER]));
+        burn.wait_line("done");
+        sleep.wait_line("done");
+        // Both now block on stdin: their counters are closed and still.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let snap = agent.snapshot_now().await.expect("snapshot");
+        for (name, proc) in [("burner", &burn), ("sleeper", &sleep)] {
+            let kernel = schedstat(proc.pid(), 0);
+            let ours = snap.process(proc.pid()).unwrap_or_else(|| panic!("{name} not in snapshot")).totals;
+            let err = relative_error(ours.on_cpu_ns, kernel);
+            eprintln!("{name}: agent on-CPU {} ns, schedstat {kernel} ns, error {:.3}%", ours.on_cpu_ns, err * 100.0);
+            assert!(err <= 0.02, "{name}: on-CPU {} ns vs schedstat {kernel} ns ({:.2}% off)", ours.on_cpu_ns, err * 100.0);
+        }
+        let burner_totals = snap.process(burn.pid()).map(|p| p.totals).unwrap_or_default();
+        assert!(burner_totals.on_cpu_ns as f64 >= BURN_SECONDS * 0.95e9, "burner burnt {} ns", burner_totals.on_cpu_ns);
+        let sleeper = snap.process(sleep.pid()).map(|p| p.totals).unwrap_or_default();
+        eprintln!("sleeper: sleep {} ns, blocked {} ns, on-CPU {} ns", sleeper.sleep_ns, sleeper.blocked_ns, sleeper.on_cpu_ns);
+        // Two 0.5 s sleeps, each closed by its wakeup, in interruptible sleep.
+        assert!(sleeper.sleep_ns >= 950_000_000, "sleeper slept {} ns", sleeper.sleep_ns);
+        assert!(sleeper.sleep_ns > 10 * sleeper.on_cpu_ns);
+        assert!(sleeper.voluntary_switches >= 2);
+        assert!(burner_totals.sleep_ns < sleeper.sleep_ns / 2, "burner mostly ran: {burner_totals:?}");
+    });
+}
+
+#[test]
+fn run_queue_delay_of_two_pinned_burners_matches_schedstat() {
+    if !kernel_available("run_queue_delay_of_two_pinned_burners_matches_schedstat") {
+        return;
+    }
+    let cpu = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) - 1).to_string();
+    runtime().block_on(async {
+        let agent = start_agent().await;
+        let script = burner(BURN_SECONDS);
+        let mut a = Proc::spawn(Command::new("taskset").args(["-c", &cpu, "python3", "-c", &script]));
+        let mut b = Proc::spawn(Command::new("taskset").args(["-c", &cpu, "python3", "-c", &script]));
+        a.wait_line("done");
+        b.wait_line("done");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let snap = agent.snapshot_now().await.expect("snapshot");
+        for (name, proc) in [("a", &a), ("b", &b)] {
+            let kernel = schedstat(proc.pid(), 1);
+            let ours = snap.process(proc.pid()).unwrap_or_else(|| panic!("{name} not in snapshot")).totals;
+            let err = relative_error(ours.run_delay_ns, kernel);
+            eprintln!(
+                "pinned {name}: agent run-queue delay {} ns, schedstat {kernel} ns, error {:.3}%; involuntary switches {}",
+                ours.run_delay_ns,
+                err * 100.0,
+                ours.involuntary_switches
+            );
+            // Sharing one CPU with an equal burner, each waits a large part of a second.
+            assert!(kernel > 300_000_000, "{name} barely waited ({kernel} ns): was it really pinned?");
+            assert!(err <= 0.05, "{name}: run delay {} ns vs schedstat {kernel} ns ({:.2}% off)", ours.run_delay_ns, err * 100.0);
+            assert!(ours.involuntary_switches > 0);
+        }
+    });
+}

@@ -1,0 +1,122 @@
+//! `cargo xtask bench sched`: the cost of tracing on a context-switch-heavy workload. A pipe
+//! ping-pong between two threads is timed interleaved, round by round, with no tracer, with
+//! herdwatch attached and with an equivalent bpftrace one-liner; the medians' ratios are printed.
+//! Nothing is asserted: the figure is for people, since these machines are shared and noisy.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::net::UnixStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::setup;
+
+const ROUND_TRIPS: u32 = 100_000;
+const BPFTRACE_PROGRAM: &str = "tracepoint:sched:sched_switch { @[args->prev_pid] = count(); }";
+
+/// One round trip = two blocking reads = at least two context switches.
+fn ping_pong(round_trips: u32) -> anyhow::Result<Duration> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut byte = [0u8; 1];
+        for _ in 0..round_trips {
+            b.read_exact(&mut byte)?;
+            b.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    let start = Instant::now();
+    let mut byte = [7u8; 1];
+    for _ in 0..round_trips {
+        a.write_all(&byte)?;
+        a.read_exact(&mut byte)?;
+    }
+    let took = start.elapsed();
+    echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    Ok(took)
+}
+
+struct Tracer {
+    child: Child,
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // SIGINT lets bpftrace and herdwatch detach cleanly.
+        send_signal(self.child.id(), 2);
+        if self.child.wait().is_err() {
+            let _ = self.child.kill();
+        }
+    }
+}
+
+fn send_signal(pid: u32, signal: i32) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// Starts a tracer and waits until its stdout prints a line saying it is attached.
+fn start_tracer(cmd: &mut Command, ready: &str) -> anyhow::Result<Tracer> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let stdout = child.stdout.take().context("tracer stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let tracer = Tracer { child };
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(ready) => break,
+            Some(Ok(_)) => continue,
+            _ => bail!("tracer exited before it was ready ({cmd:?})"),
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(tracer)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn sched(rounds: u32) -> anyhow::Result<()> {
+    let root = setup::workspace_root();
+    setup::run_checked(Command::new("cargo").args(["build", "--release", "--quiet", "--package", "herdwatch"]).current_dir(&root))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let herdwatch = target.join("release/herdwatch");
+    let bpftrace_available = Command::new("bpftrace").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+
+    let mut none = Vec::new();
+    let mut traced = Vec::new();
+    let mut bpftrace = Vec::new();
+    ping_pong(ROUND_TRIPS / 10)?; // warm-up
+    for round in 1..=rounds.max(1) {
+        none.push(ping_pong(ROUND_TRIPS)?);
+        {
+            let _agent = start_tracer(Command::new(&herdwatch).args(["run", "--json", "--interval-ms", "1000"]), "{")?;
+            traced.push(ping_pong(ROUND_TRIPS)?);
+        }
+        if bpftrace_available {
+            let _bt = start_tracer(
+                Command::new("bpftrace").args(["-e", &format!("BEGIN {{ printf(\"attached\\n\"); }} {BPFTRACE_PROGRAM}")]),
+                "attached",
+            )?;
+            bpftrace.push(ping_pong(ROUND_TRIPS)?);
+        }
+        eprintln!("round {round}/{rounds}: none {:?}, herdwatch {:?}{}", none.last().copied().unwrap_or_default(), traced.last().copied().unwrap_or_default(), bpftrace.last().map(|d| format!(", bpftrace {d:?}")).unwrap_or_default());
+    }
+    let base = median(none).as_secs_f64();
+    let per_rt = |d: f64| d / f64::from(ROUND_TRIPS) * 1e6;
+    println!("bench sched: {ROUND_TRIPS} pipe round trips, median of {rounds} interleaved rounds");
+    println!("  no tracer : {:.2} µs/round trip", per_rt(base));
+    let hw = median(traced).as_secs_f64();
+    println!("  herdwatch : {:.2} µs/round trip, slowdown ratio {:.3}", per_rt(hw), hw / base);
+    if bpftrace.is_empty() {
+        println!("  bpftrace  : not installed (apt-get install bpftrace), no comparison");
+    } else {
+        let bt = median(bpftrace).as_secs_f64();
+        println!("  bpftrace  : {:.2} µs/round trip, slowdown ratio {:.3}", per_rt(bt), bt / base);
+        println!("  herdwatch slowdown / bpftrace slowdown = {:.3} (goal ≤ 1)", (hw / base) / (bt / base));
+    }
+    Ok(())
+}

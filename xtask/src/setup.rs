@@ -1,0 +1,186 @@
+//! Idempotent machine setup. Every step first checks whether it is already done and says what
+//! it did, so a second run is fast and quiet.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    home.join(".cache").join("herdwatch")
+}
+
+fn say(msg: &str) {
+    eprintln!("xtask setup: {msg}");
+}
+
+pub fn build_prerequisites() -> anyhow::Result<()> {
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    tracefs();
+    Ok(())
+}
+
+fn nightly_with_rust_src() -> anyhow::Result<()> {
+    let has_nightly = Command::new("rustc")
+        .args(["+nightly", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_nightly {
+        say("installing the nightly toolchain (minimal profile)");
+        run_checked(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        say("adding rust-src to nightly (eBPF builds core from source)");
+        run_checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+/// The nightly toolchain's LLVM: (major version, path of its libLLVM).
+fn nightly_llvm() -> anyhow::Result<(String, PathBuf)> {
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` printed no LLVM version")?;
+    let major = llvm.split('.').next().unwrap_or_default().to_string();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let lib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        })
+        .with_context(|| format!("no libLLVM.so* in {}", lib_dir.display()))?;
+    Ok((major, lib))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if works {
+        return Ok(());
+    }
+    let (major, lib) = nightly_llvm()?;
+    // bpf-linker links against `<prefix>/lib/libLLVM.so`; the loader then wants the soname.
+    let prefix = cache_dir().join(format!("llvm-{major}"));
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let soname = lib.file_name().context("libLLVM path has no file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    say(&format!(
+        "building bpf-linker against the nightly toolchain's LLVM {major} ({}); about a minute",
+        lib.display()
+    ));
+    run_checked(
+        Command::new("cargo")
+            .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+/// Mounts tracefs when we are root and it is absent. The agent would do it itself; doing it
+/// here keeps the first run's output clean. Not root: the agent's own check explains.
+fn tracefs() {
+    if Path::new("/sys/kernel/tracing/events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        return;
+    }
+    let ok = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    say(if ok { "mounted tracefs at /sys/kernel/tracing" } else { "could not mount tracefs (not root?)" });
+}
+
+/// Debian packages the tests and benchmarks use, by the command that proves each is there.
+const DEBIAN: &[(&str, &str)] = &[
+    ("ss", "iproute2"),
+    ("taskset", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("bpftrace", "bpftrace"),
+];
+
+pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .filter(|(cmd, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {cmd}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        say(&format!("installing Debian packages: {}", missing.join(" ")));
+        run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+        run_checked(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    python_venv()
+}
+
+/// A venv with the pinned test-app requirements, rebuilt when the requirements file changes.
+fn python_venv() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let requirements = root.join("agent/tests/apps/requirements.txt");
+    let text = std::fs::read_to_string(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let venv = cache_dir().join("venv");
+    let stamp = venv.join(".requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(text.as_str()) {
+        return Ok(venv);
+    }
+    say(&format!("building the test venv at {}", venv.display()));
+    let _ = std::fs::remove_dir_all(&venv);
+    run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run_checked(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+    )?;
+    std::fs::write(&stamp, text)?;
+    Ok(venv)
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
+}

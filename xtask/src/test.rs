@@ -1,0 +1,128 @@
+//! `cargo xtask test`: setup, formatting and lint gates, every test, then one summary line
+//! `N passed, N failed, N skipped`. Tests that cannot run here record why in
+//! HERDWATCH_SKIP_DIR (see agent/tests/common) and count as skipped, not passed.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::Context as _;
+
+use crate::setup;
+
+#[derive(Default, Debug)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Adds one libtest line `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
+fn add_result_line(line: &str, tally: &mut Tally) -> bool {
+    let Some(rest) = line.trim().strip_prefix("test result: ") else {
+        return false;
+    };
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => tally.passed += n,
+            "failed" => tally.failed += n,
+            "ignored" => tally.ignored += n,
+            _ => {}
+        }
+    }
+    true
+}
+
+fn gate(name: &str, cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
+    eprintln!("xtask test: {name}");
+    let ok = cmd.status().with_context(|| format!("spawning {cmd:?}"))?.success();
+    if ok {
+        tally.passed += 1;
+    } else {
+        eprintln!("xtask test: {name} FAILED");
+        tally.failed += 1;
+    }
+    Ok(())
+}
+
+pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
+    setup::build_prerequisites()?;
+    let venv = setup::test_prerequisites()?;
+    let root = setup::workspace_root();
+    let mut tally = Tally::default();
+
+    if filter.is_none() {
+        gate("cargo fmt --check", Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(&root), &mut tally)?;
+        gate(
+            "cargo clippy -D warnings",
+            Command::new("cargo").args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"]).current_dir(&root),
+            &mut tally,
+        )?;
+    }
+
+    let skip_dir = std::env::temp_dir().join(format!("herdwatch-skips-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&skip_dir);
+    std::fs::create_dir_all(&skip_dir)?;
+
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--no-fail-fast"]).current_dir(&root);
+    cmd.arg("--");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    // Kernel tests compare timings with /proc and start real servers: one at a time on 2 CPUs.
+    cmd.args(["--test-threads=1"])
+        .env("HERDWATCH_TEST_VENV", &venv)
+        .env("HERDWATCH_SKIP_DIR", &skip_dir)
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("spawning cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut saw_results = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        saw_results |= add_result_line(&line, &mut tally);
+    }
+    let status = child.wait()?;
+    if !status.success() && tally.failed == 0 {
+        // A build failure, or a test binary that crashed before reporting.
+        tally.failed += 1;
+        eprintln!("xtask test: cargo test exited with {status} (saw results: {saw_results})");
+    }
+
+    let mut reasons = Vec::new();
+    for entry in std::fs::read_dir(&skip_dir)?.filter_map(Result::ok) {
+        reasons.push(std::fs::read_to_string(entry.path()).unwrap_or_default().trim().to_string());
+    }
+    reasons.sort();
+    let skipped = reasons.len() as u64;
+    let _ = std::fs::remove_dir_all(&skip_dir);
+    for r in &reasons {
+        println!("skipped: {r}");
+    }
+    let passed = tally.passed.saturating_sub(skipped);
+    println!("{passed} passed, {} failed, {skipped} skipped", tally.failed);
+    if tally.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        let mut t = Tally::default();
+        assert!(add_result_line(
+            "test result: ok. 12 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            &mut t
+        ));
+        assert!(!add_result_line("running 3 tests", &mut t));
+        assert_eq!((t.passed, t.failed, t.ignored), (12, 1, 2));
+    }
+}
