@@ -11,6 +11,8 @@ use herdwatch_common::{
     NewTaskEvent, ThreadCounters, stat,
 };
 
+use aya_log_ebpf::{debug, warn};
+
 use crate::maps::{EVENTS, THREADS, count, offsets};
 
 #[inline(always)]
@@ -85,6 +87,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     };
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(stat::EVENTS_DROPPED);
+        warn!(&ctx, "event ring buffer full: exec of pid {} dropped", pid);
         return 0;
     };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -101,7 +104,13 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             Err(_) => 0,
         };
     }
+    let filename_len = unsafe { (*event).filename_len };
     entry.submit(0);
+    // Off unless the agent runs at debug level (the loader patches AYA_LOG_LEVEL).
+    debug!(
+        &ctx,
+        "exec pid={} old_pid={} filename_len={}", pid, old_pid, filename_len
+    );
     0
 }
 

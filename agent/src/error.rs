@@ -22,7 +22,7 @@ pub enum Error {
     #[error("cannot load the eBPF programs: {source}{hint}")]
     Load {
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
         hint: &'static str,
     },
     #[error("eBPF program {program} failed to {action}: {source}{hint}")]
@@ -30,7 +30,7 @@ pub enum Error {
         program: String,
         action: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
         hint: &'static str,
     },
     #[error("eBPF map {name} is missing or has the wrong type: {detail}")]

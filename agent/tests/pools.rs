@@ -15,7 +15,10 @@ use herdwatch::{pipeline::snapshot::PoolView, procs::PoolKind};
 fn wait_http(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server on port {port} never listened");
+        assert!(
+            Instant::now() < deadline,
+            "server on port {port} never listened"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -24,25 +27,44 @@ fn gunicorn(workers: u32, port: u16) -> Proc {
     let venv = venv();
     Proc::spawn(
         Command::new(venv.join("bin/gunicorn"))
-            .args(["--workers", &workers.to_string(), "--bind", &format!("127.0.0.1:{port}")])
-            .args(["--chdir", &apps_dir().to_string_lossy(), "--timeout", "60", "shop.app:app"]),
+            .args([
+                "--workers",
+                &workers.to_string(),
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args([
+                "--chdir",
+                &apps_dir().to_string_lossy(),
+                "--timeout",
+                "60",
+                "shop.app:app",
+            ]),
     )
 }
 
 /// Children of `pid` per the kernel (/proc/<pid>/task/<pid>/children).
 fn kernel_children(pid: u32) -> Vec<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let mut kids: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut kids: Vec<u32> = text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
     kids.sort_unstable();
     kids
 }
 
 /// Recv-Q of the LISTEN socket on `port` as `ss -ltn` prints it.
 fn ss_accept_queue(port: u16) -> Option<u32> {
-    let out = Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]).output().expect("ss runs");
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs");
     let text = String::from_utf8_lossy(&out.stdout);
     // State Recv-Q Send-Q Local:Port Peer:Port
-    text.lines().find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+    text.lines()
+        .find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
 fn pool_with_workers(pool: &PoolView, n: usize) -> bool {
@@ -60,16 +82,29 @@ fn gunicorn_pool_is_discovered_with_a_growing_accept_queue() {
     let master = server.pid();
     runtime().block_on(async {
         let agent = start_agent().await;
-        let pool = wait_for(&agent, Duration::from_secs(20), "a gunicorn pool with 4 workers", |s| {
-            s.pool_of_master(master).filter(|p| pool_with_workers(p, 4)).cloned()
-        })
+        let pool = wait_for(
+            &agent,
+            Duration::from_secs(20),
+            "a gunicorn pool with 4 workers",
+            |s| {
+                s.pool_of_master(master)
+                    .filter(|p| pool_with_workers(p, 4))
+                    .cloned()
+            },
+        )
         .await;
         assert_eq!(pool.pool.kind, PoolKind::Gunicorn);
         assert_eq!(pool.pool.app.as_deref(), Some("shop.app:app"));
         assert_eq!(pool.pool.worker_class, "sync");
-        assert_eq!(pool.pool.workers, kernel_children(master), "workers = the master's children");
+        assert_eq!(
+            pool.pool.workers,
+            kernel_children(master),
+            "workers = the master's children"
+        );
         assert!(
-            pool.listeners.iter().any(|l| l.port == Some(port) && l.address == format!("127.0.0.1:{port}")),
+            pool.listeners
+                .iter()
+                .any(|l| l.port == Some(port) && l.address == format!("127.0.0.1:{port}")),
             "listen socket found: {:?}",
             pool.listeners
         );
@@ -78,7 +113,8 @@ fn gunicorn_pool_is_discovered_with_a_growing_accept_queue() {
         let mut held = Vec::new();
         for _ in 0..8 {
             let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            conn.write_all(b"GET /sleep?s=6 HTTP/1.0\r\nHost: t\r\n\r\n").expect("send");
+            conn.write_all(b"GET /sleep?s=6 HTTP/1.0\r\nHost: t\r\n\r\n")
+                .expect("send");
             held.push(conn);
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -98,9 +134,21 @@ fn gunicorn_pool_is_discovered_with_a_growing_accept_queue() {
         };
         eprintln!("accept queue: agent {:?}, ss {:?}", matched.0, matched.1);
         assert_eq!(matched.0, matched.1, "agent and ss disagree");
-        assert!(matched.0.unwrap_or(0) > 0, "nothing queued with 8 connections for 4 blocked workers");
-        let busy = agent.snapshot_now().await.expect("snapshot").pool_of_master(master).map(|p| p.busy_workers);
-        assert_eq!(busy, Some(4), "all four workers blocked in the slow request");
+        assert!(
+            matched.0.unwrap_or(0) > 0,
+            "nothing queued with 8 connections for 4 blocked workers"
+        );
+        let busy = agent
+            .snapshot_now()
+            .await
+            .expect("snapshot")
+            .pool_of_master(master)
+            .map(|p| p.busy_workers);
+        assert_eq!(
+            busy,
+            Some(4),
+            "all four workers blocked in the slow request"
+        );
         drop(held);
     });
 }
@@ -116,25 +164,54 @@ fn killed_worker_is_replaced_from_events_without_a_rescan() {
     let master = server.pid();
     runtime().block_on(async {
         let agent = start_agent().await;
-        let before = wait_for(&agent, Duration::from_secs(20), "a gunicorn pool with 4 workers", |s| {
-            s.pool_of_master(master).filter(|p| pool_with_workers(p, 4)).cloned()
-        })
+        let before = wait_for(
+            &agent,
+            Duration::from_secs(20),
+            "a gunicorn pool with 4 workers",
+            |s| {
+                s.pool_of_master(master)
+                    .filter(|p| pool_with_workers(p, 4))
+                    .cloned()
+            },
+        )
         .await;
         let victim = before.pool.workers[0];
         // SAFETY: signalling a worker of the server this test started.
         assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
-        let after = wait_for(&agent, Duration::from_secs(30), "the replacement worker", |s| {
-            s.pool_of_master(master)
-                .filter(|p| pool_with_workers(p, 4) && !p.pool.workers.contains(&victim))
-                .cloned()
-        })
+        let after = wait_for(
+            &agent,
+            Duration::from_secs(30),
+            "the replacement worker",
+            |s| {
+                s.pool_of_master(master)
+                    .filter(|p| pool_with_workers(p, 4) && !p.pool.workers.contains(&victim))
+                    .cloned()
+            },
+        )
         .await;
-        let replacement: Vec<u32> = after.pool.workers.iter().copied().filter(|w| !before.pool.workers.contains(w)).collect();
-        assert_eq!(replacement.len(), 1, "exactly one new worker: before {:?} after {:?}", before.pool.workers, after.pool.workers);
+        let replacement: Vec<u32> = after
+            .pool
+            .workers
+            .iter()
+            .copied()
+            .filter(|w| !before.pool.workers.contains(w))
+            .collect();
+        assert_eq!(
+            replacement.len(),
+            1,
+            "exactly one new worker: before {:?} after {:?}",
+            before.pool.workers,
+            after.pool.workers
+        );
         assert_eq!(after.pool.workers, kernel_children(master));
         let snap = agent.snapshot_now().await.expect("snapshot");
-        assert_eq!(snap.agent.process_scans, 1, "the pool changed through events, not a /proc rescan");
-        let new = snap.process(replacement[0]).expect("replacement in the process table");
+        assert_eq!(
+            snap.agent.process_scans, 1,
+            "the pool changed through events, not a /proc rescan"
+        );
+        let new = snap
+            .process(replacement[0])
+            .expect("replacement in the process table");
         assert_eq!(new.ppid, master);
     });
 }
@@ -148,23 +225,50 @@ fn uvicorn_pool_with_two_spawned_workers() {
     let venv = venv();
     let server = Proc::spawn(
         Command::new(venv.join("bin/uvicorn"))
-            .args(["api.main:app", "--workers", "2", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--app-dir", &apps_dir().to_string_lossy(), "--log-level", "warning"]),
+            .args([
+                "api.main:app",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .args([
+                "--app-dir",
+                &apps_dir().to_string_lossy(),
+                "--log-level",
+                "warning",
+            ]),
     );
     wait_http(port);
     let master = server.pid();
     runtime().block_on(async {
         let agent = start_agent().await;
-        let pool = wait_for(&agent, Duration::from_secs(30), "a uvicorn pool with 2 workers", |s| {
-            s.pool_of_master(master).filter(|p| pool_with_workers(p, 2)).cloned()
-        })
+        let pool = wait_for(
+            &agent,
+            Duration::from_secs(30),
+            "a uvicorn pool with 2 workers",
+            |s| {
+                s.pool_of_master(master)
+                    .filter(|p| pool_with_workers(p, 2))
+                    .cloned()
+            },
+        )
         .await;
         assert_eq!(pool.pool.kind, PoolKind::Uvicorn);
         assert_eq!(pool.pool.app.as_deref(), Some("api.main:app"));
         assert_eq!(pool.pool.configured_workers, Some(2));
         for w in &pool.pool.workers {
-            assert!(kernel_children(master).contains(w), "worker {w} is a child of the master");
+            assert!(
+                kernel_children(master).contains(w),
+                "worker {w} is a child of the master"
+            );
         }
-        assert!(pool.listeners.iter().any(|l| l.port == Some(port)), "listeners {:?}", pool.listeners);
+        assert!(
+            pool.listeners.iter().any(|l| l.port == Some(port)),
+            "listeners {:?}",
+            pool.listeners
+        );
     });
 }

@@ -34,20 +34,52 @@ fn on_cpu_matches_schedstat_and_sleep_shows_as_sleep() {
         let snap = agent.snapshot_now().await.expect("snapshot");
         for (name, proc) in [("burner", &burn), ("sleeper", &sleep)] {
             let kernel = schedstat(proc.pid(), 0);
-            let ours = snap.process(proc.pid()).unwrap_or_else(|| panic!("{name} not in snapshot")).totals;
+            let ours = snap
+                .process(proc.pid())
+                .unwrap_or_else(|| panic!("{name} not in snapshot"))
+                .totals;
             let err = relative_error(ours.on_cpu_ns, kernel);
-            eprintln!("{name}: agent on-CPU {} ns, schedstat {kernel} ns, error {:.3}%", ours.on_cpu_ns, err * 100.0);
-            assert!(err <= 0.02, "{name}: on-CPU {} ns vs schedstat {kernel} ns ({:.2}% off)", ours.on_cpu_ns, err * 100.0);
+            eprintln!(
+                "{name}: agent on-CPU {} ns, schedstat {kernel} ns, error {:.3}%",
+                ours.on_cpu_ns,
+                err * 100.0
+            );
+            assert!(
+                err <= 0.02,
+                "{name}: on-CPU {} ns vs schedstat {kernel} ns ({:.2}% off)",
+                ours.on_cpu_ns,
+                err * 100.0
+            );
         }
-        let burner_totals = snap.process(burn.pid()).map(|p| p.totals).unwrap_or_default();
-        assert!(burner_totals.on_cpu_ns as f64 >= BURN_SECONDS * 0.95e9, "burner burnt {} ns", burner_totals.on_cpu_ns);
-        let sleeper = snap.process(sleep.pid()).map(|p| p.totals).unwrap_or_default();
-        eprintln!("sleeper: sleep {} ns, blocked {} ns, on-CPU {} ns", sleeper.sleep_ns, sleeper.blocked_ns, sleeper.on_cpu_ns);
+        let burner_totals = snap
+            .process(burn.pid())
+            .map(|p| p.totals)
+            .unwrap_or_default();
+        assert!(
+            burner_totals.on_cpu_ns as f64 >= BURN_SECONDS * 0.95e9,
+            "burner burnt {} ns",
+            burner_totals.on_cpu_ns
+        );
+        let sleeper = snap
+            .process(sleep.pid())
+            .map(|p| p.totals)
+            .unwrap_or_default();
+        eprintln!(
+            "sleeper: sleep {} ns, blocked {} ns, on-CPU {} ns",
+            sleeper.sleep_ns, sleeper.blocked_ns, sleeper.on_cpu_ns
+        );
         // Two 0.5 s sleeps, each closed by its wakeup, in interruptible sleep.
-        assert!(sleeper.sleep_ns >= 950_000_000, "sleeper slept {} ns", sleeper.sleep_ns);
+        assert!(
+            sleeper.sleep_ns >= 950_000_000,
+            "sleeper slept {} ns",
+            sleeper.sleep_ns
+        );
         assert!(sleeper.sleep_ns > 10 * sleeper.on_cpu_ns);
         assert!(sleeper.voluntary_switches >= 2);
-        assert!(burner_totals.sleep_ns < sleeper.sleep_ns / 2, "burner mostly ran: {burner_totals:?}");
+        assert!(
+            burner_totals.sleep_ns < sleeper.sleep_ns / 2,
+            "burner mostly ran: {burner_totals:?}"
+        );
     });
 }
 
@@ -56,7 +88,11 @@ fn run_queue_delay_of_two_pinned_burners_matches_schedstat() {
     if !kernel_available("run_queue_delay_of_two_pinned_burners_matches_schedstat") {
         return;
     }
-    let cpu = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) - 1).to_string();
+    let cpu = (std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        - 1)
+    .to_string();
     runtime().block_on(async {
         let agent = start_agent().await;
         let script = burner(BURN_SECONDS);

@@ -34,7 +34,8 @@ fn ping_pong(round_trips: u32) -> anyhow::Result<Duration> {
         a.read_exact(&mut byte)?;
     }
     let took = start.elapsed();
-    echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
     Ok(took)
 }
 
@@ -53,12 +54,19 @@ impl Drop for Tracer {
 }
 
 fn send_signal(pid: u32, signal: i32) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// Starts a tracer and waits until its stdout prints a line saying it is attached.
 fn start_tracer(cmd: &mut Command, ready: &str) -> anyhow::Result<Tracer> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
     let stdout = child.stdout.take().context("tracer stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let tracer = Tracer { child };
@@ -81,10 +89,20 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 pub fn sched(rounds: u32) -> anyhow::Result<()> {
     let root = setup::workspace_root();
-    setup::run_checked(Command::new("cargo").args(["build", "--release", "--quiet", "--package", "herdwatch"]).current_dir(&root))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
+    setup::run_checked(
+        Command::new("cargo")
+            .args(["build", "--release", "--quiet", "--package", "herdwatch"])
+            .current_dir(&root),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let herdwatch = target.join("release/herdwatch");
-    let bpftrace_available = Command::new("bpftrace").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let bpftrace_available = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
 
     let mut none = Vec::new();
     let mut traced = Vec::new();
@@ -93,30 +111,55 @@ pub fn sched(rounds: u32) -> anyhow::Result<()> {
     for round in 1..=rounds.max(1) {
         none.push(ping_pong(ROUND_TRIPS)?);
         {
-            let _agent = start_tracer(Command::new(&herdwatch).args(["run", "--json", "--interval-ms", "1000"]), "{")?;
+            let _agent = start_tracer(
+                Command::new(&herdwatch).args(["run", "--json", "--interval-ms", "1000"]),
+                "{",
+            )?;
             traced.push(ping_pong(ROUND_TRIPS)?);
         }
         if bpftrace_available {
             let _bt = start_tracer(
-                Command::new("bpftrace").args(["-e", &format!("BEGIN {{ printf(\"attached\\n\"); }} {BPFTRACE_PROGRAM}")]),
+                Command::new("bpftrace").args([
+                    "-e",
+                    &format!("BEGIN {{ printf(\"attached\\n\"); }} {BPFTRACE_PROGRAM}"),
+                ]),
                 "attached",
             )?;
             bpftrace.push(ping_pong(ROUND_TRIPS)?);
         }
-        eprintln!("round {round}/{rounds}: none {:?}, herdwatch {:?}{}", none.last().copied().unwrap_or_default(), traced.last().copied().unwrap_or_default(), bpftrace.last().map(|d| format!(", bpftrace {d:?}")).unwrap_or_default());
+        eprintln!(
+            "round {round}/{rounds}: none {:?}, herdwatch {:?}{}",
+            none.last().copied().unwrap_or_default(),
+            traced.last().copied().unwrap_or_default(),
+            bpftrace
+                .last()
+                .map(|d| format!(", bpftrace {d:?}"))
+                .unwrap_or_default()
+        );
     }
     let base = median(none).as_secs_f64();
     let per_rt = |d: f64| d / f64::from(ROUND_TRIPS) * 1e6;
     println!("bench sched: {ROUND_TRIPS} pipe round trips, median of {rounds} interleaved rounds");
     println!("  no tracer : {:.2} µs/round trip", per_rt(base));
     let hw = median(traced).as_secs_f64();
-    println!("  herdwatch : {:.2} µs/round trip, slowdown ratio {:.3}", per_rt(hw), hw / base);
+    println!(
+        "  herdwatch : {:.2} µs/round trip, slowdown ratio {:.3}",
+        per_rt(hw),
+        hw / base
+    );
     if bpftrace.is_empty() {
         println!("  bpftrace  : not installed (apt-get install bpftrace), no comparison");
     } else {
         let bt = median(bpftrace).as_secs_f64();
-        println!("  bpftrace  : {:.2} µs/round trip, slowdown ratio {:.3}", per_rt(bt), bt / base);
-        println!("  herdwatch slowdown / bpftrace slowdown = {:.3} (goal ≤ 1)", (hw / base) / (bt / base));
+        println!(
+            "  bpftrace  : {:.2} µs/round trip, slowdown ratio {:.3}",
+            per_rt(bt),
+            bt / base
+        );
+        println!(
+            "  herdwatch slowdown / bpftrace slowdown = {:.3} (goal ≤ 1)",
+            (hw / base) / (bt / base)
+        );
     }
     Ok(())
 }

@@ -54,7 +54,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { args } => {
             setup::build_prerequisites()?;
             let mut cmd = std::process::Command::new("cargo");
-            cmd.args(["run", "--release", "--package", "herdwatch", "--", "run"]).args(args);
+            cmd.args(["run", "--release", "--package", "herdwatch", "--", "run"])
+                .args(args);
             setup::run_checked(&mut cmd)
         }
         Cmd::Test { filter } => test::run(filter.as_deref()),

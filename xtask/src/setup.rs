@@ -18,13 +18,18 @@ pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn cache_dir() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     home.join(".cache").join("herdwatch")
 }
 
@@ -47,12 +52,30 @@ fn nightly_with_rust_src() -> anyhow::Result<()> {
         .unwrap_or(false);
     if !has_nightly {
         say("installing the nightly toolchain (minimal profile)");
-        run_checked(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         say("adding rust-src to nightly (eBPF builds core from source)");
-        run_checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -72,9 +95,9 @@ fn nightly_llvm() -> anyhow::Result<(String, PathBuf)> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
         })
         .with_context(|| format!("no libLLVM.so* in {}", lib_dir.display()))?;
     Ok((major, lib))
@@ -98,7 +121,8 @@ fn bpf_linker() -> anyhow::Result<()> {
     for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
         let link = prefix_lib.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(&lib, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
     }
     say(&format!(
         "building bpf-linker against the nightly toolchain's LLVM {major} ({}); about a minute",
@@ -106,7 +130,14 @@ fn bpf_linker() -> anyhow::Result<()> {
     ));
     run_checked(
         Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}"))
             .env("LLVM_PREFIX", &prefix),
     )
@@ -115,7 +146,9 @@ fn bpf_linker() -> anyhow::Result<()> {
 /// Mounts tracefs when we are root and it is absent. The agent would do it itself; doing it
 /// here keeps the first run's output clean. Not root: the agent's own check explains.
 fn tracefs() {
-    if Path::new("/sys/kernel/tracing/events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
         return;
     }
     let ok = Command::new("mount")
@@ -123,7 +156,11 @@ fn tracefs() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    say(if ok { "mounted tracefs at /sys/kernel/tracing" } else { "could not mount tracefs (not root?)" });
+    say(if ok {
+        "mounted tracefs at /sys/kernel/tracing"
+    } else {
+        "could not mount tracefs (not root?)"
+    });
 }
 
 /// Debian packages the tests and benchmarks use, by the command that proves each is there.
@@ -147,7 +184,10 @@ pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {
-        say(&format!("installing Debian packages: {}", missing.join(" ")));
+        say(&format!(
+            "installing Debian packages: {}",
+            missing.join(" ")
+        ));
         run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
         run_checked(
             Command::new("apt-get")
@@ -163,7 +203,8 @@ pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
 fn python_venv() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let requirements = root.join("agent/tests/apps/requirements.txt");
-    let text = std::fs::read_to_string(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let text = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
     let venv = cache_dir().join("venv");
     let stamp = venv.join(".requirements");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(text.as_str()) {
@@ -182,5 +223,8 @@ fn python_venv() -> anyhow::Result<PathBuf> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ".".into())
 }

@@ -24,7 +24,9 @@ fn add_result_line(line: &str, tally: &mut Tally) -> bool {
     };
     for part in rest.split(';') {
         let mut words = part.split_whitespace().rev();
-        let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+        let (Some(what), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
         let Ok(n) = n.parse::<u64>() else { continue };
         match what {
             "passed" => tally.passed += n,
@@ -38,7 +40,10 @@ fn add_result_line(line: &str, tally: &mut Tally) -> bool {
 
 fn gate(name: &str, cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> {
     eprintln!("xtask test: {name}");
-    let ok = cmd.status().with_context(|| format!("spawning {cmd:?}"))?.success();
+    let ok = cmd
+        .status()
+        .with_context(|| format!("spawning {cmd:?}"))?
+        .success();
     if ok {
         tally.passed += 1;
     } else {
@@ -55,10 +60,18 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     let mut tally = Tally::default();
 
     if filter.is_none() {
-        gate("cargo fmt --check", Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(&root), &mut tally)?;
+        gate(
+            "cargo fmt --check",
+            Command::new("cargo")
+                .args(["fmt", "--all", "--", "--check"])
+                .current_dir(&root),
+            &mut tally,
+        )?;
         gate(
             "cargo clippy -D warnings",
-            Command::new("cargo").args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"]).current_dir(&root),
+            Command::new("cargo")
+                .args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])
+                .current_dir(&root),
             &mut tally,
         )?;
     }
@@ -95,7 +108,12 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
 
     let mut reasons = Vec::new();
     for entry in std::fs::read_dir(&skip_dir)?.filter_map(Result::ok) {
-        reasons.push(std::fs::read_to_string(entry.path()).unwrap_or_default().trim().to_string());
+        reasons.push(
+            std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        );
     }
     reasons.sort();
     let skipped = reasons.len() as u64;
@@ -104,7 +122,10 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         println!("skipped: {r}");
     }
     let passed = tally.passed.saturating_sub(skipped);
-    println!("{passed} passed, {} failed, {skipped} skipped", tally.failed);
+    println!(
+        "{passed} passed, {} failed, {skipped} skipped",
+        tally.failed
+    );
     if tally.failed > 0 {
         std::process::exit(1);
     }

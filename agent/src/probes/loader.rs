@@ -76,7 +76,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .load(EBPF_OBJECT)
         .map_err(|source| Error::Load {
             hint: hint_for(&source),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -86,7 +86,7 @@ pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> R
         program: name.to_string(),
         action,
         hint: hint_for(&source),
-        source,
+        source: Box::new(source),
     };
     let program: &mut TracePoint = ebpf
         .program_mut(name)

@@ -17,7 +17,10 @@ use herdwatch::{Agent, Config, pipeline::Snapshot};
 pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIP {test}: {reason}");
     if let Some(dir) = std::env::var_os("HERDWATCH_SKIP_DIR") {
-        let _ = std::fs::write(PathBuf::from(dir).join(test.replace("::", "_")), format!("{test}: {reason}"));
+        let _ = std::fs::write(
+            PathBuf::from(dir).join(test.replace("::", "_")),
+            format!("{test}: {reason}"),
+        );
     }
 }
 
@@ -40,7 +43,9 @@ pub fn kernel_available(test: &str) -> bool {
 pub fn venv() -> PathBuf {
     let dir = std::env::var_os("HERDWATCH_TEST_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/herdwatch/venv"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/herdwatch/venv")
+        });
     assert!(
         dir.join("bin/gunicorn").exists(),
         "no test venv at {} — run the tests through `cargo xtask test`, which builds it",
@@ -78,7 +83,11 @@ impl Proc {
             .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().map(BufReader::new);
-        Proc { child, stdin, stdout }
+        Proc {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -110,8 +119,12 @@ impl Drop for Proc {
 
 /// Field `index` (0-based) of /proc/<pid>/schedstat: 0 = on-CPU ns, 1 = run-queue wait ns.
 pub fn schedstat(pid: u32, index: usize) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat readable");
-    text.split_whitespace().nth(index).and_then(|f| f.parse().ok()).expect("schedstat field")
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat readable");
+    text.split_whitespace()
+        .nth(index)
+        .and_then(|f| f.parse().ok())
+        .expect("schedstat field")
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -127,11 +140,18 @@ pub async fn start_agent() -> Agent {
         interval_ms: 500,
         ..Config::default()
     };
-    Agent::start(&config).await.unwrap_or_else(|e| panic!("agent start: {e}"))
+    Agent::start(&config)
+        .await
+        .unwrap_or_else(|e| panic!("agent start: {e}"))
 }
 
 /// Polls fresh snapshots until `check` returns Some, or panics after `timeout` with `what`.
-pub async fn wait_for<T>(agent: &Agent, timeout: Duration, what: &str, mut check: impl FnMut(&Arc<Snapshot>) -> Option<T>) -> T {
+pub async fn wait_for<T>(
+    agent: &Agent,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut(&Arc<Snapshot>) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         let snap = agent.snapshot_now().await.expect("snapshot");
