@@ -1,4 +1,4 @@
-//! `cargo xtask bench sched`: the cost of tracing on a context-switch-heavy workload. A pipe
+//! `cargo xtask bench sched`: the cost of tracing on a context-switch-heavy workload. A socketpair
 //! ping-pong between two threads is timed interleaved, round by round, with no tracer, with
 //! herdwatch attached and with an equivalent bpftrace one-liner; the medians' ratios are printed.
 //! Nothing is asserted: the figure is for people, since these machines are shared and noisy.
@@ -13,13 +13,32 @@ use anyhow::{Context as _, bail};
 
 use crate::setup;
 
-const ROUND_TRIPS: u32 = 100_000;
+const ROUND_TRIPS: u32 = 200_000;
 const BPFTRACE_PROGRAM: &str = "tracepoint:sched:sched_switch { @[args->prev_pid] = count(); }";
 
-/// One round trip = two blocking reads = at least two context switches.
+/// Pins the calling thread to `cpu`, so both sides of the ping-pong share one CPU and every
+/// round trip is two direct context switches (no idle exits or cross-CPU wakeups, which on a
+/// VM cost more than the switches and would hide the tracer's cost).
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; pid 0 = this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+const BENCH_CPU: usize = 0;
+
+/// One round trip = two blocking reads = two context switches on the shared CPU.
 fn ping_pong(round_trips: u32) -> anyhow::Result<Duration> {
     let (mut a, mut b) = UnixStream::pair()?;
+    pin_to(BENCH_CPU)?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        pin_to(BENCH_CPU)?;
         let mut byte = [0u8; 1];
         for _ in 0..round_trips {
             b.read_exact(&mut byte)?;
@@ -139,7 +158,9 @@ pub fn sched(rounds: u32) -> anyhow::Result<()> {
     }
     let base = median(none).as_secs_f64();
     let per_rt = |d: f64| d / f64::from(ROUND_TRIPS) * 1e6;
-    println!("bench sched: {ROUND_TRIPS} pipe round trips, median of {rounds} interleaved rounds");
+    println!(
+        "bench sched: {ROUND_TRIPS} socketpair round trips between two threads pinned to CPU {BENCH_CPU}, median of {rounds} interleaved rounds"
+    );
     println!("  no tracer : {:.2} µs/round trip", per_rt(base));
     let hw = median(traced).as_secs_f64();
     println!(

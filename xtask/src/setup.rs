@@ -41,6 +41,7 @@ pub fn build_prerequisites() -> anyhow::Result<()> {
     nightly_with_rust_src()?;
     bpf_linker()?;
     tracefs();
+    say("ready: nightly + rust-src, bpf-linker, tracefs");
     Ok(())
 }
 
