@@ -13,3 +13,5 @@ pub mod view;
 pub use agent::Agent;
 pub use config::Config;
 pub use error::{Error, Result};
+/// The pure protocol layer (PostgreSQL, HTTP/1.1, fingerprints, routes).
+pub use herdwatch_protocol as protocol;

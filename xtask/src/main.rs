@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each does the setup it needs first, so a fresh
 //! machine needs nothing but `cargo`.
 mod bench;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -32,6 +33,12 @@ enum Cmd {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Fuzz every protocol parser (cargo-fuzz, nightly) for longer than `test` does.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+    },
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
         /// Which benchmark: `sched`.
@@ -59,6 +66,10 @@ fn main() -> anyhow::Result<()> {
             setup::run_checked(&mut cmd)
         }
         Cmd::Test { filter } => test::run(filter.as_deref()),
+        Cmd::Fuzz { seconds } => {
+            setup::build_prerequisites()?;
+            fuzz::run_all(seconds)
+        }
         Cmd::Bench { name, rounds } => {
             setup::build_prerequisites()?;
             match name.as_str() {

@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::setup;
+use crate::{fuzz, setup};
+
+/// Seconds each fuzz target runs in `cargo xtask test` (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS_IN_TEST: u32 = 10;
 
 #[derive(Default, Debug)]
 struct Tally {
@@ -104,6 +107,20 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         // A build failure, or a test binary that crashed before reporting.
         tally.failed += 1;
         eprintln!("xtask test: cargo test exited with {status} (saw results: {saw_results})");
+    }
+
+    if filter.is_none() {
+        fuzz::ensure_cargo_fuzz()?;
+        for target in fuzz::TARGETS {
+            eprintln!("xtask test: fuzz {target} for {FUZZ_SECONDS_IN_TEST} s");
+            if fuzz::run_target(target, FUZZ_SECONDS_IN_TEST)? {
+                println!("fuzz {target} ... ok");
+                tally.passed += 1;
+            } else {
+                println!("fuzz {target} ... FAILED (crash input in fuzz/artifacts/{target}/)");
+                tally.failed += 1;
+            }
+        }
     }
 
     let mut reasons = Vec::new();

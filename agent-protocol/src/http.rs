@@ -1,0 +1,758 @@
+//! HTTP/1.1 as a server sees it: requests read, responses written, on one connection.
+//! Handles keep-alive (many exchanges per connection), pipelining (several requests per read),
+//! Content-Length and chunked bodies, HEAD/1xx/204/304 responses without bodies, and bodies
+//! that end at close.
+//!
+//! The kernel captures a prefix of each call. Bodies are stepped over by their declared
+//! length. If a head itself is cut off (huge cookies), the message is taken to end with that
+//! call — clients and servers write a head in one call — and marked `head_truncated`.
+use std::collections::VecDeque;
+
+use crate::{Chunk, ProtocolError};
+
+/// A head larger than this is not HTTP we can use (real servers cap near 8–16 KiB too).
+pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_TARGET: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// Path and query as sent, cut at 2048 bytes.
+    pub target: String,
+    pub host: Option<String>,
+    pub keep_alive: bool,
+    pub head_truncated: bool,
+}
+
+/// A finished request/response exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub request: RequestHead,
+    /// None when the connection closed before a response.
+    pub status: Option<u16>,
+    /// First request byte read.
+    pub started_ns: u64,
+    /// First response byte written.
+    pub response_started_ns: Option<u64>,
+    /// Last response byte written (or the close).
+    pub finished_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpEvent {
+    /// A request head was read: the request is now in flight.
+    RequestStarted {
+        request: RequestHead,
+        started_ns: u64,
+    },
+    Exchange(Exchange),
+    Error(ProtocolError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Fixed {
+        remaining: u64,
+    },
+    /// Chunked: reading a size line (buffered) or `remaining` data bytes then CRLF.
+    ChunkSize,
+    ChunkData {
+        remaining: u64,
+    },
+    /// After the 0-size chunk: trailers until an empty line.
+    Trailers,
+    UntilClose,
+    /// Skip the rest of this call (a truncated head, or lost chunk framing).
+    RestOfCall,
+}
+
+/// One direction's message framing.
+#[derive(Debug)]
+struct Framer {
+    state: State,
+    buf: Vec<u8>,
+    message_started_ns: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    head: Vec<u8>,
+    truncated: bool,
+    started_ns: u64,
+}
+
+impl Framer {
+    fn new() -> Self {
+        Self {
+            state: State::Head,
+            buf: Vec::new(),
+            message_started_ns: None,
+        }
+    }
+
+    /// Feeds bytes. `on_head` is called with each complete head and returns the body kind;
+    /// `on_end` with each message's end timestamp.
+    fn push(
+        &mut self,
+        chunk: Chunk<'_>,
+        on_head: &mut dyn FnMut(Parsed) -> Result<Body, ProtocolError>,
+        on_end: &mut dyn FnMut(u64),
+        errors: &mut Vec<ProtocolError>,
+    ) {
+        let mut data = chunk.data;
+        let mut gap = chunk.gap() as u64;
+        let ts = chunk.timestamp_ns;
+        loop {
+            match self.state {
+                State::Head => {
+                    if data.is_empty() {
+                        if gap > 0 && !self.buf.is_empty() {
+                            // The head continues in bytes we did not capture.
+                            let parsed = Parsed {
+                                head: std::mem::take(&mut self.buf),
+                                truncated: true,
+                                started_ns: self.message_started_ns.take().unwrap_or(ts),
+                            };
+                            if let Err(e) = on_head(parsed) {
+                                errors.push(e);
+                            }
+                            on_end(ts);
+                            self.state = State::Head;
+                        }
+                        return;
+                    }
+                    if self.buf.is_empty() {
+                        // Tolerate stray CRLFs between messages (RFC 9112 §2.2).
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            continue;
+                        }
+                        self.message_started_ns = Some(ts);
+                    }
+                    let before = self.buf.len();
+                    let room = MAX_HEAD.saturating_sub(before);
+                    let take = data.len().min(room);
+                    self.buf.extend_from_slice(&data[..take]);
+                    let search_from = before.saturating_sub(3);
+                    match find(&self.buf[search_from..], b"\r\n\r\n") {
+                        Some(pos) => {
+                            let end = search_from + pos + 4;
+                            let used = end - before;
+                            data = &data[used..];
+                            let head: Vec<u8> = self.buf.drain(..end).collect();
+                            self.buf.clear();
+                            let parsed = Parsed {
+                                head,
+                                truncated: false,
+                                started_ns: self.message_started_ns.take().unwrap_or(ts),
+                            };
+                            match on_head(parsed) {
+                                Ok(body) => self.begin_body(body, ts, on_end),
+                                Err(e) => {
+                                    errors.push(e);
+                                    self.state = State::RestOfCall;
+                                }
+                            }
+                        }
+                        None if self.buf.len() >= MAX_HEAD => {
+                            errors.push(ProtocolError::HttpTooLarge("head"));
+                            self.buf.clear();
+                            self.message_started_ns = None;
+                            self.state = State::RestOfCall;
+                        }
+                        None => data = &data[take..],
+                    }
+                }
+                State::Fixed { remaining } => {
+                    let from_data = remaining.min(data.len() as u64);
+                    data = &data[from_data as usize..];
+                    let from_gap = (remaining - from_data).min(gap);
+                    gap -= from_gap;
+                    let left = remaining - from_data - from_gap;
+                    if left == 0 {
+                        on_end(ts);
+                        self.state = State::Head;
+                    } else {
+                        self.state = State::Fixed { remaining: left };
+                        return;
+                    }
+                }
+                State::ChunkSize => {
+                    if data.is_empty() {
+                        if gap > 0 {
+                            // A size line we cannot read: end the message with this call.
+                            on_end(ts);
+                            self.buf.clear();
+                            self.state = State::Head;
+                        }
+                        return;
+                    }
+                    match find(data, b"\r\n") {
+                        Some(pos) => {
+                            self.buf.extend_from_slice(&data[..pos]);
+                            data = &data[pos + 2..];
+                            let line = String::from_utf8_lossy(&self.buf).into_owned();
+                            self.buf.clear();
+                            let size_text = line.split(';').next().unwrap_or("").trim();
+                            match u64::from_str_radix(size_text, 16) {
+                                Ok(0) => self.state = State::Trailers,
+                                Ok(n) => self.state = State::ChunkData { remaining: n + 2 },
+                                Err(_) => {
+                                    errors.push(ProtocolError::HttpMalformed("chunk size"));
+                                    on_end(ts);
+                                    self.state = State::RestOfCall;
+                                }
+                            }
+                        }
+                        None => {
+                            self.buf.extend_from_slice(data);
+                            if self.buf.len() > 1024 {
+                                errors.push(ProtocolError::HttpTooLarge("chunk size line"));
+                                self.buf.clear();
+                                on_end(ts);
+                                self.state = State::Head;
+                            } else if gap > 0 {
+                                // The rest of the size line was not captured.
+                                self.buf.clear();
+                                on_end(ts);
+                                self.state = State::Head;
+                            }
+                            return;
+                        }
+                    }
+                }
+                State::ChunkData { remaining } => {
+                    let from_data = remaining.min(data.len() as u64);
+                    data = &data[from_data as usize..];
+                    let from_gap = (remaining - from_data).min(gap);
+                    gap -= from_gap;
+                    let left = remaining - from_data - from_gap;
+                    if left == 0 {
+                        self.state = State::ChunkSize;
+                    } else {
+                        self.state = State::ChunkData { remaining: left };
+                        return;
+                    }
+                }
+                State::Trailers => {
+                    // Usually just CRLF; otherwise trailer lines until an empty one.
+                    self.buf.extend_from_slice(data);
+                    if self.buf.starts_with(b"\r\n") || find(&self.buf, b"\r\n\r\n").is_some() {
+                        let end = if self.buf.starts_with(b"\r\n") {
+                            2
+                        } else {
+                            find(&self.buf, b"\r\n\r\n").map_or(0, |p| p + 4)
+                        };
+                        let rest = self.buf.split_off(end.min(self.buf.len()));
+                        self.buf.clear();
+                        on_end(ts);
+                        self.state = State::Head;
+                        if !rest.is_empty() {
+                            // Pipelined bytes after the trailers: parse them as the next message.
+                            self.push(
+                                Chunk {
+                                    data: &rest,
+                                    total_len: rest.len() + gap as usize,
+                                    timestamp_ns: ts,
+                                },
+                                on_head,
+                                on_end,
+                                errors,
+                            );
+                        }
+                        return;
+                    }
+                    if gap > 0 || self.buf.len() > MAX_HEAD {
+                        self.buf.clear();
+                        on_end(ts);
+                        self.state = State::Head;
+                    }
+                    return;
+                }
+                State::UntilClose => return,
+                State::RestOfCall => {
+                    self.state = State::Head;
+                    self.buf.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn begin_body(&mut self, body: Body, ts: u64, on_end: &mut dyn FnMut(u64)) {
+        self.state = match body {
+            Body::None | Body::Length(0) => {
+                on_end(ts);
+                State::Head
+            }
+            Body::Length(n) => State::Fixed { remaining: n },
+            Body::Chunked => State::ChunkSize,
+            Body::UntilClose => State::UntilClose,
+        };
+    }
+
+    fn in_body_until_close(&self) -> bool {
+        matches!(self.state, State::UntilClose)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+struct Head {
+    first_line: String,
+    headers: Vec<(String, String)>,
+}
+
+fn parse_head(bytes: &[u8]) -> Head {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = text.split("\r\n");
+    let first_line = lines.next().unwrap_or("").to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Head {
+        first_line,
+        headers,
+    }
+}
+
+impl Head {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn chunked(&self) -> bool {
+        self.get("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        self.get("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn connection_has(&self, token: &str) -> bool {
+        self.get("connection")
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
+    let head = parse_head(&p.head);
+    let mut parts = head.first_line.split(' ');
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(ProtocolError::HttpMalformed("request line"));
+    };
+    let version = parts
+        .next()
+        .unwrap_or(if p.truncated { "HTTP/1.1" } else { "" });
+    if !is_token(method)
+        || !version.starts_with("HTTP/1.")
+        || !(target.starts_with('/')
+            || target == "*"
+            || target.contains("://")
+            || method == "CONNECT")
+    {
+        return Err(ProtocolError::HttpMalformed("request line"));
+    }
+    let http10 = version == "HTTP/1.0";
+    let keep_alive = if http10 {
+        head.connection_has("keep-alive")
+    } else {
+        !head.connection_has("close")
+    };
+    let mut target = target.to_string();
+    if target.len() > MAX_TARGET {
+        let mut end = MAX_TARGET;
+        while !target.is_char_boundary(end) {
+            end -= 1;
+        }
+        target.truncate(end);
+    }
+    let body = if head.chunked() {
+        Body::Chunked
+    } else {
+        head.content_length().map_or(Body::None, Body::Length)
+    };
+    Ok((
+        RequestHead {
+            method: method.to_string(),
+            target,
+            host: head.get("host").map(String::from),
+            keep_alive,
+            head_truncated: p.truncated,
+        },
+        if p.truncated { Body::None } else { body },
+    ))
+}
+
+fn parse_response(
+    p: &Parsed,
+    request_method: Option<&str>,
+) -> Result<(u16, Body, bool), ProtocolError> {
+    let head = parse_head(&p.head);
+    let mut parts = head.first_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ProtocolError::HttpMalformed("status line"))?;
+    if !version.starts_with("HTTP/1.") || !(100..=999).contains(&status) {
+        return Err(ProtocolError::HttpMalformed("status line"));
+    }
+    let close = head.connection_has("close")
+        || (version == "HTTP/1.0" && !head.connection_has("keep-alive"));
+    let no_body = request_method == Some("HEAD")
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304;
+    let body = if no_body || p.truncated {
+        Body::None
+    } else if head.chunked() {
+        Body::Chunked
+    } else if let Some(n) = head.content_length() {
+        Body::Length(n)
+    } else {
+        Body::UntilClose
+    };
+    Ok((status, body, close))
+}
+
+#[derive(Debug)]
+struct Open {
+    request: RequestHead,
+    started_ns: u64,
+    status: Option<u16>,
+    response_started_ns: Option<u64>,
+}
+
+/// One server-side HTTP/1.x connection.
+#[derive(Debug)]
+pub struct HttpSession {
+    requests: Framer,
+    responses: Framer,
+    /// Requests read and not yet fully answered, oldest first (pipelining).
+    open: VecDeque<Open>,
+    /// Requests dropped because too many were pipelined without answers.
+    pub overflow: u64,
+}
+
+const MAX_OPEN: usize = 256;
+
+impl HttpSession {
+    pub fn new() -> Self {
+        Self {
+            requests: Framer::new(),
+            responses: Framer::new(),
+            open: VecDeque::new(),
+            overflow: 0,
+        }
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Bytes the server read from the client.
+    pub fn on_read(&mut self, chunk: Chunk<'_>) -> Vec<HttpEvent> {
+        let mut events = Vec::new();
+        let mut errors = Vec::new();
+        let mut started = Vec::new();
+        self.requests.push(
+            chunk,
+            &mut |p| {
+                let (req, body) = parse_request(&p)?;
+                started.push((req, p.started_ns));
+                Ok(body)
+            },
+            &mut |_| {},
+            &mut errors,
+        );
+        for (request, started_ns) in started {
+            if self.open.len() >= MAX_OPEN {
+                self.open.pop_front();
+                self.overflow += 1;
+            }
+            events.push(HttpEvent::RequestStarted {
+                request: request.clone(),
+                started_ns,
+            });
+            self.open.push_back(Open {
+                request,
+                started_ns,
+                status: None,
+                response_started_ns: None,
+            });
+        }
+        events.extend(errors.into_iter().map(HttpEvent::Error));
+        events
+    }
+
+    /// Bytes the server wrote to the client.
+    pub fn on_write(&mut self, chunk: Chunk<'_>) -> Vec<HttpEvent> {
+        let mut errors = Vec::new();
+        // Both callbacks need the open requests: the head sets the front's status, the end
+        // of that response pops it.
+        let shared = std::cell::RefCell::new((&mut self.open, Vec::new()));
+        self.responses.push(
+            chunk,
+            &mut |p| {
+                let mut guard = shared.borrow_mut();
+                let open = &mut guard.0;
+                let method = open.front().map(|o| o.request.method.clone());
+                let (status, body, _close) = parse_response(&p, method.as_deref())?;
+                let interim = (100..200).contains(&status) && status != 101;
+                if let Some(front) = open.front_mut() {
+                    // 1xx interim responses (100 Continue) precede the real one.
+                    if !interim {
+                        front.status = Some(status);
+                    }
+                    front.response_started_ns.get_or_insert(p.started_ns);
+                }
+                Ok(if interim { Body::None } else { body })
+            },
+            &mut |end| {
+                let mut guard = shared.borrow_mut();
+                let (open, done) = &mut *guard;
+                if open.front().is_some_and(|o| o.status.is_some())
+                    && let Some(o) = open.pop_front()
+                {
+                    done.push(HttpEvent::Exchange(Exchange {
+                        request: o.request,
+                        status: o.status,
+                        started_ns: o.started_ns,
+                        response_started_ns: o.response_started_ns,
+                        finished_ns: end,
+                    }));
+                }
+            },
+            &mut errors,
+        );
+        let (_, mut events) = shared.into_inner();
+        events.extend(errors.into_iter().map(HttpEvent::Error));
+        events
+    }
+
+    /// The connection closed: a body that runs until close ends here; requests never answered
+    /// are reported without a status.
+    pub fn on_close(&mut self, timestamp_ns: u64) -> Vec<HttpEvent> {
+        let answered_by_close = self.responses.in_body_until_close();
+        self.open
+            .drain(..)
+            .enumerate()
+            .map(|(k, o)| {
+                HttpEvent::Exchange(Exchange {
+                    request: o.request,
+                    // Only the response being written can have been ended by the close.
+                    status: o.status.filter(|_| k == 0 && answered_by_close),
+                    started_ns: o.started_ns,
+                    response_started_ns: o.response_started_ns,
+                    finished_ns: timestamp_ns,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Default for HttpSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchanges(ev: Vec<HttpEvent>) -> Vec<Exchange> {
+        ev.into_iter()
+            .filter_map(|e| {
+                if let HttpEvent::Exchange(x) = e {
+                    Some(x)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keep_alive_exchanges_with_timing() {
+        let mut s = HttpSession::new();
+        let ev = s.on_read(Chunk::whole(
+            b"GET /orders/12?x=1 HTTP/1.1\r\nHost: shop\r\n\r\n",
+            10,
+        ));
+        assert!(
+            matches!(&ev[0], HttpEvent::RequestStarted { request, started_ns: 10 } if request.target == "/orders/12?x=1" && request.host.as_deref() == Some("shop"))
+        );
+        let x = exchanges(s.on_write(Chunk::whole(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+            30,
+        )));
+        assert_eq!(x.len(), 1);
+        assert_eq!(
+            (x[0].status, x[0].started_ns, x[0].finished_ns),
+            (Some(200), 10, 30)
+        );
+        s.on_read(Chunk::whole(
+            b"POST /api/checkout HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            40,
+        ));
+        // Head and body written in two calls.
+        assert!(
+            exchanges(s.on_write(Chunk::whole(
+                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n",
+                50
+            )))
+            .is_empty()
+        );
+        let x = exchanges(s.on_write(Chunk::whole(b"ok", 60)));
+        assert_eq!(
+            (
+                x[0].request.method.as_str(),
+                x[0].status,
+                x[0].response_started_ns,
+                x[0].finished_ns
+            ),
+            ("POST", Some(201), Some(50), 60)
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_in_one_read_and_responses_in_one_write() {
+        let mut s = HttpSession::new();
+        let ev = s.on_read(Chunk::whole(
+            b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nHEAD /c HTTP/1.1\r\n\r\n",
+            1,
+        ));
+        assert_eq!(ev.len(), 3);
+        assert_eq!(s.in_flight(), 3);
+        let x = exchanges(s.on_write(Chunk::whole(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n",
+            2,
+        )));
+        let got: Vec<_> = x
+            .iter()
+            .map(|e| (e.request.target.as_str(), e.status))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("/a", Some(200)), ("/b", Some(404)), ("/c", Some(200))],
+            "HEAD response has no body"
+        );
+    }
+
+    #[test]
+    fn chunked_response_across_writes_and_uncaptured_body() {
+        let mut s = HttpSession::new();
+        s.on_read(Chunk::whole(b"GET /stream HTTP/1.1\r\n\r\n", 1));
+        assert!(
+            exchanges(s.on_write(Chunk::whole(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                2
+            )))
+            .is_empty()
+        );
+        let x = exchanges(s.on_write(Chunk::whole(b"0\r\n\r\n", 3)));
+        assert_eq!((x[0].status, x[0].finished_ns), (Some(200), 3));
+        // A 1 MB body of which only 100 bytes were captured still ends the exchange.
+        s.on_read(Chunk::whole(b"GET /big HTTP/1.1\r\n\r\n", 4));
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+        let mut data = head.to_vec();
+        data.resize(100, b'x');
+        let x = exchanges(s.on_write(Chunk {
+            data: &data,
+            total_len: head.len() + 1_000_000,
+            timestamp_ns: 5,
+        }));
+        assert_eq!(x[0].request.target, "/big");
+    }
+
+    #[test]
+    fn truncated_request_head_ends_with_its_call() {
+        let mut s = HttpSession::new();
+        let mut data = b"GET /api/cart HTTP/1.1\r\nCookie: ".to_vec();
+        data.resize(512, b'a');
+        let ev = s.on_read(Chunk {
+            data: &data,
+            total_len: 3000,
+            timestamp_ns: 1,
+        });
+        assert!(
+            matches!(&ev[0], HttpEvent::RequestStarted { request, .. } if request.head_truncated && request.target == "/api/cart")
+        );
+        // The next read is a new request, parsed normally.
+        assert_eq!(
+            s.on_read(Chunk::whole(b"GET /next HTTP/1.1\r\n\r\n", 2))
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn response_until_close_and_unanswered_requests() {
+        let mut s = HttpSession::new();
+        s.on_read(Chunk::whole(b"GET /old HTTP/1.0\r\n\r\n", 1));
+        assert!(
+            exchanges(s.on_write(Chunk::whole(b"HTTP/1.0 200 OK\r\n\r\nbody...", 2))).is_empty()
+        );
+        let x = exchanges(s.on_close(9));
+        assert_eq!((x[0].status, x[0].finished_ns), (Some(200), 9));
+        let mut s = HttpSession::new();
+        s.on_read(Chunk::whole(b"GET /hang HTTP/1.1\r\n\r\n", 1));
+        let x = exchanges(s.on_close(5));
+        assert_eq!(x[0].status, None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut s = HttpSession::new();
+        let ev = s.on_read(Chunk::whole(
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+            1,
+        ));
+        assert!(ev.iter().any(|e| matches!(e, HttpEvent::Error(_))));
+        let ev = s.on_read(Chunk::whole(&[b'A'; MAX_HEAD + 10], 2));
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, HttpEvent::Error(ProtocolError::HttpTooLarge(_))))
+        );
+        assert!(
+            s.on_write(Chunk::whole(b"HTTP/1.1 abc\r\n\r\n", 3))
+                .iter()
+                .any(|e| matches!(e, HttpEvent::Error(_)))
+        );
+        // And the session still works afterwards.
+        assert_eq!(
+            s.on_read(Chunk::whole(b"GET / HTTP/1.1\r\n\r\n", 4)).len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! What herdwatch understands of the bytes it sees on sockets. Pure functions and state
+//! machines: bytes and timestamps in, typed events out; no I/O, no clocks, no panics on any
+//! input (each parser has a fuzz target in `fuzz/`).
+//!
+//! The kernel captures only a prefix of each read or write, so every stream parser takes
+//! [`Chunk`]s: the captured bytes plus the call's real length. Bytes that were not captured are
+//! a gap the parsers step over using the protocol's own length fields.
+pub mod error;
+pub mod fingerprint;
+pub mod http;
+pub mod postgres;
+pub mod route;
+
+pub use error::ProtocolError;
+
+/// One read or write on a socket as the kernel saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    /// The captured prefix of the payload.
+    pub data: &'a [u8],
+    /// How many bytes the call really moved (≥ `data.len()`).
+    pub total_len: usize,
+    /// When the call completed, ns (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+}
+
+impl<'a> Chunk<'a> {
+    /// A fully captured chunk.
+    pub fn whole(data: &'a [u8], timestamp_ns: u64) -> Self {
+        Self {
+            data,
+            total_len: data.len(),
+            timestamp_ns,
+        }
+    }
+
+    /// Bytes moved but not captured.
+    pub fn gap(&self) -> usize {
+        self.total_len.saturating_sub(self.data.len())
+    }
+}

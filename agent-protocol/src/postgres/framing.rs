@@ -1,0 +1,379 @@
+//! Splitting one direction of a PostgreSQL v3 stream into messages.
+//!
+//! Messages may arrive several per read (pipelining), split across reads, or only partly
+//! captured (the kernel copies a prefix of each call). The framer keeps the partial header and
+//! a capped body between chunks, steps over uncaptured bytes with the message's own length,
+//! and, if a gap swallows a header, re-synchronises at the start of a later chunk.
+use crate::{Chunk, ProtocolError};
+
+/// Which side sent the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → server.
+    Frontend,
+    /// Server → client.
+    Backend,
+}
+
+/// A whole message. `kind` is 0 for the untyped startup-phase messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    pub kind: u8,
+    /// The captured part of the body (at most the framer's cap).
+    pub body: Vec<u8>,
+    /// The body length the header declared.
+    pub declared_len: usize,
+    /// Some of the body was not captured or exceeded the cap.
+    pub truncated: bool,
+    /// Timestamp of the chunk that completed the message.
+    pub timestamp_ns: u64,
+    /// The backend's one-byte answer to an encryption request, not a typed message.
+    pub lone_byte: bool,
+}
+
+const FRONTEND_TYPES: &[u8] = b"QPBDESHCXdcfpF";
+const BACKEND_TYPES: &[u8] = b"RSKZTDCEN123ntsIGHWdcAVv";
+/// The protocol allows up to 1 GiB; a larger length means we are not looking at a header.
+const MAX_MESSAGE: usize = 1 << 30;
+/// When guessing where a message starts after lost sync, be stricter.
+const MAX_RESYNC_MESSAGE: usize = 16 << 20;
+/// Default cap on the body bytes kept per message.
+pub const DEFAULT_BODY_CAP: usize = 16 * 1024;
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a header: `need` bytes total (5 typed, 4 for an untyped length).
+    Header,
+    /// In a body with `remaining` bytes to go.
+    Body { remaining: usize },
+    /// A gap hit a header: wait for the next chunk to find a message start.
+    LostSync,
+}
+
+#[derive(Debug)]
+pub struct Framer {
+    direction: Direction,
+    /// The next frontend message is untyped (startup phase: StartupMessage, SSLRequest, …).
+    untyped_next: bool,
+    /// The backend's next byte is a lone SSL/GSS answer ('S' or 'N').
+    single_byte_next: bool,
+    state: State,
+    header: Vec<u8>,
+    kind: u8,
+    declared_len: usize,
+    body: Vec<u8>,
+    truncated: bool,
+    body_cap: usize,
+    /// Chunks dropped while looking for a message start after lost sync.
+    pub skipped_chunks: u64,
+}
+
+impl Framer {
+    pub fn new(direction: Direction) -> Self {
+        Self {
+            direction,
+            untyped_next: direction == Direction::Frontend,
+            single_byte_next: false,
+            state: State::Header,
+            header: Vec::with_capacity(8),
+            kind: 0,
+            declared_len: 0,
+            body: Vec::new(),
+            truncated: false,
+            body_cap: DEFAULT_BODY_CAP,
+            skipped_chunks: 0,
+        }
+    }
+
+    /// A framer that joins a stream mid-way (the agent started after the connection opened):
+    /// no startup phase, and the first chunk must start at a message boundary.
+    pub fn mid_stream(direction: Direction) -> Self {
+        let mut f = Self::new(direction);
+        f.untyped_next = false;
+        f.state = State::LostSync;
+        f
+    }
+
+    pub fn with_body_cap(mut self, cap: usize) -> Self {
+        self.body_cap = cap;
+        self
+    }
+
+    /// The frontend sent SSLRequest/GSSENCRequest: the backend answers with one byte.
+    pub fn expect_single_byte(&mut self) {
+        self.single_byte_next = true;
+    }
+
+    /// After a refused SSLRequest the client sends another untyped StartupMessage.
+    pub fn expect_untyped(&mut self) {
+        self.untyped_next = true;
+    }
+
+    fn header_len(&self) -> usize {
+        if self.untyped_next { 4 } else { 5 }
+    }
+
+    fn valid_type(&self, kind: u8) -> bool {
+        match self.direction {
+            Direction::Frontend => FRONTEND_TYPES.contains(&kind),
+            Direction::Backend => BACKEND_TYPES.contains(&kind),
+        }
+    }
+
+    /// Feeds one chunk; returns the messages it completed and any framing errors, in order.
+    pub fn push(&mut self, chunk: Chunk<'_>) -> Vec<Result<RawMessage, ProtocolError>> {
+        let mut out = Vec::new();
+        let mut data = chunk.data;
+        let mut gap = chunk.gap();
+        if matches!(self.state, State::LostSync) {
+            if !self.looks_like_message_start(data) {
+                self.skipped_chunks += 1;
+                return out;
+            }
+            self.state = State::Header;
+            self.header.clear();
+        }
+        loop {
+            match self.state {
+                State::LostSync => return out,
+                State::Header => {
+                    if self.single_byte_next && self.header.is_empty() {
+                        let Some((&b, rest)) = data.split_first() else {
+                            break;
+                        };
+                        data = rest;
+                        self.single_byte_next = false;
+                        out.push(Ok(RawMessage {
+                            kind: b,
+                            body: Vec::new(),
+                            declared_len: 0,
+                            truncated: false,
+                            timestamp_ns: chunk.timestamp_ns,
+                            lone_byte: true,
+                        }));
+                        continue;
+                    }
+                    let need = self.header_len() - self.header.len();
+                    if data.is_empty() {
+                        if gap > 0 {
+                            self.lose_sync(gap, &mut out);
+                        }
+                        break;
+                    }
+                    let take = need.min(data.len());
+                    self.header.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.header.len() < self.header_len() {
+                        continue;
+                    }
+                    if let Err(e) = self.start_body() {
+                        out.push(Err(e));
+                        self.lose_sync(0, &mut Vec::new());
+                        return out;
+                    }
+                    self.finish_if_done(chunk.timestamp_ns, &mut out);
+                }
+                State::Body { remaining } => {
+                    if !data.is_empty() {
+                        let take = remaining.min(data.len());
+                        let room = self.body_cap.saturating_sub(self.body.len());
+                        let keep = take.min(room);
+                        self.body.extend_from_slice(&data[..keep]);
+                        if keep < take {
+                            self.truncated = true;
+                        }
+                        data = &data[take..];
+                        self.state = State::Body {
+                            remaining: remaining - take,
+                        };
+                    } else if gap > 0 {
+                        let take = remaining.min(gap);
+                        gap -= take;
+                        self.truncated = true;
+                        self.state = State::Body {
+                            remaining: remaining - take,
+                        };
+                    } else {
+                        break;
+                    }
+                    self.finish_if_done(chunk.timestamp_ns, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn lose_sync(&mut self, gap: usize, out: &mut Vec<Result<RawMessage, ProtocolError>>) {
+        if gap > 0 {
+            out.push(Err(ProtocolError::PgLostSync(gap)));
+        }
+        self.state = State::LostSync;
+        self.header.clear();
+        self.body.clear();
+        self.truncated = false;
+        self.untyped_next = false;
+    }
+
+    fn start_body(&mut self) -> Result<(), ProtocolError> {
+        let (kind, len_bytes) = if self.untyped_next {
+            (0, &self.header[0..4])
+        } else {
+            (self.header[0], &self.header[1..5])
+        };
+        let len =
+            i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as i64;
+        if !self.untyped_next && !self.valid_type(kind) {
+            return Err(ProtocolError::PgUnknownType(kind));
+        }
+        if !(4..=MAX_MESSAGE as i64).contains(&len) {
+            return Err(ProtocolError::PgBadLength { kind, len });
+        }
+        // The length counts itself but not the type byte.
+        let body_len = len as usize - 4;
+        self.kind = kind;
+        self.declared_len = body_len;
+        self.body.clear();
+        self.truncated = false;
+        self.header.clear();
+        self.untyped_next = false;
+        self.state = State::Body {
+            remaining: body_len,
+        };
+        Ok(())
+    }
+
+    fn finish_if_done(
+        &mut self,
+        timestamp_ns: u64,
+        out: &mut Vec<Result<RawMessage, ProtocolError>>,
+    ) {
+        if let State::Body { remaining: 0 } = self.state {
+            out.push(Ok(RawMessage {
+                kind: self.kind,
+                body: std::mem::take(&mut self.body),
+                declared_len: self.declared_len,
+                truncated: self.truncated,
+                timestamp_ns,
+                lone_byte: false,
+            }));
+            self.truncated = false;
+            self.state = State::Header;
+        }
+    }
+
+    fn looks_like_message_start(&self, data: &[u8]) -> bool {
+        let [kind, a, b, c, d, ..] = *data else {
+            return false;
+        };
+        let len = i32::from_be_bytes([a, b, c, d]);
+        self.valid_type(kind) && (4..=MAX_RESYNC_MESSAGE as i32).contains(&len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![kind];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn kinds(r: &[Result<RawMessage, ProtocolError>]) -> Vec<u8> {
+        r.iter()
+            .filter_map(|m| m.as_ref().ok().map(|m| m.kind))
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_messages_in_one_chunk() {
+        let mut f = Framer::mid_stream(Direction::Backend);
+        let mut bytes = typed(b'1', b"");
+        bytes.extend(typed(b'2', b""));
+        bytes.extend(typed(b'C', b"SELECT 1\0"));
+        bytes.extend(typed(b'Z', b"I"));
+        let out = f.push(Chunk::whole(&bytes, 1));
+        assert_eq!(kinds(&out), b"12CZ");
+    }
+
+    #[test]
+    fn a_message_split_at_every_byte_boundary() {
+        let msg = typed(b'Q', b"SELECT 1\0");
+        for split in 0..=msg.len() {
+            let mut f = Framer::new(Direction::Frontend);
+            f.untyped_next = false;
+            let mut out = f.push(Chunk::whole(&msg[..split], 1));
+            out.extend(f.push(Chunk::whole(&msg[split..], 2)));
+            assert_eq!(kinds(&out), b"Q", "split at {split}");
+            let m = out.into_iter().find_map(Result::ok).expect("message");
+            assert_eq!(m.body, b"SELECT 1\0");
+            assert!(!m.truncated);
+        }
+    }
+
+    #[test]
+    fn uncaptured_body_is_stepped_over() {
+        let mut f = Framer::mid_stream(Direction::Backend);
+        let mut bytes = typed(b'D', &[7u8; 1000]);
+        bytes.extend(typed(b'C', b"SELECT 1\0"));
+        // Only 20 bytes captured of the first call; the second call is whole.
+        let out1 = f.push(Chunk {
+            data: &bytes[..20],
+            total_len: 1005,
+            timestamp_ns: 1,
+        });
+        let out2 = f.push(Chunk::whole(&bytes[1005..], 2));
+        let d = out1
+            .into_iter()
+            .find_map(Result::ok)
+            .expect("DataRow completed by the gap");
+        assert!(d.truncated && d.body.len() == 15 && d.declared_len == 1000);
+        assert_eq!(kinds(&out2), b"C");
+    }
+
+    #[test]
+    fn a_gap_inside_a_header_resyncs_on_a_later_chunk() {
+        let mut f = Framer::mid_stream(Direction::Frontend);
+        let q = typed(b'Q', b"SELECT 1\0");
+        // First chunk: whole message + 3 uncaptured bytes that start a new header.
+        let out = f.push(Chunk {
+            data: &q,
+            total_len: q.len() + 3,
+            timestamp_ns: 1,
+        });
+        assert_eq!(kinds(&out), b"Q");
+        assert!(
+            out.iter()
+                .any(|r| matches!(r, Err(ProtocolError::PgLostSync(_))))
+        );
+        // Garbage does not resync; a real message start does.
+        assert!(
+            f.push(Chunk::whole(b"\xff\xff\xff\xff\xff\xff", 2))
+                .is_empty()
+        );
+        assert_eq!(kinds(&f.push(Chunk::whole(&q, 3))), b"Q");
+    }
+
+    #[test]
+    fn startup_ssl_and_bad_lengths() {
+        let mut f = Framer::new(Direction::Frontend);
+        let mut ssl = 8i32.to_be_bytes().to_vec();
+        ssl.extend(80877103i32.to_be_bytes());
+        let out = f.push(Chunk::whole(&ssl, 1));
+        let m = out
+            .into_iter()
+            .find_map(Result::ok)
+            .expect("untyped message");
+        assert_eq!((m.kind, m.body), (0, 80877103i32.to_be_bytes().to_vec()));
+        let mut b = Framer::mid_stream(Direction::Backend);
+        b.state = State::Header;
+        b.expect_single_byte();
+        assert_eq!(kinds(&b.push(Chunk::whole(b"N", 1))), b"N");
+        let mut bad = Framer::mid_stream(Direction::Backend);
+        bad.state = State::Header;
+        let out = bad.push(Chunk::whole(&[b'Z', 0, 0, 0, 1, b'I'], 1));
+        assert!(matches!(out[0], Err(ProtocolError::PgBadLength { .. })));
+    }
+}

@@ -1,0 +1,296 @@
+//! Typed PostgreSQL v3 messages decoded from [`RawMessage`]s. Only what herdwatch uses is kept;
+//! every read is bounds-checked and a short body is an error, not a panic.
+use super::framing::RawMessage;
+use crate::ProtocolError;
+
+pub const SSL_REQUEST: i32 = 80_877_103;
+pub const GSSENC_REQUEST: i32 = 80_877_104;
+pub const CANCEL_REQUEST: i32 = 80_877_102;
+pub const PROTOCOL_3_0: i32 = 196_608;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Statement,
+    Portal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend {
+    Startup {
+        user: Option<String>,
+        database: Option<String>,
+    },
+    SslRequest,
+    GssEncRequest,
+    CancelRequest,
+    Query {
+        sql: String,
+        truncated: bool,
+    },
+    Parse {
+        statement: String,
+        sql: String,
+        truncated: bool,
+    },
+    Bind {
+        portal: String,
+        statement: String,
+    },
+    Describe {
+        target: Target,
+        name: String,
+    },
+    Execute {
+        portal: String,
+    },
+    Close {
+        target: Target,
+        name: String,
+    },
+    Sync,
+    Flush,
+    Terminate,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    /// Password, SASL and GSS responses; FunctionCall.
+    Other(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The one-byte answer to SSLRequest/GSSENCRequest.
+    EncryptionAnswer {
+        accepted: bool,
+    },
+    Authentication,
+    ParameterStatus,
+    BackendKeyData,
+    ReadyForQuery {
+        status: u8,
+    },
+    RowDescription,
+    DataRow,
+    CommandComplete {
+        tag: String,
+    },
+    Error {
+        sqlstate: Option<String>,
+        severity: Option<String>,
+    },
+    Notice,
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    NoData,
+    ParameterDescription,
+    PortalSuspended,
+    EmptyQuery,
+    CopyInResponse,
+    CopyOutResponse,
+    CopyBothResponse,
+    CopyData,
+    CopyDone,
+    Other(u8),
+}
+
+/// A cursor over a captured body. Reading past the captured bytes of a truncated body yields
+/// what there is, marked truncated; of a whole body, an error.
+struct Reader<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Self { body, pos: 0 }
+    }
+
+    /// A NUL-terminated string; `(text, complete)`.
+    fn cstr(&mut self) -> (String, bool) {
+        let rest = self.body.get(self.pos..).unwrap_or_default();
+        match rest.iter().position(|&b| b == 0) {
+            Some(end) => {
+                self.pos += end + 1;
+                (String::from_utf8_lossy(&rest[..end]).into_owned(), true)
+            }
+            None => {
+                self.pos = self.body.len();
+                (String::from_utf8_lossy(rest).into_owned(), false)
+            }
+        }
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.body.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        let bytes = self.body.get(self.pos..self.pos + 4)?;
+        self.pos += 4;
+        Some(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+fn target(b: Option<u8>) -> Target {
+    if b == Some(b'P') {
+        Target::Portal
+    } else {
+        Target::Statement
+    }
+}
+
+pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
+    let mut r = Reader::new(&m.body);
+    let need = |ok: bool, what| {
+        if ok || m.truncated {
+            Ok(())
+        } else {
+            Err(ProtocolError::PgTruncated(what))
+        }
+    };
+    Ok(match m.kind {
+        0 => match r.i32() {
+            Some(SSL_REQUEST) => Frontend::SslRequest,
+            Some(GSSENC_REQUEST) => Frontend::GssEncRequest,
+            Some(CANCEL_REQUEST) => Frontend::CancelRequest,
+            Some(v) if v >> 16 == 3 => {
+                let (mut user, mut database) = (None, None);
+                loop {
+                    let (key, complete) = r.cstr();
+                    if key.is_empty() || !complete {
+                        break;
+                    }
+                    let (value, _) = r.cstr();
+                    match key.as_str() {
+                        "user" => user = Some(value),
+                        "database" => database = Some(value),
+                        _ => {}
+                    }
+                }
+                if database.is_none() {
+                    database = user.clone(); // the server's default
+                }
+                Frontend::Startup { user, database }
+            }
+            _ => return Err(ProtocolError::PgTruncated("startup")),
+        },
+        b'Q' => {
+            let (sql, complete) = r.cstr();
+            need(complete, "Query")?;
+            Frontend::Query {
+                sql,
+                truncated: !complete || m.truncated,
+            }
+        }
+        b'P' => {
+            let (statement, ok) = r.cstr();
+            need(ok, "Parse")?;
+            let (sql, complete) = r.cstr();
+            need(complete, "Parse")?;
+            Frontend::Parse {
+                statement,
+                sql,
+                truncated: !complete || m.truncated,
+            }
+        }
+        b'B' => {
+            let (portal, ok1) = r.cstr();
+            let (statement, ok2) = r.cstr();
+            if !(ok1 && ok2) {
+                return Err(ProtocolError::PgTruncated("Bind"));
+            }
+            Frontend::Bind { portal, statement }
+        }
+        b'D' | b'C' => {
+            let t = target(r.u8());
+            let (name, ok) = r.cstr();
+            need(ok, "Describe/Close")?;
+            if m.kind == b'D' {
+                Frontend::Describe { target: t, name }
+            } else {
+                Frontend::Close { target: t, name }
+            }
+        }
+        b'E' => {
+            let (portal, ok) = r.cstr();
+            if !ok {
+                return Err(ProtocolError::PgTruncated("Execute"));
+            }
+            Frontend::Execute { portal }
+        }
+        b'S' => Frontend::Sync,
+        b'H' => Frontend::Flush,
+        b'X' => Frontend::Terminate,
+        b'd' => Frontend::CopyData,
+        b'c' => Frontend::CopyDone,
+        b'f' => Frontend::CopyFail,
+        other => Frontend::Other(other),
+    })
+}
+
+pub fn decode_backend(m: &RawMessage) -> Result<Backend, ProtocolError> {
+    let mut r = Reader::new(&m.body);
+    Ok(match m.kind {
+        _ if m.lone_byte => Backend::EncryptionAnswer {
+            accepted: m.kind == b'S',
+        },
+        b'R' => Backend::Authentication,
+        b'S' => Backend::ParameterStatus,
+        b'K' => Backend::BackendKeyData,
+        b'Z' => Backend::ReadyForQuery {
+            status: r.u8().ok_or(ProtocolError::PgTruncated("ReadyForQuery"))?,
+        },
+        b'T' => Backend::RowDescription,
+        b'D' => Backend::DataRow,
+        b'C' => {
+            let (tag, complete) = r.cstr();
+            if !complete && !m.truncated {
+                return Err(ProtocolError::PgTruncated("CommandComplete"));
+            }
+            Backend::CommandComplete { tag }
+        }
+        b'E' => {
+            let (mut sqlstate, mut severity) = (None, None);
+            while let Some(code) = r.u8() {
+                if code == 0 {
+                    break;
+                }
+                let (value, _) = r.cstr();
+                match code {
+                    b'C' => sqlstate = Some(value),
+                    b'V' => severity = Some(value),
+                    b'S' if severity.is_none() => severity = Some(value),
+                    _ => {}
+                }
+            }
+            Backend::Error { sqlstate, severity }
+        }
+        b'N' => Backend::Notice,
+        b'1' => Backend::ParseComplete,
+        b'2' => Backend::BindComplete,
+        b'3' => Backend::CloseComplete,
+        b'n' => Backend::NoData,
+        b't' => Backend::ParameterDescription,
+        b's' => Backend::PortalSuspended,
+        b'I' => Backend::EmptyQuery,
+        b'G' => Backend::CopyInResponse,
+        b'H' => Backend::CopyOutResponse,
+        b'W' => Backend::CopyBothResponse,
+        b'd' => Backend::CopyData,
+        b'c' => Backend::CopyDone,
+        other => Backend::Other(other),
+    })
+}
+
+/// Rows affected or returned, from a CommandComplete tag: `SELECT 5`, `INSERT 0 1`, `UPDATE 3`.
+pub fn rows_from_tag(tag: &str) -> Option<u64> {
+    tag.rsplit(' ').next()?.parse().ok()
+}
+
+/// The command word of a tag (`SELECT`, `INSERT`, `CREATE TABLE` → `CREATE`).
+pub fn command_from_tag(tag: &str) -> &str {
+    tag.split(' ').next().unwrap_or(tag)
+}

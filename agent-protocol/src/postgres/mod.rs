@@ -1,0 +1,10 @@
+//! PostgreSQL frontend/backend protocol v3: framing, message decoding, per-connection sessions.
+pub mod framing;
+pub mod messages;
+pub mod session;
+
+#[cfg(test)]
+mod tests;
+
+pub use framing::{Direction, Framer, RawMessage};
+pub use session::{Outcome, PgSession, QueryEvent, QueryProtocol, SessionEvent};

@@ -1,0 +1,384 @@
+//! One PostgreSQL connection seen from both sides: turns frontend and backend chunks into
+//! completed queries with timing, rows and errors.
+//!
+//! Responses come back in request order, so in-flight operations wait in a FIFO: a simple
+//! Query completes at ReadyForQuery; an extended-protocol Execute at CommandComplete,
+//! EmptyQueryResponse, PortalSuspended or ErrorResponse. After an error the server skips
+//! everything up to Sync, so Executes still queued before that Sync complete as `Aborted`.
+//! Statements prepared before we saw the connection are attributed by name, never dropped.
+use std::collections::{HashMap, VecDeque};
+
+use super::{
+    framing::{Direction, Framer},
+    messages::{
+        Backend, Frontend, Target, command_from_tag, decode_backend, decode_frontend, rows_from_tag,
+    },
+};
+use crate::{Chunk, ProtocolError};
+
+/// Bounds per connection, so a client that never closes what it prepares cannot grow us.
+pub const MAX_STATEMENTS: usize = 1024;
+pub const MAX_PENDING: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryProtocol {
+    Simple,
+    Extended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    /// Skipped by the server after an earlier error in the same pipeline.
+    Aborted,
+}
+
+/// A finished query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryEvent {
+    /// The SQL text (possibly truncated). None when the statement was prepared before we
+    /// started watching and has not been seen since.
+    pub sql: Option<String>,
+    pub sql_truncated: bool,
+    /// The prepared statement's name for extended-protocol queries ("" = unnamed).
+    pub statement: Option<String>,
+    pub protocol: QueryProtocol,
+    pub started_ns: u64,
+    /// First response byte for this query (server work done, results flowing).
+    pub first_response_ns: Option<u64>,
+    pub finished_ns: u64,
+    /// From the CommandComplete tag, else the DataRows counted.
+    pub rows: u64,
+    /// `SELECT`, `INSERT`, … from the tag.
+    pub command: Option<String>,
+    pub outcome: Outcome,
+    pub sqlstate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Startup {
+        user: Option<String>,
+        database: Option<String>,
+    },
+    /// TLS or GSS encryption was accepted: from here the bytes are ciphertext.
+    Encrypted,
+    Query(QueryEvent),
+    Error(ProtocolError),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    query: QueryEvent,
+    data_rows: u64,
+    tag_rows: Option<u64>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Op(Box<InFlight>),
+    /// A Sync: ReadyForQuery answers it.
+    SyncPoint,
+}
+
+#[derive(Debug)]
+pub struct PgSession {
+    frontend: Framer,
+    backend: Framer,
+    statements: HashMap<String, (String, bool)>,
+    statement_order: VecDeque<String>,
+    portals: HashMap<String, String>,
+    pending: VecDeque<Pending>,
+    /// An error happened; Executes until the next SyncPoint are skipped by the server.
+    aborting: bool,
+    pub encrypted: bool,
+    /// Operations dropped because the FIFO was full (responses never seen).
+    pub pending_overflow: u64,
+}
+
+impl PgSession {
+    /// A connection seen from its start (StartupMessage or SSLRequest first).
+    pub fn new() -> Self {
+        Self::with_framers(
+            Framer::new(Direction::Frontend),
+            Framer::new(Direction::Backend),
+        )
+    }
+
+    /// A connection already open when we started watching: typed messages only.
+    pub fn mid_stream() -> Self {
+        Self::with_framers(
+            Framer::mid_stream(Direction::Frontend),
+            Framer::mid_stream(Direction::Backend),
+        )
+    }
+
+    fn with_framers(frontend: Framer, backend: Framer) -> Self {
+        Self {
+            frontend,
+            backend,
+            statements: HashMap::new(),
+            statement_order: VecDeque::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            aborting: false,
+            encrypted: false,
+            pending_overflow: 0,
+        }
+    }
+
+    /// Queries sent but not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Op(_)))
+            .count()
+    }
+
+    /// Chunks either framer skipped while resynchronising.
+    pub fn skipped_chunks(&self) -> u64 {
+        self.frontend.skipped_chunks + self.backend.skipped_chunks
+    }
+
+    pub fn on_frontend(&mut self, chunk: Chunk<'_>) -> Vec<SessionEvent> {
+        let mut out = Vec::new();
+        if self.encrypted {
+            return out;
+        }
+        for raw in self.frontend.push(chunk) {
+            match raw.and_then(|m| decode_frontend(&m).map(|f| (f, m.timestamp_ns))) {
+                Ok((msg, ts)) => self.frontend_message(msg, ts, &mut out),
+                Err(e) => out.push(SessionEvent::Error(e)),
+            }
+        }
+        out
+    }
+
+    pub fn on_backend(&mut self, chunk: Chunk<'_>) -> Vec<SessionEvent> {
+        let mut out = Vec::new();
+        if self.encrypted {
+            return out;
+        }
+        for raw in self.backend.push(chunk) {
+            match raw.and_then(|m| decode_backend(&m).map(|b| (b, m.timestamp_ns))) {
+                Ok((msg, ts)) => self.backend_message(msg, ts, &mut out),
+                Err(e) => out.push(SessionEvent::Error(e)),
+            }
+        }
+        out
+    }
+
+    fn remember_statement(&mut self, name: String, sql: String, truncated: bool) {
+        if !self.statements.contains_key(&name) {
+            if self.statements.len() >= MAX_STATEMENTS
+                && let Some(oldest) = self.statement_order.pop_front()
+            {
+                self.statements.remove(&oldest);
+            }
+            self.statement_order.push_back(name.clone());
+        }
+        self.statements.insert(name, (sql, truncated));
+    }
+
+    fn push_pending(&mut self, p: Pending) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.pending_overflow += 1;
+        }
+        self.pending.push_back(p);
+    }
+
+    fn new_op(
+        &self,
+        sql: Option<String>,
+        truncated: bool,
+        statement: Option<String>,
+        protocol: QueryProtocol,
+        ts: u64,
+    ) -> Pending {
+        Pending::Op(Box::new(InFlight {
+            query: QueryEvent {
+                sql,
+                sql_truncated: truncated,
+                statement,
+                protocol,
+                started_ns: ts,
+                first_response_ns: None,
+                finished_ns: ts,
+                rows: 0,
+                command: None,
+                outcome: Outcome::Ok,
+                sqlstate: None,
+            },
+            data_rows: 0,
+            tag_rows: None,
+        }))
+    }
+
+    fn frontend_message(&mut self, msg: Frontend, ts: u64, out: &mut Vec<SessionEvent>) {
+        match msg {
+            Frontend::Startup { user, database } => {
+                out.push(SessionEvent::Startup { user, database })
+            }
+            Frontend::SslRequest | Frontend::GssEncRequest => {
+                self.backend.expect_single_byte();
+            }
+            Frontend::Query { sql, truncated } => {
+                let op = self.new_op(Some(sql), truncated, None, QueryProtocol::Simple, ts);
+                self.push_pending(op);
+            }
+            Frontend::Parse {
+                statement,
+                sql,
+                truncated,
+            } => self.remember_statement(statement, sql, truncated),
+            Frontend::Bind { portal, statement } => {
+                self.portals.insert(portal, statement);
+                if self.portals.len() > MAX_STATEMENTS {
+                    self.portals.clear(); // portals live one transaction; losing them costs a name
+                }
+            }
+            Frontend::Execute { portal } => {
+                let statement = self.portals.get(&portal).cloned();
+                let (sql, truncated) = match statement.as_ref().and_then(|s| self.statements.get(s))
+                {
+                    Some((sql, t)) => (Some(sql.clone()), *t),
+                    None => (None, false),
+                };
+                // An unknown portal still names something: the portal itself.
+                let statement = statement.or(Some(portal));
+                let op = self.new_op(sql, truncated, statement, QueryProtocol::Extended, ts);
+                self.push_pending(op);
+            }
+            Frontend::Close {
+                target: Target::Statement,
+                name,
+            } => {
+                self.statements.remove(&name);
+            }
+            Frontend::Close {
+                target: Target::Portal,
+                name,
+            } => {
+                self.portals.remove(&name);
+            }
+            Frontend::Sync => self.push_pending(Pending::SyncPoint),
+            Frontend::Terminate => {}
+            Frontend::Describe { .. }
+            | Frontend::Flush
+            | Frontend::CancelRequest
+            | Frontend::CopyData
+            | Frontend::CopyDone
+            | Frontend::CopyFail
+            | Frontend::Other(_) => {}
+        }
+    }
+
+    fn front_op(&mut self) -> Option<&mut InFlight> {
+        match self.pending.front_mut() {
+            Some(Pending::Op(op)) => Some(op),
+            _ => None,
+        }
+    }
+
+    fn finish_front(&mut self, ts: u64, out: &mut Vec<SessionEvent>) {
+        if let Some(Pending::Op(op)) = self.pending.pop_front() {
+            let mut q = op.query;
+            q.finished_ns = ts;
+            q.rows = op.tag_rows.unwrap_or(op.data_rows);
+            out.push(SessionEvent::Query(q));
+        }
+    }
+
+    fn backend_message(&mut self, msg: Backend, ts: u64, out: &mut Vec<SessionEvent>) {
+        if let Some(op) = self.front_op()
+            && op.query.first_response_ns.is_none()
+            && !matches!(msg, Backend::Notice | Backend::ParameterStatus)
+        {
+            op.query.first_response_ns = Some(ts);
+        }
+        match msg {
+            Backend::EncryptionAnswer { accepted: true } => {
+                self.encrypted = true;
+                out.push(SessionEvent::Encrypted);
+            }
+            Backend::EncryptionAnswer { accepted: false } => self.frontend.expect_untyped(),
+            Backend::DataRow => {
+                if let Some(op) = self.front_op() {
+                    op.data_rows += 1;
+                }
+            }
+            Backend::CommandComplete { tag } => {
+                let simple = matches!(self.front_op(), Some(op) if op.query.protocol == QueryProtocol::Simple);
+                if let Some(op) = self.front_op() {
+                    op.query
+                        .command
+                        .get_or_insert_with(|| command_from_tag(&tag).to_string());
+                    if let Some(rows) = rows_from_tag(&tag) {
+                        op.tag_rows = Some(op.tag_rows.unwrap_or(0) + rows);
+                    }
+                }
+                if !simple {
+                    self.finish_front(ts, out);
+                }
+            }
+            Backend::EmptyQuery | Backend::PortalSuspended => {
+                let simple = matches!(self.front_op(), Some(op) if op.query.protocol == QueryProtocol::Simple);
+                if !simple {
+                    self.finish_front(ts, out);
+                }
+            }
+            Backend::Error { sqlstate, .. } => {
+                let simple = match self.front_op() {
+                    Some(op) => {
+                        op.query.outcome = Outcome::Error;
+                        op.query.sqlstate = op.query.sqlstate.take().or(sqlstate);
+                        op.query.protocol == QueryProtocol::Simple
+                    }
+                    None => true,
+                };
+                if !simple {
+                    self.finish_front(ts, out);
+                    self.aborting = true;
+                }
+            }
+            Backend::ReadyForQuery { .. } => self.ready_for_query(ts, out),
+            _ => {}
+        }
+    }
+
+    fn ready_for_query(&mut self, ts: u64, out: &mut Vec<SessionEvent>) {
+        match self.pending.front() {
+            Some(Pending::Op(op)) if op.query.protocol == QueryProtocol::Simple => {
+                self.finish_front(ts, out);
+            }
+            _ => {
+                // Extended protocol: this answers the oldest Sync. Anything still queued before
+                // it was skipped by the server after an error.
+                while let Some(p) = self.pending.pop_front() {
+                    match p {
+                        Pending::SyncPoint => break,
+                        Pending::Op(op) => {
+                            let mut q = op.query;
+                            q.finished_ns = ts;
+                            q.outcome = if self.aborting {
+                                Outcome::Aborted
+                            } else {
+                                Outcome::Ok
+                            };
+                            out.push(SessionEvent::Query(q));
+                        }
+                    }
+                }
+                self.aborting = false;
+            }
+        }
+    }
+}
+
+impl Default for PgSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,34 @@
+//! Arbitrary bytes as reads and writes of one server-side HTTP connection, with uncaptured
+//! tails and a close at the end.
+#![no_main]
+use herdwatch_protocol::{Chunk, http::HttpSession};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut session = HttpSession::new();
+    let mut rest = data;
+    let mut ts = 0u64;
+    while let Some((&ctl, tail)) = rest.split_first() {
+        let len = (ctl as usize & 0x3f).min(tail.len());
+        let (bytes, next) = tail.split_at(len);
+        rest = next;
+        ts += 1;
+        let gap = if ctl & 0x40 != 0 {
+            (ctl as usize) * 53
+        } else {
+            0
+        };
+        let chunk = Chunk {
+            data: bytes,
+            total_len: bytes.len() + gap,
+            timestamp_ns: ts,
+        };
+        if ctl & 0x80 == 0 {
+            let _ = session.on_read(chunk);
+        } else {
+            let _ = session.on_write(chunk);
+        }
+        assert!(session.in_flight() <= 256);
+    }
+    let _ = session.on_close(ts + 1);
+});
