@@ -16,6 +16,98 @@ pub const THREAD_MAP_ENTRIES: u32 = 65_536;
 /// Default byte size of the process-event ring buffer (a power of two multiple of the page size).
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 
+/// Largest payload prefix one socket event can carry (the `capture_bytes` setting is ≤ this).
+pub const MAX_CAPTURE: usize = 4096;
+/// Bytes of the payload's end captured besides the prefix: where a PostgreSQL response's
+/// CommandComplete and ReadyForQuery, or a chunked body's last chunk, sit.
+pub const TAIL_CAPTURE: usize = 128;
+/// Default payload prefix captured per socket call.
+pub const DEFAULT_CAPTURE: u32 = 512;
+/// Default byte size of the socket-event ring buffer.
+pub const SOCKET_RING_BYTES: u32 = 8 << 20;
+/// Default capacity of the interesting-socket LRU map.
+pub const SOCKET_MAP_ENTRIES: u32 = 65_536;
+
+/// What the agent knows a traced socket to be (`SOCKETS` map value, event field).
+pub mod sock_kind {
+    /// A client connection to PostgreSQL or PgBouncer.
+    pub const POSTGRES: u32 = 1;
+    /// A connection accepted by a gunicorn/uvicorn worker (HTTP server side).
+    pub const HTTP_SERVER: u32 = 2;
+}
+
+/// Which call moved the bytes.
+pub mod direction {
+    /// read, recvfrom, recvmsg, readv: bytes into the process.
+    pub const INGRESS: u32 = 0;
+    /// write, sendto, sendmsg, writev: bytes out of the process.
+    pub const EGRESS: u32 = 1;
+}
+
+/// The `SOCKETS` map key: thread group and fd.
+pub const fn socket_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub kind: u32,
+    pub _reserved: u32,
+}
+
+/// A socket became interesting (connect to a PostgreSQL port, accept by a pool worker).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketOpenEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    pub kind: u32,
+    /// AF_INET / AF_INET6 / AF_UNIX of the connect address (0 for accept).
+    pub family: u32,
+    /// Peer port for a TCP connect, host order (0 otherwise).
+    pub port: u32,
+}
+
+/// A traced socket was closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketCloseEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    pub kind: u32,
+}
+
+/// Bytes moved on a traced socket: a fixed head followed by `captured` payload bytes (the
+/// record is only as long as it needs to be).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketDataHead {
+    /// `timestamp_ns` = syscall exit.
+    pub header: EventHeader,
+    pub enter_ns: u64,
+    /// Bytes the call really moved (its return value).
+    pub total_len: u64,
+    pub fd: u32,
+    pub kind: u32,
+    pub direction: u32,
+    /// Prefix bytes in `data`.
+    pub captured: u32,
+    /// Bytes in `tail`: the last bytes the call moved, when the prefix did not reach them.
+    pub tail_len: u32,
+    pub _reserved: u32,
+}
+
+/// The per-CPU scratch record the kernel fills before copying `head + tail + captured` bytes
+/// out (the tail sits before the prefix so the record's length varies only at its end).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SocketDataEvent {
+    pub head: SocketDataHead,
+    pub tail: [u8; TAIL_CAPTURE],
+    pub data: [u8; MAX_CAPTURE],
+}
+
 /// `sched_switch.prev_state` bits as the tracepoint reports them (`task_state_index` → `1 << (i-1)`).
 pub mod task_state {
     pub const RUNNING: u64 = 0;
@@ -81,6 +173,9 @@ pub enum EventKind {
     Exec = 2,
     /// A task exited (`sched:sched_process_exit`), with its final counters.
     Exit = 3,
+    SocketOpen = 4,
+    SocketData = 5,
+    SocketClose = 6,
 }
 
 impl EventKind {
@@ -89,6 +184,9 @@ impl EventKind {
             1 => Some(Self::NewTask),
             2 => Some(Self::Exec),
             3 => Some(Self::Exit),
+            4 => Some(Self::SocketOpen),
+            5 => Some(Self::SocketData),
+            6 => Some(Self::SocketClose),
             _ => None,
         }
     }
@@ -157,7 +255,13 @@ pub mod stat {
     /// A CPU switched away from a task whose switch-out the kernel never reported (seen on
     /// some kernels for some tasks); that task's open slice is discarded, not guessed.
     pub const MISSED_SWITCH_OUT: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Socket ring buffer full: a payload, open or close was lost.
+    pub const SOCKET_EVENTS_DROPPED: u32 = 4;
+    /// The interesting-socket or in-flight-call map refused an insert.
+    pub const SOCKET_INSERT_FAILED: u32 = 5;
+    /// A payload could not be read from user memory (counted, event sent without bytes).
+    pub const PAYLOAD_READ_FAILED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken by the agent from
@@ -200,4 +304,5 @@ mod pod {
     unsafe impl aya::Pod for ThreadCounters {}
     unsafe impl aya::Pod for TracepointOffsets {}
     unsafe impl aya::Pod for CpuCurrent {}
+    unsafe impl aya::Pod for SocketInfo {}
 }

@@ -6,6 +6,7 @@
 mod maps;
 mod process;
 mod sched;
+mod socket;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -108,6 +108,38 @@ impl Framer {
         on_end: &mut dyn FnMut(u64),
         errors: &mut Vec<ProtocolError>,
     ) {
+        let prefix = Chunk::prefix(
+            chunk.data,
+            chunk.total_len.saturating_sub(chunk.tail.len()),
+            chunk.timestamp_ns,
+        );
+        self.push_prefix(prefix, on_head, on_end, errors);
+        if chunk.tail.is_empty() {
+            return;
+        }
+        // The tail continues the stream only where the gap ended inside a body at a known place.
+        let continues = match self.state {
+            State::Fixed { remaining } => remaining == chunk.tail.len() as u64,
+            State::ChunkData { .. } => true,
+            _ => false,
+        };
+        if continues {
+            self.push_prefix(
+                Chunk::whole(chunk.tail, chunk.timestamp_ns),
+                on_head,
+                on_end,
+                errors,
+            );
+        }
+    }
+
+    fn push_prefix(
+        &mut self,
+        chunk: Chunk<'_>,
+        on_head: &mut dyn FnMut(Parsed) -> Result<Body, ProtocolError>,
+        on_end: &mut dyn FnMut(u64),
+        errors: &mut Vec<ProtocolError>,
+    ) {
         let mut data = chunk.data;
         let mut gap = chunk.gap() as u64;
         let ts = chunk.timestamp_ns;
@@ -262,11 +294,12 @@ impl Framer {
                         self.state = State::Head;
                         if !rest.is_empty() {
                             // Pipelined bytes after the trailers: parse them as the next message.
-                            self.push(
+                            self.push_prefix(
                                 Chunk {
                                     data: &rest,
                                     total_len: rest.len() + gap as usize,
                                     timestamp_ns: ts,
+                                    tail: &[],
                                 },
                                 on_head,
                                 on_end,
@@ -691,8 +724,30 @@ mod tests {
             data: &data,
             total_len: head.len() + 1_000_000,
             timestamp_ns: 5,
+            tail: &[],
         }));
         assert_eq!(x[0].request.target, "/big");
+    }
+
+    #[test]
+    fn a_chunked_body_ends_in_the_captured_tail() {
+        let mut s = HttpSession::new();
+        s.on_read(Chunk::whole(b"GET /report HTTP/1.1\r\n\r\n", 1));
+        let mut body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 0x1000));
+        body.extend(b"\r\n0\r\n\r\n");
+        let tail = &body[body.len() - 64..];
+        let x = exchanges(s.on_write(Chunk {
+            data: &body[..200],
+            total_len: body.len(),
+            timestamp_ns: 2,
+            tail,
+        }));
+        assert_eq!(
+            (x.len(), x[0].status),
+            (1, Some(200)),
+            "the last chunk was in the tail"
+        );
     }
 
     #[test]
@@ -704,6 +759,7 @@ mod tests {
             data: &data,
             total_len: 3000,
             timestamp_ns: 1,
+            tail: &[],
         });
         assert!(
             matches!(&ev[0], HttpEvent::RequestStarted { request, .. } if request.head_truncated && request.target == "/api/cart")

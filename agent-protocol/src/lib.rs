@@ -13,15 +13,18 @@ pub mod route;
 
 pub use error::ProtocolError;
 
-/// One read or write on a socket as the kernel saw it.
+/// One read or write on a socket as the kernel saw it: a captured prefix, bytes not captured,
+/// and possibly the captured last bytes (`tail`).
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk<'a> {
     /// The captured prefix of the payload.
     pub data: &'a [u8],
-    /// How many bytes the call really moved (≥ `data.len()`).
+    /// How many bytes the call really moved (≥ `data.len() + tail.len()`).
     pub total_len: usize,
     /// When the call completed, ns (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
+    /// The payload's last bytes, when the prefix did not reach them (may be empty).
+    pub tail: &'a [u8],
 }
 
 impl<'a> Chunk<'a> {
@@ -31,11 +34,23 @@ impl<'a> Chunk<'a> {
             data,
             total_len: data.len(),
             timestamp_ns,
+            tail: &[],
         }
     }
 
-    /// Bytes moved but not captured.
+    /// A prefix of `total_len` bytes with nothing else captured.
+    pub fn prefix(data: &'a [u8], total_len: usize, timestamp_ns: u64) -> Self {
+        Self {
+            data,
+            total_len,
+            timestamp_ns,
+            tail: &[],
+        }
+    }
+
+    /// Bytes moved but not captured (between the prefix and the tail).
     pub fn gap(&self) -> usize {
-        self.total_len.saturating_sub(self.data.len())
+        self.total_len
+            .saturating_sub(self.data.len() + self.tail.len())
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     probes::{
         LoadOptions, loader,
         maps::KernelMaps,
-        reader::{self, ReaderCounters},
+        reader::{self, ReaderCounters, SocketReaderCounters},
     },
     procs::ProcessTable,
 };
@@ -43,6 +43,9 @@ impl Agent {
             thread_map_entries: config.thread_map_entries,
             event_ring_bytes: config.event_ring_bytes,
             kernel_log_level,
+            capture_bytes: config.capture_bytes,
+            socket_ring_bytes: config.socket_ring_bytes,
+            ..LoadOptions::default()
         })?;
         let counters = Arc::new(ReaderCounters::default());
         let (event_tx, mut event_rx) = mpsc::channel(config.event_channel_capacity);
@@ -51,6 +54,13 @@ impl Agent {
             event_tx,
             counters.clone(),
         )?];
+        let socket_counters = Arc::new(SocketReaderCounters::default());
+        let (socket_tx, mut socket_rx) = mpsc::channel(config.socket_channel_capacity);
+        tasks.push(reader::spawn_socket_reader(
+            &mut ebpf,
+            socket_tx,
+            socket_counters.clone(),
+        )?);
         tasks.extend(reader::spawn_kernel_logger(&mut ebpf));
         let maps = KernelMaps::take(&mut ebpf)?;
         // Seed after attaching, so a process born during the scan is seen by one or the other.
@@ -61,8 +71,10 @@ impl Agent {
                 what: "/proc (initial process scan)".into(),
                 source,
             })?;
-        let mut state = PipelineState::new(table, maps, counters);
+        let mut state = PipelineState::new(table, maps, counters, socket_counters, config)?;
         let first = Arc::new(state.snapshot());
+        let seeded = state.seed_existing_sockets();
+        tracing::info!("tracing {seeded} sockets that were open before the agent started");
         let (snap_tx, latest) = watch::channel(first);
         let (commands, mut command_rx) = mpsc::channel::<Command>(16);
         let interval = config.interval();
@@ -76,9 +88,13 @@ impl Agent {
                         Some(event) => state.apply(&event),
                         None => return,
                     },
+                    event = socket_rx.recv() => match event {
+                        Some(event) => state.apply_socket(event),
+                        None => return,
+                    },
                     command = command_rx.recv() => match command {
                         Some(Command::Snapshot(reply)) => {
-                            drain(&mut event_rx, &mut state);
+                            drain(&mut event_rx, &mut socket_rx, &mut state);
                             let snap = Arc::new(state.snapshot());
                             snap_tx.send_replace(snap.clone());
                             let _ = reply.send(snap);
@@ -86,7 +102,7 @@ impl Agent {
                         None => return,
                     },
                     _ = ticker.tick() => {
-                        drain(&mut event_rx, &mut state);
+                        drain(&mut event_rx, &mut socket_rx, &mut state);
                         snap_tx.send_replace(Arc::new(state.snapshot()));
                     }
                 }
@@ -121,9 +137,16 @@ impl Agent {
     }
 }
 
-fn drain(rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>, state: &mut PipelineState) {
+fn drain(
+    rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>,
+    sockets: &mut mpsc::Receiver<crate::probes::socket_events::SocketEvent>,
+    state: &mut PipelineState,
+) {
     while let Ok(event) = rx.try_recv() {
         state.apply(&event);
+    }
+    while let Ok(event) = sockets.try_recv() {
+        state.apply_socket(event);
     }
 }
 

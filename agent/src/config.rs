@@ -17,6 +17,22 @@ pub struct Config {
     pub event_ring_bytes: u32,
     /// Capacity of the channel from the ring-buffer reader to the pipeline.
     pub event_channel_capacity: usize,
+    /// Destination ports whose TCP connections are PostgreSQL or PgBouncer.
+    pub postgres_ports: Vec<u16>,
+    /// Payload prefix captured per socket call, bytes (16..=4096).
+    pub capture_bytes: u32,
+    /// Size of the socket-event ring buffer in bytes (a power of two).
+    pub socket_ring_bytes: u32,
+    /// Capacity of the channel from the socket reader to the pipeline.
+    pub socket_channel_capacity: usize,
+    /// Connections traced at once; the least recently active is dropped beyond this.
+    pub max_connections: usize,
+    /// Distinct query fingerprints kept; the rest count as "other".
+    pub max_fingerprints: usize,
+    /// Distinct routes kept; the rest count as "other".
+    pub max_routes: usize,
+    /// Explicit route patterns, e.g. "/api/users/{name}", matched before automatic grouping.
+    pub route_patterns: Vec<String>,
 }
 
 impl Default for Config {
@@ -26,11 +42,29 @@ impl Default for Config {
             thread_map_entries: herdwatch_common::THREAD_MAP_ENTRIES,
             event_ring_bytes: herdwatch_common::EVENT_RING_BYTES,
             event_channel_capacity: 8192,
+            postgres_ports: vec![5432, 6432],
+            capture_bytes: herdwatch_common::DEFAULT_CAPTURE,
+            socket_ring_bytes: herdwatch_common::SOCKET_RING_BYTES,
+            socket_channel_capacity: 65_536,
+            max_connections: 65_536,
+            max_fingerprints: 500,
+            max_routes: 200,
+            route_patterns: Vec::new(),
         }
     }
 }
 
 impl Config {
+    pub fn route_grouper(&self) -> herdwatch_protocol::route::RouteGrouper {
+        // Validated in `validate`; an invalid pattern cannot reach here.
+        let patterns = self
+            .route_patterns
+            .iter()
+            .filter_map(|p| herdwatch_protocol::route::RoutePattern::parse(p).ok())
+            .collect();
+        herdwatch_protocol::route::RouteGrouper::new(patterns)
+    }
+
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
     }
@@ -112,6 +146,37 @@ impl Config {
                 "event_ring_bytes = {} must be a power of two ≥ 4096",
                 self.event_ring_bytes
             ));
+        }
+        if !(16..=herdwatch_common::MAX_CAPTURE as u32).contains(&self.capture_bytes) {
+            return fail(format!(
+                "capture_bytes = {} is outside 16..=4096",
+                self.capture_bytes
+            ));
+        }
+        if self.socket_ring_bytes < 4096 || !self.socket_ring_bytes.is_power_of_two() {
+            return fail(format!(
+                "socket_ring_bytes = {} must be a power of two ≥ 4096",
+                self.socket_ring_bytes
+            ));
+        }
+        if self.postgres_ports.is_empty() || self.postgres_ports.len() > 64 {
+            return fail("postgres_ports must list 1 to 64 ports".to_string());
+        }
+        for (name, v) in [
+            ("socket_channel_capacity", self.socket_channel_capacity),
+            ("max_connections", self.max_connections),
+            ("max_fingerprints", self.max_fingerprints),
+            ("max_routes", self.max_routes),
+        ] {
+            if !(1..=1_048_576).contains(&v) {
+                return fail(format!("{name} = {v} is outside 1..=1048576"));
+            }
+        }
+        for p in &self.route_patterns {
+            herdwatch_protocol::route::RoutePattern::parse(p).map_err(|message| Error::Config {
+                origin: origin.to_string(),
+                message,
+            })?;
         }
         if !(16..=1_048_576).contains(&self.event_channel_capacity) {
             return fail(format!(

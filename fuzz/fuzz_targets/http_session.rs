@@ -1,16 +1,16 @@
 //! Arbitrary bytes as reads and writes of one server-side HTTP connection, with uncaptured
-//! tails and a close at the end.
+//! middles, sometimes a captured tail, and a close at the end.
 #![no_main]
 use herdwatch_protocol::{Chunk, http::HttpSession};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|input: &[u8]| {
     let mut session = HttpSession::new();
-    let mut rest = data;
+    let mut rest = input;
     let mut ts = 0u64;
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let len = (ctl as usize & 0x3f).min(tail.len());
-        let (bytes, next) = tail.split_at(len);
+    while let Some((&ctl, after_ctl)) = rest.split_first() {
+        let len = (ctl as usize & 0x1f).min(after_ctl.len());
+        let (bytes, next) = after_ctl.split_at(len);
         rest = next;
         ts += 1;
         let gap = if ctl & 0x40 != 0 {
@@ -18,10 +18,16 @@ fuzz_target!(|data: &[u8]| {
         } else {
             0
         };
+        let (data, tail) = if ctl & 0x20 != 0 {
+            bytes.split_at(bytes.len() / 2)
+        } else {
+            (bytes, &[][..])
+        };
         let chunk = Chunk {
-            data: bytes,
+            data,
             total_len: bytes.len() + gap,
             timestamp_ns: ts,
+            tail,
         };
         if ctl & 0x80 == 0 {
             let _ = session.on_read(chunk);

@@ -164,25 +164,30 @@ fn tracefs() {
     });
 }
 
-/// Debian packages the tests and benchmarks use, by the command that proves each is there.
+/// Debian packages the tests and benchmarks use, by a shell test that proves each is there.
 const DEBIAN: &[(&str, &str)] = &[
-    ("ss", "iproute2"),
-    ("taskset", "util-linux"),
-    ("setpriv", "util-linux"),
-    ("bpftrace", "bpftrace"),
+    ("command -v ss", "iproute2"),
+    ("command -v taskset", "util-linux"),
+    ("command -v setpriv", "util-linux"),
+    ("command -v bpftrace", "bpftrace"),
+    ("command -v psql", "postgresql-client"),
+    ("ls /usr/lib/postgresql/*/bin/postgres", "postgresql"),
+    ("ls /usr/lib/postgresql/*/lib/pg_stat_statements.so", "postgresql-contrib"),
 ];
 
 pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
     let missing: Vec<&str> = DEBIAN
         .iter()
-        .filter(|(cmd, _)| {
+        .filter(|(check, _)| {
             !Command::new("sh")
-                .args(["-c", &format!("command -v {cmd}")])
+                .args(["-c", &format!("{check} >/dev/null 2>&1")])
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         })
         .map(|(_, pkg)| *pkg)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     if !missing.is_empty() {
         say(&format!(

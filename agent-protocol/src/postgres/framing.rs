@@ -66,6 +66,7 @@ pub struct Framer {
     body_cap: usize,
     /// Chunks dropped while looking for a message start after lost sync.
     pub skipped_chunks: u64,
+    last_ts: u64,
 }
 
 impl Framer {
@@ -82,6 +83,7 @@ impl Framer {
             truncated: false,
             body_cap: DEFAULT_BODY_CAP,
             skipped_chunks: 0,
+            last_ts: 0,
         }
     }
 
@@ -123,24 +125,39 @@ impl Framer {
     /// Feeds one chunk; returns the messages it completed and any framing errors, in order.
     pub fn push(&mut self, chunk: Chunk<'_>) -> Vec<Result<RawMessage, ProtocolError>> {
         let mut out = Vec::new();
-        let mut data = chunk.data;
-        let mut gap = chunk.gap();
+        let ts = chunk.timestamp_ns;
+        self.last_ts = ts;
         if matches!(self.state, State::LostSync) {
-            if !self.looks_like_message_start(data) {
+            if self.looks_like_message_start(chunk.data) {
+                self.state = State::Header;
+                self.header.clear();
+            } else if !chunk.tail.is_empty() && self.resync_in_tail(chunk.tail, ts, &mut out) {
+                return out;
+            } else {
                 self.skipped_chunks += 1;
                 return out;
             }
-            self.state = State::Header;
-            self.header.clear();
         }
-        loop {
+        self.feed(chunk.data, ts, &mut out);
+        let lost_in_gap = self.skip(chunk.gap(), &mut out);
+        if !chunk.tail.is_empty() {
+            if lost_in_gap {
+                self.resync_in_tail(chunk.tail, ts, &mut out);
+            } else {
+                self.feed(chunk.tail, ts, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Consumes captured bytes.
+    fn feed(&mut self, mut data: &[u8], ts: u64, out: &mut Vec<Result<RawMessage, ProtocolError>>) {
+        while !data.is_empty() {
             match self.state {
-                State::LostSync => return out,
+                State::LostSync => return,
                 State::Header => {
                     if self.single_byte_next && self.header.is_empty() {
-                        let Some((&b, rest)) = data.split_first() else {
-                            break;
-                        };
+                        let (&b, rest) = data.split_first().unwrap_or((&0, &[]));
                         data = rest;
                         self.single_byte_next = false;
                         out.push(Ok(RawMessage {
@@ -148,18 +165,12 @@ impl Framer {
                             body: Vec::new(),
                             declared_len: 0,
                             truncated: false,
-                            timestamp_ns: chunk.timestamp_ns,
+                            timestamp_ns: ts,
                             lone_byte: true,
                         }));
                         continue;
                     }
                     let need = self.header_len() - self.header.len();
-                    if data.is_empty() {
-                        if gap > 0 {
-                            self.lose_sync(gap, &mut out);
-                        }
-                        break;
-                    }
                     let take = need.min(data.len());
                     self.header.extend_from_slice(&data[..take]);
                     data = &data[take..];
@@ -169,38 +180,89 @@ impl Framer {
                     if let Err(e) = self.start_body() {
                         out.push(Err(e));
                         self.lose_sync(0, &mut Vec::new());
-                        return out;
+                        return;
                     }
-                    self.finish_if_done(chunk.timestamp_ns, &mut out);
+                    self.finish_if_done(ts, out);
                 }
                 State::Body { remaining } => {
-                    if !data.is_empty() {
-                        let take = remaining.min(data.len());
-                        let room = self.body_cap.saturating_sub(self.body.len());
-                        let keep = take.min(room);
-                        self.body.extend_from_slice(&data[..keep]);
-                        if keep < take {
-                            self.truncated = true;
-                        }
-                        data = &data[take..];
-                        self.state = State::Body {
-                            remaining: remaining - take,
-                        };
-                    } else if gap > 0 {
-                        let take = remaining.min(gap);
-                        gap -= take;
+                    let take = remaining.min(data.len());
+                    let room = self.body_cap.saturating_sub(self.body.len());
+                    let keep = take.min(room);
+                    self.body.extend_from_slice(&data[..keep]);
+                    if keep < take {
                         self.truncated = true;
-                        self.state = State::Body {
-                            remaining: remaining - take,
-                        };
-                    } else {
-                        break;
                     }
-                    self.finish_if_done(chunk.timestamp_ns, &mut out);
+                    data = &data[take..];
+                    self.state = State::Body {
+                        remaining: remaining - take,
+                    };
+                    self.finish_if_done(ts, out);
                 }
             }
         }
-        out
+    }
+
+    /// Steps over `gap` uncaptured bytes. Returns true if they hid a header (sync lost).
+    fn skip(&mut self, mut gap: usize, out: &mut Vec<Result<RawMessage, ProtocolError>>) -> bool {
+        while gap > 0 {
+            match self.state {
+                State::LostSync => return true,
+                State::Body { remaining } => {
+                    let take = remaining.min(gap);
+                    gap -= take;
+                    self.truncated = true;
+                    self.state = State::Body {
+                        remaining: remaining - take,
+                    };
+                    // The timestamp is the chunk's; finish_if_done needs one: use the last known.
+                    self.finish_if_done(self.last_ts, out);
+                }
+                State::Header => {
+                    self.lose_sync(gap, out);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// After lost sync, finds where in `tail` (the payload's last bytes) a run of whole
+    /// messages starts that ends exactly at the payload's end, and parses from there.
+    fn resync_in_tail(
+        &mut self,
+        tail: &[u8],
+        ts: u64,
+        out: &mut Vec<Result<RawMessage, ProtocolError>>,
+    ) -> bool {
+        let Some(start) = (0..tail.len()).find(|&p| self.chains_to_end(&tail[p..])) else {
+            return false;
+        };
+        self.state = State::Header;
+        self.header.clear();
+        self.untyped_next = false;
+        self.single_byte_next = false;
+        self.feed(&tail[start..], ts, out);
+        true
+    }
+
+    fn chains_to_end(&self, mut bytes: &[u8]) -> bool {
+        let mut messages = 0;
+        while !bytes.is_empty() {
+            let [kind, a, b, c, d, ..] = *bytes else {
+                return false;
+            };
+            let len = i32::from_be_bytes([a, b, c, d]);
+            if !self.valid_type(kind) || !(4..=MAX_RESYNC_MESSAGE as i32).contains(&len) {
+                return false;
+            }
+            let whole = 1 + len as usize;
+            if whole > bytes.len() {
+                return false;
+            }
+            bytes = &bytes[whole..];
+            messages += 1;
+        }
+        messages > 0
     }
 
     fn lose_sync(&mut self, gap: usize, out: &mut Vec<Result<RawMessage, ProtocolError>>) {
@@ -323,6 +385,7 @@ mod tests {
             data: &bytes[..20],
             total_len: 1005,
             timestamp_ns: 1,
+            tail: &[],
         });
         let out2 = f.push(Chunk::whole(&bytes[1005..], 2));
         let d = out1
@@ -342,6 +405,7 @@ mod tests {
             data: &q,
             total_len: q.len() + 3,
             timestamp_ns: 1,
+            tail: &[],
         });
         assert_eq!(kinds(&out), b"Q");
         assert!(
@@ -354,6 +418,50 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(kinds(&f.push(Chunk::whole(&q, 3))), b"Q");
+    }
+
+    #[test]
+    fn a_large_response_resyncs_on_its_captured_tail() {
+        let mut f = Framer::mid_stream(Direction::Backend);
+        let mut bytes = Vec::new();
+        for _ in 0..100 {
+            bytes.extend(typed(b'D', &[9u8; 25]));
+        }
+        let end = [typed(b'C', b"SELECT 100\0"), typed(b'Z', b"I")].concat();
+        bytes.extend(&end);
+        // 512-byte prefix, 128-byte tail, the middle not captured: DataRow headers are lost.
+        let tail = &bytes[bytes.len() - 128..];
+        let out = f.push(Chunk {
+            data: &bytes[..512],
+            total_len: bytes.len(),
+            timestamp_ns: 7,
+            tail,
+        });
+        let got = kinds(&out);
+        assert!(
+            got.ends_with(b"CZ"),
+            "CommandComplete and ReadyForQuery recovered: {got:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|r| matches!(r, Err(ProtocolError::PgLostSync(_))))
+        );
+        // In sync again for the next response.
+        assert_eq!(kinds(&f.push(Chunk::whole(&end, 8))), b"CZ");
+    }
+
+    #[test]
+    fn a_tail_after_a_gap_inside_one_body_continues_that_body() {
+        let mut f = Framer::mid_stream(Direction::Backend);
+        let bytes = [typed(b'D', &[1u8; 2000]), typed(b'C', b"SELECT 1\0")].concat();
+        let tail = &bytes[bytes.len() - 20..];
+        let out = f.push(Chunk {
+            data: &bytes[..100],
+            total_len: bytes.len(),
+            timestamp_ns: 1,
+            tail,
+        });
+        assert_eq!(kinds(&out), b"DC");
     }
 
     #[test]

@@ -308,6 +308,7 @@ fn a_long_query_only_partly_captured_is_marked_truncated() {
         data: &msg[..512],
         total_len: msg.len(),
         timestamp_ns: 1,
+        tail: &[],
     });
     let q = queries(s.on_backend(Chunk::whole(&cat(&[complete("SELECT 0"), ready()]), 2)));
     assert!(q[0].sql_truncated);

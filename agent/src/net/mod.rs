@@ -1,4 +1,5 @@
 //! Sockets learned from /proc: the listen sockets of worker pools and their accept queues.
 pub mod listen;
+pub mod seed;
 
 pub use listen::{Listener, Transport};

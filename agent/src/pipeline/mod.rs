@@ -1,5 +1,7 @@
 //! The pipeline: one task owns all state (no locks on the hot path), fed by bounded channels,
 //! publishing snapshots that everything else reads.
+pub mod aggregates;
+pub mod connections;
 pub mod host;
 pub mod snapshot;
 pub mod state;

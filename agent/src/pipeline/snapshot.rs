@@ -2,6 +2,10 @@
 //! one thing the terminal view, `--json` and the tests read.
 use serde::Serialize;
 
+use super::{
+    aggregates::{QueryStats, RouteStats},
+    connections::ConnectionStats,
+};
 use crate::{
     net::Listener,
     probes::maps::KernelDrops,
@@ -18,12 +22,22 @@ pub struct Snapshot {
     pub processes: Vec<ProcessView>,
     pub pools: Vec<PoolView>,
     pub lifecycle: Vec<crate::procs::table::Lifecycle>,
+    /// PostgreSQL query fingerprints since start, most total time first.
+    pub queries: Vec<QueryStats>,
+    /// HTTP routes since start, most total time first.
+    pub routes: Vec<RouteStats>,
     pub agent: AgentStats,
 }
 
 impl Snapshot {
     pub fn process(&self, pid: u32) -> Option<&ProcessView> {
         self.processes.iter().find(|p| p.pid == pid)
+    }
+
+    /// The fingerprint whose normalised text equals that of `sql`.
+    pub fn query_like(&self, sql: &str) -> Option<&QueryStats> {
+        let id = herdwatch_protocol::fingerprint::fingerprint(sql).hex_id();
+        self.queries.iter().find(|q| q.id == id)
     }
 
     pub fn pool_of_master(&self, master: u32) -> Option<&PoolView> {
@@ -94,4 +108,8 @@ pub struct AgentStats {
     pub process_scan_skipped: u64,
     pub processes_tracked: usize,
     pub threads_tracked: usize,
+    pub socket_events_received: u64,
+    pub socket_events_channel_full: u64,
+    pub socket_events_malformed: u64,
+    pub connections: ConnectionStats,
 }

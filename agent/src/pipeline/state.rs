@@ -7,13 +7,23 @@ use std::{
 
 use herdwatch_common::{CpuCurrent, ThreadCounters};
 
+use std::collections::HashSet;
+
 use crate::{
-    net::listen,
-    probes::{ProcessEvent, maps::KernelMaps, reader::ReaderCounters},
+    config::Config,
+    net::{listen, seed},
+    probes::{
+        ProcessEvent,
+        maps::KernelMaps,
+        reader::{ReaderCounters, SocketReaderCounters},
+        socket_events::SocketEvent,
+    },
     procs::{CpuTotals, Pool, ProcessTable, pools, worker_state},
 };
 
 use super::{
+    aggregates::Aggregates,
+    connections::Connections,
     host::{self, CpuTicks},
     snapshot::{AgentStats, HostView, PoolView, ProcessView, Snapshot, WorkerView},
 };
@@ -32,11 +42,32 @@ pub struct PipelineState {
     prev_taken_mono_ns: u64,
     prev_ticks: Option<CpuTicks>,
     tid_to_tgid: HashMap<u32, u32>,
+    connections: Connections,
+    aggregates: Aggregates,
+    socket_reader: Arc<SocketReaderCounters>,
+    pg_ports: Vec<u16>,
+    pool_views: Vec<PoolView>,
 }
 
 impl PipelineState {
-    pub fn new(table: ProcessTable, maps: KernelMaps, reader: Arc<ReaderCounters>) -> Self {
-        Self {
+    pub fn new(
+        table: ProcessTable,
+        mut maps: KernelMaps,
+        reader: Arc<ReaderCounters>,
+        socket_reader: Arc<SocketReaderCounters>,
+        config: &Config,
+    ) -> crate::error::Result<Self> {
+        maps.set_pg_ports(&config.postgres_ports)?;
+        Ok(Self {
+            connections: Connections::new(config.max_connections),
+            aggregates: Aggregates::new(
+                config.max_fingerprints,
+                config.max_routes,
+                config.route_grouper(),
+            ),
+            socket_reader,
+            pg_ports: config.postgres_ports.clone(),
+            pool_views: Vec::new(),
             table,
             maps,
             reader,
@@ -46,7 +77,37 @@ impl PipelineState {
             prev_taken_mono_ns: 0,
             prev_ticks: host::read_ticks(),
             tid_to_tgid: HashMap::new(),
+        })
+    }
+
+    pub fn apply_socket(&mut self, event: SocketEvent) {
+        self.connections.apply(event, &mut self.aggregates);
+    }
+
+    /// Traces the sockets that were open before we started: connections to PostgreSQL ports
+    /// from any process, and connections pool workers accepted on their listeners. Call after
+    /// the first snapshot, which discovers the pools.
+    pub fn seed_existing_sockets(&mut self) -> usize {
+        let mut http_ports: HashMap<u32, HashSet<u16>> = HashMap::new();
+        for view in &self.pool_views {
+            let ports: HashSet<u16> = view.listeners.iter().filter_map(|l| l.port).collect();
+            for w in &view.pool.workers {
+                http_ports
+                    .entry(*w)
+                    .or_default()
+                    .extend(ports.iter().copied());
+            }
         }
+        let pids: Vec<u32> = self.table.iter().map(|p| p.pid).collect();
+        let found = seed::existing_sockets(&pids, &self.pg_ports, &http_ports);
+        let mut tracked = 0;
+        for (pid, fd, kind) in found {
+            match self.maps.track_socket(pid, fd, kind) {
+                Ok(()) => tracked += 1,
+                Err(e) => tracing::warn!("cannot trace existing socket {pid}/{fd}: {e}"),
+            }
+        }
+        tracked
     }
 
     pub fn apply(&mut self, event: &ProcessEvent) {
@@ -144,13 +205,21 @@ impl PipelineState {
         if self.pools_generation != self.table.generation {
             self.pools = pools::discover(&self.table);
             self.pools_generation = self.table.generation;
+            // Connections these processes accept are HTTP server connections.
+            let workers: HashSet<u32> = self
+                .pools
+                .iter()
+                .flat_map(|p| p.workers.iter().copied())
+                .collect();
+            self.maps.sync_http_servers(&workers);
         }
         let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
-        let pool_views = self
+        let pool_views: Vec<PoolView> = self
             .pools
             .iter()
             .map(|pool| pool_view(pool, &by_pid))
             .collect();
+        self.pool_views = pool_views.clone();
 
         let ticks = host::read_ticks();
         let cpu_utilization = match (self.prev_ticks, ticks) {
@@ -168,6 +237,10 @@ impl PipelineState {
             process_scan_skipped: self.table.scan_skipped,
             processes_tracked: self.table.len(),
             threads_tracked,
+            socket_events_received: self.socket_reader.received.load(Ordering::Relaxed),
+            socket_events_channel_full: self.socket_reader.channel_full.load(Ordering::Relaxed),
+            socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
+            connections: self.connections.stats,
         };
         Snapshot {
             taken_at_unix_ms: SystemTime::now()
@@ -182,6 +255,8 @@ impl PipelineState {
             processes,
             pools: pool_views,
             lifecycle: self.table.drain_lifecycle(),
+            queries: self.aggregates.queries(),
+            routes: self.aggregates.routes(),
             agent,
         }
     }

@@ -41,7 +41,7 @@ pub fn c_bytes_to_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-fn read_record<T: Copy>(bytes: &[u8], what: &str) -> Result<T> {
+pub(crate) fn read_record<T: Copy>(bytes: &[u8], what: &str) -> Result<T> {
     if bytes.len() < size_of::<T>() {
         return Err(Error::Decode(format!(
             "{what} record is {} bytes, expected {}",
@@ -81,6 +81,12 @@ pub fn decode(bytes: &[u8]) -> Result<ProcessEvent> {
                 filename: c_bytes_to_string(&e.filename[..len]),
                 timestamp_ns: e.header.timestamp_ns,
             }
+        }
+        EventKind::SocketOpen | EventKind::SocketData | EventKind::SocketClose => {
+            return Err(Error::Decode(format!(
+                "socket event kind {} on the process ring buffer",
+                header.kind
+            )));
         }
         EventKind::Exit => {
             let e: ExitEvent = read_record(bytes, "exit")?;

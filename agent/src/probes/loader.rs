@@ -11,13 +11,34 @@ static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/herdwatch-ebpf"));
 
 /// Every program: (function name in agent-ebpf, tracepoint category, tracepoint name).
-pub const PROGRAMS: [(&str, &str, &str); 6] = [
+pub const PROGRAMS: [(&str, &str, &str); 27] = [
     ("sched_switch", "sched", "sched_switch"),
     ("sched_wakeup", "sched", "sched_wakeup"),
     ("sched_wakeup_new", "sched", "sched_wakeup_new"),
     ("task_newtask", "task", "task_newtask"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sys_enter_read", "syscalls", "sys_enter_read"),
+    ("sys_exit_read", "syscalls", "sys_exit_read"),
+    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
+    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
+    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_exit_write", "syscalls", "sys_exit_write"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
 ];
 
 #[derive(Debug, Clone)]
@@ -26,6 +47,10 @@ pub struct LoadOptions {
     pub event_ring_bytes: u32,
     /// Highest aya-log level the kernel side emits (1 = error … 5 = trace).
     pub kernel_log_level: u8,
+    /// Payload prefix captured per socket call (≤ MAX_CAPTURE).
+    pub capture_bytes: u32,
+    pub socket_ring_bytes: u32,
+    pub socket_map_entries: u32,
 }
 
 impl Default for LoadOptions {
@@ -34,6 +59,9 @@ impl Default for LoadOptions {
             thread_map_entries: herdwatch_common::THREAD_MAP_ENTRIES,
             event_ring_bytes: herdwatch_common::EVENT_RING_BYTES,
             kernel_log_level: 2,
+            capture_bytes: herdwatch_common::DEFAULT_CAPTURE,
+            socket_ring_bytes: herdwatch_common::SOCKET_RING_BYTES,
+            socket_map_entries: herdwatch_common::SOCKET_MAP_ENTRIES,
         }
     }
 }
@@ -68,11 +96,15 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     let tracefs = tracefs::ensure_mounted()?;
     let offsets: TracepointOffsets = tracefs::read_offsets(&tracefs)?;
     let level = opts.kernel_log_level;
+    let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
     EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
+        .override_global("CAPTURE_BYTES", &capture, true)
         .override_global(aya_log::LEVEL, &level, false)
         .map_max_entries("THREADS", opts.thread_map_entries)
         .map_max_entries("EVENTS", opts.event_ring_bytes)
+        .map_max_entries("SOCKET_EVENTS", opts.socket_ring_bytes)
+        .map_max_entries("SOCKETS", opts.socket_map_entries)
         .load(EBPF_OBJECT)
         .map_err(|source| Error::Load {
             hint: hint_for(&source),

@@ -3,7 +3,11 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
 };
-use herdwatch_common::{CpuCurrent, ThreadCounters, stat};
+use std::collections::HashSet;
+
+use herdwatch_common::{CpuCurrent, SocketInfo, ThreadCounters, socket_key, stat};
+
+use super::socket_events::SocketKind;
 
 use crate::error::{Error, Result};
 
@@ -14,12 +18,20 @@ pub struct KernelDrops {
     pub thread_insert_failed: u64,
     pub read_failed: u64,
     pub missed_switch_out: u64,
+    pub socket_events_dropped: u64,
+    pub socket_insert_failed: u64,
+    pub payload_read_failed: u64,
 }
 
 pub struct KernelMaps {
     threads: HashMap<MapData, u32, ThreadCounters>,
     stats: PerCpuArray<MapData, u64>,
     current: PerCpuArray<MapData, CpuCurrent>,
+    sockets: HashMap<MapData, u64, SocketInfo>,
+    pg_ports: HashMap<MapData, u16, u8>,
+    http_servers: HashMap<MapData, u32, u8>,
+    /// What was last written to HTTP_SERVERS, to sync by difference.
+    http_server_set: HashSet<u32>,
 }
 
 impl KernelMaps {
@@ -42,10 +54,24 @@ impl KernelMaps {
             name: "CURRENT",
             detail: e.to_string(),
         })?;
+        let map_err = |name: &'static str| {
+            move |e: aya::maps::MapError| Error::Map {
+                name,
+                detail: e.to_string(),
+            }
+        };
+        let sockets = HashMap::try_from(take(ebpf, "SOCKETS")?).map_err(map_err("SOCKETS"))?;
+        let pg_ports = HashMap::try_from(take(ebpf, "PG_PORTS")?).map_err(map_err("PG_PORTS"))?;
+        let http_servers =
+            HashMap::try_from(take(ebpf, "HTTP_SERVERS")?).map_err(map_err("HTTP_SERVERS"))?;
         Ok(Self {
             threads,
             stats,
             current,
+            sockets,
+            pg_ports,
+            http_servers,
+            http_server_set: HashSet::new(),
         })
     }
 
@@ -63,6 +89,47 @@ impl KernelMaps {
             .unwrap_or_default()
     }
 
+    /// Destination ports whose connections are PostgreSQL (or PgBouncer).
+    pub fn set_pg_ports(&mut self, ports: &[u16]) -> Result<()> {
+        for port in ports {
+            self.pg_ports.insert(port, 1, 0).map_err(|e| Error::Map {
+                name: "PG_PORTS",
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes HTTP_SERVERS equal `tgids` (pool workers whose accepted connections are traced).
+    pub fn sync_http_servers(&mut self, tgids: &HashSet<u32>) {
+        for gone in self.http_server_set.difference(tgids) {
+            let _ = self.http_servers.remove(gone);
+        }
+        for new in tgids.difference(&self.http_server_set) {
+            if let Err(e) = self.http_servers.insert(new, 1, 0) {
+                tracing::warn!("HTTP_SERVERS insert for {new}: {e}");
+            }
+        }
+        self.http_server_set = tgids.clone();
+    }
+
+    /// Starts tracing an existing socket (found in /proc at start).
+    pub fn track_socket(&mut self, tgid: u32, fd: u32, kind: SocketKind) -> Result<()> {
+        self.sockets
+            .insert(
+                socket_key(tgid, fd),
+                SocketInfo {
+                    kind: kind.raw(),
+                    _reserved: 0,
+                },
+                0,
+            )
+            .map_err(|e| Error::Map {
+                name: "SOCKETS",
+                detail: e.to_string(),
+            })
+    }
+
     pub fn drops(&self) -> KernelDrops {
         let sum = |index: u32| -> u64 {
             self.stats
@@ -75,6 +142,9 @@ impl KernelMaps {
             thread_insert_failed: sum(stat::THREAD_INSERT_FAILED),
             read_failed: sum(stat::READ_FAILED),
             missed_switch_out: sum(stat::MISSED_SWITCH_OUT),
+            socket_events_dropped: sum(stat::SOCKET_EVENTS_DROPPED),
+            socket_insert_failed: sum(stat::SOCKET_INSERT_FAILED),
+            payload_read_failed: sum(stat::PAYLOAD_READ_FAILED),
         }
     }
 }

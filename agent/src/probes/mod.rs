@@ -4,6 +4,7 @@ pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod reader;
+pub mod socket_events;
 pub mod tracefs;
 
 pub use events::ProcessEvent;

@@ -80,6 +80,64 @@ pub fn spawn_event_reader(
     }))
 }
 
+/// Counters of the socket reader.
+#[derive(Debug, Default)]
+pub struct SocketReaderCounters {
+    pub received: AtomicU64,
+    pub channel_full: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// Spawns the task that drains SOCKET_EVENTS into `tx`, dropping (and counting) when full.
+pub fn spawn_socket_reader(
+    ebpf: &mut Ebpf,
+    tx: mpsc::Sender<super::socket_events::SocketEvent>,
+    counters: Arc<SocketReaderCounters>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let map = ebpf.take_map("SOCKET_EVENTS").ok_or_else(|| Error::Map {
+        name: "SOCKET_EVENTS",
+        detail: "not in the eBPF object".into(),
+    })?;
+    let ring = RingBuf::try_from(map).map_err(|e| Error::Map {
+        name: "SOCKET_EVENTS",
+        detail: e.to_string(),
+    })?;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+    let mut fd =
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+            Error::Io {
+                what: "SOCKET_EVENTS ring buffer fd".into(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                tracing::error!("socket ring buffer fd failed; socket tracing stops");
+                return;
+            };
+            let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                match super::socket_events::decode(&item) {
+                    Ok(event) => match tx.try_send(event) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            counters.channel_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    },
+                    Err(err) => {
+                        counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("{err}");
+                    }
+                }
+            }
+            guard.clear_ready();
+        }
+    }))
+}
+
 /// Forwards kernel-side aya-log records to the `log` facade (and from there to `tracing`).
 pub fn spawn_kernel_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     let logger = match aya_log::EbpfLogger::init(ebpf) {

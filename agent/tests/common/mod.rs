@@ -2,6 +2,8 @@
 //! reasons, child processes that are killed when the test ends, polling for a snapshot.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::{
     io::{BufRead as _, BufReader},
     net::TcpListener,
@@ -136,10 +138,18 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub async fn start_agent() -> Agent {
-    let config = Config {
+    start_agent_with(test_config()).await
+}
+
+/// The tests' config: a short interval, defaults otherwise.
+pub fn test_config() -> Config {
+    Config {
         interval_ms: 500,
         ..Config::default()
-    };
+    }
+}
+
+pub async fn start_agent_with(config: Config) -> Agent {
     Agent::start(&config)
         .await
         .unwrap_or_else(|e| panic!("agent start: {e}"))

@@ -1,0 +1,415 @@
+//! Socket tracing from syscall tracepoints (kprobes and fentry are unavailable by design).
+//!
+//! Only sockets in `SOCKETS` are traced: client connections to a PostgreSQL port or Unix
+//! socket (`.s.PGSQL.<port>`), and connections accepted by processes in `HTTP_SERVERS` (pool
+//! workers). The agent seeds both maps from /proc at start. For each read/write-family call on
+//! such a socket, the exit handler sends one record: the call's real length and a prefix of the
+//! payload (`CAPTURE_BYTES`, at most 4 KiB), sized to what was captured.
+//!
+//! Syscall tracepoint records have a fixed layout: args at 16 + 8·i, `ret` at 16.
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use herdwatch_common::{
+    EventHeader, EventKind, MAX_CAPTURE, SOCKET_MAP_ENTRIES, SOCKET_RING_BYTES, SocketCloseEvent,
+    SocketDataEvent, SocketDataHead, SocketInfo, SocketOpenEvent, TAIL_CAPTURE, direction,
+    sock_kind, socket_key, stat,
+};
+
+use crate::maps::count;
+
+#[map]
+pub static SOCKETS: LruHashMap<u64, SocketInfo> =
+    LruHashMap::with_max_entries(SOCKET_MAP_ENTRIES, 0);
+/// Destination ports that mean PostgreSQL (5432) or PgBouncer (6432); set by the agent.
+#[map]
+pub static PG_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+/// Thread groups whose accepted connections are HTTP server connections (pool workers).
+#[map]
+pub static HTTP_SERVERS: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+#[map]
+static PENDING_CONNECT: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
+#[map]
+static ACTIVE_CALLS: LruHashMap<u32, ActiveCall> = LruHashMap::with_max_entries(16_384, 0);
+#[map]
+static SCRATCH: PerCpuArray<SocketDataEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_RING_BYTES, 0);
+
+/// Payload bytes captured per call; the agent patches it (≤ MAX_CAPTURE).
+#[unsafe(no_mangle)]
+static CAPTURE_BYTES: Global<u32> = Global::new(herdwatch_common::DEFAULT_CAPTURE);
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = -115;
+const PG_SOCKET_MARK: &[u8; 9] = b".s.PGSQL.";
+const SUN_PATH: usize = 108;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PendingConnect {
+    fd: u32,
+    family: u32,
+    port: u32,
+    _reserved: u32,
+}
+
+/// How the exit handler finds the payload.
+const BUF_PLAIN: u32 = 0;
+const BUF_IOVEC: u32 = 1;
+const BUF_MSGHDR: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ActiveCall {
+    buf: u64,
+    enter_ns: u64,
+    fd: u32,
+    kind: u32,
+    direction: u32,
+    buf_mode: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: usize) -> Option<u64> {
+    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.ok()
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> Option<i64> {
+    unsafe { ctx.read_at::<i64>(16) }.ok()
+}
+
+#[inline(always)]
+fn ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn header(kind: EventKind, tid: u32, tgid: u32, ts: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        tid,
+        tgid,
+        _reserved: 0,
+        timestamp_ns: ts,
+    }
+}
+
+/// Whether a Unix socket path names a PostgreSQL socket (`…/.s.PGSQL.5432`).
+#[inline(always)]
+fn is_pg_unix_path(path: &[u8; SUN_PATH]) -> bool {
+    let mut i = 0;
+    while i < SUN_PATH - PG_SOCKET_MARK.len() {
+        if path[i] == 0 {
+            return false;
+        }
+        let mut j = 0;
+        while j < PG_SOCKET_MARK.len() && path[i + j] == PG_SOCKET_MARK[j] {
+            j += 1;
+        }
+        if j == PG_SOCKET_MARK.len() {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let (Some(fd), Some(addr)) = (arg(&ctx, 0), arg(&ctx, 1)) else {
+        return 0;
+    };
+    let Ok(family) = (unsafe { bpf_probe_read_user(addr as *const u16) }) else {
+        return 0;
+    };
+    let port = match family {
+        AF_INET | AF_INET6 => {
+            let Ok(be) = (unsafe { bpf_probe_read_user((addr + 2) as *const u16) }) else {
+                return 0;
+            };
+            let port = u16::from_be(be);
+            if unsafe { PG_PORTS.get(&port) }.is_none() {
+                return 0;
+            }
+            port
+        }
+        AF_UNIX => {
+            let Ok(path) = (unsafe { bpf_probe_read_user((addr + 2) as *const [u8; SUN_PATH]) })
+            else {
+                return 0;
+            };
+            if !is_pg_unix_path(&path) {
+                return 0;
+            }
+            0
+        }
+        _ => return 0,
+    };
+    let (tid, _) = ids();
+    let pending = PendingConnect {
+        fd: fd as u32,
+        family: family as u32,
+        port: port as u32,
+        _reserved: 0,
+    };
+    if PENDING_CONNECT.insert(tid, pending, 0).is_err() {
+        count(stat::SOCKET_INSERT_FAILED);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let (tid, tgid) = ids();
+    let Some(pending) = (unsafe { PENDING_CONNECT.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_CONNECT.remove(&tid);
+    match ret(&ctx) {
+        Some(0) | Some(EINPROGRESS) => {}
+        _ => return 0,
+    }
+    track(
+        tgid,
+        tid,
+        pending.fd,
+        sock_kind::POSTGRES,
+        pending.family,
+        pending.port,
+    );
+    0
+}
+
+fn track(tgid: u32, tid: u32, fd: u32, kind: u32, family: u32, port: u32) {
+    let info = SocketInfo { kind, _reserved: 0 };
+    if SOCKETS.insert(socket_key(tgid, fd), info, 0).is_err() {
+        count(stat::SOCKET_INSERT_FAILED);
+        return;
+    }
+    let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketOpenEvent>(0) else {
+        count(stat::SOCKET_EVENTS_DROPPED);
+        return;
+    };
+    entry.write(SocketOpenEvent {
+        header: header(EventKind::SocketOpen, tid, tgid, now()),
+        fd,
+        kind,
+        family,
+        port,
+    });
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn accepted(ctx: &TracePointContext) -> u32 {
+    let (tid, tgid) = ids();
+    let Some(fd) = ret(ctx) else { return 0 };
+    if fd < 0 || unsafe { HTTP_SERVERS.get(&tgid) }.is_none() {
+        return 0;
+    }
+    track(tgid, tid, fd as u32, sock_kind::HTTP_SERVER, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    accepted(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    accepted(&ctx)
+}
+
+#[inline(always)]
+fn enter_io(ctx: &TracePointContext, dir: u32, buf_mode: u32) -> u32 {
+    let (Some(fd), Some(buf)) = (arg(ctx, 0), arg(ctx, 1)) else {
+        return 0;
+    };
+    let (tid, tgid) = ids();
+    let Some(info) = (unsafe { SOCKETS.get(&socket_key(tgid, fd as u32)) }).copied() else {
+        return 0;
+    };
+    let call = ActiveCall {
+        buf,
+        enter_ns: now(),
+        fd: fd as u32,
+        kind: info.kind,
+        direction: dir,
+        buf_mode,
+    };
+    if ACTIVE_CALLS.insert(tid, call, 0).is_err() {
+        count(stat::SOCKET_INSERT_FAILED);
+    }
+    0
+}
+
+/// The first buffer of the call and how long it is.
+#[inline(always)]
+fn payload_source(call: &ActiveCall) -> Option<(u64, u64)> {
+    match call.buf_mode {
+        BUF_PLAIN => Some((call.buf, u64::MAX)),
+        BUF_IOVEC => {
+            let iov = unsafe { bpf_probe_read_user(call.buf as *const Iovec) }.ok()?;
+            Some((iov.base, iov.len))
+        }
+        BUF_MSGHDR => {
+            // struct user_msghdr { void *name; int namelen; struct iovec *iov; … }: iov at 16.
+            let iov_ptr = unsafe { bpf_probe_read_user((call.buf + 16) as *const u64) }.ok()?;
+            let iov = unsafe { bpf_probe_read_user(iov_ptr as *const Iovec) }.ok()?;
+            Some((iov.base, iov.len))
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn exit_io(ctx: &TracePointContext) -> u32 {
+    let (tid, tgid) = ids();
+    let Some(call) = (unsafe { ACTIVE_CALLS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = ACTIVE_CALLS.remove(&tid);
+    let Some(moved) = ret(ctx) else { return 0 };
+    if moved <= 0 {
+        return 0; // EAGAIN on a non-blocking socket, EOF, or an error: no bytes moved
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let ev = unsafe { &mut *scratch };
+    let (src, first_len) = payload_source(&call).unwrap_or((0, 0));
+    let limit = CAPTURE_BYTES.load() as u64;
+    let mut want = moved as u64;
+    if want > limit {
+        want = limit;
+    }
+    if want > first_len {
+        want = first_len;
+    }
+    let mut captured = want as usize;
+    if captured > MAX_CAPTURE {
+        captured = MAX_CAPTURE;
+    }
+    if captured > 0 && src != 0 {
+        let dst = &mut ev.data[..captured];
+        if unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.is_err() {
+            count(stat::PAYLOAD_READ_FAILED);
+            captured = 0;
+        }
+    } else {
+        captured = 0;
+    }
+    // The payload's end, when the prefix did not reach it and the first buffer holds it all.
+    let mut tail_len = 0usize;
+    let moved_u = moved as u64;
+    if captured > 0 && moved_u > captured as u64 && first_len >= moved_u {
+        let rest = moved_u - captured as u64;
+        tail_len = if rest > TAIL_CAPTURE as u64 {
+            TAIL_CAPTURE
+        } else {
+            rest as usize
+        };
+        let tail_src = src + moved_u - tail_len as u64;
+        if tail_len == TAIL_CAPTURE {
+            if unsafe { bpf_probe_read_user_buf(tail_src as *const u8, &mut ev.tail) }.is_err() {
+                tail_len = 0;
+            }
+        } else if tail_len > 0 && tail_len < TAIL_CAPTURE {
+            if unsafe { bpf_probe_read_user_buf(tail_src as *const u8, &mut ev.tail[..tail_len]) }
+                .is_err()
+            {
+                tail_len = 0;
+            }
+        } else {
+            tail_len = 0;
+        }
+    }
+    ev.head = SocketDataHead {
+        header: header(EventKind::SocketData, tid, tgid, now()),
+        enter_ns: call.enter_ns,
+        total_len: moved as u64,
+        fd: call.fd,
+        kind: call.kind,
+        direction: call.direction,
+        captured: captured as u32,
+        tail_len: tail_len as u32,
+        _reserved: 0,
+    };
+    let len = size_of::<SocketDataHead>() + TAIL_CAPTURE + captured;
+    if len > size_of::<SocketDataEvent>() {
+        return 0;
+    }
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, len) };
+    if SOCKET_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count(stat::SOCKET_EVENTS_DROPPED);
+    }
+    0
+}
+
+macro_rules! io_programs {
+    ($($enter:ident, $exit:ident, $dir:expr, $mode:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_io(&ctx, $dir, $mode)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_io(&ctx)
+        }
+    )*};
+}
+
+io_programs! {
+    sys_enter_read, sys_exit_read, direction::INGRESS, BUF_PLAIN;
+    sys_enter_recvfrom, sys_exit_recvfrom, direction::INGRESS, BUF_PLAIN;
+    sys_enter_readv, sys_exit_readv, direction::INGRESS, BUF_IOVEC;
+    sys_enter_recvmsg, sys_exit_recvmsg, direction::INGRESS, BUF_MSGHDR;
+    sys_enter_write, sys_exit_write, direction::EGRESS, BUF_PLAIN;
+    sys_enter_sendto, sys_exit_sendto, direction::EGRESS, BUF_PLAIN;
+    sys_enter_writev, sys_exit_writev, direction::EGRESS, BUF_IOVEC;
+    sys_enter_sendmsg, sys_exit_sendmsg, direction::EGRESS, BUF_MSGHDR;
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let Some(fd) = arg(&ctx, 0) else { return 0 };
+    let (tid, tgid) = ids();
+    let key = socket_key(tgid, fd as u32);
+    let Some(info) = (unsafe { SOCKETS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = SOCKETS.remove(&key);
+    let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketCloseEvent>(0) else {
+        count(stat::SOCKET_EVENTS_DROPPED);
+        return 0;
+    };
+    entry.write(SocketCloseEvent {
+        header: header(EventKind::SocketClose, tid, tgid, now()),
+        fd: fd as u32,
+        kind: info.kind,
+    });
+    entry.submit(0);
+    0
+}

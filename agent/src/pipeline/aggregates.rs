@@ -1,0 +1,227 @@
+//! Per-fingerprint and per-route statistics, bounded: beyond the configured number of distinct
+//! fingerprints or routes, new ones are counted under "other" so a cardinality explosion (a
+//! query built with literals in its text, a crawler walking random URLs) cannot grow memory or
+//! labels.
+use std::collections::{BTreeMap, HashMap};
+
+use herdwatch_protocol::{
+    fingerprint::{fingerprint, fnv1a64},
+    http::Exchange,
+    postgres::{Outcome, QueryEvent},
+    route::RouteGrouper,
+};
+use serde::Serialize;
+
+/// The bucket every fingerprint past the limit is counted in.
+pub const OTHER_ID: &str = "other";
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryStats {
+    /// Fingerprint id (16 hex digits), or `other`.
+    pub id: String,
+    /// `db.query.summary`, e.g. `SELECT orders`.
+    pub summary: String,
+    pub operation: String,
+    /// The normalised text: literals replaced by `?` (safe to show; raw text never leaves).
+    pub normalized: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub errors_by_sqlstate: BTreeMap<String, u64>,
+    /// Skipped by the server after an earlier error in the same pipeline.
+    pub aborted: u64,
+    pub rows: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    /// Attributed by statement name only: prepared before the agent started watching.
+    pub text_unknown: bool,
+    /// Processes that issued it (bounded).
+    pub pids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteStats {
+    pub method: String,
+    pub route: String,
+    pub requests: u64,
+    pub by_status: BTreeMap<u16, u64>,
+    /// Closed before a response was written.
+    pub unanswered: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+const MAX_PIDS_PER_QUERY: usize = 16;
+
+#[derive(Debug)]
+pub struct Aggregates {
+    queries: HashMap<String, QueryStats>,
+    routes: HashMap<(String, String), RouteStats>,
+    max_queries: usize,
+    max_routes: usize,
+    grouper: RouteGrouper,
+}
+
+impl Aggregates {
+    pub fn new(max_queries: usize, max_routes: usize, grouper: RouteGrouper) -> Self {
+        Self {
+            queries: HashMap::new(),
+            routes: HashMap::new(),
+            max_queries,
+            max_routes,
+            grouper,
+        }
+    }
+
+    pub fn record_query(&mut self, pid: u32, q: &QueryEvent) {
+        let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
+            (Some(sql), _) => {
+                let f = fingerprint(sql);
+                (f.hex_id(), f.summary, f.operation, f.normalized, false)
+            }
+            (None, name) => {
+                let name = name.clone().unwrap_or_default();
+                let key = format!("prepared:{name}");
+                (
+                    format!("{:016x}", fnv1a64(key.as_bytes())),
+                    format!("EXECUTE {name}"),
+                    "EXECUTE".to_string(),
+                    format!(
+                        "EXECUTE {name} -- prepared before herdwatch started; text not seen yet"
+                    ),
+                    true,
+                )
+            }
+        };
+        let full = self.queries.len() >= self.max_queries && !self.queries.contains_key(&id);
+        let entry = if full {
+            self.queries
+                .entry(OTHER_ID.to_string())
+                .or_insert_with(|| QueryStats {
+                    id: OTHER_ID.into(),
+                    summary: "other".into(),
+                    operation: "OTHER".into(),
+                    normalized: "(fingerprints beyond the configured limit)".into(),
+                    ..Default::default()
+                })
+        } else {
+            self.queries
+                .entry(id.clone())
+                .or_insert_with(|| QueryStats {
+                    id,
+                    summary,
+                    operation,
+                    normalized,
+                    text_unknown,
+                    ..Default::default()
+                })
+        };
+        let took = q.finished_ns.saturating_sub(q.started_ns);
+        entry.calls += 1;
+        entry.rows += q.rows;
+        entry.total_ns += took;
+        entry.max_ns = entry.max_ns.max(took);
+        match q.outcome {
+            Outcome::Ok => {}
+            Outcome::Error => {
+                entry.errors += 1;
+                *entry
+                    .errors_by_sqlstate
+                    .entry(q.sqlstate.clone().unwrap_or_else(|| "unknown".into()))
+                    .or_default() += 1;
+            }
+            Outcome::Aborted => entry.aborted += 1,
+        }
+        if entry.pids.len() < MAX_PIDS_PER_QUERY && !entry.pids.contains(&pid) {
+            entry.pids.push(pid);
+        }
+    }
+
+    pub fn record_exchange(&mut self, x: &Exchange) {
+        let route = self.grouper.route(&x.request.target);
+        let mut key = (x.request.method.clone(), route);
+        if self.routes.len() >= self.max_routes && !self.routes.contains_key(&key) {
+            key = ("*".into(), "other".into());
+        }
+        let entry = self
+            .routes
+            .entry(key.clone())
+            .or_insert_with(|| RouteStats {
+                method: key.0,
+                route: key.1,
+                ..Default::default()
+            });
+        let took = x.finished_ns.saturating_sub(x.started_ns);
+        entry.requests += 1;
+        entry.total_ns += took;
+        entry.max_ns = entry.max_ns.max(took);
+        match x.status {
+            Some(s) => *entry.by_status.entry(s).or_default() += 1,
+            None => entry.unanswered += 1,
+        }
+    }
+
+    /// Fingerprints, most total time first.
+    pub fn queries(&self) -> Vec<QueryStats> {
+        let mut v: Vec<_> = self.queries.values().cloned().collect();
+        v.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Routes, most total time first.
+    pub fn routes(&self) -> Vec<RouteStats> {
+        let mut v: Vec<_> = self.routes.values().cloned().collect();
+        v.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.route.cmp(&b.route)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herdwatch_protocol::postgres::QueryProtocol;
+
+    fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
+        QueryEvent {
+            sql: sql.map(String::from),
+            sql_truncated: false,
+            statement: name.map(String::from),
+            protocol: QueryProtocol::Simple,
+            started_ns: 10,
+            first_response_ns: Some(20),
+            finished_ns: 30,
+            rows: 1,
+            command: None,
+            outcome,
+            sqlstate: (outcome == Outcome::Error).then(|| "42P01".to_string()),
+        }
+    }
+
+    #[test]
+    fn literals_group_and_the_limit_holds() {
+        let mut a = Aggregates::new(2, 2, RouteGrouper::default());
+        a.record_query(
+            1,
+            &q(Some("SELECT * FROM t WHERE id = 1"), None, Outcome::Ok),
+        );
+        a.record_query(
+            2,
+            &q(Some("SELECT * FROM t WHERE id = 2"), None, Outcome::Error),
+        );
+        a.record_query(1, &q(None, Some("_pg3_0"), Outcome::Ok));
+        a.record_query(1, &q(Some("DELETE FROM x"), None, Outcome::Ok));
+        let v = a.queries();
+        assert_eq!(v.len(), 3, "two fingerprints + other: {v:?}");
+        let t = v.iter().find(|s| s.summary == "SELECT t").expect("grouped");
+        assert_eq!((t.calls, t.errors, t.pids.len()), (2, 1, 2));
+        assert_eq!(t.errors_by_sqlstate.get("42P01"), Some(&1));
+        assert!(
+            v.iter()
+                .any(|s| s.text_unknown && s.summary == "EXECUTE _pg3_0")
+        );
+        assert_eq!(
+            v.iter().find(|s| s.id == OTHER_ID).map(|s| s.calls),
+            Some(1)
+        );
+        assert!(v.iter().all(|s| !s.normalized.contains("= 1")));
+    }
+}

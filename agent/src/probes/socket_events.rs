@@ -1,0 +1,212 @@
+//! Decoding of socket ring-buffer records. Pure; malformed records are errors to count.
+use herdwatch_common::{
+    EventHeader, EventKind, SocketCloseEvent, SocketDataHead, SocketOpenEvent, TAIL_CAPTURE,
+    direction, sock_kind,
+};
+
+use super::events::read_record;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketKind {
+    Postgres,
+    HttpServer,
+}
+
+impl SocketKind {
+    pub fn from_raw(v: u32) -> Option<Self> {
+        match v {
+            sock_kind::POSTGRES => Some(Self::Postgres),
+            sock_kind::HTTP_SERVER => Some(Self::HttpServer),
+            _ => None,
+        }
+    }
+
+    pub fn raw(self) -> u32 {
+        match self {
+            Self::Postgres => sock_kind::POSTGRES,
+            Self::HttpServer => sock_kind::HTTP_SERVER,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketEvent {
+    Open {
+        tgid: u32,
+        tid: u32,
+        fd: u32,
+        kind: SocketKind,
+        family: u32,
+        port: u16,
+        timestamp_ns: u64,
+    },
+    Data {
+        tgid: u32,
+        tid: u32,
+        fd: u32,
+        kind: SocketKind,
+        /// True for bytes the process received (read, recv*), false for bytes it sent.
+        ingress: bool,
+        enter_ns: u64,
+        exit_ns: u64,
+        total_len: u64,
+        payload: Vec<u8>,
+        /// The last bytes moved, when `payload` did not reach them.
+        tail: Vec<u8>,
+    },
+    Close {
+        tgid: u32,
+        tid: u32,
+        fd: u32,
+        kind: SocketKind,
+        timestamp_ns: u64,
+    },
+}
+
+fn kind(raw: u32) -> Result<SocketKind> {
+    SocketKind::from_raw(raw).ok_or_else(|| Error::Decode(format!("unknown socket kind {raw}")))
+}
+
+pub fn decode(bytes: &[u8]) -> Result<SocketEvent> {
+    let header: EventHeader = read_record(bytes, "socket event header")?;
+    match EventKind::from_u32(header.kind) {
+        Some(EventKind::SocketOpen) => {
+            let e: SocketOpenEvent = read_record(bytes, "socket open")?;
+            Ok(SocketEvent::Open {
+                tgid: e.header.tgid,
+                tid: e.header.tid,
+                fd: e.fd,
+                kind: kind(e.kind)?,
+                family: e.family,
+                port: u16::try_from(e.port).unwrap_or(0),
+                timestamp_ns: e.header.timestamp_ns,
+            })
+        }
+        Some(EventKind::SocketData) => {
+            let head: SocketDataHead = read_record(bytes, "socket data")?;
+            let tail_start = size_of::<SocketDataHead>();
+            let tail_len = head.tail_len as usize;
+            if tail_len > TAIL_CAPTURE {
+                return Err(Error::Decode(format!(
+                    "tail of {tail_len} bytes exceeds {TAIL_CAPTURE}"
+                )));
+            }
+            let tail = bytes
+                .get(tail_start..tail_start + tail_len)
+                .ok_or_else(|| Error::Decode("socket data record shorter than its tail".into()))?;
+            let start = tail_start + TAIL_CAPTURE;
+            let captured = head.captured as usize;
+            let payload = bytes.get(start..start + captured).ok_or_else(|| {
+                Error::Decode(format!(
+                    "socket data claims {captured} bytes, record has {}",
+                    bytes.len() - start
+                ))
+            })?;
+            if (captured + tail_len) as u64 > head.total_len {
+                return Err(Error::Decode(format!(
+                    "captured {captured} > moved {}",
+                    head.total_len
+                )));
+            }
+            Ok(SocketEvent::Data {
+                tgid: head.header.tgid,
+                tid: head.header.tid,
+                fd: head.fd,
+                kind: kind(head.kind)?,
+                ingress: head.direction == direction::INGRESS,
+                enter_ns: head.enter_ns,
+                exit_ns: head.header.timestamp_ns,
+                total_len: head.total_len,
+                payload: payload.to_vec(),
+                tail: tail.to_vec(),
+            })
+        }
+        Some(EventKind::SocketClose) => {
+            let e: SocketCloseEvent = read_record(bytes, "socket close")?;
+            Ok(SocketEvent::Close {
+                tgid: e.header.tgid,
+                tid: e.header.tid,
+                fd: e.fd,
+                kind: kind(e.kind)?,
+                timestamp_ns: e.header.timestamp_ns,
+            })
+        }
+        _ => Err(Error::Decode(format!(
+            "event kind {} on the socket ring buffer",
+            header.kind
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_record(captured: u32, total: u64, payload: &[u8]) -> Vec<u8> {
+        let head = SocketDataHead {
+            header: EventHeader {
+                kind: EventKind::SocketData as u32,
+                tid: 2,
+                tgid: 1,
+                _reserved: 0,
+                timestamp_ns: 9,
+            },
+            enter_ns: 5,
+            total_len: total,
+            fd: 7,
+            kind: sock_kind::POSTGRES,
+            direction: direction::EGRESS,
+            captured,
+            tail_len: 0,
+            _reserved: 0,
+        };
+        // SAFETY: test-only byte view of a repr(C) value.
+        let mut v = unsafe {
+            std::slice::from_raw_parts(
+                (&head as *const SocketDataHead).cast::<u8>(),
+                size_of::<SocketDataHead>(),
+            )
+        }
+        .to_vec();
+        v.extend_from_slice(&[0u8; TAIL_CAPTURE]);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn data_records_carry_their_payload() {
+        match decode(&data_record(3, 100, b"abc")) {
+            Ok(SocketEvent::Data {
+                payload,
+                total_len,
+                ingress,
+                fd,
+                ..
+            }) => {
+                assert_eq!(
+                    (payload.as_slice(), total_len, ingress, fd),
+                    (&b"abc"[..], 100, false, 7)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lying_lengths_are_errors() {
+        assert!(
+            decode(&data_record(10, 100, b"abc")).is_err(),
+            "claims more than the record holds"
+        );
+        assert!(
+            decode(&data_record(3, 2, b"abc")).is_err(),
+            "captured more than moved"
+        );
+        assert!(
+            decode(&data_record(3, 100, b"abc")[..10]).is_err(),
+            "truncated head"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! PostgreSQL queries traced from the kernel: per-fingerprint call counts against the server's
+//! own pg_stat_statements, over TCP and the Unix socket; SQLSTATEs of failing queries; and
+//! statements prepared before the agent started, on a connection opened before it started.
+mod common;
+
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use common::{postgres::Postgres, *};
+use herdwatch::{Config, protocol::fingerprint::fingerprint};
+
+const N: u64 = 25;
+
+fn setup_schema(pg: &Postgres) {
+    pg.sql("CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric)");
+    pg.sql("INSERT INTO orders SELECT g, g % 10, g * 1.5 FROM generate_series(0, 999) g");
+    pg.sql("SELECT pg_stat_statements_reset()");
+}
+
+/// pg_stat_statements calls summed per our fingerprint of its normalised text.
+fn server_calls_by_fingerprint(pg: &Postgres) -> HashMap<String, u64> {
+    let mut by_id = HashMap::new();
+    for (query, calls) in pg.statements() {
+        *by_id.entry(fingerprint(&query).hex_id()).or_default() += calls;
+    }
+    by_id
+}
+
+fn run_client(dsn: &str) {
+    let venv = venv();
+    let out = Command::new(venv.join("bin/python"))
+        .arg(apps_dir().join("pg_client.py"))
+        .args([dsn, &N.to_string()])
+        .output()
+        .expect("client runs");
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const TRACKED: [&str; 5] = [
+    "SELECT id, total FROM orders WHERE id = 1",
+    "SELECT count(*) FROM orders WHERE total > $1",
+    "SELECT id, total FROM orders WHERE customer = $1",
+    "UPDATE orders SET total = total + 1 WHERE id = $1",
+    "SELECT total FROM orders WHERE id = $1",
+];
+
+fn assert_counts_match(transport: &str) {
+    let pg = &Postgres::start();
+    let dsn = if transport == "tcp" {
+        pg.tcp_dsn()
+    } else {
+        pg.unix_dsn()
+    };
+    setup_schema(pg);
+    runtime().block_on(async {
+        // The test server listens on a free port, not 5432.
+        let agent = start_agent_with(Config {
+            postgres_ports: vec![pg.port],
+            ..test_config()
+        })
+        .await;
+        run_client(&dsn);
+        // Every tracked fingerprint reaches N successful calls (the client has finished).
+        let snap = wait_for(&agent, Duration::from_secs(30), "all queries traced", |s| {
+            TRACKED
+                .iter()
+                .all(|q| {
+                    s.query_like(q)
+                        .is_some_and(|st| st.calls - st.errors - st.aborted >= N)
+                })
+                .then(|| s.clone())
+        })
+        .await;
+        let server = server_calls_by_fingerprint(pg);
+        for q in TRACKED {
+            let ours = snap.query_like(q).expect("traced");
+            let theirs = server.get(&ours.id).copied().unwrap_or(0);
+            eprintln!(
+                "{transport}: {:<50} agent {} calls ({} errors), pg_stat_statements {theirs}",
+                ours.summary, ours.calls, ours.errors
+            );
+            assert_eq!(
+                ours.calls - ours.errors - ours.aborted,
+                theirs,
+                "{transport}: {q}"
+            );
+            assert_eq!(
+                theirs, N,
+                "{transport}: the server saw each statement N times: {q}"
+            );
+        }
+        let failing = snap
+            .query_like("SELECT * FROM missing_table WHERE id = $1")
+            .expect("failing query traced");
+        assert_eq!(
+            failing.errors, N,
+            "{transport}: every failing query counted"
+        );
+        assert_eq!(
+            failing.errors_by_sqlstate.get("42P01"),
+            Some(&N),
+            "{transport}: SQLSTATE 42P01"
+        );
+        // Literals never reach the normalised text.
+        assert!(
+            snap.queries.iter().all(|q| !q.normalized.contains("= 7 ")),
+            "literals stripped"
+        );
+        assert_eq!(snap.agent.kernel.socket_events_dropped, 0);
+    });
+}
+
+#[test]
+fn query_counts_match_pg_stat_statements_over_tcp() {
+    if !kernel_available("query_counts_match_pg_stat_statements_over_tcp") {
+        return;
+    }
+    assert_counts_match("tcp");
+}
+
+#[test]
+fn query_counts_match_pg_stat_statements_over_the_unix_socket() {
+    if !kernel_available("query_counts_match_pg_stat_statements_over_the_unix_socket") {
+        return;
+    }
+    assert_counts_match("unix");
+}
+
+#[test]
+fn statements_prepared_before_the_agent_started_are_attributed() {
+    if !kernel_available("statements_prepared_before_the_agent_started_are_attributed") {
+        return;
+    }
+    let pg = Postgres::start();
+    setup_schema(&pg);
+    let venv = venv();
+    let mut client = Proc::spawn(
+        Command::new(venv.join("bin/python"))
+            .arg(apps_dir().join("pg_client.py"))
+            .args([&pg.tcp_dsn(), &N.to_string(), "--wait"]),
+    );
+    client.wait_line("ready");
+    runtime().block_on(async {
+        let agent = start_agent_with(Config {
+            postgres_ports: vec![pg.port],
+            ..test_config()
+        })
+        .await;
+        use std::io::Write as _;
+        client
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("signal client");
+        client.wait_line("done");
+        let stats = wait_for(
+            &agent,
+            Duration::from_secs(30),
+            "the prepared statement's executions",
+            |s| {
+                s.queries
+                    .iter()
+                    .find(|q| q.text_unknown && q.calls >= N)
+                    .cloned()
+            },
+        )
+        .await;
+        eprintln!(
+            "prepared before start: {} → {} calls, pid(s) {:?}",
+            stats.summary, stats.calls, stats.pids
+        );
+        assert_eq!(
+            stats.calls, N,
+            "every execution of the statement prepared before we started"
+        );
+        assert!(
+            stats.summary.starts_with("EXECUTE _pg3_"),
+            "{}",
+            stats.summary
+        );
+        assert_eq!(stats.pids, vec![client.pid()]);
+    });
+}
