@@ -172,7 +172,10 @@ const DEBIAN: &[(&str, &str)] = &[
     ("command -v bpftrace", "bpftrace"),
     ("command -v psql", "postgresql-client"),
     ("ls /usr/lib/postgresql/*/bin/postgres", "postgresql"),
-    ("ls /usr/lib/postgresql/*/lib/pg_stat_statements.so", "postgresql-contrib"),
+    (
+        "ls /usr/lib/postgresql/*/lib/pg_stat_statements.so",
+        "postgresql-contrib",
+    ),
 ];
 
 pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
