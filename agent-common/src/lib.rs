@@ -88,6 +88,9 @@ pub struct SocketDataHead {
     pub enter_ns: u64,
     /// Bytes the call really moved (its return value).
     pub total_len: u64,
+    /// The calling thread's on-CPU total at the call's exit, running slice included (0 if the
+    /// thread has no counters yet): the agent attributes CPU between a thread's socket calls.
+    pub thread_on_cpu_ns: u64,
     pub fd: u32,
     pub kind: u32,
     pub direction: u32,

@@ -20,7 +20,7 @@ use herdwatch_common::{
     sock_kind, socket_key, stat,
 };
 
-use crate::maps::count;
+use crate::maps::{THREADS, count};
 
 #[map]
 pub static SOCKETS: LruHashMap<u64, SocketInfo> =
@@ -346,10 +346,24 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
             tail_len = 0;
         }
     }
+    let exit_ns = now();
+    let thread_on_cpu_ns = match THREADS.get_ptr(tid) {
+        Some(c) => {
+            let c = unsafe { &*c };
+            let running = if c.switched_in_at_ns != 0 && exit_ns > c.switched_in_at_ns {
+                exit_ns - c.switched_in_at_ns
+            } else {
+                0
+            };
+            c.on_cpu_ns + running
+        }
+        None => 0,
+    };
     ev.head = SocketDataHead {
-        header: header(EventKind::SocketData, tid, tgid, now()),
+        header: header(EventKind::SocketData, tid, tgid, exit_ns),
         enter_ns: call.enter_ns,
         total_len: moved as u64,
+        thread_on_cpu_ns,
         fd: call.fd,
         kind: call.kind,
         direction: call.direction,

@@ -99,7 +99,65 @@ pub fn render(s: &Snapshot) -> String {
             p.cmdline
         );
     }
+    render_routes_and_queries(s, &mut out);
     out
+}
+
+fn per_request_ms(total_ns: u64, n: u64) -> f64 {
+    total_ns as f64 / n.max(1) as f64 / 1e6
+}
+
+fn render_routes_and_queries(s: &Snapshot, out: &mut String) {
+    for (title, key) in [("TOP ROUTES BY CPU", 0usize), ("TOP ROUTES BY DB WAIT", 1)] {
+        let mut routes: Vec<_> = s.routes.iter().collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(if key == 0 { r.cpu_ns } else { r.db_wait_ns }));
+        let _ = writeln!(out, "\n{title} (since start)");
+        if routes.is_empty() {
+            let _ = writeln!(out, "  (no HTTP requests traced yet)");
+        }
+        for r in routes.into_iter().take(TOP) {
+            let errors: u64 = r
+                .by_status
+                .iter()
+                .filter(|(code, _)| **code >= 500)
+                .map(|(_, n)| n)
+                .sum();
+            let _ = writeln!(
+                out,
+                "  {:<6} {:<32} {:>7} req  CPU {:>7.1} s ({:>6.1} ms/req)  DB wait {:>7.1} s ({:>6.1} ms/req)  {} queries  {} 5xx",
+                r.method,
+                r.route,
+                r.requests,
+                r.cpu_ns as f64 / 1e9,
+                per_request_ms(r.cpu_ns, r.requests),
+                r.db_wait_ns as f64 / 1e9,
+                per_request_ms(r.db_wait_ns, r.requests),
+                r.queries,
+                errors
+            );
+        }
+    }
+    let _ = writeln!(out, "\nTOP QUERIES BY TOTAL TIME (since start)");
+    if s.queries.is_empty() {
+        let _ = writeln!(out, "  (no PostgreSQL queries traced yet)");
+    }
+    for q in s.queries.iter().take(TOP) {
+        let _ = writeln!(
+            out,
+            "  {} {:<28} {:>7} calls  {:>7.1} s total  {:>6.1} ms mean  {} errors  from {}",
+            q.id,
+            q.summary,
+            q.calls,
+            q.total_ns as f64 / 1e9,
+            per_request_ms(q.total_ns, q.calls),
+            q.errors,
+            if q.routes.is_empty() {
+                "-".to_string()
+            } else {
+                q.routes.join(", ")
+            }
+        );
+    }
 }
 
 #[cfg(test)]
@@ -131,5 +189,7 @@ mod tests {
         assert!(text.contains("no gunicorn or uvicorn pools"), "{text}");
         assert!(text.contains("42   99.5%"), "{text}");
         assert!(text.contains("12.0"), "{text}");
+        assert!(text.contains("no HTTP requests traced yet"), "{text}");
+        assert!(text.contains("no PostgreSQL queries traced yet"), "{text}");
     }
 }

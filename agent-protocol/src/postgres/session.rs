@@ -78,6 +78,9 @@ struct InFlight {
 #[derive(Debug)]
 enum Pending {
     Op(Box<InFlight>),
+    /// A Parse awaiting ParseComplete. If the server answers with an error instead, the
+    /// statement failed before any Execute (asyncpg prepares first): that is a failed call.
+    Parse(Box<InFlight>),
     /// A Sync: ReadyForQuery answers it.
     SyncPoint,
 }
@@ -92,6 +95,9 @@ pub struct PgSession {
     pending: VecDeque<Pending>,
     /// An error happened; Executes until the next SyncPoint are skipped by the server.
     aborting: bool,
+    /// The statement (name, text) whose Parse failed: its own Executes are the same failed
+    /// call, not further ones.
+    failed_parse: Option<(Option<String>, Option<String>)>,
     pub encrypted: bool,
     /// Operations dropped because the FIFO was full (responses never seen).
     pub pending_overflow: u64,
@@ -123,6 +129,7 @@ impl PgSession {
             portals: HashMap::new(),
             pending: VecDeque::new(),
             aborting: false,
+            failed_parse: None,
             encrypted: false,
             pending_overflow: 0,
         }
@@ -232,7 +239,19 @@ impl PgSession {
                 statement,
                 sql,
                 truncated,
-            } => self.remember_statement(statement, sql, truncated),
+            } => {
+                let op = self.new_op(
+                    Some(sql.clone()),
+                    truncated,
+                    Some(statement.clone()),
+                    QueryProtocol::Extended,
+                    ts,
+                );
+                if let Pending::Op(op) = op {
+                    self.push_pending(Pending::Parse(op));
+                }
+                self.remember_statement(statement, sql, truncated);
+            }
             Frontend::Bind { portal, statement } => {
                 self.portals.insert(portal, statement);
                 if self.portals.len() > MAX_STATEMENTS {
@@ -292,6 +311,34 @@ impl PgSession {
     }
 
     fn backend_message(&mut self, msg: Backend, ts: u64, out: &mut Vec<SessionEvent>) {
+        // A Parse at the front is answered first: ParseComplete retires it, an error fails it.
+        if matches!(self.pending.front(), Some(Pending::Parse(_))) {
+            match msg {
+                Backend::ParseComplete => {
+                    self.pending.pop_front();
+                    return;
+                }
+                Backend::Error { sqlstate, .. } => {
+                    if let Some(Pending::Parse(op)) = self.pending.pop_front() {
+                        let mut q = op.query;
+                        self.failed_parse = Some((q.statement.clone(), q.sql.clone()));
+                        q.finished_ns = ts;
+                        q.first_response_ns = Some(ts);
+                        q.outcome = Outcome::Error;
+                        q.sqlstate = sqlstate;
+                        out.push(SessionEvent::Query(q));
+                    }
+                    self.aborting = true;
+                    return;
+                }
+                Backend::ReadyForQuery { .. } => {}
+                // Anything else answers something later in the queue; the Parse was
+                // evidently accepted (a ParseComplete we did not capture).
+                _ => {
+                    self.pending.pop_front();
+                }
+            }
+        }
         if let Some(op) = self.front_op()
             && op.query.first_response_ns.is_none()
             && !matches!(msg, Backend::Notice | Backend::ParameterStatus)
@@ -359,8 +406,17 @@ impl PgSession {
                 while let Some(p) = self.pending.pop_front() {
                     match p {
                         Pending::SyncPoint => break,
+                        // Skipped by the server after an error: not a call of its own.
+                        Pending::Parse(_) => {}
                         Pending::Op(op) => {
                             let mut q = op.query;
+                            let same_failed_call = self
+                                .failed_parse
+                                .as_ref()
+                                .is_some_and(|(name, sql)| *name == q.statement && *sql == q.sql);
+                            if self.aborting && same_failed_call {
+                                continue;
+                            }
                             q.finished_ns = ts;
                             q.outcome = if self.aborting {
                                 Outcome::Aborted
@@ -372,6 +428,7 @@ impl PgSession {
                     }
                 }
                 self.aborting = false;
+                self.failed_parse = None;
             }
         }
     }

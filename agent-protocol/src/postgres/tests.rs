@@ -339,3 +339,45 @@ fn garbage_never_panics_and_is_reported() {
     }
     assert!(errors > 0 || s.skipped_chunks() > 0);
 }
+
+#[test]
+fn an_error_at_parse_is_a_failed_call_of_that_statement() {
+    // asyncpg: Parse + Describe + Sync first; the server rejects the Parse.
+    let mut s = PgSession::mid_stream();
+    s.on_frontend(Chunk::whole(
+        &cat(&[
+            parse("__asyncpg_stmt_1__", "SELECT * FROM nope WHERE id = $1"),
+            typed(b'D', &cstrs(&["S__asyncpg_stmt_1__"])[..]),
+            sync(),
+        ]),
+        1,
+    ));
+    let q = queries(s.on_backend(Chunk::whole(&cat(&[error("42P01"), ready()]), 2)));
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        (q[0].outcome, q[0].sqlstate.as_deref(), q[0].sql.as_deref()),
+        (
+            Outcome::Error,
+            Some("42P01"),
+            Some("SELECT * FROM nope WHERE id = $1")
+        )
+    );
+    assert_eq!(s.in_flight(), 0);
+    // A successful prepare + execute yields exactly one call.
+    s.on_frontend(Chunk::whole(
+        &cat(&[parse("s", "SELECT 1"), bind("", "s"), execute(""), sync()]),
+        3,
+    ));
+    let q = queries(s.on_backend(Chunk::whole(
+        &cat(&[
+            typed(b'1', b""),
+            typed(b'2', b""),
+            data_row(),
+            complete("SELECT 1"),
+            ready(),
+        ]),
+        4,
+    )));
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].outcome, Outcome::Ok);
+}

@@ -36,6 +36,8 @@ pub struct QueryStats {
     pub text_unknown: bool,
     /// Processes that issued it (bounded).
     pub pids: Vec<u32>,
+    /// Routes whose requests issued it (bounded).
+    pub routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -48,9 +50,15 @@ pub struct RouteStats {
     pub unanswered: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+    /// CPU the serving threads used for these requests.
+    pub cpu_ns: u64,
+    /// Time the requests waited on PostgreSQL queries they issued.
+    pub db_wait_ns: u64,
+    pub queries: u64,
 }
 
 const MAX_PIDS_PER_QUERY: usize = 16;
+const MAX_ROUTES_PER_QUERY: usize = 16;
 
 #[derive(Debug)]
 pub struct Aggregates {
@@ -72,7 +80,12 @@ impl Aggregates {
         }
     }
 
-    pub fn record_query(&mut self, pid: u32, q: &QueryEvent) {
+    /// The route a request target groups into.
+    pub fn route_of(&self, target: &str) -> String {
+        self.grouper.route(target)
+    }
+
+    pub fn record_query(&mut self, pid: u32, q: &QueryEvent, calling_route: Option<&str>) {
         let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
             (Some(sql), _) => {
                 let f = fingerprint(sql);
@@ -134,10 +147,23 @@ impl Aggregates {
         if entry.pids.len() < MAX_PIDS_PER_QUERY && !entry.pids.contains(&pid) {
             entry.pids.push(pid);
         }
+        if let Some(route) = calling_route
+            && entry.routes.len() < MAX_ROUTES_PER_QUERY
+            && !entry.routes.iter().any(|r| r == route)
+        {
+            entry.routes.push(route.to_string());
+        }
     }
 
-    pub fn record_exchange(&mut self, x: &Exchange) {
-        let route = self.grouper.route(&x.request.target);
+    pub fn record_exchange(
+        &mut self,
+        x: &Exchange,
+        cost: Option<&super::connections::RequestCost>,
+    ) {
+        let route = match cost {
+            Some(c) => c.route.clone(),
+            None => self.grouper.route(&x.request.target),
+        };
         let mut key = (x.request.method.clone(), route);
         if self.routes.len() >= self.max_routes && !self.routes.contains_key(&key) {
             key = ("*".into(), "other".into());
@@ -157,6 +183,11 @@ impl Aggregates {
         match x.status {
             Some(s) => *entry.by_status.entry(s).or_default() += 1,
             None => entry.unanswered += 1,
+        }
+        if let Some(c) = cost {
+            entry.cpu_ns += c.cpu_ns;
+            entry.db_wait_ns += c.db_wait_ns;
+            entry.queries += c.queries;
         }
     }
 
@@ -181,8 +212,9 @@ mod tests {
     use herdwatch_protocol::postgres::QueryProtocol;
 
     fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
+        let sql = sql.map(String::from);
         QueryEvent {
-            sql: sql.map(String::from),
+            sql,
             sql_truncated: false,
             statement: name.map(String::from),
             protocol: QueryProtocol::Simple,
@@ -199,20 +231,25 @@ mod tests {
     #[test]
     fn literals_group_and_the_limit_holds() {
         let mut a = Aggregates::new(2, 2, RouteGrouper::default());
-        a.record_query(
-            1,
-            &q(Some("SELECT * FROM t WHERE id = 1"), None, Outcome::Ok),
-        );
-        a.record_query(
-            2,
-            &q(Some("SELECT * FROM t WHERE id = 2"), None, Outcome::Error),
-        );
-        a.record_query(1, &q(None, Some("_pg3_0"), Outcome::Ok));
-        a.record_query(1, &q(Some("DELETE FROM x"), None, Outcome::Ok));
+        let by_id = |n| {
+            q(
+                Some(&format!("SELECT * FROM t WHERE id = {n}")),
+                None,
+                Outcome::Ok,
+            )
+        };
+        a.record_query(1, &by_id(1), Some("/t/{id}"));
+        let mut failed = by_id(2);
+        failed.outcome = Outcome::Error;
+        failed.sqlstate = Some("42P01".into());
+        a.record_query(2, &failed, None);
+        a.record_query(1, &q(None, Some("_pg3_0"), Outcome::Ok), None);
+        a.record_query(1, &q(Some("DELETE FROM x"), None, Outcome::Ok), None);
         let v = a.queries();
         assert_eq!(v.len(), 3, "two fingerprints + other: {v:?}");
         let t = v.iter().find(|s| s.summary == "SELECT t").expect("grouped");
         assert_eq!((t.calls, t.errors, t.pids.len()), (2, 1, 2));
+        assert_eq!(t.routes, vec!["/t/{id}".to_string()]);
         assert_eq!(t.errors_by_sqlstate.get("42P01"), Some(&1));
         assert!(
             v.iter()

@@ -1,7 +1,15 @@
 //! The connection table: one protocol session per traced socket, created on open (or on first
 //! data for a socket that was open before we started), freed on close, and bounded — the
 //! least recently active connection is dropped when the table is full (a close we never saw).
-use std::collections::HashMap;
+//!
+//! It also stitches requests to the work done for them. Every socket record carries the
+//! calling thread's on-CPU total, so the CPU a thread used between two of its socket calls is
+//! known exactly; it is charged to the HTTP request that thread last touched (read its request
+//! or wrote its response). A PostgreSQL query finished on a thread is charged, as DB wait, to
+//! that same request. For a gunicorn sync worker (one request per thread at a time) this is
+//! exact. For an asyncio worker serving many requests on one thread it is an approximation:
+//! CPU between two socket calls goes to the request of the latest call.
+use std::collections::{HashMap, VecDeque};
 
 use herdwatch_protocol::{
     Chunk,
@@ -23,7 +31,28 @@ enum Session {
 struct Conn {
     session: Session,
     last_active_ns: u64,
+    /// HTTP: what each open request has cost so far, oldest first (as the session's queue).
+    requests: VecDeque<RequestCost>,
 }
+
+/// Work charged to one HTTP request while it is open.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCost {
+    pub route: String,
+    pub cpu_ns: u64,
+    pub db_wait_ns: u64,
+    pub queries: u64,
+}
+
+/// Per thread: its on-CPU total at its last socket call, and the HTTP connection it serves.
+#[derive(Debug, Default, Clone, Copy)]
+struct ThreadCursor {
+    last_cpu_ns: u64,
+    http_conn: Option<(u32, u32)>,
+}
+
+const MAX_THREAD_CURSORS: usize = 65_536;
+const MAX_OPEN_REQUESTS: usize = 256;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ConnectionStats {
@@ -38,11 +67,14 @@ pub struct ConnectionStats {
     pub protocol_errors: u64,
     pub postgres_queries: u64,
     pub http_exchanges: u64,
+    /// Queries finished while their thread served an HTTP request (nested in it).
+    pub queries_in_requests: u64,
 }
 
 #[derive(Debug)]
 pub struct Connections {
     conns: HashMap<(u32, u32), Conn>,
+    threads: HashMap<u32, ThreadCursor>,
     max: usize,
     pub stats: ConnectionStats,
 }
@@ -51,9 +83,43 @@ impl Connections {
     pub fn new(max: usize) -> Self {
         Self {
             conns: HashMap::new(),
+            threads: HashMap::new(),
             max,
             stats: ConnectionStats::default(),
         }
+    }
+
+    fn new_conn(kind: SocketKind, from_start: bool, now: u64) -> Conn {
+        Conn {
+            session: Self::new_session(kind, from_start),
+            last_active_ns: now,
+            requests: VecDeque::new(),
+        }
+    }
+
+    /// Charges the CPU `tid` used since its last socket call to the request it serves, and
+    /// returns the thread's cursor as it was before this call.
+    fn charge_cpu(&mut self, tid: u32, thread_on_cpu_ns: u64) -> ThreadCursor {
+        if self.threads.len() >= MAX_THREAD_CURSORS && !self.threads.contains_key(&tid) {
+            // Losing cursors costs one call's attribution per thread, never memory.
+            self.threads.clear();
+        }
+        let cursor = self.threads.entry(tid).or_default();
+        let previous = *cursor;
+        if thread_on_cpu_ns != 0 {
+            cursor.last_cpu_ns = thread_on_cpu_ns;
+        }
+        if previous.last_cpu_ns != 0
+            && thread_on_cpu_ns > previous.last_cpu_ns
+            && let Some(key) = previous.http_conn
+            && let Some(req) = self
+                .conns
+                .get_mut(&key)
+                .and_then(|c| c.requests.front_mut())
+        {
+            req.cpu_ns += thread_on_cpu_ns - previous.last_cpu_ns;
+        }
+        previous
     }
 
     fn new_session(kind: SocketKind, from_start: bool) -> Session {
@@ -89,13 +155,8 @@ impl Connections {
                 ..
             } => {
                 self.make_room();
-                self.conns.insert(
-                    (tgid, fd),
-                    Conn {
-                        session: Self::new_session(kind, true),
-                        last_active_ns: timestamp_ns,
-                    },
-                );
+                self.conns
+                    .insert((tgid, fd), Self::new_conn(kind, true, timestamp_ns));
                 self.stats.opened += 1;
             }
             SocketEvent::Close {
@@ -104,43 +165,41 @@ impl Connections {
                 timestamp_ns,
                 ..
             } => {
-                if let Some(conn) = self.conns.remove(&(tgid, fd)) {
+                if let Some(mut conn) = self.conns.remove(&(tgid, fd)) {
                     self.stats.closed += 1;
-                    if let Session::Http(mut http) = conn.session {
+                    if let Session::Http(http) = &mut conn.session {
                         for ev in http.on_close(timestamp_ns) {
-                            self.http_event(ev, aggregates);
+                            if let HttpEvent::Exchange(x) = ev {
+                                let cost = conn.requests.pop_front();
+                                self.stats.http_exchanges += 1;
+                                aggregates.record_exchange(&x, cost.as_ref());
+                            }
                         }
                     }
                 }
             }
             SocketEvent::Data {
                 tgid,
+                tid,
                 fd,
                 kind,
                 ingress,
                 exit_ns,
                 total_len,
+                thread_on_cpu_ns,
                 payload,
                 tail,
                 ..
             } => {
                 self.stats.data_events += 1;
                 self.stats.bytes_seen += total_len;
-                self.stats.bytes_captured += payload.len() as u64;
-                if !self.conns.contains_key(&(tgid, fd)) {
+                self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
+                let cursor = self.charge_cpu(tid, thread_on_cpu_ns);
+                let key = (tgid, fd);
+                if !self.conns.contains_key(&key) {
                     self.make_room();
-                    self.conns.insert(
-                        (tgid, fd),
-                        Conn {
-                            session: Self::new_session(kind, false),
-                            last_active_ns: exit_ns,
-                        },
-                    );
+                    self.conns.insert(key, Self::new_conn(kind, false, exit_ns));
                 }
-                let Some(conn) = self.conns.get_mut(&(tgid, fd)) else {
-                    return;
-                };
-                conn.last_active_ns = exit_ns;
                 let total = usize::try_from(total_len)
                     .unwrap_or(usize::MAX)
                     .max(payload.len() + tail.len());
@@ -150,6 +209,10 @@ impl Connections {
                     timestamp_ns: exit_ns,
                     tail: &tail,
                 };
+                let Some(conn) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                conn.last_active_ns = exit_ns;
                 match &mut conn.session {
                     Session::Pg(pg) => {
                         let events = if ingress {
@@ -161,7 +224,18 @@ impl Connections {
                             match ev {
                                 SessionEvent::Query(q) => {
                                     self.stats.postgres_queries += 1;
-                                    aggregates.record_query(tgid, &q);
+                                    // Nested in the request this thread serves, if any.
+                                    let route = cursor.http_conn.and_then(|hc| {
+                                        let req = self.conns.get_mut(&hc)?.requests.front_mut()?;
+                                        req.db_wait_ns +=
+                                            q.finished_ns.saturating_sub(q.started_ns);
+                                        req.queries += 1;
+                                        Some(req.route.clone())
+                                    });
+                                    if route.is_some() {
+                                        self.stats.queries_in_requests += 1;
+                                    }
+                                    aggregates.record_query(tgid, &q, route.as_deref());
                                 }
                                 SessionEvent::Error(_) => self.stats.protocol_errors += 1,
                                 SessionEvent::Startup { .. } | SessionEvent::Encrypted => {}
@@ -174,24 +248,33 @@ impl Connections {
                         } else {
                             http.on_write(chunk)
                         };
+                        // This thread now serves this connection's request.
+                        if let Some(c) = self.threads.get_mut(&tid) {
+                            c.http_conn = Some(key);
+                        }
                         for ev in events {
-                            self.http_event(ev, aggregates);
+                            match ev {
+                                HttpEvent::RequestStarted { request, .. } => {
+                                    if conn.requests.len() >= MAX_OPEN_REQUESTS {
+                                        conn.requests.pop_front();
+                                    }
+                                    conn.requests.push_back(RequestCost {
+                                        route: aggregates.route_of(&request.target),
+                                        ..Default::default()
+                                    });
+                                }
+                                HttpEvent::Exchange(x) => {
+                                    let cost = conn.requests.pop_front();
+                                    self.stats.http_exchanges += 1;
+                                    aggregates.record_exchange(&x, cost.as_ref());
+                                }
+                                HttpEvent::Error(_) => self.stats.protocol_errors += 1,
+                            }
                         }
                     }
                 }
             }
         }
         self.stats.open = self.conns.len();
-    }
-
-    fn http_event(&mut self, ev: HttpEvent, aggregates: &mut Aggregates) {
-        match ev {
-            HttpEvent::Exchange(x) => {
-                self.stats.http_exchanges += 1;
-                aggregates.record_exchange(&x);
-            }
-            HttpEvent::Error(_) => self.stats.protocol_errors += 1,
-            HttpEvent::RequestStarted { .. } => {}
-        }
     }
 }

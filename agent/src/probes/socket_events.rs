@@ -52,6 +52,8 @@ pub enum SocketEvent {
         enter_ns: u64,
         exit_ns: u64,
         total_len: u64,
+        /// The thread's on-CPU total at the call's exit (0 = unknown).
+        thread_on_cpu_ns: u64,
         payload: Vec<u8>,
         /// The last bytes moved, when `payload` did not reach them.
         tail: Vec<u8>,
@@ -119,6 +121,7 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent> {
                 enter_ns: head.enter_ns,
                 exit_ns: head.header.timestamp_ns,
                 total_len: head.total_len,
+                thread_on_cpu_ns: head.thread_on_cpu_ns,
                 payload: payload.to_vec(),
                 tail: tail.to_vec(),
             })
@@ -155,6 +158,7 @@ mod tests {
             },
             enter_ns: 5,
             total_len: total,
+            thread_on_cpu_ns: 0,
             fd: 7,
             kind: sock_kind::POSTGRES,
             direction: direction::EGRESS,

@@ -108,6 +108,11 @@ impl Postgres {
         )
     }
 
+    /// URL form over TCP (asyncpg takes only URLs; psycopg takes both).
+    pub fn tcp_url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
     /// libpq DSN over the Unix socket.
     pub fn unix_dsn(&self) -> String {
         format!(
@@ -145,6 +150,13 @@ impl Postgres {
     }
 
     /// pg_stat_statements rows as (query text, calls).
+    /// Creates the `orders` table the test apps query and clears pg_stat_statements.
+    pub fn shop_schema(&self) {
+        self.sql("CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric)");
+        self.sql("INSERT INTO orders SELECT g, g % 10, g * 1.5 FROM generate_series(0, 999) g");
+        self.sql("SELECT pg_stat_statements_reset()");
+    }
+
     pub fn statements(&self) -> Vec<(String, u64)> {
         self.sql("SELECT calls || E'\\t' || regexp_replace(query, E'[\\n\\t]+', ' ', 'g') FROM pg_stat_statements")
             .lines()

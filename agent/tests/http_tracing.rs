@@ -1,0 +1,256 @@
+//! HTTP requests traced from the kernel on real gunicorn (sync) and uvicorn workers: request
+//! counts per grouped route equal what the load generator sent, and each request carries the
+//! CPU its worker spent and the time it waited on PostgreSQL.
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{postgres::Postgres, *};
+use herdwatch::{Config, pipeline::aggregates::RouteStats};
+
+fn wait_http(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server on port {port} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One request on a fresh connection; returns the status code.
+fn get(port: u16, path: &str) -> u16 {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends every path in `plan` from `concurrency` client threads; returns status counts per path.
+fn load(port: u16, plan: Vec<String>, concurrency: usize) -> BTreeMap<String, Vec<u16>> {
+    let plan = std::sync::Arc::new(std::sync::Mutex::new(plan));
+    let results = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, Vec<u16>>::new()));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (plan, results) = (plan.clone(), results.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let Some(path) = plan.lock().expect("lock").pop() else {
+                        return;
+                    };
+                    let status = get(port, &path);
+                    results
+                        .lock()
+                        .expect("lock")
+                        .entry(path)
+                        .or_default()
+                        .push(status);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("load thread");
+    }
+    std::sync::Arc::try_unwrap(results)
+        .expect("threads done")
+        .into_inner()
+        .expect("lock")
+}
+
+fn route<'a>(routes: &'a [RouteStats], path: &str) -> Option<&'a RouteStats> {
+    routes.iter().find(|r| r.method == "GET" && r.route == path)
+}
+
+const CPU_REQUESTS: u64 = 20;
+const DB_REQUESTS: u64 = 8;
+const ORDER_REQUESTS: u64 = 30;
+const BROKEN_REQUESTS: u64 = 5;
+
+fn plan() -> Vec<String> {
+    let mut plan = Vec::new();
+    plan.extend((0..CPU_REQUESTS).map(|_| "/cpu".to_string()));
+    plan.extend((0..DB_REQUESTS).map(|_| "/db".to_string()));
+    plan.extend((0..ORDER_REQUESTS).map(|i| format!("/orders/{}", i * 7)));
+    plan.extend((0..BROKEN_REQUESTS).map(|_| "/broken".to_string()));
+    plan
+}
+
+fn ms(ns: u64, n: u64) -> f64 {
+    ns as f64 / n.max(1) as f64 / 1e6
+}
+
+#[test]
+fn gunicorn_routes_cpu_and_db_wait_per_request() {
+    if !kernel_available("gunicorn_routes_cpu_and_db_wait_per_request") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new(venv().join("bin/gunicorn"))
+            .args([
+                "--workers",
+                "4",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--chdir",
+            ])
+            .arg(apps_dir())
+            .args(["--timeout", "60", "shop.app:app"])
+            .env("PG_DSN", pg.tcp_url()),
+    );
+    wait_http(port);
+    runtime().block_on(async {
+        let agent = start_agent_with(Config { postgres_ports: vec![pg.port], ..test_config() }).await;
+        let master = server.pid();
+        wait_for(&agent, Duration::from_secs(20), "the gunicorn pool", |s| {
+            s.pool_of_master(master).filter(|p| p.pool.workers.len() == 4).map(|_| ())
+        })
+        .await;
+        let sent = tokio::task::spawn_blocking(move || load(port, plan(), 4)).await.expect("load");
+        let expected = CPU_REQUESTS + DB_REQUESTS + ORDER_REQUESTS + BROKEN_REQUESTS;
+        let snap = wait_for(&agent, Duration::from_secs(30), "every request traced", |s| {
+            (s.routes.iter().map(|r| r.requests).sum::<u64>() >= expected).then(|| s.clone())
+        })
+        .await;
+        for r in &snap.routes {
+            eprintln!(
+                "{} {:<16} {:>3} requests {:?}  mean CPU {:>6.1} ms  mean DB wait {:>6.1} ms  queries {}",
+                r.method,
+                r.route,
+                r.requests,
+                r.by_status,
+                ms(r.cpu_ns, r.requests),
+                ms(r.db_wait_ns, r.requests),
+                r.queries
+            );
+        }
+        let cpu = route(&snap.routes, "/cpu").expect("/cpu traced");
+        let db = route(&snap.routes, "/db").expect("/db traced");
+        let orders = route(&snap.routes, "/orders/{id}").expect("/orders/{id} is one grouped route");
+        let broken = route(&snap.routes, "/broken").expect("/broken traced");
+        assert_eq!(cpu.requests, CPU_REQUESTS);
+        assert_eq!(db.requests, DB_REQUESTS);
+        assert_eq!(orders.requests, ORDER_REQUESTS);
+        assert_eq!(broken.by_status.get(&500), Some(&BROKEN_REQUESTS));
+        assert!(snap.routes.iter().all(|r| !r.route.starts_with("/orders/") || r.route == "/orders/{id}"), "no ungrouped order routes");
+        assert_eq!(sent.get("/cpu").map(Vec::len), Some(CPU_REQUESTS as usize));
+        // /cpu: ≈ 50 ms CPU per request (±20 %), little DB wait.
+        let cpu_ms = ms(cpu.cpu_ns, cpu.requests);
+        assert!((40.0..=60.0).contains(&cpu_ms), "/cpu mean CPU {cpu_ms:.1} ms");
+        assert!(ms(cpu.db_wait_ns, cpu.requests) < 5.0);
+        // /db: ≈ 200 ms DB wait per request, little CPU.
+        let wait_ms = ms(db.db_wait_ns, db.requests);
+        assert!((190.0..=260.0).contains(&wait_ms), "/db mean DB wait {wait_ms:.1} ms");
+        assert!(ms(db.cpu_ns, db.requests) < 20.0, "/db mean CPU {:.1} ms", ms(db.cpu_ns, db.requests));
+        assert_eq!(db.queries, DB_REQUESTS);
+        // The orders query: one fingerprint, called once per request, from /orders/{id}.
+        let q = snap.query_like("SELECT id, total FROM orders WHERE id = $1").expect("orders query");
+        assert_eq!(q.calls, ORDER_REQUESTS);
+        assert_eq!(q.routes, vec!["/orders/{id}".to_string()]);
+        let failing = snap.query_like("SELECT * FROM missing_table WHERE id = $1").expect("failing query");
+        assert_eq!(failing.errors_by_sqlstate.get("42P01"), Some(&BROKEN_REQUESTS));
+    });
+}
+
+#[test]
+fn uvicorn_asyncpg_routes_and_queries() {
+    if !kernel_available("uvicorn_asyncpg_routes_and_queries") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new(venv().join("bin/uvicorn"))
+            .args([
+                "api.main:app",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--app-dir")
+            .arg(apps_dir())
+            .args(["--log-level", "warning"])
+            .env("PG_DSN", pg.tcp_url()),
+    );
+    wait_http(port);
+    runtime().block_on(async {
+        let agent = start_agent_with(Config {
+            postgres_ports: vec![pg.port],
+            ..test_config()
+        })
+        .await;
+        let master = server.pid();
+        wait_for(&agent, Duration::from_secs(30), "the uvicorn pool", |s| {
+            s.pool_of_master(master)
+                .filter(|p| p.pool.workers.len() == 2)
+                .map(|_| ())
+        })
+        .await;
+        let mut plan: Vec<String> = (0..ORDER_REQUESTS)
+            .map(|i| format!("/orders/{}", i * 3))
+            .collect();
+        plan.extend((0..BROKEN_REQUESTS).map(|_| "/broken".to_string()));
+        tokio::task::spawn_blocking(move || load(port, plan, 4))
+            .await
+            .expect("load");
+        let snap = wait_for(
+            &agent,
+            Duration::from_secs(30),
+            "every request traced",
+            |s| {
+                (s.routes.iter().map(|r| r.requests).sum::<u64>()
+                    >= ORDER_REQUESTS + BROKEN_REQUESTS)
+                    .then(|| s.clone())
+            },
+        )
+        .await;
+        let orders = route(&snap.routes, "/orders/{id}").expect("grouped route");
+        assert_eq!(orders.requests, ORDER_REQUESTS);
+        assert_eq!(
+            route(&snap.routes, "/broken").and_then(|r| r.by_status.get(&500)),
+            Some(&BROKEN_REQUESTS)
+        );
+        let q = snap
+            .query_like("SELECT id, total FROM orders WHERE id = $1")
+            .expect("asyncpg query (extended protocol)");
+        eprintln!(
+            "uvicorn: orders query {} calls, routes {:?}; pg_stat_statements {:?}",
+            q.calls,
+            q.routes,
+            pg.statements()
+        );
+        assert_eq!(q.calls, ORDER_REQUESTS);
+        let failing = snap
+            .query_like("SELECT * FROM missing_table WHERE id = $1")
+            .expect("failing query");
+        assert_eq!(
+            failing.errors_by_sqlstate.get("42P01"),
+            Some(&BROKEN_REQUESTS)
+        );
+    });
+}
