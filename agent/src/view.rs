@@ -71,6 +71,15 @@ pub fn render(s: &Snapshot) -> String {
             })
             .collect();
         let _ = writeln!(out, "    workers {}", workers.join("  "));
+        if let Some(t) = pool.time_share {
+            let _ = writeln!(
+                out,
+                "    worker time: {:.0}% on CPU · {:.0}% waiting on PostgreSQL · {:.0}% other",
+                t.on_cpu * 100.0,
+                t.db_wait * 100.0,
+                t.other * 100.0
+            );
+        }
     }
 
     let _ = writeln!(out, "\nTOP PROCESSES BY CPU (% of one CPU)");

@@ -170,6 +170,21 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
         assert_eq!(q.routes, vec!["/orders/{id}".to_string()]);
         let failing = snap.query_like("SELECT * FROM missing_table WHERE id = $1").expect("failing query");
         assert_eq!(failing.errors_by_sqlstate.get("42P01"), Some(&BROKEN_REQUESTS));
+
+        // All four workers waiting on the database for ~1.5 s: the pool's worker time is
+        // mostly DB wait in at least one interval.
+        let load = tokio::task::spawn_blocking(move || load(port, vec!["/db".to_string(); 28], 4));
+        let mut best = 0.0f64;
+        while !load.is_finished() {
+            let snap = agent.snapshot_now().await.expect("snapshot");
+            if let Some(t) = snap.pool_of_master(master).and_then(|p| p.time_share) {
+                best = best.max(t.db_wait);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        load.await.expect("load");
+        eprintln!("largest DB-wait share of worker time seen: {:.0}%", best * 100.0);
+        assert!(best >= 0.5, "workers blocked on pg_sleep showed only {:.0}% DB wait", best * 100.0);
     });
 }
 
@@ -251,6 +266,75 @@ fn uvicorn_asyncpg_routes_and_queries() {
         assert_eq!(
             failing.errors_by_sqlstate.get("42P01"),
             Some(&BROKEN_REQUESTS)
+        );
+    });
+}
+
+#[test]
+fn a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state() {
+    if !kernel_available("a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state") {
+        return;
+    }
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new(venv().join("bin/gunicorn"))
+            .args([
+                "--workers",
+                "2",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--chdir",
+            ])
+            .arg(apps_dir())
+            .args(["--timeout", "60", "shop.app:app"]),
+    );
+    wait_http(port);
+    runtime().block_on(async {
+        let agent = start_agent().await;
+        let master = server.pid();
+        wait_for(&agent, Duration::from_secs(20), "the gunicorn pool", |s| {
+            s.pool_of_master(master)
+                .filter(|p| p.pool.workers.len() == 2)
+                .map(|_| ())
+        })
+        .await;
+        let client = std::thread::spawn(move || get(port, "/sleep?s=20"));
+        // The worker serving it is blocked in its sleep with one open connection.
+        let victim = wait_for(
+            &agent,
+            Duration::from_secs(20),
+            "a worker blocked in /sleep",
+            |s| {
+                (s.agent.connections.open >= 1).then_some(())?;
+                s.pool_of_master(master)?
+                    .worker_states
+                    .iter()
+                    .find(|w| w.state == herdwatch::procs::worker_state::WorkerState::Blocked)
+                    .map(|w| w.pid)
+            },
+        )
+        .await;
+        // SAFETY: killing a worker of the server this test started.
+        assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+        let snap = wait_for(
+            &agent,
+            Duration::from_secs(20),
+            "the unanswered request",
+            |s| {
+                route(&s.routes, "/sleep")
+                    .filter(|r| r.unanswered == 1)
+                    .map(|_| s.clone())
+            },
+        )
+        .await;
+        assert_eq!(
+            snap.agent.connections.open, 0,
+            "the dead worker's connection state is gone"
+        );
+        assert_eq!(
+            client.join().expect("client thread"),
+            0,
+            "the client saw the connection die"
         );
     });
 }

@@ -12,6 +12,53 @@ use herdwatch_protocol::{
 };
 use serde::Serialize;
 
+/// Upper bounds (inclusive, milliseconds) of the latency histogram buckets; one more bucket
+/// counts everything slower. They resolve 1 ms … 30 s, the range the exporters publish.
+pub const LATENCY_BUCKETS_MS: [u64; 14] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
+];
+
+/// Counts per latency bucket (`LATENCY_BUCKETS_MS` + overflow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Histogram(pub Vec<u64>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self(vec![0; LATENCY_BUCKETS_MS.len() + 1])
+    }
+}
+
+impl Histogram {
+    pub fn record(&mut self, ns: u64) {
+        let ms_ceil = ns.div_ceil(1_000_000);
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms_ceil <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        if let Some(slot) = self.0.get_mut(i) {
+            *slot += 1;
+        }
+    }
+
+    /// The smallest bucket bound below which `q` (0..=1) of the samples fall; None if empty or
+    /// beyond the last bound.
+    pub fn quantile_upper_ms(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.0.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return LATENCY_BUCKETS_MS.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
 /// The bucket every fingerprint past the limit is counted in.
 pub const OTHER_ID: &str = "other";
 
@@ -32,6 +79,7 @@ pub struct QueryStats {
     pub rows: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+    pub latency: Histogram,
     /// Attributed by statement name only: prepared before the agent started watching.
     pub text_unknown: bool,
     /// Processes that issued it (bounded).
@@ -50,6 +98,7 @@ pub struct RouteStats {
     pub unanswered: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+    pub latency: Histogram,
     /// CPU the serving threads used for these requests.
     pub cpu_ns: u64,
     /// Time the requests waited on PostgreSQL queries they issued.
@@ -62,6 +111,8 @@ const MAX_ROUTES_PER_QUERY: usize = 16;
 
 #[derive(Debug)]
 pub struct Aggregates {
+    /// Cumulative query time per issuing process (its DB wait), for pool time shares.
+    db_wait_by_pid: HashMap<u32, u64>,
     queries: HashMap<String, QueryStats>,
     routes: HashMap<(String, String), RouteStats>,
     max_queries: usize,
@@ -72,6 +123,7 @@ pub struct Aggregates {
 impl Aggregates {
     pub fn new(max_queries: usize, max_routes: usize, grouper: RouteGrouper) -> Self {
         Self {
+            db_wait_by_pid: HashMap::new(),
             queries: HashMap::new(),
             routes: HashMap::new(),
             max_queries,
@@ -129,10 +181,12 @@ impl Aggregates {
                 })
         };
         let took = q.finished_ns.saturating_sub(q.started_ns);
+        *self.db_wait_by_pid.entry(pid).or_default() += took;
         entry.calls += 1;
         entry.rows += q.rows;
         entry.total_ns += took;
         entry.max_ns = entry.max_ns.max(took);
+        entry.latency.record(took);
         match q.outcome {
             Outcome::Ok => {}
             Outcome::Error => {
@@ -180,6 +234,7 @@ impl Aggregates {
         entry.requests += 1;
         entry.total_ns += took;
         entry.max_ns = entry.max_ns.max(took);
+        entry.latency.record(took);
         match x.status {
             Some(s) => *entry.by_status.entry(s).or_default() += 1,
             None => entry.unanswered += 1,
@@ -189,6 +244,16 @@ impl Aggregates {
             entry.db_wait_ns += c.db_wait_ns;
             entry.queries += c.queries;
         }
+    }
+
+    /// Total time `pid`'s queries took since start.
+    pub fn db_wait_of(&self, pid: u32) -> u64 {
+        self.db_wait_by_pid.get(&pid).copied().unwrap_or(0)
+    }
+
+    /// Forgets an exited process's DB wait total.
+    pub fn forget_pid(&mut self, pid: u32) {
+        self.db_wait_by_pid.remove(&pid);
     }
 
     /// Fingerprints, most total time first.
@@ -226,6 +291,20 @@ mod tests {
             outcome,
             sqlstate: (outcome == Outcome::Error).then(|| "42P01".to_string()),
         }
+    }
+
+    #[test]
+    fn histogram_buckets_and_quantiles() {
+        let mut h = Histogram::default();
+        for ms in [0.5, 1.0, 3.0, 40.0, 40.0, 200.0, 1800.0, 60_000.0] {
+            h.record((ms * 1e6) as u64);
+        }
+        assert_eq!(h.0.iter().sum::<u64>(), 8);
+        assert_eq!(h.0[0], 2, "≤ 1 ms");
+        assert_eq!(h.0[LATENCY_BUCKETS_MS.len()], 1, "beyond 30 s");
+        assert_eq!(h.quantile_upper_ms(0.5), Some(50));
+        assert_eq!(h.quantile_upper_ms(0.8), Some(2_500));
+        assert_eq!(Histogram::default().quantile_upper_ms(0.99), None);
     }
 
     #[test]

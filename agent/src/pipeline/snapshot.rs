@@ -83,8 +83,21 @@ pub struct PoolView {
     pub listeners: Vec<Listener>,
     pub worker_states: Vec<WorkerView>,
     pub busy_workers: usize,
+    /// Busy workers at each of the last snapshots, oldest first (bounded).
+    pub busy_history: Vec<usize>,
     /// Master and workers together, % of one CPU.
     pub cpu_percent: f64,
+    /// How the workers' wall time was spent over the interval (None on the first snapshot).
+    pub time_share: Option<TimeShare>,
+}
+
+/// Shares (0..=1) of the workers' wall time over an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TimeShare {
+    pub on_cpu: f64,
+    pub db_wait: f64,
+    /// Neither: waiting for requests, other I/O, run-queue delay, locks.
+    pub other: f64,
 }
 
 impl PoolView {

@@ -47,7 +47,17 @@ pub struct PipelineState {
     socket_reader: Arc<SocketReaderCounters>,
     pg_ports: Vec<u16>,
     pool_views: Vec<PoolView>,
+    /// Processes that exited holding traced sockets: their kernel map entries are swept at
+    /// the next snapshot (exit closes fds without close(), which the kernel side never sees).
+    exited_with_sockets: HashSet<u32>,
+    /// DB wait totals per worker at the previous snapshot.
+    prev_db_wait: HashMap<u32, u64>,
+    /// Busy-worker samples per pool master, newest last.
+    busy_history: HashMap<u32, std::collections::VecDeque<usize>>,
 }
+
+/// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
+const BUSY_HISTORY: usize = 300;
 
 impl PipelineState {
     pub fn new(
@@ -68,6 +78,9 @@ impl PipelineState {
             socket_reader,
             pg_ports: config.postgres_ports.clone(),
             pool_views: Vec::new(),
+            exited_with_sockets: HashSet::new(),
+            prev_db_wait: HashMap::new(),
+            busy_history: HashMap::new(),
             table,
             maps,
             reader,
@@ -111,8 +124,23 @@ impl PipelineState {
     }
 
     pub fn apply(&mut self, event: &ProcessEvent) {
-        if let ProcessEvent::Exit { tid, .. } = event {
+        if let ProcessEvent::Exit {
+            tid,
+            tgid,
+            group_dead,
+            timestamp_ns,
+            ..
+        } = event
+        {
             self.tid_to_tgid.remove(tid);
+            if *group_dead
+                && self
+                    .connections
+                    .drop_process(*tgid, *timestamp_ns, &mut self.aggregates)
+                    > 0
+            {
+                self.exited_with_sockets.insert(*tgid);
+            }
         }
         self.table.apply(event);
     }
@@ -164,6 +192,10 @@ impl PipelineState {
             now_mono.saturating_sub(self.prev_taken_mono_ns)
         };
         let (live, threads_tracked) = self.live_totals(now_mono);
+        if !self.exited_with_sockets.is_empty() {
+            self.maps.forget_sockets_of(&self.exited_with_sockets);
+            self.exited_with_sockets.clear();
+        }
         let rate = |cur: u64, prev: u64| -> f64 {
             if interval_ns == 0 {
                 0.0
@@ -214,11 +246,42 @@ impl PipelineState {
             self.maps.sync_http_servers(&workers);
         }
         let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
-        let pool_views: Vec<PoolView> = self
+        let mut pool_views: Vec<PoolView> = self
             .pools
             .iter()
             .map(|pool| pool_view(pool, &by_pid))
             .collect();
+        let mut db_now = HashMap::new();
+        for view in &mut pool_views {
+            let mut cpu_ns = 0.0;
+            let mut db_ns = 0u64;
+            for w in &view.worker_states {
+                cpu_ns += w.cpu_percent / 100.0 * interval_ns as f64;
+                let total = self.aggregates.db_wait_of(w.pid);
+                db_ns +=
+                    total.saturating_sub(self.prev_db_wait.get(&w.pid).copied().unwrap_or(total));
+                db_now.insert(w.pid, total);
+            }
+            let wall = interval_ns as f64 * view.worker_states.len() as f64;
+            if wall > 0.0 {
+                let on_cpu = (cpu_ns / wall).clamp(0.0, 1.0);
+                let db_wait = (db_ns as f64 / wall).clamp(0.0, 1.0 - on_cpu);
+                view.time_share = Some(super::snapshot::TimeShare {
+                    on_cpu,
+                    db_wait,
+                    other: 1.0 - on_cpu - db_wait,
+                });
+            }
+            let history = self.busy_history.entry(view.pool.master).or_default();
+            if history.len() == BUSY_HISTORY {
+                history.pop_front();
+            }
+            history.push_back(view.busy_workers);
+            view.busy_history = history.iter().copied().collect();
+        }
+        self.prev_db_wait = db_now;
+        let masters: HashSet<u32> = self.pools.iter().map(|p| p.master).collect();
+        self.busy_history.retain(|m, _| masters.contains(m));
         self.pool_views = pool_views.clone();
 
         let ticks = host::read_ticks();
@@ -303,7 +366,9 @@ fn pool_view(pool: &Pool, by_pid: &HashMap<u32, &ProcessView>) -> PoolView {
         listeners,
         worker_states,
         busy_workers,
+        busy_history: Vec::new(),
         cpu_percent,
+        time_share: None,
     }
 }
 

@@ -130,6 +130,19 @@ impl KernelMaps {
             })
     }
 
+    /// Removes the traced sockets of processes that exited.
+    pub fn forget_sockets_of(&mut self, tgids: &HashSet<u32>) {
+        let stale: Vec<u64> = self
+            .sockets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| tgids.contains(&((k >> 32) as u32)))
+            .collect();
+        for key in stale {
+            let _ = self.sockets.remove(&key);
+        }
+    }
+
     pub fn drops(&self) -> KernelDrops {
         let sum = |index: u32| -> u64 {
             self.stats
