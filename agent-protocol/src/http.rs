@@ -346,47 +346,65 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-struct Head {
-    first_line: String,
-    headers: Vec<(String, String)>,
+/// A message head, parsed in place: the first line and the few headers herdwatch needs.
+struct Head<'a> {
+    first_line: &'a [u8],
+    host: Option<&'a [u8]>,
+    content_length: Option<u64>,
+    chunked: bool,
+    connection_close: bool,
+    connection_keep_alive: bool,
 }
 
-fn parse_head(bytes: &[u8]) -> Head {
-    let text = String::from_utf8_lossy(bytes);
-    let mut lines = text.split("\r\n");
-    let first_line = lines.next().unwrap_or("").to_string();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Head {
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|c| *c == b',')
+        .any(|t| trim(t).eq_ignore_ascii_case(token))
+}
+
+/// Parses without allocating: heads are parsed once per request and response, on the hot path.
+fn parse_head(bytes: &[u8]) -> Head<'_> {
+    let mut lines = bytes
+        .split(|c| *c == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first_line = lines.next().unwrap_or_default();
+    let mut head = Head {
         first_line,
-        headers,
+        host: None,
+        content_length: None,
+        chunked: false,
+        connection_close: false,
+        connection_keep_alive: false,
+    };
+    for line in lines {
+        let Some(colon) = line.iter().position(|c| *c == b':') else {
+            continue;
+        };
+        let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"host") {
+            head.host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            head.chunked |= has_token(value, b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            head.connection_close |= has_token(value, b"close");
+            head.connection_keep_alive |= has_token(value, b"keep-alive");
+        }
     }
-}
-
-impl Head {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn chunked(&self) -> bool {
-        self.get("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    }
-
-    fn content_length(&self) -> Option<u64> {
-        self.get("content-length")
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    fn connection_has(&self, token: &str) -> bool {
-        self.get("connection")
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    }
+    head
 }
 
 fn is_token(s: &str) -> bool {
@@ -397,7 +415,8 @@ fn is_token(s: &str) -> bool {
 
 fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
     let head = parse_head(&p.head);
-    let mut parts = head.first_line.split(' ');
+    let first_line = String::from_utf8_lossy(head.first_line);
+    let mut parts = first_line.split(' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Err(ProtocolError::HttpMalformed("request line"));
     };
@@ -415,9 +434,9 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
     }
     let http10 = version == "HTTP/1.0";
     let keep_alive = if http10 {
-        head.connection_has("keep-alive")
+        head.connection_keep_alive
     } else {
-        !head.connection_has("close")
+        !head.connection_close
     };
     let mut target = target.to_string();
     if target.len() > MAX_TARGET {
@@ -427,16 +446,16 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
         }
         target.truncate(end);
     }
-    let body = if head.chunked() {
+    let body = if head.chunked {
         Body::Chunked
     } else {
-        head.content_length().map_or(Body::None, Body::Length)
+        head.content_length.map_or(Body::None, Body::Length)
     };
     Ok((
         RequestHead {
             method: method.to_string(),
             target,
-            host: head.get("host").map(String::from),
+            host: head.host.map(|h| String::from_utf8_lossy(h).into_owned()),
             keep_alive,
             head_truncated: p.truncated,
         },
@@ -449,26 +468,26 @@ fn parse_response(
     request_method: Option<&str>,
 ) -> Result<(u16, Body, bool), ProtocolError> {
     let head = parse_head(&p.head);
-    let mut parts = head.first_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
+    let mut parts = head.first_line.splitn(3, |c| *c == b' ');
+    let version = parts.next().unwrap_or_default();
     let status: u16 = parts
         .next()
+        .and_then(|s| std::str::from_utf8(s).ok())
         .and_then(|s| s.parse().ok())
         .ok_or(ProtocolError::HttpMalformed("status line"))?;
-    if !version.starts_with("HTTP/1.") || !(100..=999).contains(&status) {
+    if !version.starts_with(b"HTTP/1.") || !(100..=999).contains(&status) {
         return Err(ProtocolError::HttpMalformed("status line"));
     }
-    let close = head.connection_has("close")
-        || (version == "HTTP/1.0" && !head.connection_has("keep-alive"));
+    let close = head.connection_close || (version == b"HTTP/1.0" && !head.connection_keep_alive);
     let no_body = request_method == Some("HEAD")
         || (100..200).contains(&status)
         || status == 204
         || status == 304;
     let body = if no_body || p.truncated {
         Body::None
-    } else if head.chunked() {
+    } else if head.chunked {
         Body::Chunked
-    } else if let Some(n) = head.content_length() {
+    } else if let Some(n) = head.content_length {
         Body::Length(n)
     } else {
         Body::UntilClose

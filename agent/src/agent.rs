@@ -60,6 +60,7 @@ impl Agent {
             &mut ebpf,
             socket_tx,
             socket_counters.clone(),
+            config.record_socket_events.as_deref(),
         )?);
         tasks.extend(reader::spawn_kernel_logger(&mut ebpf));
         let maps = KernelMaps::take(&mut ebpf)?;

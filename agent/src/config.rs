@@ -33,6 +33,10 @@ pub struct Config {
     pub max_routes: usize,
     /// Explicit route patterns, e.g. "/api/users/{name}", matched before automatic grouping.
     pub route_patterns: Vec<String>,
+    /// Also write every raw socket record to this file (u32 little-endian length, then the
+    /// record), up to 64 MiB — for benchmarks and bug reports. The records hold payload
+    /// prefixes, literals included: the file stays on the host unless you move it.
+    pub record_socket_events: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             max_fingerprints: 500,
             max_routes: 200,
             route_patterns: Vec::new(),
+            record_socket_events: None,
         }
     }
 }

@@ -338,3 +338,82 @@ fn a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state() {
         );
     });
 }
+
+/// Regenerates the recorded event stream the pipeline benchmark replays:
+/// `HERDWATCH_RECORD_TO=agent/benches/data/socket-events.bin cargo xtask test record_pipeline_trace -- --ignored`
+/// (or run this test binary with `--ignored`). A mixed workload on real servers: gunicorn +
+/// psycopg and uvicorn + asyncpg, CPU, slow-DB, keyed and failing routes.
+#[test]
+#[ignore = "regenerates benches/data/socket-events.bin; run on purpose"]
+fn record_pipeline_trace() {
+    let Some(out) = std::env::var_os("HERDWATCH_RECORD_TO") else {
+        skip(
+            "record_pipeline_trace",
+            "set HERDWATCH_RECORD_TO to the output file",
+        );
+        return;
+    };
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let (gport, uport) = (free_port(), free_port());
+    let _gunicorn = Proc::spawn(
+        Command::new(venv().join("bin/gunicorn"))
+            .args([
+                "--workers",
+                "4",
+                "--bind",
+                &format!("127.0.0.1:{gport}"),
+                "--chdir",
+            ])
+            .arg(apps_dir())
+            .args(["shop.app:app"])
+            .env("PG_DSN", pg.tcp_url()),
+    );
+    let _uvicorn = Proc::spawn(
+        Command::new(venv().join("bin/uvicorn"))
+            .args([
+                "api.main:app",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &uport.to_string(),
+            ])
+            .arg("--app-dir")
+            .arg(apps_dir())
+            .args(["--log-level", "warning"])
+            .env("PG_DSN", pg.tcp_url()),
+    );
+    wait_http(gport);
+    wait_http(uport);
+    runtime().block_on(async {
+        let agent = start_agent_with(Config {
+            postgres_ports: vec![pg.port],
+            record_socket_events: Some(out.into()),
+            ..test_config()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await; // pools discovered, HTTP_SERVERS set
+        let mut plan = Vec::new();
+        for i in 0..400 {
+            plan.push(format!("/orders/{}", i % 997));
+        }
+        plan.extend((0..40).map(|_| "/cpu".to_string()));
+        plan.extend((0..10).map(|_| "/db".to_string()));
+        plan.extend((0..30).map(|_| "/broken".to_string()));
+        tokio::task::spawn_blocking(move || load(gport, plan, 4))
+            .await
+            .expect("gunicorn load");
+        let plan: Vec<String> = (0..400).map(|i| format!("/orders/{}", i % 991)).collect();
+        tokio::task::spawn_blocking(move || load(uport, plan, 8))
+            .await
+            .expect("uvicorn load");
+        let snap = agent.snapshot_now().await.expect("snapshot");
+        eprintln!(
+            "recorded {} socket events",
+            snap.agent.socket_events_received
+        );
+        assert!(snap.agent.socket_events_received > 1000);
+    });
+}

@@ -184,3 +184,21 @@ pub fn sched(rounds: u32) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Replays the recorded socket-event stream through decode, parse and stitch on one core
+/// (agent/benches/pipeline.rs) and prints events/s.
+pub fn pipeline() -> anyhow::Result<()> {
+    let root = setup::workspace_root();
+    setup::run_checked(
+        Command::new("cargo")
+            .args([
+                "bench",
+                "--quiet",
+                "--package",
+                "herdwatch",
+                "--bench",
+                "pipeline",
+            ])
+            .current_dir(&root),
+    )
+}

@@ -41,7 +41,7 @@ enum Cmd {
     },
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
-        /// Which benchmark: `sched`.
+        /// Which benchmark: `sched` (tracing overhead) or `pipeline` (decode+parse+stitch rate).
         name: String,
         /// Rounds of the interleaved measurement.
         #[arg(long, default_value_t = 5)]
@@ -74,7 +74,8 @@ fn main() -> anyhow::Result<()> {
             setup::build_prerequisites()?;
             match name.as_str() {
                 "sched" => bench::sched(rounds),
-                other => anyhow::bail!("unknown benchmark {other:?}; known: sched"),
+                "pipeline" => bench::pipeline(),
+                other => anyhow::bail!("unknown benchmark {other:?}; known: sched, pipeline"),
             }
         }
     }

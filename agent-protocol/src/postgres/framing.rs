@@ -115,6 +115,16 @@ impl Framer {
         if self.untyped_next { 4 } else { 5 }
     }
 
+    /// Whether the session reads this message's body. DataRows, row and parameter
+    /// descriptions, notices and acknowledgements are only counted: not buffering them keeps a
+    /// result set of thousands of rows from costing an allocation each.
+    fn wants_body(&self, kind: u8) -> bool {
+        match self.direction {
+            Direction::Frontend => matches!(kind, 0 | b'Q' | b'P' | b'B' | b'D' | b'C' | b'E'),
+            Direction::Backend => matches!(kind, b'C' | b'E' | b'Z'),
+        }
+    }
+
     fn valid_type(&self, kind: u8) -> bool {
         match self.direction {
             Direction::Frontend => FRONTEND_TYPES.contains(&kind),
@@ -186,10 +196,14 @@ impl Framer {
                 }
                 State::Body { remaining } => {
                     let take = remaining.min(data.len());
-                    let room = self.body_cap.saturating_sub(self.body.len());
+                    let room = if self.wants_body(self.kind) {
+                        self.body_cap.saturating_sub(self.body.len())
+                    } else {
+                        0
+                    };
                     let keep = take.min(room);
                     self.body.extend_from_slice(&data[..keep]);
-                    if keep < take {
+                    if keep < take && self.wants_body(self.kind) {
                         self.truncated = true;
                     }
                     data = &data[take..];
@@ -210,7 +224,7 @@ impl Framer {
                 State::Body { remaining } => {
                     let take = remaining.min(gap);
                     gap -= take;
-                    self.truncated = true;
+                    self.truncated |= self.wants_body(self.kind);
                     self.state = State::Body {
                         remaining: remaining - take,
                     };
@@ -378,7 +392,8 @@ mod tests {
     #[test]
     fn uncaptured_body_is_stepped_over() {
         let mut f = Framer::mid_stream(Direction::Backend);
-        let mut bytes = typed(b'D', &[7u8; 1000]);
+        // A long ErrorResponse (a body the session reads) followed by CommandComplete.
+        let mut bytes = typed(b'E', &[7u8; 1000]);
         bytes.extend(typed(b'C', b"SELECT 1\0"));
         // Only 20 bytes captured of the first call; the second call is whole.
         let out1 = f.push(Chunk {
@@ -418,6 +433,20 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(kinds(&f.push(Chunk::whole(&q, 3))), b"Q");
+    }
+
+    #[test]
+    fn bodies_the_session_never_reads_are_not_kept() {
+        let mut f = Framer::mid_stream(Direction::Backend);
+        let out = f.push(Chunk::whole(&typed(b'D', &[1u8; 300]), 1));
+        let m = out
+            .into_iter()
+            .find_map(Result::ok)
+            .expect("DataRow framed");
+        assert_eq!(
+            (m.kind, m.body.len(), m.declared_len, m.truncated),
+            (b'D', 0, 300, false)
+        );
     }
 
     #[test]

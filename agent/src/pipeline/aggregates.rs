@@ -2,7 +2,9 @@
 //! fingerprints or routes, new ones are counted under "other" so a cardinality explosion (a
 //! query built with literals in its text, a crawler walking random URLs) cannot grow memory or
 //! labels.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use herdwatch_protocol::{
     fingerprint::{fingerprint, fnv1a64},
@@ -109,12 +111,25 @@ pub struct RouteStats {
 const MAX_PIDS_PER_QUERY: usize = 16;
 const MAX_ROUTES_PER_QUERY: usize = 16;
 
+/// Raw statement texts whose fingerprints are kept; past this the cache starts over. The same
+/// parameterised statement repeats endlessly, so this turns tokenizing into a hash lookup.
+const FINGERPRINT_CACHE: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Known {
+    id: String,
+    summary: String,
+    operation: String,
+    normalized: String,
+}
+
 #[derive(Debug)]
 pub struct Aggregates {
+    fingerprints: FxHashMap<u64, std::sync::Arc<Known>>,
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
-    db_wait_by_pid: HashMap<u32, u64>,
-    queries: HashMap<String, QueryStats>,
-    routes: HashMap<(String, String), RouteStats>,
+    db_wait_by_pid: FxHashMap<u32, u64>,
+    queries: FxHashMap<String, QueryStats>,
+    routes: FxHashMap<(String, String), RouteStats>,
     max_queries: usize,
     max_routes: usize,
     grouper: RouteGrouper,
@@ -123,9 +138,10 @@ pub struct Aggregates {
 impl Aggregates {
     pub fn new(max_queries: usize, max_routes: usize, grouper: RouteGrouper) -> Self {
         Self {
-            db_wait_by_pid: HashMap::new(),
-            queries: HashMap::new(),
-            routes: HashMap::new(),
+            fingerprints: FxHashMap::default(),
+            db_wait_by_pid: FxHashMap::default(),
+            queries: FxHashMap::default(),
+            routes: FxHashMap::default(),
             max_queries,
             max_routes,
             grouper,
@@ -140,8 +156,21 @@ impl Aggregates {
     pub fn record_query(&mut self, pid: u32, q: &QueryEvent, calling_route: Option<&str>) {
         let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
             (Some(sql), _) => {
-                let f = fingerprint(sql);
-                (f.hex_id(), f.summary, f.operation, f.normalized, false)
+                let known = self.fingerprint_of(sql);
+                if let Some(entry) = self.queries.get_mut(&known.id) {
+                    // The common case: a statement seen before. No allocation past the lookup.
+                    Self::count(entry, pid, q, calling_route);
+                    let took = q.finished_ns.saturating_sub(q.started_ns);
+                    *self.db_wait_by_pid.entry(pid).or_default() += took;
+                    return;
+                }
+                (
+                    known.id.clone(),
+                    known.summary.clone(),
+                    known.operation.clone(),
+                    known.normalized.clone(),
+                    false,
+                )
             }
             (None, name) => {
                 let name = name.clone().unwrap_or_default();
@@ -180,8 +209,13 @@ impl Aggregates {
                     ..Default::default()
                 })
         };
+        Self::count(entry, pid, q, calling_route);
         let took = q.finished_ns.saturating_sub(q.started_ns);
         *self.db_wait_by_pid.entry(pid).or_default() += took;
+    }
+
+    fn count(entry: &mut QueryStats, pid: u32, q: &QueryEvent, calling_route: Option<&str>) {
+        let took = q.finished_ns.saturating_sub(q.started_ns);
         entry.calls += 1;
         entry.rows += q.rows;
         entry.total_ns += took;
@@ -244,6 +278,25 @@ impl Aggregates {
             entry.db_wait_ns += c.db_wait_ns;
             entry.queries += c.queries;
         }
+    }
+
+    fn fingerprint_of(&mut self, sql: &str) -> std::sync::Arc<Known> {
+        let key = fnv1a64(sql.as_bytes());
+        if let Some(k) = self.fingerprints.get(&key) {
+            return k.clone();
+        }
+        if self.fingerprints.len() >= FINGERPRINT_CACHE {
+            self.fingerprints.clear();
+        }
+        let f = fingerprint(sql);
+        let known = std::sync::Arc::new(Known {
+            id: f.hex_id(),
+            summary: f.summary,
+            operation: f.operation,
+            normalized: f.normalized,
+        });
+        self.fingerprints.insert(key, known.clone());
+        known
     }
 
     /// Total time `pid`'s queries took since start.

@@ -9,7 +9,9 @@
 //! that same request. For a gunicorn sync worker (one request per thread at a time) this is
 //! exact. For an asyncio worker serving many requests on one thread it is an approximation:
 //! CPU between two socket calls goes to the request of the latest call.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 use herdwatch_protocol::{
     Chunk,
@@ -73,8 +75,8 @@ pub struct ConnectionStats {
 
 #[derive(Debug)]
 pub struct Connections {
-    conns: HashMap<(u32, u32), Conn>,
-    threads: HashMap<u32, ThreadCursor>,
+    conns: FxHashMap<(u32, u32), Conn>,
+    threads: FxHashMap<u32, ThreadCursor>,
     max: usize,
     pub stats: ConnectionStats,
 }
@@ -82,8 +84,8 @@ pub struct Connections {
 impl Connections {
     pub fn new(max: usize) -> Self {
         Self {
-            conns: HashMap::new(),
-            threads: HashMap::new(),
+            conns: FxHashMap::default(),
+            threads: FxHashMap::default(),
             max,
             stats: ConnectionStats::default(),
         }

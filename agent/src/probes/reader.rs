@@ -89,11 +89,75 @@ pub struct SocketReaderCounters {
 }
 
 /// Spawns the task that drains SOCKET_EVENTS into `tx`, dropping (and counting) when full.
+/// Most bytes a recording may take.
+const MAX_RECORDING: u64 = 64 << 20;
+
+/// Writes raw socket records as `u32 LE length + bytes`, stopping at `MAX_RECORDING`.
+struct Recorder {
+    out: std::io::BufWriter<std::fs::File>,
+    written: u64,
+}
+
+impl Recorder {
+    fn create(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::File::create(path).map_err(|source| Error::Io {
+            what: format!("recording file {}", path.display()),
+            source,
+        })?;
+        Ok(Self {
+            out: std::io::BufWriter::new(file),
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, record: &[u8]) {
+        use std::io::Write as _;
+        let len = record.len() as u64 + 4;
+        if self.written + len > MAX_RECORDING {
+            return;
+        }
+        if self
+            .out
+            .write_all(&(record.len() as u32).to_le_bytes())
+            .and_then(|()| self.out.write_all(record))
+            .is_ok()
+        {
+            self.written += len;
+        }
+        // Flush often enough that a recording stopped by a signal is usable.
+        if self.written % (1 << 16) < len {
+            let _ = self.out.flush();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let _ = self.out.flush();
+    }
+}
+
+/// Reads a recording back into its records.
+pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some(record) = tail.get(..len) else { break };
+        out.push(record);
+        rest = &tail[len..];
+    }
+    out
+}
+
 pub fn spawn_socket_reader(
     ebpf: &mut Ebpf,
     tx: mpsc::Sender<super::socket_events::SocketEvent>,
     counters: Arc<SocketReaderCounters>,
+    record_to: Option<&std::path::Path>,
 ) -> Result<tokio::task::JoinHandle<()>> {
+    let mut recorder = record_to.map(Recorder::create).transpose()?;
     let map = ebpf.take_map("SOCKET_EVENTS").ok_or_else(|| Error::Map {
         name: "SOCKET_EVENTS",
         detail: "not in the eBPF object".into(),
@@ -119,6 +183,9 @@ pub fn spawn_socket_reader(
             let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 counters.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = recorder.as_mut() {
+                    r.write(&item);
+                }
                 match super::socket_events::decode(&item) {
                     Ok(event) => match tx.try_send(event) {
                         Ok(()) => {}

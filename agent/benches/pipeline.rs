@@ -1,0 +1,106 @@
+//! `cargo xtask bench pipeline`: decode + parse + stitch throughput on one core, replaying a
+//! socket-event stream recorded from the test apps (benches/data/socket-events.bin, made by the
+//! ignored test `record_pipeline_trace`). Prints events/s for the whole path and for decoding
+//! alone, side by side in one run; asserts nothing.
+use std::time::{Duration, Instant};
+
+use herdwatch::{
+    pipeline::{aggregates::Aggregates, connections::Connections},
+    probes::{reader::read_recording, socket_events::decode},
+    protocol::route::RouteGrouper,
+};
+
+/// How long each measurement runs (HERDWATCH_BENCH_SECONDS overrides, e.g. under a profiler).
+fn run_for() -> Duration {
+    let secs = std::env::var("HERDWATCH_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(secs)
+}
+
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; pid 0 = this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Runs `f` over all records repeatedly for about `RUN`; returns events per second.
+fn rate(records: &[&[u8]], mut f: impl FnMut(&[u8])) -> f64 {
+    for r in records {
+        f(r); // warm-up
+    }
+    let start = Instant::now();
+    let mut events = 0u64;
+    let run = run_for();
+    while start.elapsed() < run {
+        for r in records {
+            f(r);
+        }
+        events += records.len() as u64;
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // cargo bench passes `--bench`; a path argument overrides the recorded file.
+    let path = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_else(|| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/benches/data/socket-events.bin"
+            )
+            .to_string()
+        });
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench pipeline: cannot read {path}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let records = read_recording(&bytes);
+    pin_to_cpu0();
+    let decoded = records.iter().filter(|r| decode(r).is_ok()).count();
+    let mut connections = Connections::new(65_536);
+    let mut aggregates = Aggregates::new(500, 200, RouteGrouper::default());
+    let full = rate(&records, |r| {
+        if let Ok(ev) = decode(r) {
+            connections.apply(ev, &mut aggregates);
+        }
+    });
+    let decode_only = rate(&records, |r| {
+        std::hint::black_box(decode(r).ok());
+    });
+    let stats = connections.stats;
+    println!(
+        "bench pipeline: {} recorded socket events ({} bytes, {decoded} decodable) from {path}",
+        records.len(),
+        bytes.len()
+    );
+    println!(
+        "  decode + parse + stitch : {:>10.0} events/s on one core",
+        full
+    );
+    println!(
+        "  decode only             : {:>10.0} events/s on one core",
+        decode_only
+    );
+    println!(
+        "  stitch share of the time: {:.0}%",
+        (1.0 - full / decode_only) * 100.0
+    );
+    println!(
+        "  goal ≥ 5 000 000 events/s: {}",
+        if full >= 5e6 { "met" } else { "NOT met" }
+    );
+    println!(
+        "  per replay: {} queries, {} HTTP exchanges, {} protocol errors",
+        stats.postgres_queries, stats.http_exchanges, stats.protocol_errors
+    );
+}
