@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{postgres::Postgres, *};
-use herdwatch::{Config, pipeline::aggregates::RouteStats};
+use herdwatch::{Config, pipeline::aggregates::RouteStats, protocol::fingerprint::fingerprint};
 
 fn wait_http(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -84,9 +84,13 @@ const CPU_REQUESTS: u64 = 20;
 const DB_REQUESTS: u64 = 8;
 const ORDER_REQUESTS: u64 = 30;
 const BROKEN_REQUESTS: u64 = 5;
+const CUSTOMER_REQUESTS: u64 = 12;
+const REPORT_REQUESTS: u64 = 6;
 
 fn plan() -> Vec<String> {
     let mut plan = Vec::new();
+    plan.extend((0..CUSTOMER_REQUESTS).map(|i| format!("/customers/{}", i % 10)));
+    plan.extend((0..REPORT_REQUESTS).map(|_| "/report".to_string()));
     plan.extend((0..CPU_REQUESTS).map(|_| "/cpu".to_string()));
     plan.extend((0..DB_REQUESTS).map(|_| "/db".to_string()));
     plan.extend((0..ORDER_REQUESTS).map(|i| format!("/orders/{}", i * 7)));
@@ -98,15 +102,8 @@ fn ms(ns: u64, n: u64) -> f64 {
     ns as f64 / n.max(1) as f64 / 1e6
 }
 
-#[test]
-fn gunicorn_routes_cpu_and_db_wait_per_request() {
-    if !kernel_available("gunicorn_routes_cpu_and_db_wait_per_request") {
-        return;
-    }
-    let pg = Postgres::start();
-    pg.shop_schema();
-    let port = free_port();
-    let server = Proc::spawn(
+fn gunicorn_shop(port: u16, pg_dsn: &str) -> Proc {
+    Proc::spawn(
         Command::new(venv().join("bin/gunicorn"))
             .args([
                 "--workers",
@@ -117,8 +114,21 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
             ])
             .arg(apps_dir())
             .args(["--timeout", "60", "shop.app:app"])
-            .env("PG_DSN", pg.tcp_url()),
-    );
+            .env("PG_DSN", pg_dsn),
+    )
+}
+
+/// The shop over PostgreSQL's Unix socket: simple, prepared and pipelined queries, CPU and DB
+/// wait per request.
+#[test]
+fn gunicorn_routes_cpu_and_db_wait_per_request() {
+    if !kernel_available("gunicorn_routes_cpu_and_db_wait_per_request") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let port = free_port();
+    let server = gunicorn_shop(port, &pg.unix_dsn());
     wait_http(port);
     runtime().block_on(async {
         let agent = start_agent_with(Config { postgres_ports: vec![pg.port], ..test_config() }).await;
@@ -128,7 +138,7 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
         })
         .await;
         let sent = tokio::task::spawn_blocking(move || load(port, plan(), 4)).await.expect("load");
-        let expected = CPU_REQUESTS + DB_REQUESTS + ORDER_REQUESTS + BROKEN_REQUESTS;
+        let expected = CPU_REQUESTS + DB_REQUESTS + ORDER_REQUESTS + BROKEN_REQUESTS + CUSTOMER_REQUESTS + REPORT_REQUESTS;
         let snap = wait_for(&agent, Duration::from_secs(30), "every request traced", |s| {
             (s.routes.iter().map(|r| r.requests).sum::<u64>() >= expected).then(|| s.clone())
         })
@@ -164,10 +174,26 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
         assert!((190.0..=260.0).contains(&wait_ms), "/db mean DB wait {wait_ms:.1} ms");
         assert!(ms(db.cpu_ns, db.requests) < 20.0, "/db mean CPU {:.1} ms", ms(db.cpu_ns, db.requests));
         assert_eq!(db.queries, DB_REQUESTS);
-        // The orders query: one fingerprint, called once per request, from /orders/{id}.
-        let q = snap.query_like("SELECT id, total FROM orders WHERE id = $1").expect("orders query");
-        assert_eq!(q.calls, ORDER_REQUESTS);
-        assert_eq!(q.routes, vec!["/orders/{id}".to_string()]);
+        // Each statement: one fingerprint, its calls equal to the server's own count, issued
+        // from the route that runs it — prepared (/orders), simple with literals (/customers),
+        // pipelined (/report).
+        let server_calls = pg.statements();
+        for (sql, n, from) in [
+            ("SELECT id, total FROM orders WHERE id = $1", ORDER_REQUESTS, "/orders/{id}"),
+            ("SELECT count(*) FROM orders WHERE customer = 3", CUSTOMER_REQUESTS, "/customers/{id}"),
+            ("SELECT sum(total) FROM orders WHERE customer = $1", REPORT_REQUESTS, "/report"),
+            ("SELECT max(total) FROM orders WHERE customer = $1", REPORT_REQUESTS, "/report"),
+        ] {
+            let q = snap.query_like(sql).unwrap_or_else(|| panic!("{sql} traced"));
+            let theirs: u64 = server_calls.iter().filter(|(text, _)| fingerprint(text).hex_id() == q.id).map(|(_, c)| c).sum();
+            eprintln!("{:<28} agent {} calls, pg_stat_statements {theirs}, from {:?}", q.summary, q.calls, q.routes);
+            assert_eq!(q.calls, n, "{sql}");
+            assert_eq!(theirs, n, "pg_stat_statements agrees: {sql}");
+            assert_eq!(q.routes, vec![from.to_string()], "{sql}");
+        }
+        let route_of = |p: &str| route(&snap.routes, p).map(|r| r.requests);
+        assert_eq!(route_of("/customers/{id}"), Some(CUSTOMER_REQUESTS));
+        assert_eq!(route_of("/report"), Some(REPORT_REQUESTS));
         let failing = snap.query_like("SELECT * FROM missing_table WHERE id = $1").expect("failing query");
         assert_eq!(failing.errors_by_sqlstate.get("42P01"), Some(&BROKEN_REQUESTS));
 
@@ -185,6 +211,84 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
         load.await.expect("load");
         eprintln!("largest DB-wait share of worker time seen: {:.0}%", best * 100.0);
         assert!(best >= 0.5, "workers blocked on pg_sleep showed only {:.0}% DB wait", best * 100.0);
+    });
+}
+
+/// Workers that connected and prepared their statements before the agent started: the
+/// statement is attributed by name, and requests and query counts are still right.
+#[test]
+fn connections_and_statements_from_before_the_agent_started() {
+    if !kernel_available("connections_and_statements_from_before_the_agent_started") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let port = free_port();
+    let server = gunicorn_shop(port, &pg.tcp_url());
+    wait_http(port);
+    // Warm up: every worker opens its connection and prepares the orders statement
+    // (psycopg prepares on the first prepare=True execution).
+    let warm = load(port, (0..40).map(|i| format!("/orders/{i}")).collect(), 4);
+    assert_eq!(warm.values().map(Vec::len).sum::<usize>(), 40);
+    let _ = &server;
+    runtime().block_on(async {
+        let agent = start_agent_with(Config {
+            postgres_ports: vec![pg.port],
+            ..test_config()
+        })
+        .await;
+        let master = server.pid();
+        wait_for(&agent, Duration::from_secs(20), "the gunicorn pool", |s| {
+            s.pool_of_master(master)
+                .filter(|p| p.pool.workers.len() == 4)
+                .map(|_| ())
+        })
+        .await;
+        tokio::task::spawn_blocking(move || {
+            load(
+                port,
+                (0..ORDER_REQUESTS)
+                    .map(|i| format!("/orders/{}", 100 + i))
+                    .collect(),
+                4,
+            )
+        })
+        .await
+        .expect("load");
+        let snap = wait_for(
+            &agent,
+            Duration::from_secs(30),
+            "the orders requests",
+            |s| {
+                route(&s.routes, "/orders/{id}")
+                    .filter(|r| r.requests >= ORDER_REQUESTS)
+                    .map(|_| s.clone())
+            },
+        )
+        .await;
+        assert_eq!(
+            route(&snap.routes, "/orders/{id}").map(|r| r.requests),
+            Some(ORDER_REQUESTS)
+        );
+        let by_name: Vec<_> = snap.queries.iter().filter(|q| q.text_unknown).collect();
+        let calls: u64 = by_name.iter().map(|q| q.calls).sum();
+        eprintln!(
+            "attributed by name: {:?}",
+            by_name
+                .iter()
+                .map(|q| (&q.summary, q.calls, &q.routes))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            calls, ORDER_REQUESTS,
+            "every execution of the statements prepared before the agent started"
+        );
+        assert!(
+            by_name
+                .iter()
+                .all(|q| q.summary.starts_with("EXECUTE _pg3_")
+                    && q.routes == vec!["/orders/{id}".to_string()])
+        );
     });
 }
 

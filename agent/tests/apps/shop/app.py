@@ -1,8 +1,10 @@
 """A small Flask shop served by gunicorn in the tests (psycopg 3, one connection per worker).
 
 /cpu burns about 50 ms of CPU in Python; /db waits 200 ms in PostgreSQL; /orders/<id> runs a
-parameterised query; /broken fails in SQL (undefined table → HTTP 500); /sleep?s=N blocks the
-worker without touching the database, to fill workers and grow the accept queue.
+server-side prepared statement (prepare=True); /customers/<id> a simple-protocol query with the
+literal in its text (ClientCursor); /report two queries in pipeline mode; /broken fails in SQL
+(undefined table → HTTP 500); /sleep?s=N blocks the worker without touching the database, to
+fill workers and grow the accept queue. PG_DSN may point at TCP or the Unix socket.
 """
 import os
 import time
@@ -52,8 +54,26 @@ def slow_db():
 
 @app.get("/orders/<int:order_id>")
 def order(order_id):
-    row = db().execute("SELECT id, total FROM orders WHERE id = %s", (order_id,)).fetchone()
+    row = db().execute("SELECT id, total FROM orders WHERE id = %s", (order_id,), prepare=True).fetchone()
     return f"{row}\n"
+
+
+@app.get("/customers/<int:customer>")
+def customer(customer):
+    import psycopg
+
+    cur = psycopg.ClientCursor(db())
+    cur.execute("SELECT count(*) FROM orders WHERE customer = %s", (customer,))
+    return f"{cur.fetchone()}\n"
+
+
+@app.get("/report")
+def report():
+    conn = db()
+    with conn.pipeline():
+        a = conn.execute("SELECT sum(total) FROM orders WHERE customer = %s", (1,))
+        b = conn.execute("SELECT max(total) FROM orders WHERE customer = %s", (2,))
+    return f"{a.fetchone()} {b.fetchone()}\n"
 
 
 @app.get("/broken")
