@@ -283,6 +283,12 @@ pub struct TracepointOffsets {
     pub exit_group_dead: u32,
     pub newtask_pid: u32,
     pub newtask_clone_flags: u32,
+    /// Byte offsets in `struct task_struct` of `se.sum_exec_runtime` and `sched_info.run_delay`
+    /// (from the kernel's BTF). When known, on-CPU and run-queue totals are the kernel's own,
+    /// read at each switch-out and at exit, so a tracepoint the kernel does not fire cannot
+    /// lose time. 0 = unknown: the programs fall back to timestamp accounting.
+    pub task_sum_exec_runtime: u32,
+    pub task_run_delay: u32,
 }
 
 impl TracepointOffsets {
@@ -297,6 +303,8 @@ impl TracepointOffsets {
         exit_group_dead: 32,
         newtask_pid: 8,
         newtask_clone_flags: 32,
+        task_sum_exec_runtime: 0,
+        task_run_delay: 0,
     };
 }
 

@@ -120,10 +120,12 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // Runs in the exiting thread's context.
     let id = bpf_get_current_pid_tgid();
     let (tid, tgid) = (id as u32, (id >> 32) as u32);
-    let counters = match THREADS.get_ptr(tid) {
+    let mut counters = match THREADS.get_ptr(tid) {
         Some(ptr) => unsafe { *ptr },
         None => ThreadCounters::default(),
     };
+    // The final totals, straight from the exiting task.
+    crate::sched::read_kernel_totals(&mut counters);
     let _ = THREADS.remove(tid);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count(stat::EVENTS_DROPPED);

@@ -6,7 +6,9 @@
 //! thread became runnable (wakeup, or switch-out while still runnable = preemption) to its next
 //! switch-in — the same definition as `/proc/<pid>/schedstat` field 2.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use herdwatch_common::{ThreadCounters, stat, task_state};
 
@@ -91,7 +93,7 @@ fn switch_out(tid: u32, state: u64, ts: u64) {
     let c = unsafe { &mut *ptr };
     // The tracepoint runs in the context of the task being switched out.
     c.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if c.switched_in_at_ns != 0 && ts > c.switched_in_at_ns {
+    if !read_kernel_totals(c) && c.switched_in_at_ns != 0 && ts > c.switched_in_at_ns {
         c.on_cpu_ns += ts - c.switched_in_at_ns;
     }
     c.switched_in_at_ns = 0;
@@ -105,6 +107,30 @@ fn switch_out(tid: u32, state: u64, ts: u64) {
         c.voluntary_switches += 1;
         c.enqueued_at_ns = 0;
     }
+}
+
+/// Copies the current task's own on-CPU and run-queue totals (`se.sum_exec_runtime`,
+/// `sched_info.run_delay`) into `c`. False when the offsets are unknown or unreadable.
+#[inline(always)]
+pub fn read_kernel_totals(c: &mut ThreadCounters) -> bool {
+    let off = offsets();
+    if off.task_sum_exec_runtime == 0 {
+        return false;
+    }
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let read =
+        |at: u32| unsafe { bpf_probe_read_kernel(task.wrapping_add(at as usize) as *const u64) };
+    let Ok(on_cpu) = read(off.task_sum_exec_runtime) else {
+        count(stat::READ_FAILED);
+        return false;
+    };
+    c.on_cpu_ns = on_cpu;
+    if off.task_run_delay != 0
+        && let Ok(delay) = read(off.task_run_delay)
+    {
+        c.run_delay_ns = delay;
+    }
+    true
 }
 
 #[inline(always)]

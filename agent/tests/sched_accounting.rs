@@ -62,11 +62,11 @@ fn on_cpu_matches_schedstat_and_sleep_shows_as_sleep() {
         return;
     }
     runtime().block_on(async {
-        // Up to two attempts: about one run in eight on this VM has shown the burner a few
-        // tens of ms short (an open investigation, see the issue notes); every attempt is
-        // printed, and one must be within 2 % for both processes.
+        // One measurement, printed with the kernel-side loss counters if it fails. (Before the
+        // agent read the scheduler's own totals, a sched_switch the kernel did not fire cost a
+        // whole slice about one run in eight; this loop shape kept for that diagnosis.)
         let mut last = None;
-        for attempt in 1..=2 {
+        for attempt in 1..=1 {
             let (rows, burner_totals, sleeper, drops) = measure_on_cpu().await;
             let mut within = true;
             for (name, ours, kernel) in &rows {
@@ -88,7 +88,7 @@ fn on_cpu_matches_schedstat_and_sleep_shows_as_sleep() {
             assert!(burner_totals.sleep_ns < sleeper.sleep_ns / 2, "burner mostly ran: {burner_totals:?}");
             return;
         }
-        panic!("on-CPU outside 2 % of schedstat in both attempts: {last:?}");
+        panic!("on-CPU outside 2 % of schedstat: {last:?}");
     });
 }
 

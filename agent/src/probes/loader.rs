@@ -94,7 +94,17 @@ fn hint_for(err: &(dyn std::error::Error + 'static)) -> &'static str {
 pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     raise_memlock_limit();
     let tracefs = tracefs::ensure_mounted()?;
-    let offsets: TracepointOffsets = tracefs::read_offsets(&tracefs)?;
+    let mut offsets: TracepointOffsets = tracefs::read_offsets(&tracefs)?;
+    match super::btf::task_offsets(std::path::Path::new("/sys/kernel/btf/vmlinux")) {
+        Ok((sum_exec, run_delay)) => {
+            offsets.task_sum_exec_runtime = sum_exec;
+            offsets.task_run_delay = run_delay;
+        }
+        Err(reason) => tracing::warn!(
+            "scheduler totals not readable from task_struct ({reason}); on-CPU time falls back to \
+             switch timestamps, which lose time when the kernel skips a sched_switch"
+        ),
+    }
     let level = opts.kernel_log_level;
     let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
     EbpfLoader::new()

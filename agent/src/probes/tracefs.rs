@@ -147,6 +147,9 @@ pub fn read_offsets(tracefs: &Path) -> Result<TracepointOffsets> {
         exit_group_dead: f("sched", "sched_process_exit", "group_dead", 1)?,
         newtask_pid: f("task", "task_newtask", "pid", 4)?,
         newtask_clone_flags: f("task", "task_newtask", "clone_flags", 8)?,
+        // Filled from BTF by the loader when available.
+        task_sum_exec_runtime: 0,
+        task_run_delay: 0,
     })
 }
 
