@@ -34,6 +34,10 @@ pub mod sock_kind {
     pub const POSTGRES: u32 = 1;
     /// A connection accepted by a gunicorn/uvicorn worker (HTTP server side).
     pub const HTTP_SERVER: u32 = 2;
+    /// An outbound TCP connection to some other port: traced until its first write shows
+    /// whether it speaks PostgreSQL (StartupMessage, SSLRequest, GSSENCRequest), then promoted
+    /// to POSTGRES or forgotten. Never reported to the agent as such.
+    pub const CANDIDATE: u32 = 3;
 }
 
 /// Which call moved the bytes.

@@ -57,7 +57,7 @@ struct PendingConnect {
     fd: u32,
     family: u32,
     port: u32,
-    _reserved: u32,
+    kind: u32,
 }
 
 /// How the exit handler finds the payload.
@@ -148,11 +148,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
             let Ok(be) = (unsafe { bpf_probe_read_user((addr + 2) as *const u16) }) else {
                 return 0;
             };
-            let port = u16::from_be(be);
-            if unsafe { PG_PORTS.get(&port) }.is_none() {
-                return 0;
-            }
-            port
+            u16::from_be(be)
         }
         AF_UNIX => {
             let Ok(path) = (unsafe { bpf_probe_read_user((addr + 2) as *const [u8; SUN_PATH]) })
@@ -167,11 +163,17 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         _ => return 0,
     };
     let (tid, _) = ids();
+    // A known PostgreSQL port or socket path, or a TCP connection that may turn out to be one.
+    let kind = if family == AF_UNIX || unsafe { PG_PORTS.get(&port) }.is_some() {
+        sock_kind::POSTGRES
+    } else {
+        sock_kind::CANDIDATE
+    };
     let pending = PendingConnect {
         fd: fd as u32,
         family: family as u32,
         port: port as u32,
-        _reserved: 0,
+        kind,
     };
     if PENDING_CONNECT.insert(tid, pending, 0).is_err() {
         count(stat::SOCKET_INSERT_FAILED);
@@ -194,7 +196,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         tgid,
         tid,
         pending.fd,
-        sock_kind::POSTGRES,
+        pending.kind,
         pending.family,
         pending.port,
     );
@@ -207,6 +209,13 @@ fn track(tgid: u32, tid: u32, fd: u32, kind: u32, family: u32, port: u32) {
         count(stat::SOCKET_INSERT_FAILED);
         return;
     }
+    if kind == sock_kind::CANDIDATE {
+        return; // announced only if its first write shows PostgreSQL
+    }
+    announce(tgid, tid, fd, kind, family, port);
+}
+
+fn announce(tgid: u32, tid: u32, fd: u32, kind: u32, family: u32, port: u32) {
     let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketOpenEvent>(0) else {
         count(stat::SOCKET_EVENTS_DROPPED);
         return;
@@ -287,13 +296,28 @@ fn payload_source(call: &ActiveCall) -> Option<(u64, u64)> {
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext) -> u32 {
     let (tid, tgid) = ids();
-    let Some(call) = (unsafe { ACTIVE_CALLS.get(&tid) }).copied() else {
+    let Some(mut call) = (unsafe { ACTIVE_CALLS.get(&tid) }).copied() else {
         return 0;
     };
     let _ = ACTIVE_CALLS.remove(&tid);
     let Some(moved) = ret(ctx) else { return 0 };
     if moved <= 0 {
         return 0; // EAGAIN on a non-blocking socket, EOF, or an error: no bytes moved
+    }
+    if call.kind == sock_kind::CANDIDATE {
+        if !speaks_postgres(&call, moved as u64) {
+            let _ = SOCKETS.remove(&socket_key(tgid, call.fd));
+            return 0;
+        }
+        call.kind = sock_kind::POSTGRES;
+        let info = SocketInfo {
+            kind: sock_kind::POSTGRES,
+            _reserved: 0,
+        };
+        if SOCKETS.insert(socket_key(tgid, call.fd), info, 0).is_err() {
+            count(stat::SOCKET_INSERT_FAILED);
+        }
+        announce(tgid, tid, call.fd, sock_kind::POSTGRES, AF_INET as u32, 0);
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -382,6 +406,32 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// The first bytes a PostgreSQL client sends: a StartupMessage (length, protocol 3.x), or an
+/// SSLRequest / GSSENCRequest (length 8 and its magic code). Anything else — or the server
+/// speaking first — means this candidate is not PostgreSQL.
+#[inline(always)]
+fn speaks_postgres(call: &ActiveCall, moved: u64) -> bool {
+    if call.direction != direction::EGRESS || moved < 8 {
+        return false;
+    }
+    let Some((src, first_len)) = payload_source(call) else {
+        return false;
+    };
+    if first_len < 8 {
+        return false;
+    }
+    let Ok(head) = (unsafe { bpf_probe_read_user(src as *const [u8; 8]) }) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    match code {
+        80_877_103 | 80_877_104 => len == 8,
+        c if c >> 16 == 3 => (8..=10_000).contains(&len) && len as u64 <= moved,
+        _ => false,
+    }
+}
+
 macro_rules! io_programs {
     ($($enter:ident, $exit:ident, $dir:expr, $mode:expr;)*) => {$(
         #[tracepoint]
@@ -415,6 +465,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = SOCKETS.remove(&key);
+    if info.kind == sock_kind::CANDIDATE {
+        return 0; // never announced, nothing to close in the agent
+    }
     let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketCloseEvent>(0) else {
         count(stat::SOCKET_EVENTS_DROPPED);
         return 0;

@@ -185,3 +185,44 @@ fn statements_prepared_before_the_agent_started_are_attributed() {
         assert_eq!(stats.pids, vec![client.pid()]);
     });
 }
+
+/// PostgreSQL on a port nobody configured is still recognised, from the StartupMessage its
+/// clients send first.
+#[test]
+fn postgres_on_an_unconfigured_port_is_recognised_by_its_first_bytes() {
+    if !kernel_available("postgres_on_an_unconfigured_port_is_recognised_by_its_first_bytes") {
+        return;
+    }
+    let pg = Postgres::start();
+    setup_schema(&pg);
+    assert!(!Config::default().postgres_ports.contains(&pg.port));
+    runtime().block_on(async {
+        let agent = start_agent().await; // default ports: 5432 and 6432 only
+        run_client(&pg.tcp_dsn());
+        let snap = wait_for(
+            &agent,
+            Duration::from_secs(30),
+            "queries on the unconfigured port",
+            |s| {
+                TRACKED
+                    .iter()
+                    .all(|q| {
+                        s.query_like(q)
+                            .is_some_and(|st| st.calls - st.errors - st.aborted >= N)
+                    })
+                    .then(|| s.clone())
+            },
+        )
+        .await;
+        let server = server_calls_by_fingerprint(&pg);
+        for q in TRACKED {
+            let ours = snap.query_like(q).expect("traced");
+            assert_eq!(
+                ours.calls - ours.errors - ours.aborted,
+                server.get(&ours.id).copied().unwrap_or(0),
+                "{q}"
+            );
+        }
+        assert_eq!(snap.agent.socket_events_malformed, 0);
+    });
+}
