@@ -45,6 +45,7 @@ impl Agent {
             kernel_log_level,
             capture_bytes: config.capture_bytes,
             socket_ring_bytes: config.socket_ring_bytes,
+            socket_tracing: config.socket_tracing,
             ..LoadOptions::default()
         })?;
         let counters = Arc::new(ReaderCounters::default());

@@ -17,6 +17,9 @@ pub struct Config {
     pub event_ring_bytes: u32,
     /// Capacity of the channel from the ring-buffer reader to the pipeline.
     pub event_channel_capacity: usize,
+    /// Trace sockets (PostgreSQL queries, HTTP requests). Off = CPU, run-queue and process
+    /// accounting only: no syscall tracepoints, no payloads captured.
+    pub socket_tracing: bool,
     /// Destination ports whose TCP connections are PostgreSQL or PgBouncer.
     pub postgres_ports: Vec<u16>,
     /// Payload prefix captured per socket call, bytes (16..=4096).
@@ -46,6 +49,7 @@ impl Default for Config {
             thread_map_entries: herdwatch_common::THREAD_MAP_ENTRIES,
             event_ring_bytes: herdwatch_common::EVENT_RING_BYTES,
             event_channel_capacity: 8192,
+            socket_tracing: true,
             postgres_ports: vec![5432, 6432],
             capture_bytes: herdwatch_common::DEFAULT_CAPTURE,
             socket_ring_bytes: herdwatch_common::SOCKET_RING_BYTES,

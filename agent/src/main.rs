@@ -32,6 +32,9 @@ enum Cmd {
         /// Refresh interval in milliseconds (overrides the config).
         #[arg(long)]
         interval_ms: Option<u64>,
+        /// CPU, run-queue and process accounting only: no socket tracing.
+        #[arg(long)]
+        no_socket_tracing: bool,
     },
     /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
     Check,
@@ -39,12 +42,19 @@ enum Cmd {
     Version,
 }
 
-fn load_config(path: Option<&PathBuf>, interval_ms: Option<u64>) -> anyhow::Result<Config> {
+fn load_config(
+    path: Option<&PathBuf>,
+    interval_ms: Option<u64>,
+    no_socket_tracing: bool,
+) -> anyhow::Result<Config> {
     let mut config = match path {
         Some(p) => Config::from_file(p)?,
         None => Config::default(),
     };
     config.apply_env(std::env::vars())?;
+    if no_socket_tracing {
+        config.socket_tracing = false;
+    }
     if let Some(ms) = interval_ms {
         config.interval_ms = ms;
         config.validate("--interval-ms")?;
@@ -66,6 +76,7 @@ fn main() -> ExitCode {
         once: false,
         json: false,
         interval_ms: None,
+        no_socket_tracing: false,
     }) {
         Cmd::Version => {
             println!("herdwatch {}", env!("CARGO_PKG_VERSION"));
@@ -76,9 +87,9 @@ fn main() -> ExitCode {
             once,
             json,
             interval_ms,
-        } => {
-            load_config(cli.config.as_ref(), interval_ms).and_then(|config| run(config, once, json))
-        }
+            no_socket_tracing,
+        } => load_config(cli.config.as_ref(), interval_ms, no_socket_tracing)
+            .and_then(|config| run(config, once, json)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -51,6 +51,8 @@ pub struct LoadOptions {
     pub capture_bytes: u32,
     pub socket_ring_bytes: u32,
     pub socket_map_entries: u32,
+    /// Attach the socket (syscall) programs.
+    pub socket_tracing: bool,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +64,7 @@ impl Default for LoadOptions {
             capture_bytes: herdwatch_common::DEFAULT_CAPTURE,
             socket_ring_bytes: herdwatch_common::SOCKET_RING_BYTES,
             socket_map_entries: herdwatch_common::SOCKET_MAP_ENTRIES,
+            socket_tracing: true,
         }
     }
 }
@@ -149,6 +152,9 @@ pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> R
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
     let mut ebpf = load(opts)?;
     for (name, category, event) in PROGRAMS {
+        if category == "syscalls" && !opts.socket_tracing {
+            continue;
+        }
         attach_one(&mut ebpf, name, category, event)?;
     }
     Ok(ebpf)
