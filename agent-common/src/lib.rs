@@ -293,6 +293,9 @@ pub struct TracepointOffsets {
     /// lose time. 0 = unknown: the programs fall back to timestamp accounting.
     pub task_sum_exec_runtime: u32,
     pub task_run_delay: u32,
+    /// `task_struct.pid` (the thread id), for the raw `sched_switch` program. 0 = unknown.
+    pub task_pid: u32,
+    pub _reserved: u32,
 }
 
 impl TracepointOffsets {
@@ -309,6 +312,8 @@ impl TracepointOffsets {
         newtask_clone_flags: 32,
         task_sum_exec_runtime: 0,
         task_run_delay: 0,
+        task_pid: 0,
+        _reserved: 0,
     };
 }
 

@@ -92,8 +92,27 @@ pub fn run_checks() -> Vec<CheckLine> {
 
     match loader::load(&LoadOptions::default()) {
         Err(e) => lines.push(line(false, "load", e.to_string())),
-        Ok(mut ebpf) => {
+        Ok((mut ebpf, task_offsets_known)) => {
             lines.push(line(true, "load", "eBPF object accepted by the kernel"));
+            lines.push(line(
+                true,
+                "scheduler totals",
+                if task_offsets_known {
+                    "read from task_struct (offsets from BTF)"
+                } else {
+                    "from switch timestamps (no task_struct offsets in BTF; a skipped sched_switch can lose time)"
+                },
+            ));
+            if task_offsets_known {
+                match loader::attach_raw_sched_switch(&mut ebpf) {
+                    Ok(()) => lines.push(line(
+                        true,
+                        "program sched_switch_raw",
+                        "attached to raw tracepoint sched_switch",
+                    )),
+                    Err(e) => lines.push(line(false, "program sched_switch_raw", e.to_string())),
+                }
+            }
             for (name, category, event) in PROGRAMS {
                 let label = format!("program {name}");
                 match loader::attach_one(&mut ebpf, name, category, event) {

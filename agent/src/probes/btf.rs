@@ -12,8 +12,16 @@ impl Readable for BtfFile {
     }
 }
 
-/// `(se.sum_exec_runtime, sched_info.run_delay)` byte offsets in `task_struct`, or a reason.
-pub fn task_offsets(vmlinux: &Path) -> Result<(u32, u32), String> {
+/// Byte offsets in `task_struct` the programs read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub sum_exec_runtime: u32,
+    pub run_delay: u32,
+    pub pid: u32,
+}
+
+/// The offsets from this kernel's BTF, or the reason they are unavailable.
+pub fn task_offsets(vmlinux: &Path) -> Result<TaskOffsets, String> {
     let file = File::open(vmlinux).map_err(|e| format!("{}: {e}", vmlinux.display()))?;
     let types = TypeInformation::new(&BtfFile(file))
         .map_err(|e| format!("parsing {}: {e:?}", vmlinux.display()))?;
@@ -29,8 +37,9 @@ pub fn task_offsets(vmlinux: &Path) -> Result<(u32, u32), String> {
             Err(e) => Err(format!("task_struct.{path}: {e:?}")),
         }
     };
-    Ok((
-        byte_offset("se.sum_exec_runtime")?,
-        byte_offset("sched_info.run_delay")?,
-    ))
+    Ok(TaskOffsets {
+        sum_exec_runtime: byte_offset("se.sum_exec_runtime")?,
+        run_delay: byte_offset("sched_info.run_delay")?,
+        pid: byte_offset("pid")?,
+    })
 }

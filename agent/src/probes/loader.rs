@@ -93,15 +93,19 @@ fn hint_for(err: &(dyn std::error::Error + 'static)) -> &'static str {
     }
 }
 
-/// Loads the object with this kernel's tracepoint offsets, without attaching anything.
-pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
+/// Loads the object with this kernel's tracepoint offsets, without attaching anything. The
+/// flag says whether task_struct offsets were found in BTF (the raw `sched_switch` can run).
+pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     raise_memlock_limit();
     let tracefs = tracefs::ensure_mounted()?;
     let mut offsets: TracepointOffsets = tracefs::read_offsets(&tracefs)?;
+    let mut task_offsets_known = false;
     match super::btf::task_offsets(std::path::Path::new("/sys/kernel/btf/vmlinux")) {
-        Ok((sum_exec, run_delay)) => {
-            offsets.task_sum_exec_runtime = sum_exec;
-            offsets.task_run_delay = run_delay;
+        Ok(task) => {
+            offsets.task_sum_exec_runtime = task.sum_exec_runtime;
+            offsets.task_run_delay = task.run_delay;
+            offsets.task_pid = task.pid;
+            task_offsets_known = true;
         }
         Err(reason) => tracing::warn!(
             "scheduler totals not readable from task_struct ({reason}); on-CPU time falls back to \
@@ -123,6 +127,33 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
             hint: hint_for(&source),
             source: Box::new(source),
         })
+        .map(|ebpf| (ebpf, task_offsets_known))
+}
+
+/// The raw-tracepoint variant of `sched_switch`, used when task_struct offsets are known.
+pub const RAW_SCHED_SWITCH: &str = "sched_switch_raw";
+
+/// Loads and attaches the raw `sched_switch` program.
+pub fn attach_raw_sched_switch(ebpf: &mut Ebpf) -> Result<()> {
+    let program_error = |action, source: aya::programs::ProgramError| Error::Program {
+        program: RAW_SCHED_SWITCH.to_string(),
+        action,
+        hint: hint_for(&source),
+        source: Box::new(source),
+    };
+    let program: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(RAW_SCHED_SWITCH)
+        .ok_or_else(|| Error::Map {
+            name: "program",
+            detail: format!("{RAW_SCHED_SWITCH} is not in the eBPF object"),
+        })?
+        .try_into()
+        .map_err(|e| program_error("convert", e))?;
+    program.load().map_err(|e| program_error("load", e))?;
+    program
+        .attach("sched_switch")
+        .map_err(|e| program_error("attach", e))?;
+    Ok(())
 }
 
 /// Loads (verifies) and attaches one program by name.
@@ -150,9 +181,14 @@ pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> R
 
 /// Loads and attaches all programs; on error nothing stays attached (dropping `Ebpf` detaches).
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
-    let mut ebpf = load(opts)?;
+    let (mut ebpf, raw_switch) = load(opts)?;
+    if raw_switch {
+        attach_raw_sched_switch(&mut ebpf)?;
+    }
     for (name, category, event) in PROGRAMS {
-        if category == "syscalls" && !opts.socket_tracing {
+        if (category == "syscalls" && !opts.socket_tracing)
+            || (raw_switch && name == "sched_switch")
+        {
             continue;
         }
         attach_one(&mut ebpf, name, category, event)?;

@@ -150,6 +150,8 @@ pub fn read_offsets(tracefs: &Path) -> Result<TracepointOffsets> {
         // Filled from BTF by the loader when available.
         task_sum_exec_runtime: 0,
         task_run_delay: 0,
+        task_pid: 0,
+        _reserved: 0,
     })
 }
 
