@@ -12,7 +12,7 @@ use crate::{
     probes::{
         LoadOptions, loader,
         maps::KernelMaps,
-        reader::{self, ReaderCounters, SocketReaderCounters},
+        reader::{self, RingCounters},
     },
     procs::ProcessTable,
 };
@@ -48,14 +48,14 @@ impl Agent {
             socket_tracing: config.socket_tracing,
             ..LoadOptions::default()
         })?;
-        let counters = Arc::new(ReaderCounters::default());
+        let counters = Arc::new(RingCounters::default());
         let (event_tx, mut event_rx) = mpsc::channel(config.event_channel_capacity);
         let mut tasks = vec![reader::spawn_event_reader(
             &mut ebpf,
             event_tx,
             counters.clone(),
         )?];
-        let socket_counters = Arc::new(SocketReaderCounters::default());
+        let socket_counters = Arc::new(RingCounters::default());
         let (socket_tx, mut socket_rx) = mpsc::channel(config.socket_channel_capacity);
         tasks.push(reader::spawn_socket_reader(
             &mut ebpf,

@@ -8,22 +8,11 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{postgres::Postgres, *};
 use herdwatch::{Config, pipeline::aggregates::RouteStats, protocol::fingerprint::fingerprint};
-
-fn wait_http(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server on port {port} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// One request on a fresh connection; returns the status code.
 fn get(port: u16, path: &str) -> u16 {
@@ -133,10 +122,7 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
     runtime().block_on(async {
         let agent = start_agent_with(Config { postgres_ports: vec![pg.port], ..test_config() }).await;
         let master = server.pid();
-        wait_for(&agent, Duration::from_secs(20), "the gunicorn pool", |s| {
-            s.pool_of_master(master).filter(|p| p.pool.workers.len() == 4).map(|_| ())
-        })
-        .await;
+        pool_ready(&agent, master, 4).await;
         let sent = tokio::task::spawn_blocking(move || load(port, plan(), 4)).await.expect("load");
         let expected = CPU_REQUESTS + DB_REQUESTS + ORDER_REQUESTS + BROKEN_REQUESTS + CUSTOMER_REQUESTS + REPORT_REQUESTS;
         let snap = wait_for(&agent, Duration::from_secs(30), "every request traced", |s| {
@@ -238,12 +224,7 @@ fn connections_and_statements_from_before_the_agent_started() {
         })
         .await;
         let master = server.pid();
-        wait_for(&agent, Duration::from_secs(20), "the gunicorn pool", |s| {
-            s.pool_of_master(master)
-                .filter(|p| p.pool.workers.len() == 4)
-                .map(|_| ())
-        })
-        .await;
+        pool_ready(&agent, master, 4).await;
         tokio::task::spawn_blocking(move || {
             load(
                 port,
@@ -330,12 +311,7 @@ fn uvicorn_asyncpg_routes_and_queries() {
         })
         .await;
         let master = server.pid();
-        wait_for(&agent, Duration::from_secs(30), "the uvicorn pool", |s| {
-            s.pool_of_master(master)
-                .filter(|p| p.pool.workers.len() == 2)
-                .map(|_| ())
-        })
-        .await;
+        pool_ready(&agent, master, 2).await;
         let mut plan: Vec<String> = (0..ORDER_REQUESTS)
             .map(|i| format!("/orders/{}", i * 3))
             .collect();
@@ -402,12 +378,7 @@ fn a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state() {
     runtime().block_on(async {
         let agent = start_agent().await;
         let master = server.pid();
-        wait_for(&agent, Duration::from_secs(20), "the gunicorn pool", |s| {
-            s.pool_of_master(master)
-                .filter(|p| p.pool.workers.len() == 2)
-                .map(|_| ())
-        })
-        .await;
+        pool_ready(&agent, master, 2).await;
         let client = std::thread::spawn(move || get(port, "/sleep?s=20"));
         // The worker serving it is blocked in its sleep with one open connection.
         let victim = wait_for(

@@ -2,26 +2,10 @@
 //! ports, the accept queue against `ss`, and worker replacement seen from kernel events.
 mod common;
 
-use std::{
-    io::Write as _,
-    net::TcpStream,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{io::Write as _, net::TcpStream, process::Command, time::Duration};
 
 use common::*;
 use herdwatch::{pipeline::snapshot::PoolView, procs::PoolKind};
-
-fn wait_http(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server on port {port} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn gunicorn(workers: u32, port: u16) -> Proc {
     let venv = venv();
@@ -82,17 +66,7 @@ fn gunicorn_pool_is_discovered_with_a_growing_accept_queue() {
     let master = server.pid();
     runtime().block_on(async {
         let agent = start_agent().await;
-        let pool = wait_for(
-            &agent,
-            Duration::from_secs(20),
-            "a gunicorn pool with 4 workers",
-            |s| {
-                s.pool_of_master(master)
-                    .filter(|p| pool_with_workers(p, 4))
-                    .cloned()
-            },
-        )
-        .await;
+        let pool = pool_ready(&agent, master, 4).await;
         assert_eq!(pool.pool.kind, PoolKind::Gunicorn);
         assert_eq!(pool.pool.app.as_deref(), Some("shop.app:app"));
         assert_eq!(pool.pool.worker_class, "sync");
@@ -164,17 +138,7 @@ fn killed_worker_is_replaced_from_events_without_a_rescan() {
     let master = server.pid();
     runtime().block_on(async {
         let agent = start_agent().await;
-        let before = wait_for(
-            &agent,
-            Duration::from_secs(20),
-            "a gunicorn pool with 4 workers",
-            |s| {
-                s.pool_of_master(master)
-                    .filter(|p| pool_with_workers(p, 4))
-                    .cloned()
-            },
-        )
-        .await;
+        let before = pool_ready(&agent, master, 4).await;
         let victim = before.pool.workers[0];
         // SAFETY: signalling a worker of the server this test started.
         assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
@@ -245,17 +209,7 @@ fn uvicorn_pool_with_two_spawned_workers() {
     let master = server.pid();
     runtime().block_on(async {
         let agent = start_agent().await;
-        let pool = wait_for(
-            &agent,
-            Duration::from_secs(30),
-            "a uvicorn pool with 2 workers",
-            |s| {
-                s.pool_of_master(master)
-                    .filter(|p| pool_with_workers(p, 2))
-                    .cloned()
-            },
-        )
-        .await;
+        let pool = pool_ready(&agent, master, 2).await;
         assert_eq!(pool.pool.kind, PoolKind::Uvicorn);
         assert_eq!(pool.pool.app.as_deref(), Some("api.main:app"));
         assert_eq!(pool.pool.configured_workers, Some(2));

@@ -10,12 +10,6 @@ use herdwatch::{Config, protocol::fingerprint::fingerprint};
 
 const N: u64 = 25;
 
-fn setup_schema(pg: &Postgres) {
-    pg.sql("CREATE TABLE orders (id int PRIMARY KEY, customer int, total numeric)");
-    pg.sql("INSERT INTO orders SELECT g, g % 10, g * 1.5 FROM generate_series(0, 999) g");
-    pg.sql("SELECT pg_stat_statements_reset()");
-}
-
 /// pg_stat_statements calls summed per our fingerprint of its normalised text.
 fn server_calls_by_fingerprint(pg: &Postgres) -> HashMap<String, u64> {
     let mut by_id = HashMap::new();
@@ -23,6 +17,23 @@ fn server_calls_by_fingerprint(pg: &Postgres) -> HashMap<String, u64> {
         *by_id.entry(fingerprint(&query).hex_id()).or_default() += calls;
     }
     by_id
+}
+
+/// Waits until every TRACKED statement has N successful calls; returns that snapshot.
+async fn all_tracked_queries(
+    agent: &herdwatch::Agent,
+    what: &str,
+) -> std::sync::Arc<herdwatch::pipeline::Snapshot> {
+    wait_for(agent, Duration::from_secs(30), what, |s| {
+        TRACKED
+            .iter()
+            .all(|q| {
+                s.query_like(q)
+                    .is_some_and(|st| st.calls - st.errors - st.aborted >= N)
+            })
+            .then(|| s.clone())
+    })
+    .await
 }
 
 fn run_client(dsn: &str) {
@@ -54,7 +65,7 @@ fn assert_counts_match(transport: &str) {
     } else {
         pg.unix_dsn()
     };
-    setup_schema(pg);
+    pg.shop_schema();
     runtime().block_on(async {
         // The test server listens on a free port, not 5432.
         let agent = start_agent_with(Config {
@@ -64,16 +75,7 @@ fn assert_counts_match(transport: &str) {
         .await;
         run_client(&dsn);
         // Every tracked fingerprint reaches N successful calls (the client has finished).
-        let snap = wait_for(&agent, Duration::from_secs(30), "all queries traced", |s| {
-            TRACKED
-                .iter()
-                .all(|q| {
-                    s.query_like(q)
-                        .is_some_and(|st| st.calls - st.errors - st.aborted >= N)
-                })
-                .then(|| s.clone())
-        })
-        .await;
+        let snap = all_tracked_queries(&agent, "all queries traced").await;
         let server = server_calls_by_fingerprint(pg);
         for q in TRACKED {
             let ours = snap.query_like(q).expect("traced");
@@ -135,7 +137,7 @@ fn statements_prepared_before_the_agent_started_are_attributed() {
         return;
     }
     let pg = Postgres::start();
-    setup_schema(&pg);
+    pg.shop_schema();
     let venv = venv();
     let mut client = Proc::spawn(
         Command::new(venv.join("bin/python"))
@@ -194,26 +196,12 @@ fn postgres_on_an_unconfigured_port_is_recognised_by_its_first_bytes() {
         return;
     }
     let pg = Postgres::start();
-    setup_schema(&pg);
+    pg.shop_schema();
     assert!(!Config::default().postgres_ports.contains(&pg.port));
     runtime().block_on(async {
         let agent = start_agent().await; // default ports: 5432 and 6432 only
         run_client(&pg.tcp_dsn());
-        let snap = wait_for(
-            &agent,
-            Duration::from_secs(30),
-            "queries on the unconfigured port",
-            |s| {
-                TRACKED
-                    .iter()
-                    .all(|q| {
-                        s.query_like(q)
-                            .is_some_and(|st| st.calls - st.errors - st.aborted >= N)
-                    })
-                    .then(|| s.clone())
-            },
-        )
-        .await;
+        let snap = all_tracked_queries(&agent, "queries on the unconfigured port").await;
         let server = server_calls_by_fingerprint(&pg);
         for q in TRACKED {
             let ours = snap.query_like(q).expect("traced");

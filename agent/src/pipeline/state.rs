@@ -12,12 +12,7 @@ use std::collections::HashSet;
 use crate::{
     config::Config,
     net::{listen, seed},
-    probes::{
-        ProcessEvent,
-        maps::KernelMaps,
-        reader::{ReaderCounters, SocketReaderCounters},
-        socket_events::SocketEvent,
-    },
+    probes::{ProcessEvent, maps::KernelMaps, reader::RingCounters, socket_events::SocketEvent},
     procs::{CpuTotals, Pool, ProcessTable, pools, worker_state},
 };
 
@@ -35,7 +30,7 @@ const CMDLINE_MAX: usize = 200;
 pub struct PipelineState {
     table: ProcessTable,
     maps: KernelMaps,
-    reader: Arc<ReaderCounters>,
+    reader: Arc<RingCounters>,
     pools: Vec<Pool>,
     pools_generation: u64,
     prev_totals: HashMap<u32, CpuTotals>,
@@ -44,7 +39,7 @@ pub struct PipelineState {
     tid_to_tgid: HashMap<u32, u32>,
     connections: Connections,
     aggregates: Aggregates,
-    socket_reader: Arc<SocketReaderCounters>,
+    socket_reader: Arc<RingCounters>,
     pg_ports: Vec<u16>,
     pool_views: Vec<PoolView>,
     /// Processes that exited holding traced sockets: their kernel map entries are swept at
@@ -63,8 +58,8 @@ impl PipelineState {
     pub fn new(
         table: ProcessTable,
         mut maps: KernelMaps,
-        reader: Arc<ReaderCounters>,
-        socket_reader: Arc<SocketReaderCounters>,
+        reader: Arc<RingCounters>,
+        socket_reader: Arc<RingCounters>,
         config: &Config,
     ) -> crate::error::Result<Self> {
         maps.set_pg_ports(&config.postgres_ports)?;
@@ -292,9 +287,9 @@ impl PipelineState {
         self.prev_ticks = ticks.or(self.prev_ticks);
 
         let agent = AgentStats {
-            events_received: self.reader.events_received.load(Ordering::Relaxed),
-            events_channel_full: self.reader.events_channel_full.load(Ordering::Relaxed),
-            events_malformed: self.reader.events_malformed.load(Ordering::Relaxed),
+            events_received: self.reader.received.load(Ordering::Relaxed),
+            events_channel_full: self.reader.channel_full.load(Ordering::Relaxed),
+            events_malformed: self.reader.malformed.load(Ordering::Relaxed),
             kernel: self.maps.drops(),
             process_scans: self.table.scans,
             process_scan_skipped: self.table.scan_skipped,

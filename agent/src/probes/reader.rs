@@ -18,77 +18,16 @@ use crate::error::{Error, Result};
 
 use super::events::{ProcessEvent, decode};
 
-/// Userspace-side losses, shared between the reader task and the snapshot.
+/// What a ring-buffer reader received and lost, shared with the snapshot.
 #[derive(Debug, Default)]
-pub struct ReaderCounters {
-    pub events_received: AtomicU64,
-    /// The pipeline's channel was full.
-    pub events_channel_full: AtomicU64,
-    /// The record could not be decoded.
-    pub events_malformed: AtomicU64,
-}
-
-/// Spawns the task that drains the EVENTS ring buffer into `tx`. A full channel drops the
-/// event and counts it: the kernel must never wait on us.
-pub fn spawn_event_reader(
-    ebpf: &mut Ebpf,
-    tx: mpsc::Sender<ProcessEvent>,
-    counters: Arc<ReaderCounters>,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let map = ebpf.take_map("EVENTS").ok_or_else(|| Error::Map {
-        name: "EVENTS",
-        detail: "not in the eBPF object".into(),
-    })?;
-    let ring = RingBuf::try_from(map).map_err(|e| Error::Map {
-        name: "EVENTS",
-        detail: e.to_string(),
-    })?;
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until it is dropped
-    // together with the AsyncFd.
-    let mut fd =
-        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-            Error::Io {
-                what: "EVENTS ring buffer fd".into(),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                tracing::error!("event ring buffer fd failed; process events stop");
-                return;
-            };
-            let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                counters.events_received.fetch_add(1, Ordering::Relaxed);
-                match decode(&item) {
-                    Ok(event) => match tx.try_send(event) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            counters.events_channel_full.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    },
-                    Err(err) => {
-                        counters.events_malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("{err}");
-                    }
-                }
-            }
-            guard.clear_ready();
-        }
-    }))
-}
-
-/// Counters of the socket reader.
-#[derive(Debug, Default)]
-pub struct SocketReaderCounters {
+pub struct RingCounters {
     pub received: AtomicU64,
+    /// The pipeline's channel was full: the record was dropped.
     pub channel_full: AtomicU64,
+    /// The record could not be decoded.
     pub malformed: AtomicU64,
 }
 
-/// Spawns the task that drains SOCKET_EVENTS into `tx`, dropping (and counting) when full.
 /// Most bytes a recording may take.
 const MAX_RECORDING: u64 = 64 << 20;
 
@@ -151,33 +90,37 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-pub fn spawn_socket_reader(
+/// Drains the ring buffer `map` into `tx` as records arrive (epoll via AsyncFd). A full
+/// channel drops the record and counts it: the kernel must never wait on us.
+fn spawn_ring_reader<T: Send + 'static>(
     ebpf: &mut Ebpf,
-    tx: mpsc::Sender<super::socket_events::SocketEvent>,
-    counters: Arc<SocketReaderCounters>,
-    record_to: Option<&std::path::Path>,
+    map: &'static str,
+    decode: fn(&[u8]) -> Result<T>,
+    tx: mpsc::Sender<T>,
+    counters: Arc<RingCounters>,
+    mut recorder: Option<Recorder>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let mut recorder = record_to.map(Recorder::create).transpose()?;
-    let map = ebpf.take_map("SOCKET_EVENTS").ok_or_else(|| Error::Map {
-        name: "SOCKET_EVENTS",
+    let taken = ebpf.take_map(map).ok_or_else(|| Error::Map {
+        name: map,
         detail: "not in the eBPF object".into(),
     })?;
-    let ring = RingBuf::try_from(map).map_err(|e| Error::Map {
-        name: "SOCKET_EVENTS",
+    let ring = RingBuf::try_from(taken).map_err(|e| Error::Map {
+        name: map,
         detail: e.to_string(),
     })?;
-    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until it is dropped
+    // together with the AsyncFd.
     let mut fd =
         unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
             Error::Io {
-                what: "SOCKET_EVENTS ring buffer fd".into(),
+                what: format!("{map} ring buffer fd"),
                 source: std::io::Error::other(e.to_string()),
             }
         })?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
-                tracing::error!("socket ring buffer fd failed; socket tracing stops");
+                tracing::error!("{map} ring buffer fd failed; its events stop");
                 return;
             };
             let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
@@ -186,7 +129,7 @@ pub fn spawn_socket_reader(
                 if let Some(r) = recorder.as_mut() {
                     r.write(&item);
                 }
-                match super::socket_events::decode(&item) {
+                match decode(&item) {
                     Ok(event) => match tx.try_send(event) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -203,6 +146,33 @@ pub fn spawn_socket_reader(
             guard.clear_ready();
         }
     }))
+}
+
+/// Process events (EVENTS) into the pipeline.
+pub fn spawn_event_reader(
+    ebpf: &mut Ebpf,
+    tx: mpsc::Sender<ProcessEvent>,
+    counters: Arc<RingCounters>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    spawn_ring_reader(ebpf, "EVENTS", decode, tx, counters, None)
+}
+
+/// Socket events (SOCKET_EVENTS) into the pipeline, optionally recorded to a file.
+pub fn spawn_socket_reader(
+    ebpf: &mut Ebpf,
+    tx: mpsc::Sender<super::socket_events::SocketEvent>,
+    counters: Arc<RingCounters>,
+    record_to: Option<&std::path::Path>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let recorder = record_to.map(Recorder::create).transpose()?;
+    spawn_ring_reader(
+        ebpf,
+        "SOCKET_EVENTS",
+        super::socket_events::decode,
+        tx,
+        counters,
+        recorder,
+    )
 }
 
 /// Forwards kernel-side aya-log records to the `log` facade (and from there to `tracing`).

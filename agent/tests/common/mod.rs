@@ -60,6 +60,18 @@ pub fn apps_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
 }
 
+/// Waits until something listens on 127.0.0.1:`port`.
+pub fn wait_http(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server on port {port} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -171,6 +183,25 @@ pub async fn wait_for<T>(
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until the agent shows the pool of `master` with `workers` workers; returns it.
+pub async fn pool_ready(
+    agent: &Agent,
+    master: u32,
+    workers: usize,
+) -> herdwatch::pipeline::snapshot::PoolView {
+    wait_for(
+        agent,
+        Duration::from_secs(30),
+        &format!("the pool of {master} with {workers} workers"),
+        |s| {
+            s.pool_of_master(master)
+                .filter(|p| p.pool.workers.len() == workers && p.worker_states.len() == workers)
+                .cloned()
+        },
+    )
+    .await
 }
 
 /// |a - b| / b, for comparing with the kernel's own figure b.
