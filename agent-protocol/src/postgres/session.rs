@@ -6,7 +6,10 @@
 //! EmptyQueryResponse, PortalSuspended or ErrorResponse. After an error the server skips
 //! everything up to Sync, so Executes still queued before that Sync complete as `Aborted`.
 //! Statements prepared before we saw the connection are attributed by name, never dropped.
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use super::{
     framing::{Direction, Framer},
@@ -39,7 +42,9 @@ pub enum Outcome {
 pub struct QueryEvent {
     /// The SQL text (possibly truncated). None when the statement was prepared before we
     /// started watching and has not been seen since.
-    pub sql: Option<String>,
+    /// Shared with the connection's statement table: a statement executed a million times is
+    /// one allocation, not a million.
+    pub sql: Option<Arc<str>>,
     pub sql_truncated: bool,
     /// The prepared statement's name for extended-protocol queries ("" = unnamed).
     pub statement: Option<String>,
@@ -89,7 +94,7 @@ enum Pending {
 pub struct PgSession {
     frontend: Framer,
     backend: Framer,
-    statements: HashMap<String, (String, bool)>,
+    statements: HashMap<String, (Arc<str>, bool)>,
     statement_order: VecDeque<String>,
     portals: HashMap<String, String>,
     pending: VecDeque<Pending>,
@@ -97,7 +102,7 @@ pub struct PgSession {
     aborting: bool,
     /// The statement (name, text) whose Parse failed: its own Executes are the same failed
     /// call, not further ones.
-    failed_parse: Option<(Option<String>, Option<String>)>,
+    failed_parse: Option<(Option<String>, Option<Arc<str>>)>,
     pub encrypted: bool,
     /// Operations dropped because the FIFO was full (responses never seen).
     pub pending_overflow: u64,
@@ -176,7 +181,7 @@ impl PgSession {
         out
     }
 
-    fn remember_statement(&mut self, name: String, sql: String, truncated: bool) {
+    fn remember_statement(&mut self, name: String, sql: Arc<str>, truncated: bool) {
         if !self.statements.contains_key(&name) {
             if self.statements.len() >= MAX_STATEMENTS
                 && let Some(oldest) = self.statement_order.pop_front()
@@ -198,7 +203,7 @@ impl PgSession {
 
     fn new_op(
         &self,
-        sql: Option<String>,
+        sql: Option<Arc<str>>,
         truncated: bool,
         statement: Option<String>,
         protocol: QueryProtocol,
@@ -232,7 +237,13 @@ impl PgSession {
                 self.backend.expect_single_byte();
             }
             Frontend::Query { sql, truncated } => {
-                let op = self.new_op(Some(sql), truncated, None, QueryProtocol::Simple, ts);
+                let op = self.new_op(
+                    Some(Arc::from(sql)),
+                    truncated,
+                    None,
+                    QueryProtocol::Simple,
+                    ts,
+                );
                 self.push_pending(op);
             }
             Frontend::Parse {
@@ -240,6 +251,7 @@ impl PgSession {
                 sql,
                 truncated,
             } => {
+                let sql: Arc<str> = Arc::from(sql);
                 let op = self.new_op(
                     Some(sql.clone()),
                     truncated,

@@ -330,7 +330,7 @@ mod tests {
     use herdwatch_protocol::postgres::QueryProtocol;
 
     fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
-        let sql = sql.map(String::from);
+        let sql = sql.map(std::sync::Arc::from);
         QueryEvent {
             sql,
             sql_truncated: false,
