@@ -209,11 +209,7 @@ impl Framer {
                     }
                 }
                 State::Fixed { remaining } => {
-                    let from_data = remaining.min(data.len() as u64);
-                    data = &data[from_data as usize..];
-                    let from_gap = (remaining - from_data).min(gap);
-                    gap -= from_gap;
-                    let left = remaining - from_data - from_gap;
+                    let left = consume_body(remaining, &mut data, &mut gap);
                     if left == 0 {
                         on_end(ts);
                         self.state = State::Head;
@@ -267,11 +263,7 @@ impl Framer {
                     }
                 }
                 State::ChunkData { remaining } => {
-                    let from_data = remaining.min(data.len() as u64);
-                    data = &data[from_data as usize..];
-                    let from_gap = (remaining - from_data).min(gap);
-                    gap -= from_gap;
-                    let left = remaining - from_data - from_gap;
+                    let left = consume_body(remaining, &mut data, &mut gap);
                     if left == 0 {
                         self.state = State::ChunkSize;
                     } else {
@@ -340,6 +332,16 @@ impl Framer {
     fn in_body_until_close(&self) -> bool {
         matches!(self.state, State::UntilClose)
     }
+}
+
+/// Takes up to `remaining` body bytes from the captured `data`, then from the uncaptured
+/// `gap`; returns how many are still to come.
+fn consume_body(remaining: u64, data: &mut &[u8], gap: &mut u64) -> u64 {
+    let from_data = remaining.min(data.len() as u64);
+    *data = &data[from_data as usize..];
+    let from_gap = (remaining - from_data).min(*gap);
+    *gap -= from_gap;
+    remaining - from_data - from_gap
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -91,6 +91,25 @@ fn ms(ns: u64, n: u64) -> f64 {
     ns as f64 / n.max(1) as f64 / 1e6
 }
 
+fn uvicorn_api(port: u16, pg_dsn: &str) -> Proc {
+    Proc::spawn(
+        Command::new(venv().join("bin/uvicorn"))
+            .args([
+                "api.main:app",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--app-dir")
+            .arg(apps_dir())
+            .args(["--log-level", "warning"])
+            .env("PG_DSN", pg_dsn),
+    )
+}
+
 fn gunicorn_shop(port: u16, pg_dsn: &str) -> Proc {
     Proc::spawn(
         Command::new(venv().join("bin/gunicorn"))
@@ -287,22 +306,7 @@ fn uvicorn_asyncpg_routes_and_queries() {
     let pg = Postgres::start();
     pg.shop_schema();
     let port = free_port();
-    let server = Proc::spawn(
-        Command::new(venv().join("bin/uvicorn"))
-            .args([
-                "api.main:app",
-                "--workers",
-                "2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .arg("--app-dir")
-            .arg(apps_dir())
-            .args(["--log-level", "warning"])
-            .env("PG_DSN", pg.tcp_url()),
-    );
+    let server = uvicorn_api(port, &pg.tcp_url());
     wait_http(port);
     runtime().block_on(async {
         let agent = start_agent_with(Config {
@@ -450,22 +454,7 @@ fn record_pipeline_trace() {
             .args(["shop.app:app"])
             .env("PG_DSN", pg.tcp_url()),
     );
-    let _uvicorn = Proc::spawn(
-        Command::new(venv().join("bin/uvicorn"))
-            .args([
-                "api.main:app",
-                "--workers",
-                "2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &uport.to_string(),
-            ])
-            .arg("--app-dir")
-            .arg(apps_dir())
-            .args(["--log-level", "warning"])
-            .env("PG_DSN", pg.tcp_url()),
-    );
+    let _uvicorn = uvicorn_api(uport, &pg.tcp_url());
     wait_http(gport);
     wait_http(uport);
     runtime().block_on(async {
