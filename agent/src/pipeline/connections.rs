@@ -163,25 +163,28 @@ impl Connections {
             .copied()
             .collect();
         for key in &keys {
-            let Some(mut conn) = self.conns.remove(key) else {
+            let Some(conn) = self.conns.remove(key) else {
                 continue;
             };
-            self.stats.closed += 1;
-            if let Session::Http(http) = &mut conn.session {
-                for ev in http.on_close(timestamp_ns) {
-                    if let HttpEvent::Exchange(mut x) = ev {
-                        // Only a close can finish a response that runs until close; a process
-                        // exit answers nothing.
-                        x.status = x.status.filter(|_| x.response_started_ns.is_some());
-                        let cost = conn.requests.pop_front();
-                        self.stats.http_exchanges += 1;
-                        aggregates.record_exchange(&x, cost.as_ref());
-                    }
-                }
-            }
+            self.close(conn, timestamp_ns, aggregates);
         }
         self.stats.open = self.conns.len();
         keys.len()
+    }
+
+    /// Ends a connection taken out of the table: an HTTP response that runs until close ends
+    /// here, and requests never answered are recorded as such.
+    fn close(&mut self, mut conn: Conn, timestamp_ns: u64, aggregates: &mut Aggregates) {
+        self.stats.closed += 1;
+        if let Session::Http(http) = &mut conn.session {
+            for ev in http.on_close(timestamp_ns) {
+                if let HttpEvent::Exchange(x) = ev {
+                    let cost = conn.requests.pop_front();
+                    self.stats.http_exchanges += 1;
+                    aggregates.record_exchange(&x, cost.as_ref());
+                }
+            }
+        }
     }
 
     pub fn apply(&mut self, event: SocketEvent, aggregates: &mut Aggregates) {
@@ -204,17 +207,8 @@ impl Connections {
                 timestamp_ns,
                 ..
             } => {
-                if let Some(mut conn) = self.conns.remove(&(tgid, fd)) {
-                    self.stats.closed += 1;
-                    if let Session::Http(http) = &mut conn.session {
-                        for ev in http.on_close(timestamp_ns) {
-                            if let HttpEvent::Exchange(x) = ev {
-                                let cost = conn.requests.pop_front();
-                                self.stats.http_exchanges += 1;
-                                aggregates.record_exchange(&x, cost.as_ref());
-                            }
-                        }
-                    }
+                if let Some(conn) = self.conns.remove(&(tgid, fd)) {
+                    self.close(conn, timestamp_ns, aggregates);
                 }
             }
             SocketEvent::Data {
