@@ -133,49 +133,52 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
 /// The raw-tracepoint variant of `sched_switch`, used when task_struct offsets are known.
 pub const RAW_SCHED_SWITCH: &str = "sched_switch_raw";
 
-/// Loads and attaches the raw `sched_switch` program.
-pub fn attach_raw_sched_switch(ebpf: &mut Ebpf) -> Result<()> {
-    let program_error = |action, source: aya::programs::ProgramError| Error::Program {
-        program: RAW_SCHED_SWITCH.to_string(),
+fn program_error(
+    program: &str,
+    action: &'static str,
+    source: aya::programs::ProgramError,
+) -> Error {
+    Error::Program {
+        program: program.to_string(),
         action,
         hint: hint_for(&source),
         source: Box::new(source),
-    };
-    let program: &mut aya::programs::RawTracePoint = ebpf
-        .program_mut(RAW_SCHED_SWITCH)
-        .ok_or_else(|| Error::Map {
-            name: "program",
-            detail: format!("{RAW_SCHED_SWITCH} is not in the eBPF object"),
-        })?
-        .try_into()
-        .map_err(|e| program_error("convert", e))?;
-    program.load().map_err(|e| program_error("load", e))?;
-    program
-        .attach("sched_switch")
-        .map_err(|e| program_error("attach", e))?;
-    Ok(())
+    }
 }
 
-/// Loads (verifies) and attaches one program by name.
-pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
-    let program_error = |action, source: aya::programs::ProgramError| Error::Program {
-        program: name.to_string(),
-        action,
-        hint: hint_for(&source),
-        source: Box::new(source),
-    };
-    let program: &mut TracePoint = ebpf
-        .program_mut(name)
+/// The program `name` in the object, as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or_else(|| Error::Map {
             name: "program",
             detail: format!("{name} is not in the eBPF object"),
         })?
         .try_into()
-        .map_err(|e| program_error("convert", e))?;
-    program.load().map_err(|e| program_error("load", e))?;
-    program
+        .map_err(|e| program_error(name, "convert", e))
+}
+
+/// Loads and attaches the raw `sched_switch` program.
+pub fn attach_raw_sched_switch(ebpf: &mut Ebpf) -> Result<()> {
+    let raw: &mut aya::programs::RawTracePoint = program(ebpf, RAW_SCHED_SWITCH)?;
+    raw.load()
+        .map_err(|e| program_error(RAW_SCHED_SWITCH, "load", e))?;
+    raw.attach("sched_switch")
+        .map_err(|e| program_error(RAW_SCHED_SWITCH, "attach", e))?;
+    Ok(())
+}
+
+/// Loads (verifies) and attaches one program by name.
+pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
+    let tracepoint: &mut TracePoint = program(ebpf, name)?;
+    tracepoint
+        .load()
+        .map_err(|e| program_error(name, "load", e))?;
+    tracepoint
         .attach(category, event)
-        .map_err(|e| program_error("attach", e))?;
+        .map_err(|e| program_error(name, "attach", e))?;
     Ok(())
 }
 

@@ -24,15 +24,7 @@ pub struct CpuTotals {
 
 impl CpuTotals {
     pub fn add_thread(&mut self, c: &ThreadCounters) {
-        self.on_cpu_ns += c.on_cpu_ns;
-        self.sleep_ns += c.sleep_ns;
-        self.blocked_ns += c.blocked_ns;
-        self.other_off_ns += c.other_off_ns;
-        self.run_delay_ns += c.run_delay_ns;
-        self.run_delay_count += c.run_delay_count;
-        self.run_delay_max_ns = self.run_delay_max_ns.max(c.run_delay_max_ns);
-        self.voluntary_switches += c.voluntary_switches;
-        self.involuntary_switches += c.involuntary_switches;
+        self.add(&CpuTotals::from(c));
     }
 
     pub fn add(&mut self, o: &CpuTotals) {
@@ -45,6 +37,22 @@ impl CpuTotals {
         self.run_delay_max_ns = self.run_delay_max_ns.max(o.run_delay_max_ns);
         self.voluntary_switches += o.voluntary_switches;
         self.involuntary_switches += o.involuntary_switches;
+    }
+}
+
+impl From<&ThreadCounters> for CpuTotals {
+    fn from(c: &ThreadCounters) -> Self {
+        Self {
+            on_cpu_ns: c.on_cpu_ns,
+            sleep_ns: c.sleep_ns,
+            blocked_ns: c.blocked_ns,
+            other_off_ns: c.other_off_ns,
+            run_delay_ns: c.run_delay_ns,
+            run_delay_count: c.run_delay_count,
+            run_delay_max_ns: c.run_delay_max_ns,
+            voluntary_switches: c.voluntary_switches,
+            involuntary_switches: c.involuntary_switches,
+        }
     }
 }
 
