@@ -7,7 +7,6 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::TcpStream,
-    process::Command,
     time::Duration,
 };
 
@@ -91,41 +90,6 @@ fn ms(ns: u64, n: u64) -> f64 {
     ns as f64 / n.max(1) as f64 / 1e6
 }
 
-fn uvicorn_api(port: u16, pg_dsn: &str) -> Proc {
-    Proc::spawn(
-        Command::new(venv().join("bin/uvicorn"))
-            .args([
-                "api.main:app",
-                "--workers",
-                "2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .arg("--app-dir")
-            .arg(apps_dir())
-            .args(["--log-level", "warning"])
-            .env("PG_DSN", pg_dsn),
-    )
-}
-
-fn gunicorn_shop(port: u16, pg_dsn: &str) -> Proc {
-    Proc::spawn(
-        Command::new(venv().join("bin/gunicorn"))
-            .args([
-                "--workers",
-                "4",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--chdir",
-            ])
-            .arg(apps_dir())
-            .args(["--timeout", "60", "shop.app:app"])
-            .env("PG_DSN", pg_dsn),
-    )
-}
-
 /// The shop over PostgreSQL's Unix socket: simple, prepared and pipelined queries, CPU and DB
 /// wait per request.
 #[test]
@@ -136,7 +100,7 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
     let pg = Postgres::start();
     pg.shop_schema();
     let port = free_port();
-    let server = gunicorn_shop(port, &pg.unix_dsn());
+    let server = gunicorn_shop(4, port, Some(&pg.unix_dsn()));
     wait_http(port);
     runtime().block_on(async {
         let agent = start_agent_with(Config { postgres_ports: vec![pg.port], ..test_config() }).await;
@@ -229,7 +193,7 @@ fn connections_and_statements_from_before_the_agent_started() {
     let pg = Postgres::start();
     pg.shop_schema();
     let port = free_port();
-    let server = gunicorn_shop(port, &pg.tcp_url());
+    let server = gunicorn_shop(4, port, Some(&pg.tcp_url()));
     wait_http(port);
     // Warm up: every worker opens its connection and prepares the orders statement
     // (psycopg prepares on the first prepare=True execution).
@@ -306,7 +270,7 @@ fn uvicorn_asyncpg_routes_and_queries() {
     let pg = Postgres::start();
     pg.shop_schema();
     let port = free_port();
-    let server = uvicorn_api(port, &pg.tcp_url());
+    let server = uvicorn_api(2, port, Some(&pg.tcp_url()));
     wait_http(port);
     runtime().block_on(async {
         let agent = start_agent_with(Config {
@@ -366,18 +330,7 @@ fn a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state() {
         return;
     }
     let port = free_port();
-    let server = Proc::spawn(
-        Command::new(venv().join("bin/gunicorn"))
-            .args([
-                "--workers",
-                "2",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--chdir",
-            ])
-            .arg(apps_dir())
-            .args(["--timeout", "60", "shop.app:app"]),
-    );
+    let server = gunicorn_shop(2, port, None);
     wait_http(port);
     runtime().block_on(async {
         let agent = start_agent().await;
@@ -441,20 +394,8 @@ fn record_pipeline_trace() {
     let pg = Postgres::start();
     pg.shop_schema();
     let (gport, uport) = (free_port(), free_port());
-    let _gunicorn = Proc::spawn(
-        Command::new(venv().join("bin/gunicorn"))
-            .args([
-                "--workers",
-                "4",
-                "--bind",
-                &format!("127.0.0.1:{gport}"),
-                "--chdir",
-            ])
-            .arg(apps_dir())
-            .args(["shop.app:app"])
-            .env("PG_DSN", pg.tcp_url()),
-    );
-    let _uvicorn = uvicorn_api(uport, &pg.tcp_url());
+    let _gunicorn = gunicorn_shop(4, gport, Some(&pg.tcp_url()));
+    let _uvicorn = uvicorn_api(2, uport, Some(&pg.tcp_url()));
     wait_http(gport);
     wait_http(uport);
     runtime().block_on(async {

@@ -7,26 +7,6 @@ use std::{io::Write as _, net::TcpStream, process::Command, time::Duration};
 use common::*;
 use herdwatch::{pipeline::snapshot::PoolView, procs::PoolKind};
 
-fn gunicorn(workers: u32, port: u16) -> Proc {
-    let venv = venv();
-    Proc::spawn(
-        Command::new(venv.join("bin/gunicorn"))
-            .args([
-                "--workers",
-                &workers.to_string(),
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args([
-                "--chdir",
-                &apps_dir().to_string_lossy(),
-                "--timeout",
-                "60",
-                "shop.app:app",
-            ]),
-    )
-}
-
 /// Children of `pid` per the kernel (/proc/<pid>/task/<pid>/children).
 fn kernel_children(pid: u32) -> Vec<u32> {
     let text =
@@ -61,7 +41,7 @@ fn gunicorn_pool_is_discovered_with_a_growing_accept_queue() {
         return;
     }
     let port = free_port();
-    let server = gunicorn(4, port);
+    let server = gunicorn_shop(4, port, None);
     wait_http(port);
     let master = server.pid();
     runtime().block_on(async {
@@ -133,7 +113,7 @@ fn killed_worker_is_replaced_from_events_without_a_rescan() {
         return;
     }
     let port = free_port();
-    let server = gunicorn(4, port);
+    let server = gunicorn_shop(4, port, None);
     wait_http(port);
     let master = server.pid();
     runtime().block_on(async {
@@ -186,25 +166,7 @@ fn uvicorn_pool_with_two_spawned_workers() {
         return;
     }
     let port = free_port();
-    let venv = venv();
-    let server = Proc::spawn(
-        Command::new(venv.join("bin/uvicorn"))
-            .args([
-                "api.main:app",
-                "--workers",
-                "2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .args([
-                "--app-dir",
-                &apps_dir().to_string_lossy(),
-                "--log-level",
-                "warning",
-            ]),
-    );
+    let server = uvicorn_api(2, port, None);
     wait_http(port);
     let master = server.pid();
     runtime().block_on(async {

@@ -72,6 +72,47 @@ pub fn wait_http(port: u16) {
     }
 }
 
+/// gunicorn serving the Flask shop (`shop.app:app`) with `workers` sync workers on
+/// 127.0.0.1:`port`, talking to PostgreSQL at `pg_dsn` when given.
+pub fn gunicorn_shop(workers: u32, port: u16, pg_dsn: Option<&str>) -> Proc {
+    let mut cmd = Command::new(venv().join("bin/gunicorn"));
+    cmd.args([
+        "--workers",
+        &workers.to_string(),
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--chdir",
+    ])
+    .arg(apps_dir())
+    .args(["--timeout", "60", "shop.app:app"]);
+    if let Some(dsn) = pg_dsn {
+        cmd.env("PG_DSN", dsn);
+    }
+    Proc::spawn(&mut cmd)
+}
+
+/// uvicorn serving the Starlette API (`api.main:app`) with `workers` workers on
+/// 127.0.0.1:`port`, talking to PostgreSQL at `pg_dsn` (a URL) when given.
+pub fn uvicorn_api(workers: u32, port: u16, pg_dsn: Option<&str>) -> Proc {
+    let mut cmd = Command::new(venv().join("bin/uvicorn"));
+    cmd.args([
+        "api.main:app",
+        "--workers",
+        &workers.to_string(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .arg("--app-dir")
+    .arg(apps_dir())
+    .args(["--log-level", "warning"]);
+    if let Some(dsn) = pg_dsn {
+        cmd.env("PG_DSN", dsn);
+    }
+    Proc::spawn(&mut cmd)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
