@@ -78,6 +78,9 @@ impl Agent {
         let seeded = state.seed_existing_sockets();
         tracing::info!("tracing {seeded} sockets that were open before the agent started");
         let (snap_tx, latest) = watch::channel(first);
+        if let Some(path) = &config.api_socket {
+            tasks.push(crate::export::api::serve(path, latest.clone())?);
+        }
         let (commands, mut command_rx) = mpsc::channel::<Command>(16);
         let interval = config.interval();
         tasks.push(tokio::spawn(async move {

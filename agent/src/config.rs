@@ -40,7 +40,14 @@ pub struct Config {
     /// record), up to 64 MiB — for benchmarks and bug reports. The records hold payload
     /// prefixes, literals included: the file stays on the host unless you move it.
     pub record_socket_events: Option<std::path::PathBuf>,
+    /// The local API socket `herdwatch findings` reads (mode 0600). None = no API.
+    pub api_socket: Option<std::path::PathBuf>,
+    /// Detector thresholds (`[detect.herd]`, `[detect.starvation]`, `[detect.saturation]`).
+    pub detect: crate::detect::DetectConfig,
 }
+
+/// Where the agent serves its local API unless configured otherwise.
+pub const DEFAULT_API_SOCKET: &str = "/run/herdwatch/api.sock";
 
 impl Default for Config {
     fn default() -> Self {
@@ -59,6 +66,8 @@ impl Default for Config {
             max_routes: 200,
             route_patterns: Vec::new(),
             record_socket_events: None,
+            detect: crate::detect::DetectConfig::default(),
+            api_socket: Some(std::path::PathBuf::from(DEFAULT_API_SOCKET)),
         }
     }
 }
@@ -121,6 +130,7 @@ impl Config {
                     self.event_ring_bytes =
                         u32::try_from(parse_u64(&value)?).map_err(|e| bad(e.to_string()))?
                 }
+                "API_SOCKET" => self.api_socket = (!value.is_empty()).then(|| value.clone().into()),
                 "EVENT_CHANNEL_CAPACITY" => {
                     self.event_channel_capacity = parse_u64(&value)? as usize
                 }
@@ -187,6 +197,10 @@ impl Config {
                 message,
             })?;
         }
+        self.detect.validate().map_err(|message| Error::Config {
+            origin: origin.to_string(),
+            message,
+        })?;
         if !(16..=1_048_576).contains(&self.event_channel_capacity) {
             return fail(format!(
                 "event_channel_capacity = {} is outside 16..=1048576",

@@ -3,7 +3,9 @@
 pub mod agent;
 pub mod check;
 pub mod config;
+pub mod detect;
 pub mod error;
+pub mod export;
 pub mod net;
 pub mod pipeline;
 pub mod probes;

@@ -36,6 +36,12 @@ enum Cmd {
         #[arg(long)]
         no_socket_tracing: bool,
     },
+    /// Findings of the running agent (read from its local API socket).
+    Findings {
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
     Check,
     /// Print the version.
@@ -83,6 +89,9 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Check => Ok(run_check()),
+        Cmd::Findings { json } => {
+            load_config(cli.config.as_ref(), None, false).and_then(|c| print_findings(&c, json))
+        }
         Cmd::Run {
             once,
             json,
@@ -99,6 +108,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_findings(config: &Config, json: bool) -> anyhow::Result<bool> {
+    let path = config
+        .api_socket
+        .as_ref()
+        .context("api_socket is off in the config, so there is no agent API to ask")?;
+    let answer = herdwatch::export::api::ask(path, "findings")?;
+    if json {
+        print!("{answer}");
+        return Ok(true);
+    }
+    let findings: Vec<herdwatch::detect::Finding> = serde_json::from_str(&answer)
+        .with_context(|| format!("the agent at {} answered something else", path.display()))?;
+    print!("{}", view::render_findings(&findings, usize::MAX));
+    Ok(true)
 }
 
 fn run_check() -> bool {

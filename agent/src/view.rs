@@ -64,6 +64,7 @@ pub fn render(s: &Snapshot) -> String {
                 let mark = match w.state {
                     WorkerState::Running => "run",
                     WorkerState::Blocked => "blocked",
+                    WorkerState::Serving => "serving",
                     WorkerState::Idle => "idle",
                     WorkerState::Unknown => "?",
                 };
@@ -109,6 +110,41 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     render_routes_and_queries(s, &mut out);
+    out.push_str(&render_findings(&s.findings, 5));
+    out
+}
+
+/// The findings panel: active first, each with its cause and what stops it recurring.
+pub fn render_findings(findings: &[crate::detect::Finding], max: usize) -> String {
+    let mut out = String::new();
+    let active = findings.iter().filter(|f| f.active).count();
+    let _ = writeln!(
+        out,
+        "\nFINDINGS ({active} active, {} known)",
+        findings.len()
+    );
+    if findings.is_empty() {
+        let _ = writeln!(out, "  (none: no repeating pattern seen)");
+    }
+    for f in findings.iter().take(max) {
+        let _ = writeln!(
+            out,
+            "  {} {} {:?} {:?} ×{} since {} · last {}",
+            if f.active { "●" } else { "○" },
+            f.id,
+            f.kind,
+            f.severity,
+            f.occurrences,
+            crate::detect::lifecycle::clock_text(f.first_seen_unix_ms),
+            crate::detect::lifecycle::clock_text(f.last_seen_unix_ms),
+        );
+        let _ = writeln!(out, "      cause: {}", f.root_cause);
+        let _ = writeln!(out, "      stops it recurring: {}", f.prevention);
+        let _ = writeln!(out, "      proposal: {}", f.remediation);
+        for a in &f.annotations {
+            let _ = writeln!(out, "      linked: {a}");
+        }
+    }
     out
 }
 

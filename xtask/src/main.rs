@@ -39,6 +39,12 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         seconds: u32,
     },
+    /// Replay an incident on real services and print the findings: herd, starvation, cron,
+    /// healthy (the same replays `test` runs).
+    Demo {
+        /// Which replay.
+        name: String,
+    },
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
         /// Which benchmark: `sched` (tracing overhead) or `pipeline` (decode+parse+stitch rate).
@@ -66,6 +72,19 @@ fn main() -> anyhow::Result<()> {
             setup::run_checked(&mut cmd)
         }
         Cmd::Test { filter } => test::run(filter.as_deref()),
+        Cmd::Demo { name } => {
+            const REPLAYS: [&str; 4] = ["herd", "starvation", "cron", "healthy"];
+            if !REPLAYS.contains(&name.as_str()) {
+                anyhow::bail!("unknown replay {name:?}; known: {}", REPLAYS.join(", "));
+            }
+            setup::build_prerequisites()?;
+            let venv = setup::test_prerequisites()?;
+            let mut cmd = std::process::Command::new("cargo");
+            cmd.args(["test", "--package", "herdwatch", "--test", "replays", "--"])
+                .args(["--exact", &name, "--nocapture"])
+                .env("HERDWATCH_TEST_VENV", venv);
+            setup::run_checked(&mut cmd)
+        }
         Cmd::Fuzz { seconds } => {
             setup::build_prerequisites()?;
             fuzz::run_all(seconds)

@@ -176,6 +176,7 @@ const DEBIAN: &[(&str, &str)] = &[
         "ls /usr/lib/postgresql/*/lib/pg_stat_statements.so",
         "postgresql-contrib",
     ),
+    ("test -x /usr/sbin/pgbouncer", "pgbouncer"),
 ];
 
 pub fn test_prerequisites() -> anyhow::Result<PathBuf> {

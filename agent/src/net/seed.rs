@@ -65,3 +65,23 @@ pub fn existing_sockets(
     }
     found
 }
+
+/// TCP ports local PostgreSQL servers (the postmaster) and PgBouncers listen on, so their
+/// existing client connections are recognised at start even on a port nobody configured.
+/// (New connections to any port are recognised by their first bytes anyway.)
+pub fn local_postgres_ports(processes: &[&crate::procs::table::ProcessInfo]) -> Vec<u16> {
+    let postgres: HashSet<u32> = processes
+        .iter()
+        .filter(|p| p.comm == "postgres")
+        .map(|p| p.pid)
+        .collect();
+    let mut ports: Vec<u16> = processes
+        .iter()
+        .filter(|p| (p.comm == "postgres" && !postgres.contains(&p.ppid)) || p.comm == "pgbouncer")
+        .flat_map(|p| super::listen::listeners_of(p.pid, &[]))
+        .filter_map(|l| l.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}

@@ -14,6 +14,8 @@ use herdwatch_protocol::{
 };
 use serde::Serialize;
 
+use crate::detect::QueryObs;
+
 /// Upper bounds (inclusive, milliseconds) of the latency histogram buckets; one more bucket
 /// counts everything slower. They resolve 1 ms … 30 s, the range the exporters publish.
 pub const LATENCY_BUCKETS_MS: [u64; 14] = [
@@ -106,10 +108,27 @@ pub struct RouteStats {
     /// Time the requests waited on PostgreSQL queries they issued.
     pub db_wait_ns: u64,
     pub queries: u64,
+    /// Processes that served it, most recent last (bounded).
+    pub pids: Vec<u32>,
 }
 
 const MAX_PIDS_PER_QUERY: usize = 16;
 const MAX_ROUTES_PER_QUERY: usize = 16;
+/// Finished queries waiting for the detectors; past this they are counted, not kept.
+const OUTBOX_MAX: usize = 65_536;
+
+/// Remembers `pid` among the most recent ones (workers get replaced; the new ones matter).
+fn remember_pid(pids: &mut Vec<u32>, pid: u32) {
+    if pids.last() == Some(&pid) {
+        return;
+    }
+    if let Some(i) = pids.iter().position(|p| *p == pid) {
+        pids.remove(i);
+    } else if pids.len() == MAX_PIDS_PER_QUERY {
+        pids.remove(0);
+    }
+    pids.push(pid);
+}
 
 /// Raw statement texts whose fingerprints are kept; past this the cache starts over. The same
 /// parameterised statement repeats endlessly, so this turns tokenizing into a hash lookup.
@@ -133,6 +152,9 @@ pub struct Aggregates {
     max_queries: usize,
     max_routes: usize,
     grouper: RouteGrouper,
+    /// Finished queries for the detectors, drained by the pipeline after each event.
+    pub outbox: Vec<QueryObs>,
+    pub outbox_dropped: u64,
 }
 
 impl Aggregates {
@@ -145,6 +167,8 @@ impl Aggregates {
             max_queries,
             max_routes,
             grouper,
+            outbox: Vec::new(),
+            outbox_dropped: 0,
         }
     }
 
@@ -153,7 +177,34 @@ impl Aggregates {
         self.grouper.route(target)
     }
 
-    pub fn record_query(&mut self, pid: u32, q: &QueryEvent, calling_route: Option<&str>) {
+    /// Counts a finished query of connection `conn` (to `server_port`, if known).
+    pub fn record_query(
+        &mut self,
+        conn: (u32, u32),
+        server_port: Option<u16>,
+        q: &QueryEvent,
+        calling_route: Option<&str>,
+    ) {
+        let id = self.count_query(conn.0, q, calling_route);
+        if self.outbox.len() >= OUTBOX_MAX {
+            self.outbox_dropped += 1;
+            return;
+        }
+        let ms = |ns: u64| ns as f64 / 1e6;
+        self.outbox.push(QueryObs {
+            fingerprint: id,
+            pid: conn.0,
+            conn,
+            server_port,
+            started_ms: ms(q.started_ns),
+            first_response_ms: q.first_response_ns.map(ms),
+            finished_ms: ms(q.finished_ns.max(q.started_ns)),
+            route: calling_route.map(str::to_string),
+        });
+    }
+
+    /// Counts the query under its fingerprint; returns the fingerprint id it was counted under.
+    fn count_query(&mut self, pid: u32, q: &QueryEvent, calling_route: Option<&str>) -> String {
         let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
             (Some(sql), _) => {
                 let known = self.fingerprint_of(sql);
@@ -162,7 +213,7 @@ impl Aggregates {
                     Self::count(entry, pid, q, calling_route);
                     let took = q.finished_ns.saturating_sub(q.started_ns);
                     *self.db_wait_by_pid.entry(pid).or_default() += took;
-                    return;
+                    return known.id.clone();
                 }
                 (
                     known.id.clone(),
@@ -210,8 +261,10 @@ impl Aggregates {
                 })
         };
         Self::count(entry, pid, q, calling_route);
+        let counted_as = entry.id.clone();
         let took = q.finished_ns.saturating_sub(q.started_ns);
         *self.db_wait_by_pid.entry(pid).or_default() += took;
+        counted_as
     }
 
     fn count(entry: &mut QueryStats, pid: u32, q: &QueryEvent, calling_route: Option<&str>) {
@@ -232,9 +285,7 @@ impl Aggregates {
             }
             Outcome::Aborted => entry.aborted += 1,
         }
-        if entry.pids.len() < MAX_PIDS_PER_QUERY && !entry.pids.contains(&pid) {
-            entry.pids.push(pid);
-        }
+        remember_pid(&mut entry.pids, pid);
         if let Some(route) = calling_route
             && entry.routes.len() < MAX_ROUTES_PER_QUERY
             && !entry.routes.iter().any(|r| r == route)
@@ -245,6 +296,7 @@ impl Aggregates {
 
     pub fn record_exchange(
         &mut self,
+        pid: u32,
         x: &Exchange,
         cost: Option<&super::connections::RequestCost>,
     ) {
@@ -266,6 +318,7 @@ impl Aggregates {
             });
         let took = x.finished_ns.saturating_sub(x.started_ns);
         entry.requests += 1;
+        remember_pid(&mut entry.pids, pid);
         entry.total_ns += took;
         entry.max_ns = entry.max_ns.max(took);
         entry.latency.record(took);
@@ -370,13 +423,19 @@ mod tests {
                 Outcome::Ok,
             )
         };
-        a.record_query(1, &by_id(1), Some("/t/{id}"));
+        a.record_query((1, 3), None, &by_id(1), Some("/t/{id}"));
         let mut failed = by_id(2);
         failed.outcome = Outcome::Error;
         failed.sqlstate = Some("42P01".into());
-        a.record_query(2, &failed, None);
-        a.record_query(1, &q(None, Some("_pg3_0"), Outcome::Ok), None);
-        a.record_query(1, &q(Some("DELETE FROM x"), None, Outcome::Ok), None);
+        a.record_query((2, 3), None, &failed, None);
+        a.record_query((1, 3), None, &q(None, Some("_pg3_0"), Outcome::Ok), None);
+        a.record_query(
+            (1, 3),
+            None,
+            &q(Some("DELETE FROM x"), None, Outcome::Ok),
+            None,
+        );
+        assert_eq!(a.outbox.len(), 4);
         let v = a.queries();
         assert_eq!(v.len(), 3, "two fingerprints + other: {v:?}");
         let t = v.iter().find(|s| s.summary == "SELECT t").expect("grouped");

@@ -33,6 +33,8 @@ enum Session {
 struct Conn {
     session: Session,
     last_active_ns: u64,
+    /// PostgreSQL: the server port, when the connect was seen.
+    server_port: Option<u16>,
     /// HTTP: what each open request has cost so far, oldest first (as the session's queue).
     requests: VecDeque<RequestCost>,
 }
@@ -91,10 +93,11 @@ impl Connections {
         }
     }
 
-    fn new_conn(kind: SocketKind, from_start: bool, now: u64) -> Conn {
+    fn new_conn(kind: SocketKind, from_start: bool, now: u64, server_port: Option<u16>) -> Conn {
         Conn {
             session: Self::new_session(kind, from_start),
             last_active_ns: now,
+            server_port,
             requests: VecDeque::new(),
         }
     }
@@ -147,6 +150,15 @@ impl Connections {
         }
     }
 
+    /// Processes with at least one HTTP request read and not yet answered.
+    pub fn serving_pids(&self) -> std::collections::HashSet<u32> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.requests.is_empty())
+            .map(|((tgid, _), _)| *tgid)
+            .collect()
+    }
+
     /// A process exited: the kernel closed its fds without close() calls, so its connections
     /// end here. Requests it was serving are recorded as unanswered (a worker killed mid-request
     /// is worth seeing). Returns how many connections were dropped.
@@ -166,7 +178,7 @@ impl Connections {
             let Some(conn) = self.conns.remove(key) else {
                 continue;
             };
-            self.close(conn, timestamp_ns, aggregates);
+            self.close(tgid, conn, timestamp_ns, aggregates);
         }
         self.stats.open = self.conns.len();
         keys.len()
@@ -174,14 +186,14 @@ impl Connections {
 
     /// Ends a connection taken out of the table: an HTTP response that runs until close ends
     /// here, and requests never answered are recorded as such.
-    fn close(&mut self, mut conn: Conn, timestamp_ns: u64, aggregates: &mut Aggregates) {
+    fn close(&mut self, tgid: u32, mut conn: Conn, timestamp_ns: u64, aggregates: &mut Aggregates) {
         self.stats.closed += 1;
         if let Session::Http(http) = &mut conn.session {
             for ev in http.on_close(timestamp_ns) {
                 if let HttpEvent::Exchange(x) = ev {
                     let cost = conn.requests.pop_front();
                     self.stats.http_exchanges += 1;
-                    aggregates.record_exchange(&x, cost.as_ref());
+                    aggregates.record_exchange(tgid, &x, cost.as_ref());
                 }
             }
         }
@@ -193,12 +205,16 @@ impl Connections {
                 tgid,
                 fd,
                 kind,
+                port,
                 timestamp_ns,
                 ..
             } => {
                 self.make_room();
-                self.conns
-                    .insert((tgid, fd), Self::new_conn(kind, true, timestamp_ns));
+                let server_port = (kind == SocketKind::Postgres && port != 0).then_some(port);
+                self.conns.insert(
+                    (tgid, fd),
+                    Self::new_conn(kind, true, timestamp_ns, server_port),
+                );
                 self.stats.opened += 1;
             }
             SocketEvent::Close {
@@ -208,7 +224,7 @@ impl Connections {
                 ..
             } => {
                 if let Some(conn) = self.conns.remove(&(tgid, fd)) {
-                    self.close(conn, timestamp_ns, aggregates);
+                    self.close(tgid, conn, timestamp_ns, aggregates);
                 }
             }
             SocketEvent::Data {
@@ -231,7 +247,8 @@ impl Connections {
                 let key = (tgid, fd);
                 if !self.conns.contains_key(&key) {
                     self.make_room();
-                    self.conns.insert(key, Self::new_conn(kind, false, exit_ns));
+                    self.conns
+                        .insert(key, Self::new_conn(kind, false, exit_ns, None));
                 }
                 let total = usize::try_from(total_len)
                     .unwrap_or(usize::MAX)
@@ -245,6 +262,7 @@ impl Connections {
                 let Some(conn) = self.conns.get_mut(&key) else {
                     return;
                 };
+                let server_port = conn.server_port;
                 conn.last_active_ns = exit_ns;
                 match &mut conn.session {
                     Session::Pg(pg) => {
@@ -268,7 +286,7 @@ impl Connections {
                                     if route.is_some() {
                                         self.stats.queries_in_requests += 1;
                                     }
-                                    aggregates.record_query(tgid, &q, route.as_deref());
+                                    aggregates.record_query(key, server_port, &q, route.as_deref());
                                 }
                                 SessionEvent::Error(_) => self.stats.protocol_errors += 1,
                                 SessionEvent::Startup { .. } | SessionEvent::Encrypted => {}
@@ -299,7 +317,7 @@ impl Connections {
                                 HttpEvent::Exchange(x) => {
                                     let cost = conn.requests.pop_front();
                                     self.stats.http_exchanges += 1;
-                                    aggregates.record_exchange(&x, cost.as_ref());
+                                    aggregates.record_exchange(tgid, &x, cost.as_ref());
                                 }
                                 HttpEvent::Error(_) => self.stats.protocol_errors += 1,
                             }

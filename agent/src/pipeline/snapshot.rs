@@ -26,6 +26,10 @@ pub struct Snapshot {
     pub queries: Vec<QueryStats>,
     /// HTTP routes since start, most total time first.
     pub routes: Vec<RouteStats>,
+    /// Findings, active first (bounded; ids stable per pattern).
+    pub findings: Vec<crate::detect::Finding>,
+    /// Recent worker exits, starts and reloads per pool, oldest first.
+    pub pool_events: Vec<crate::detect::PoolEvent>,
     pub agent: AgentStats,
 }
 

@@ -11,9 +11,13 @@ use std::collections::HashSet;
 
 use crate::{
     config::Config,
+    detect::{Detectors, TickInput},
     net::{listen, seed},
     probes::{ProcessEvent, maps::KernelMaps, reader::RingCounters, socket_events::SocketEvent},
-    procs::{CpuTotals, Pool, ProcessTable, pools, worker_state},
+    procs::{
+        CpuTotals, Pool, ProcessTable, pools,
+        worker_state::{self, WorkerState},
+    },
 };
 
 use super::{
@@ -49,6 +53,7 @@ pub struct PipelineState {
     prev_db_wait: HashMap<u32, u64>,
     /// Busy-worker samples per pool master, newest last.
     busy_history: HashMap<u32, std::collections::VecDeque<usize>>,
+    detectors: Detectors,
 }
 
 /// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
@@ -76,6 +81,7 @@ impl PipelineState {
             exited_with_sockets: HashSet::new(),
             prev_db_wait: HashMap::new(),
             busy_history: HashMap::new(),
+            detectors: Detectors::new(&config.detect),
             table,
             maps,
             reader,
@@ -90,6 +96,12 @@ impl PipelineState {
 
     pub fn apply_socket(&mut self, event: SocketEvent) {
         self.connections.apply(event, &mut self.aggregates);
+        if !self.aggregates.outbox.is_empty() {
+            let table = &self.table;
+            for q in self.aggregates.outbox.drain(..) {
+                self.detectors.on_query(&q, |pid| process_name(table, pid));
+            }
+        }
     }
 
     /// Traces the sockets that were open before we started: connections to PostgreSQL ports
@@ -107,6 +119,18 @@ impl PipelineState {
             }
         }
         let pids: Vec<u32> = self.table.iter().map(|p| p.pid).collect();
+        let processes: Vec<_> = self.table.iter().collect();
+        for port in seed::local_postgres_ports(&processes) {
+            if !self.pg_ports.contains(&port) {
+                match self.maps.set_pg_ports(&[port]) {
+                    Ok(()) => {
+                        tracing::info!("local PostgreSQL/PgBouncer listens on port {port}");
+                        self.pg_ports.push(port);
+                    }
+                    Err(e) => tracing::warn!("cannot add PostgreSQL port {port}: {e}"),
+                }
+            }
+        }
         let found = seed::existing_sockets(&pids, &self.pg_ports, &http_ports);
         let mut tracked = 0;
         for (pid, fd, kind) in found {
@@ -241,10 +265,11 @@ impl PipelineState {
             self.maps.sync_http_servers(&workers);
         }
         let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
+        let serving = self.connections.serving_pids();
         let mut pool_views: Vec<PoolView> = self
             .pools
             .iter()
-            .map(|pool| pool_view(pool, &by_pid))
+            .map(|pool| pool_view(pool, &by_pid, &serving))
             .collect();
         let mut db_now = HashMap::new();
         for view in &mut pool_views {
@@ -300,21 +325,34 @@ impl PipelineState {
             socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
             connections: self.connections.stats,
         };
+        let host = HostView {
+            cpus: host::cpu_count(),
+            cpu_utilization,
+        };
+        let queries = self.aggregates.queries();
+        let routes = self.aggregates.routes();
+        let (findings, pool_events) = self.detectors.tick(&TickInput {
+            interval_ms: interval_ns / 1_000_000,
+            host: &host,
+            processes: &processes,
+            pools: &pool_views,
+            routes: &routes,
+            queries: &queries,
+        });
         Snapshot {
             taken_at_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             interval_ms: interval_ns / 1_000_000,
-            host: HostView {
-                cpus: host::cpu_count(),
-                cpu_utilization,
-            },
+            host,
             processes,
             pools: pool_views,
             lifecycle: self.table.drain_lifecycle(),
-            queries: self.aggregates.queries(),
-            routes: self.aggregates.routes(),
+            queries,
+            routes,
+            findings,
+            pool_events,
             agent,
         }
     }
@@ -332,7 +370,11 @@ fn include_running_slice(c: &mut ThreadCounters, running: &[CpuCurrent], tid: u3
     }
 }
 
-fn pool_view(pool: &Pool, by_pid: &HashMap<u32, &ProcessView>) -> PoolView {
+fn pool_view(
+    pool: &Pool,
+    by_pid: &HashMap<u32, &ProcessView>,
+    serving: &HashSet<u32>,
+) -> PoolView {
     let mut members = vec![pool.master];
     members.extend(pool.workers.iter().filter(|w| **w != pool.master));
     let listeners = listen::listeners_of(pool.master, &pool.workers);
@@ -343,7 +385,10 @@ fn pool_view(pool: &Pool, by_pid: &HashMap<u32, &ProcessView>) -> PoolView {
             let view = by_pid.get(pid);
             WorkerView {
                 pid: *pid,
-                state: worker_state::read(*pid),
+                state: match worker_state::read(*pid) {
+                    WorkerState::Idle if serving.contains(pid) => WorkerState::Serving,
+                    state => state,
+                },
                 cpu_percent: view.map(|v| v.cpu_percent).unwrap_or(0.0),
                 totals: view.map(|v| v.totals).unwrap_or_default(),
             }
@@ -364,6 +409,23 @@ fn pool_view(pool: &Pool, by_pid: &HashMap<u32, &ProcessView>) -> PoolView {
         busy_history: Vec::new(),
         cpu_percent,
         time_share: None,
+    }
+}
+
+/// (comm, command line) of a live process: read fresh from /proc, since a process that just
+/// exec'd may still carry its parent's command line in the table; the table otherwise.
+fn process_name(table: &ProcessTable, pid: u32) -> Option<(String, String)> {
+    match crate::procs::table::read_process(pid) {
+        Ok(p) => Some((
+            p.comm,
+            truncate(&printable(&p.cmdline.join(" ")), CMDLINE_MAX),
+        )),
+        Err(_) => table.get(pid).map(|p| {
+            (
+                p.comm.clone(),
+                truncate(&printable(&p.cmdline.join(" ")), CMDLINE_MAX),
+            )
+        }),
     }
 }
 

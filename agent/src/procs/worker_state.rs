@@ -3,8 +3,9 @@
 //! Until socket tracing sees requests, "busy" is judged from the scheduler and the syscall the
 //! worker is blocked in: waiting in select/poll/epoll/accept means waiting for work (idle);
 //! running, or blocked in anything else (a DB read, a sleep, disk) means serving (busy). An
-//! asyncio worker awaiting the DB sits in epoll_wait and so reads as idle: a known limit of
-//! this view that request tracing removes.
+//! asyncio worker awaiting the DB (and psycopg 3, which polls libpq's socket) sits in
+//! poll/epoll_wait and so reads as idle here; with socket tracing, a worker holding an open
+//! HTTP request is `Serving` whatever syscall it waits in.
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -14,6 +15,9 @@ pub enum WorkerState {
     Running,
     /// Blocked in a syscall that is not waiting for new work.
     Blocked,
+    /// Waiting in poll/epoll while an HTTP request it read is still unanswered (awaiting the
+    /// database, typically): busy.
+    Serving,
     /// Waiting for a connection or an event.
     Idle,
     /// Gone or unreadable.
@@ -22,7 +26,7 @@ pub enum WorkerState {
 
 impl WorkerState {
     pub fn is_busy(self) -> bool {
-        matches!(self, Self::Running | Self::Blocked)
+        matches!(self, Self::Running | Self::Blocked | Self::Serving)
     }
 }
 

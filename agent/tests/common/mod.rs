@@ -2,6 +2,7 @@
 //! reasons, child processes that are killed when the test ends, polling for a snapshot.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod postgres;
 
 use std::{
@@ -198,6 +199,7 @@ pub async fn start_agent() -> Agent {
 pub fn test_config() -> Config {
     Config {
         interval_ms: 500,
+        api_socket: None,
         ..Config::default()
     }
 }

@@ -19,7 +19,7 @@ fn bin_dir() -> PathBuf {
     dirs.pop().expect("a PostgreSQL bin dir")
 }
 
-fn as_postgres(program: &Path) -> Command {
+pub fn as_postgres(program: &Path) -> Command {
     // setpriv execs in place (no forked helper), so signals reach postgres itself.
     let mut cmd = Command::new("setpriv");
     cmd.args([
@@ -170,6 +170,79 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT = fast shutdown.
         // SAFETY: signalling the server this harness started.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGINT) };
+        let _ = self.server.wait();
+    }
+}
+
+/// PgBouncer (Debian's) in front of `Postgres`, run as the postgres user (it refuses root),
+/// transaction pooling with a small pool, trust auth, listening on 127.0.0.1 only.
+pub struct PgBouncer {
+    pub port: u16,
+    pub pool_size: u32,
+    server: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    pub fn start(pg: &Postgres, pool_size: u32) -> PgBouncer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let port = super::free_port();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").expect("users");
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\npostgres = host=127.0.0.1 port={} dbname=postgres user=postgres\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 200\n\
+                 logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n\
+                 ignore_startup_parameters = extra_float_digits\n",
+                pg.port
+            ),
+        )
+        .expect("pgbouncer.ini");
+        let program = PathBuf::from("/usr/sbin/pgbouncer");
+        assert!(
+            program.exists(),
+            "PgBouncer not installed (cargo xtask test installs the pgbouncer package)"
+        );
+        let server = as_postgres(&program)
+            .arg(&ini)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pgbouncer starts");
+        let bouncer = PgBouncer {
+            port,
+            pool_size,
+            server,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "PgBouncer did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bouncer
+    }
+
+    /// libpq DSN of the pooled database.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process this harness started.
         unsafe { libc::kill(self.server.id() as i32, libc::SIGINT) };
         let _ = self.server.wait();
     }

@@ -1,0 +1,314 @@
+//! The finding model and the book that keeps findings by a stable id.
+//!
+//! A finding's id is derived from the pattern, never from time or pids: the same herd on the
+//! same query an hour later is the same finding with one more occurrence. That is the point —
+//! the book shows *which pattern keeps repeating*, not a stream of one-off alerts.
+use std::collections::BTreeMap;
+
+use herdwatch_protocol::fingerprint::fnv1a64;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    Saturation,
+    Starvation,
+    ThunderingHerd,
+    CronAlignment,
+    PoolSaturation,
+}
+
+impl FindingKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Saturation => "saturation",
+            Self::Starvation => "starvation",
+            Self::ThunderingHerd => "herd",
+            Self::CronAlignment => "cron",
+            Self::PoolSaturation => "pool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// What a finding is about. Every field that names something is bounded text (grouped
+/// routes, fingerprints, pool names), never a raw literal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subject {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// `db.query.summary` of the fingerprint, e.g. `SELECT orders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// A PostgreSQL or PgBouncer endpoint, `port 6432 (pgbouncer)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Periodic tasks (command lines) or routes that share the pattern.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+}
+
+/// One number the finding rests on, with its unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+impl Evidence {
+    pub fn new(name: &str, value: f64, unit: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            value,
+            unit: unit.to_string(),
+        }
+    }
+}
+
+/// What a detector reports for one pattern on one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub kind: FindingKind,
+    /// The stable pattern, e.g. the fingerprint id for a herd; hashed into the finding id.
+    pub pattern: String,
+    pub severity: Severity,
+    pub subject: Subject,
+    pub evidence: Vec<Evidence>,
+    pub root_cause: String,
+    pub prevention: String,
+    pub remediation: String,
+    /// Lifecycle events (reloads, worker restarts) linked to this occurrence.
+    pub annotations: Vec<String>,
+    /// When the condition began (unix ms), for "time from onset to finding".
+    pub onset_unix_ms: u64,
+}
+
+/// A detector's verdict on a pattern at one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// A new occurrence began.
+    Onset(Box<Report>),
+    /// The current occurrence continues (evidence refreshed).
+    Ongoing(Box<Report>),
+    /// The pattern's current occurrence is over.
+    Ended { kind: FindingKind, pattern: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub id: String,
+    pub kind: FindingKind,
+    pub severity: Severity,
+    pub active: bool,
+    pub occurrences: u64,
+    pub first_seen_unix_ms: u64,
+    pub last_seen_unix_ms: u64,
+    /// Onset of the latest occurrence, and when the agent first reported it.
+    pub onset_unix_ms: u64,
+    pub reported_unix_ms: u64,
+    pub subject: Subject,
+    pub evidence: Vec<Evidence>,
+    pub root_cause: String,
+    /// What stops this recurring.
+    pub prevention: String,
+    /// A proposal; herdwatch never acts on a process.
+    pub remediation: String,
+    pub annotations: Vec<String>,
+}
+
+impl Finding {
+    pub fn evidence(&self, name: &str) -> Option<f64> {
+        self.evidence
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.value)
+    }
+}
+
+/// The id of a pattern: kind prefix and 16 hex digits of a hash of the pattern.
+pub fn finding_id(kind: FindingKind, pattern: &str) -> String {
+    format!(
+        "{}-{:016x}",
+        kind.label(),
+        fnv1a64(format!("{}\0{pattern}", kind.label()).as_bytes())
+    )
+}
+
+/// Findings by id, bounded: past the limit the resolved finding seen longest ago goes first.
+#[derive(Debug)]
+pub struct FindingBook {
+    findings: BTreeMap<String, Finding>,
+    max: usize,
+    /// Findings dropped to stay within the bound.
+    pub evicted: u64,
+}
+
+impl FindingBook {
+    pub fn new(max: usize) -> Self {
+        Self {
+            findings: BTreeMap::new(),
+            max: max.max(1),
+            evicted: 0,
+        }
+    }
+
+    pub fn apply(&mut self, signal: Signal, now_unix_ms: u64) {
+        match signal {
+            Signal::Onset(r) => self.record(*r, true, now_unix_ms),
+            Signal::Ongoing(r) => self.record(*r, false, now_unix_ms),
+            Signal::Ended { kind, pattern } => {
+                if let Some(f) = self.findings.get_mut(&finding_id(kind, &pattern)) {
+                    f.active = false;
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, r: Report, onset: bool, now: u64) {
+        let id = finding_id(r.kind, &r.pattern);
+        if !self.findings.contains_key(&id) {
+            self.make_room();
+        }
+        let f = self.findings.entry(id.clone()).or_insert_with(|| Finding {
+            id,
+            kind: r.kind,
+            severity: r.severity,
+            active: false,
+            occurrences: 0,
+            first_seen_unix_ms: r.onset_unix_ms,
+            last_seen_unix_ms: now,
+            onset_unix_ms: r.onset_unix_ms,
+            reported_unix_ms: now,
+            subject: Subject::default(),
+            evidence: Vec::new(),
+            root_cause: String::new(),
+            prevention: String::new(),
+            remediation: String::new(),
+            annotations: Vec::new(),
+        });
+        // An "ongoing" report for a pattern not active (the agent restarted, or the book
+        // evicted it) still starts an occurrence: nothing is counted twice or lost.
+        if onset || !f.active {
+            f.occurrences += 1;
+            f.onset_unix_ms = r.onset_unix_ms;
+            f.reported_unix_ms = now;
+        }
+        f.active = true;
+        f.last_seen_unix_ms = now;
+        f.severity = r.severity;
+        f.subject = r.subject;
+        f.evidence = r.evidence;
+        f.root_cause = r.root_cause;
+        f.prevention = r.prevention;
+        f.remediation = r.remediation;
+        if !r.annotations.is_empty() {
+            f.annotations = r.annotations;
+        }
+    }
+
+    fn make_room(&mut self) {
+        while self.findings.len() >= self.max {
+            let victim = self
+                .findings
+                .values()
+                .min_by_key(|f| (f.active, f.last_seen_unix_ms))
+                .map(|f| f.id.clone());
+            match victim {
+                Some(id) => {
+                    self.findings.remove(&id);
+                    self.evicted += 1;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Active first, then most recently seen.
+    pub fn list(&self) -> Vec<Finding> {
+        let mut v: Vec<Finding> = self.findings.values().cloned().collect();
+        v.sort_by(|a, b| {
+            b.active
+                .cmp(&a.active)
+                .then(b.severity.cmp(&a.severity))
+                .then(b.last_seen_unix_ms.cmp(&a.last_seen_unix_ms))
+                .then(a.id.cmp(&b.id))
+        });
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(pattern: &str, onset: u64) -> Box<Report> {
+        Box::new(Report {
+            kind: FindingKind::ThunderingHerd,
+            pattern: pattern.into(),
+            severity: Severity::Warning,
+            subject: Subject::default(),
+            evidence: vec![Evidence::new("copies", 8.0, "queries")],
+            root_cause: "x".into(),
+            prevention: "y".into(),
+            remediation: "z".into(),
+            annotations: Vec::new(),
+            onset_unix_ms: onset,
+        })
+    }
+
+    #[test]
+    fn the_same_pattern_is_the_same_finding_with_more_occurrences() {
+        let mut book = FindingBook::new(8);
+        book.apply(Signal::Onset(report("fp1", 1_000)), 1_100);
+        book.apply(Signal::Ongoing(report("fp1", 1_000)), 1_200);
+        book.apply(
+            Signal::Ended {
+                kind: FindingKind::ThunderingHerd,
+                pattern: "fp1".into(),
+            },
+            1_300,
+        );
+        book.apply(Signal::Onset(report("fp1", 60_000)), 60_100);
+        let v = book.list();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].occurrences, 2);
+        assert_eq!(v[0].first_seen_unix_ms, 1_000);
+        assert_eq!(v[0].onset_unix_ms, 60_000);
+        assert_eq!(v[0].id, finding_id(FindingKind::ThunderingHerd, "fp1"));
+        assert!(v[0].id.starts_with("herd-"));
+    }
+
+    #[test]
+    fn the_book_is_bounded_and_keeps_active_findings() {
+        let mut book = FindingBook::new(2);
+        book.apply(Signal::Onset(report("a", 1)), 1);
+        book.apply(
+            Signal::Ended {
+                kind: FindingKind::ThunderingHerd,
+                pattern: "a".into(),
+            },
+            2,
+        );
+        book.apply(Signal::Onset(report("b", 3)), 3);
+        book.apply(Signal::Onset(report("c", 4)), 4);
+        let ids: Vec<_> = book.list().into_iter().map(|f| f.id).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(!ids.contains(&finding_id(FindingKind::ThunderingHerd, "a")));
+        assert_eq!(book.evicted, 1);
+    }
+}

@@ -1,0 +1,201 @@
+//! Detectors: from the pipeline's queries and snapshots to findings that name the repeating
+//! cause. Each detector has one job and one file; this module feeds them and keeps the book.
+pub mod finding;
+pub mod herd;
+pub mod lifecycle;
+pub mod pool;
+pub mod saturation;
+pub mod schedule;
+pub mod starvation;
+pub mod sustain;
+pub mod window;
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use finding::{Finding, FindingKind, Severity};
+pub use lifecycle::PoolEvent;
+
+use crate::pipeline::{
+    aggregates::{QueryStats, RouteStats},
+    snapshot::{HostView, PoolView, ProcessView},
+};
+
+/// One finished PostgreSQL query as the detectors see it. Times are milliseconds on the
+/// kernel's monotonic clock.
+#[derive(Debug, Clone)]
+pub struct QueryObs {
+    pub fingerprint: String,
+    pub pid: u32,
+    /// (process, fd) of the client connection.
+    pub conn: (u32, u32),
+    /// Server port when the connect was seen.
+    pub server_port: Option<u16>,
+    pub started_ms: f64,
+    pub first_response_ms: Option<f64>,
+    pub finished_ms: f64,
+    pub route: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    pub herd: herd::HerdConfig,
+    pub starvation: starvation::StarvationConfig,
+    pub saturation: saturation::SaturationConfig,
+    pub pool: pool::PoolConfig,
+    pub cron: schedule::CronConfig,
+    /// Findings kept (active ones are never dropped for a resolved one).
+    pub max_findings: Option<usize>,
+}
+
+impl DetectConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let share = |name: &str, v: f64| {
+            if v > 0.0 && v <= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} must be in (0, 1]"))
+            }
+        };
+        share("detect.saturation.cpu", self.saturation.cpu)?;
+        share("detect.starvation.busy_share", self.starvation.busy_share)?;
+        if self.herd.min_copies < 2 {
+            return Err("detect.herd.min_copies must be at least 2".into());
+        }
+        if self.herd.window_ms == 0 || self.herd.baseline_s == 0 {
+            return Err("detect.herd.window_ms and baseline_s must be positive".into());
+        }
+        if self.cron.periods_s.is_empty() || self.cron.periods_s.contains(&0) {
+            return Err("detect.cron.periods_s must list positive periods".into());
+        }
+        for port in self.pool.limits.keys() {
+            port.parse::<u16>()
+                .map_err(|_| format!("detect.pool.limits: {port:?} is not a port"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What one snapshot gives the detectors.
+pub struct TickInput<'a> {
+    pub interval_ms: u64,
+    pub host: &'a HostView,
+    pub processes: &'a [ProcessView],
+    pub pools: &'a [PoolView],
+    pub routes: &'a [RouteStats],
+    pub queries: &'a [QueryStats],
+}
+
+pub struct Detectors {
+    herd: herd::HerdDetector,
+    starvation: starvation::StarvationDetector,
+    saturation: saturation::SaturationDetector,
+    pool: pool::PoolDetector,
+    schedule: schedule::ScheduleDetector,
+    lifecycle: lifecycle::LifecycleLog,
+    windows: window::Windows,
+    book: finding::FindingBook,
+    host: String,
+    /// Wall clock minus the kernel's monotonic clock, ms.
+    unix_minus_mono_ms: i128,
+}
+
+impl Detectors {
+    pub fn new(config: &DetectConfig) -> Self {
+        let unix = unix_ms() as i128;
+        let mono = (crate::pipeline::host::monotonic_ns() / 1_000_000) as i128;
+        Self {
+            herd: herd::HerdDetector::new(config.herd.clone()),
+            starvation: starvation::StarvationDetector::new(config.starvation.clone()),
+            saturation: saturation::SaturationDetector::new(config.saturation.clone()),
+            pool: pool::PoolDetector::new(config.pool.clone()),
+            schedule: schedule::ScheduleDetector::new(config.cron.clone()),
+            lifecycle: lifecycle::LifecycleLog::default(),
+            windows: window::Windows::default(),
+            book: finding::FindingBook::new(config.max_findings.unwrap_or(256)),
+            host: hostname(),
+            unix_minus_mono_ms: unix - mono,
+        }
+    }
+
+    /// Feeds one finished query; `name` resolves a pid to (comm, command line) and is called
+    /// only for processes the schedule detector has not met.
+    pub fn on_query(&mut self, q: &QueryObs, name: impl FnOnce(u32) -> Option<(String, String)>) {
+        self.herd.on_query(q);
+        self.pool.on_query(q);
+        let start_unix = (q.started_ms as i128 + self.unix_minus_mono_ms).max(0) as u64;
+        self.schedule.on_query(q, start_unix, name);
+    }
+
+    /// Runs every detector on one snapshot's data; returns the findings and recent pool
+    /// lifecycle events.
+    pub fn tick(&mut self, input: &TickInput) -> (Vec<Finding>, Vec<PoolEvent>) {
+        let now_unix = unix_ms();
+        let now_mono = crate::pipeline::host::monotonic_ns() / 1_000_000;
+        let offset = self.unix_minus_mono_ms;
+        let to_unix = move |mono_ms: u64| (mono_ms as i128 + offset).max(0) as u64;
+        self.lifecycle.observe(input.pools, now_unix);
+        let (routes, queries) = self.windows.advance(input.routes, input.queries);
+        let mut signals = self.herd.tick(now_mono, input.queries, &self.host, to_unix);
+        signals.extend(self.starvation.tick(&starvation::StarvationInput {
+            now_unix_ms: now_unix,
+            host: &self.host,
+            pools: input.pools,
+            routes: &routes,
+            queries: &queries,
+            lifecycle: &self.lifecycle,
+        }));
+        signals.extend(self.saturation.tick(&saturation::SaturationInput {
+            now_unix_ms: now_unix,
+            interval_ms: input.interval_ms,
+            host: &self.host,
+            cpus: input.host.cpus,
+            cpu_utilization: input.host.cpu_utilization,
+            processes: input.processes,
+            pools: input.pools,
+            routes: &routes,
+        }));
+        signals.extend(
+            self.pool
+                .tick(now_mono as f64, input.processes, &self.host, to_unix),
+        );
+        self.herd.set_proxies(self.pool.proxy_pids());
+        let mut not_tasks: HashSet<u32> = self.pool.proxy_pids().collect();
+        for p in input.pools {
+            not_tasks.insert(p.pool.master);
+            not_tasks.extend(p.pool.workers.iter().copied());
+        }
+        let summaries: HashMap<&str, &str> = input
+            .queries
+            .iter()
+            .map(|q| (q.id.as_str(), q.summary.as_str()))
+            .collect();
+        let pool = &self.pool;
+        signals.extend(self.schedule.tick(
+            now_unix,
+            &not_tasks,
+            &summaries,
+            &self.host,
+            |from, to| pool.pressure_between(from, to),
+        ));
+        for s in signals {
+            self.book.apply(s, now_unix);
+        }
+        (self.book.list(), self.lifecycle.recent())
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}

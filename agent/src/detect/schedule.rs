@@ -1,0 +1,453 @@
+//! Cron alignment: periodic tasks that start at the same offset of the same period, so their
+//! bursts land on the database together (five jobs at :00 and :30 flooding one pool).
+//!
+//! A task is a command line (cron starts a new process each time, so pids mean nothing). Its
+//! onsets are the first query of a new process, or the first after `quiet_s` of silence from a
+//! long-running scheduler. A task whose latest interval between onsets matches a configured
+//! period (within the tolerance) is periodic, with an offset = onset mod period. Two or more
+//! periodic tasks sharing a period and an offset are aligned; each time they fire together is
+//! one occurrence of one finding, whose id comes from the period and the task set.
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use super::{
+    QueryObs,
+    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    lifecycle::clock_text,
+};
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CronConfig {
+    /// Periods looked for, seconds (add short ones for tests and demos).
+    pub periods_s: Vec<u64>,
+    /// Silence that makes the next query of a process a new onset, s.
+    pub quiet_s: u64,
+    /// How close onsets or offsets must be to count as the same, s (at least; 5 % of the
+    /// period for long periods).
+    pub tolerance_s: f64,
+    pub min_tasks: usize,
+}
+
+impl Default for CronConfig {
+    fn default() -> Self {
+        Self {
+            periods_s: vec![60, 300, 1800, 3600],
+            quiet_s: 30,
+            tolerance_s: 2.0,
+            min_tasks: 2,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Task {
+    comm: String,
+    onsets: VecDeque<u64>,
+    fingerprints: HashMap<String, u64>,
+    last_seen_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    last_firing_ms: u64,
+    active: bool,
+}
+
+const MAX_TASKS: usize = 256;
+const MAX_PIDS: usize = 65_536;
+const ONSETS_KEPT: usize = 32;
+const FINGERPRINTS_PER_TASK: usize = 32;
+const PROXIES: [&str; 3] = ["pgbouncer", "pgcat", "odyssey"];
+
+#[derive(Debug, Default)]
+pub struct ScheduleDetector {
+    pub config: CronConfig,
+    tasks: HashMap<String, Task>,
+    /// pid → (last query unix ms, task key); None = not a task (a pool worker or proxy).
+    pids: HashMap<u32, Option<(u64, String)>>,
+    excluded: HashSet<u32>,
+    groups: HashMap<String, Group>,
+}
+
+/// Circular distance between two offsets within `period`.
+fn offset_distance(a: u64, b: u64, period: u64) -> u64 {
+    let d = a.abs_diff(b) % period.max(1);
+    d.min(period - d)
+}
+
+impl ScheduleDetector {
+    pub fn new(config: CronConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    fn tolerance_ms(&self, period_s: u64) -> u64 {
+        (self.config.tolerance_s * 1000.0).max(period_s as f64 * 50.0) as u64
+    }
+
+    /// `start_unix_ms` is the query's start on the wall clock; `name` resolves a pid to
+    /// (comm, command line), called only when the pid is new.
+    pub fn on_query(
+        &mut self,
+        q: &QueryObs,
+        start_unix_ms: u64,
+        name: impl FnOnce(u32) -> Option<(String, String)>,
+    ) {
+        if self.excluded.contains(&q.pid) {
+            return;
+        }
+        let quiet = self.config.quiet_s * 1000;
+        if self.pids.len() >= MAX_PIDS && !self.pids.contains_key(&q.pid) {
+            self.pids.clear();
+        }
+        let (is_onset, key) = match self.pids.get(&q.pid) {
+            Some(None) => return,
+            Some(Some((last, key))) => (start_unix_ms >= last + quiet, key.clone()),
+            None => {
+                let Some((comm, cmdline)) = name(q.pid) else {
+                    return;
+                };
+                if PROXIES.contains(&comm.as_str()) {
+                    self.pids.insert(q.pid, None);
+                    return;
+                }
+                if self.tasks.len() >= MAX_TASKS
+                    && !self.tasks.contains_key(&cmdline)
+                    && let Some(k) = self
+                        .tasks
+                        .iter()
+                        .min_by_key(|(_, t)| t.last_seen_ms)
+                        .map(|(k, _)| k.clone())
+                {
+                    self.tasks.remove(&k);
+                }
+                self.tasks.entry(cmdline.clone()).or_default().comm = comm;
+                (true, cmdline)
+            }
+        };
+        self.pids.insert(q.pid, Some((start_unix_ms, key.clone())));
+        let tolerance = (self.config.tolerance_s * 1000.0) as u64;
+        let task = self.tasks.entry(key).or_default();
+        task.last_seen_ms = start_unix_ms;
+        if is_onset
+            && task
+                .onsets
+                .back()
+                .is_none_or(|t| start_unix_ms > t + tolerance)
+        {
+            if task.onsets.len() == ONSETS_KEPT {
+                task.onsets.pop_front();
+            }
+            task.onsets.push_back(start_unix_ms);
+        }
+        if task.fingerprints.len() < FINGERPRINTS_PER_TASK
+            || task.fingerprints.contains_key(&q.fingerprint)
+        {
+            *task.fingerprints.entry(q.fingerprint.clone()).or_default() += 1;
+        }
+    }
+
+    /// `not_tasks`: pool workers and proxies, whose queries are requests, not schedules.
+    /// `summaries`: fingerprint id → summary. `pressure`: worst pool pressure in a time range.
+    pub fn tick(
+        &mut self,
+        now_unix_ms: u64,
+        not_tasks: &HashSet<u32>,
+        summaries: &HashMap<&str, &str>,
+        host: &str,
+        pressure: impl Fn(u64, u64) -> Option<(usize, f64, u16)>,
+    ) -> Vec<Signal> {
+        for pid in not_tasks {
+            if !self.excluded.contains(pid) {
+                // A worker's queries are requests; forget the onsets it left as a "task".
+                if let Some(Some((_, key))) = self.pids.get(pid)
+                    && let Some(t) = self.tasks.get(key)
+                    && t.onsets.len() <= 1
+                {
+                    self.tasks.remove(key);
+                }
+                self.pids.insert(*pid, None);
+            }
+        }
+        self.excluded = not_tasks.clone();
+        // Periodic tasks: (period s, offset ms, latest onset, key).
+        let mut periodic: Vec<(u64, u64, u64, &String)> = Vec::new();
+        for (key, task) in &self.tasks {
+            let n = task.onsets.len();
+            if n < 2 {
+                continue;
+            }
+            let (prev, last) = (task.onsets[n - 2], task.onsets[n - 1]);
+            let interval = last - prev;
+            let Some(period) = self
+                .config
+                .periods_s
+                .iter()
+                .copied()
+                .find(|p| interval.abs_diff(p * 1000) <= self.tolerance_ms(*p))
+            else {
+                continue;
+            };
+            // Still running on schedule: the next onset is not overdue.
+            if now_unix_ms > last + period * 1000 + 2 * self.tolerance_ms(period) {
+                continue;
+            }
+            periodic.push((period, last % (period * 1000), last, key));
+        }
+        periodic.sort();
+        let mut signals = Vec::new();
+        let mut seen_patterns = HashSet::new();
+        let mut used: HashSet<&String> = HashSet::new();
+        for (i, (period, offset, _, key)) in periodic.iter().enumerate() {
+            if used.contains(key) {
+                continue;
+            }
+            let tol = self.tolerance_ms(*period);
+            let members: Vec<&(u64, u64, u64, &String)> = periodic[i..]
+                .iter()
+                .filter(|(p, o, _, k)| {
+                    p == period
+                        && offset_distance(*o, *offset, p * 1000) <= tol
+                        && !used.contains(k)
+                })
+                .collect();
+            if members.len() < self.config.min_tasks {
+                continue;
+            }
+            used.extend(members.iter().map(|m| m.3));
+            let keys: BTreeSet<&String> = members.iter().map(|m| m.3).collect();
+            let pattern = format!(
+                "every {period} s: {}",
+                keys.iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            seen_patterns.insert(pattern.clone());
+            let firing = members.iter().map(|m| m.2).min().unwrap_or(0);
+            self.groups.entry(pattern.clone()).or_default();
+            let report = self.describe(
+                &pattern, *period, *offset, &members, firing, summaries, host, &pressure,
+            );
+            let group = match self.groups.get_mut(&pattern) {
+                Some(g) => g,
+                None => continue,
+            };
+            if firing > group.last_firing_ms + tol {
+                group.last_firing_ms = firing;
+                group.active = true;
+                signals.push(Signal::Onset(Box::new(report)));
+            } else if group.active {
+                if now_unix_ms > group.last_firing_ms + period * 500 {
+                    group.active = false;
+                    signals.push(Signal::Ended {
+                        kind: FindingKind::CronAlignment,
+                        pattern,
+                    });
+                } else {
+                    signals.push(Signal::Ongoing(Box::new(report)));
+                }
+            }
+        }
+        for (pattern, group) in &mut self.groups {
+            if group.active && !seen_patterns.contains(pattern) {
+                group.active = false;
+                signals.push(Signal::Ended {
+                    kind: FindingKind::CronAlignment,
+                    pattern: pattern.clone(),
+                });
+            }
+        }
+        self.groups.retain(|p, g| {
+            g.active || seen_patterns.contains(p) || g.last_firing_ms + 86_400_000 > now_unix_ms
+        });
+        signals
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn describe(
+        &self,
+        pattern: &str,
+        period: u64,
+        offset: u64,
+        members: &[&(u64, u64, u64, &String)],
+        firing: u64,
+        summaries: &HashMap<&str, &str>,
+        host: &str,
+        pressure: &impl Fn(u64, u64) -> Option<(usize, f64, u16)>,
+    ) -> Report {
+        let mut tasks_text = Vec::new();
+        let mut tasks = Vec::new();
+        for m in members {
+            let Some(t) = self.tasks.get(m.3) else {
+                continue;
+            };
+            let mut fps: Vec<(&String, &u64)> = t.fingerprints.iter().collect();
+            fps.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let top: Vec<String> = fps
+                .iter()
+                .take(3)
+                .map(|(id, n)| {
+                    format!(
+                        "{} ×{n}",
+                        summaries.get(id.as_str()).copied().unwrap_or(id.as_str())
+                    )
+                })
+                .collect();
+            tasks_text.push(format!("{} [{}] ({})", m.3, t.comm, top.join(", ")));
+            tasks.push(m.3.to_string());
+        }
+        let offset_s = offset as f64 / 1000.0;
+        let period_text = if period.is_multiple_of(60) {
+            format!("{} min", period / 60)
+        } else {
+            format!("{period} s")
+        };
+        let offset_text = if period.is_multiple_of(60) {
+            format!(
+                ":{:02}:{:02} into every {period_text}",
+                offset / 60_000,
+                (offset / 1000) % 60
+            )
+        } else {
+            format!("+{offset_s:.1} s into every {period_text}")
+        };
+        let mut evidence = vec![
+            Evidence::new("tasks", members.len() as f64, "tasks"),
+            Evidence::new("period", period as f64, "s"),
+            Evidence::new("shared_offset", offset_s, "s"),
+        ];
+        let mut sentence = format!(
+            "{} periodic tasks start together at {offset_text} (last at {}): {}.",
+            members.len(),
+            clock_text(firing),
+            tasks_text.join("; ")
+        );
+        if let Some((in_flight, wait, port)) = pressure(firing, firing + period * 500) {
+            evidence.push(Evidence::new(
+                "pool_in_flight_at_firing",
+                in_flight as f64,
+                "queries",
+            ));
+            evidence.push(Evidence::new("pool_client_wait_p95_at_firing", wait, "ms"));
+            sentence.push_str(&format!(
+                " At those moments the pool on port {port} had up to {in_flight} queries in \
+                 flight and clients waited {wait:.0} ms (p95)."
+            ));
+        }
+        let step = period * 1000 / (members.len() as u64 + 1);
+        let proposal: Vec<String> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let at = (offset + step * i as u64) % (period * 1000);
+                if period.is_multiple_of(60) {
+                    format!("{t} at :{:02}:{:02}", at / 60_000, (at / 1000) % 60)
+                } else {
+                    format!("{t} at +{:.1} s", at as f64 / 1000.0)
+                }
+            })
+            .collect();
+        Report {
+            kind: FindingKind::CronAlignment,
+            pattern: pattern.to_string(),
+            severity: Severity::Warning,
+            subject: Subject {
+                host: host.to_string(),
+                tasks,
+                ..Subject::default()
+            },
+            evidence,
+            root_cause: sentence,
+            prevention: "Stagger the schedules so the tasks' bursts do not share the database \
+                         pool, or run them through a queue with bounded concurrency."
+                .to_string(),
+            remediation: format!("Proposed schedule: {}.", proposal.join("; ")),
+            annotations: Vec::new(),
+            onset_unix_ms: firing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pid: u32) -> QueryObs {
+        QueryObs {
+            fingerprint: "f".into(),
+            pid,
+            conn: (pid, 3),
+            server_port: Some(6432),
+            started_ms: 0.0,
+            first_response_ms: None,
+            finished_ms: 1.0,
+            route: None,
+        }
+    }
+
+    #[test]
+    fn aligned_tasks_are_one_finding_and_staggered_ones_none() {
+        let mut d = ScheduleDetector::new(CronConfig {
+            periods_s: vec![20, 60],
+            quiet_s: 5,
+            ..CronConfig::default()
+        });
+        let none = HashSet::new();
+        let summaries = HashMap::new();
+        let mut pid = 1000;
+        let mut onsets = 0;
+        // Three tasks at +0 s of every 20 s (a new process per firing), for 4 firings, then
+        // restaggered to +0, +5, +10 for 3 more.
+        for firing in 0..7u64 {
+            for task in 0..3u64 {
+                let offset = if firing < 4 { task * 300 } else { task * 5_000 };
+                let at = 1_000_000 + firing * 20_000 + offset;
+                pid += 1;
+                d.on_query(&q(pid), at, |_| {
+                    Some(("python3".into(), format!("python3 task.py job{task}")))
+                });
+                // Later queries of the same run are not onsets.
+                d.on_query(&q(pid), at + 500, |_| None);
+            }
+            let now = 1_000_000 + firing * 20_000 + 12_000;
+            for s in d.tick(now, &none, &summaries, "h", |_, _| None) {
+                if let Signal::Onset(r) = s {
+                    assert_eq!(r.subject.tasks.len(), 3, "{r:?}");
+                    assert!(
+                        r.root_cause.contains("+0.0 s into every 20 s"),
+                        "{}",
+                        r.root_cause
+                    );
+                    onsets += 1;
+                }
+            }
+        }
+        // Firings 2, 3 and 4 (the first needs a previous onset to know the period).
+        assert_eq!(onsets, 3);
+    }
+
+    #[test]
+    fn pool_workers_and_proxies_are_not_tasks() {
+        let mut d = ScheduleDetector::new(CronConfig {
+            periods_s: vec![20],
+            quiet_s: 5,
+            ..CronConfig::default()
+        });
+        d.on_query(&q(1), 0, |_| {
+            Some(("pgbouncer".into(), "pgbouncer x.ini".into()))
+        });
+        d.on_query(&q(2), 0, |_| {
+            Some(("gunicorn".into(), "gunicorn app".into()))
+        });
+        let workers: HashSet<u32> = [2].into_iter().collect();
+        d.tick(1, &workers, &HashMap::new(), "h", |_, _| None);
+        assert!(
+            d.tasks.is_empty(),
+            "{:?}",
+            d.tasks.keys().collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! Blocked-worker starvation: nearly every worker of a pool busy for a sustained time while
+//! requests queue (accept backlog) or latency climbs. Names the route and the query holding
+//! the workers, compares the route with its own earlier latency, and cites a reload (deploy)
+//! that came just before.
+use std::collections::{HashMap, VecDeque};
+
+use super::{
+    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    lifecycle::LifecycleLog,
+    sustain::{Phase, Sustain},
+    window::{QueryWindow, RouteWindow, bound_text, merge},
+};
+use crate::pipeline::{aggregates::Histogram, snapshot::PoolView};
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StarvationConfig {
+    /// Share of a pool's workers busy (0..=1).
+    pub busy_share: f64,
+    pub for_s: u64,
+    /// Latency counts as rising when the window's p99 bound is this many times the baseline's.
+    pub latency_rise: f64,
+    /// How far back a reload or worker exit is linked to the finding.
+    pub lifecycle_lookback_s: u64,
+}
+
+impl Default for StarvationConfig {
+    fn default() -> Self {
+        Self {
+            busy_share: 0.9,
+            for_s: 10,
+            latency_rise: 2.0,
+            lifecycle_lookback_s: 600,
+        }
+    }
+}
+
+/// Windows of latency kept as a route's baseline (at the default 2 s interval, 10 minutes).
+const BASELINE_WINDOWS: usize = 300;
+
+#[derive(Debug, Default)]
+struct PoolTrack {
+    sustain: Sustain,
+    /// Per route label: histograms of windows when the pool was healthy.
+    baseline: HashMap<String, VecDeque<Histogram>>,
+    /// Since the condition began holding: worker time per route and query, time shares.
+    episode: Episode,
+    /// (unix ms, busy share, accept backlog) of the last few seconds.
+    recent: VecDeque<(u64, f64, u32)>,
+}
+
+/// Busy share and backlog are instantaneous samples; a sync worker caught between a response
+/// and its next accept() reads idle for that instant. Judge them over this much time.
+const SMOOTHING_MS: u64 = 5_000;
+
+#[derive(Debug, Default)]
+struct Episode {
+    routes: HashMap<String, (u64, Histogram)>,
+    queries: HashMap<String, (String, u64, u64)>,
+    on_cpu: f64,
+    db_wait: f64,
+    shares: u32,
+    max_backlog: u32,
+    busy_sum: f64,
+    samples: u32,
+}
+
+pub struct StarvationInput<'a> {
+    pub now_unix_ms: u64,
+    pub host: &'a str,
+    pub pools: &'a [PoolView],
+    pub routes: &'a [RouteWindow],
+    pub queries: &'a [QueryWindow],
+    pub lifecycle: &'a LifecycleLog,
+}
+
+#[derive(Debug, Default)]
+pub struct StarvationDetector {
+    pub config: StarvationConfig,
+    pools: HashMap<String, PoolTrack>,
+}
+
+impl StarvationDetector {
+    pub fn new(config: StarvationConfig) -> Self {
+        Self {
+            config,
+            pools: HashMap::new(),
+        }
+    }
+
+    pub fn tick(&mut self, input: &StarvationInput) -> Vec<Signal> {
+        let mut signals = Vec::new();
+        let now = input.now_unix_ms;
+        for view in input.pools {
+            let workers = view.worker_states.len();
+            if workers == 0 {
+                continue;
+            }
+            let track = self.pools.entry(view.name.clone()).or_default();
+            let mine = |pids: &[u32]| pids.iter().any(|p| view.pool.workers.contains(p));
+            let routes: Vec<&RouteWindow> = input.routes.iter().filter(|r| mine(&r.pids)).collect();
+            let mut window_hist = Histogram::default();
+            let mut base_hist = Histogram::default();
+            for r in &routes {
+                merge(&mut window_hist, &r.latency);
+                for h in track.baseline.get(&r.label()).into_iter().flatten() {
+                    merge(&mut base_hist, h);
+                }
+            }
+            let rising = match (
+                window_hist.quantile_upper_ms(0.99),
+                base_hist.quantile_upper_ms(0.99),
+            ) {
+                (now_p99, Some(base)) => {
+                    now_p99.map_or(f64::INFINITY, |p| p as f64)
+                        >= self.config.latency_rise * base as f64
+                }
+                _ => false,
+            };
+            let busy_now = view.busy_workers as f64 / workers as f64;
+            let backlog_now = view.accept_queue().unwrap_or(0);
+            track.recent.push_back((now, busy_now, backlog_now));
+            while track
+                .recent
+                .front()
+                .is_some_and(|(t, _, _)| t + SMOOTHING_MS < now)
+            {
+                track.recent.pop_front();
+            }
+            let busy = track.recent.iter().map(|r| r.1).sum::<f64>() / track.recent.len() as f64;
+            let backlog = track.recent.iter().map(|r| r.2).max().unwrap_or(0);
+            let holds = busy >= self.config.busy_share && (backlog > 0 || rising);
+            let hold_ms = self.config.for_s * 1000;
+            let phase = track.sustain.update(holds, now, hold_ms, hold_ms);
+            if matches!(phase, Phase::Quiet | Phase::Ended) {
+                track.episode = Episode::default();
+                for r in &routes {
+                    let q = track.baseline.entry(r.label()).or_default();
+                    if q.len() == BASELINE_WINDOWS {
+                        q.pop_front();
+                    }
+                    q.push_back(r.latency.clone());
+                }
+                if phase == Phase::Ended {
+                    signals.push(Signal::Ended {
+                        kind: FindingKind::Starvation,
+                        pattern: view.name.clone(),
+                    });
+                }
+                continue;
+            }
+            let ep = &mut track.episode;
+            for r in &routes {
+                let e = ep.routes.entry(r.label()).or_default();
+                e.0 += r.total_ns;
+                merge(&mut e.1, &r.latency);
+            }
+            for q in input.queries.iter().filter(|q| mine(&q.pids)) {
+                let e = ep.queries.entry(q.id.clone()).or_default();
+                e.0 = q.summary.clone();
+                e.1 += q.total_ns;
+                e.2 += q.calls;
+            }
+            if let Some(s) = view.time_share {
+                ep.on_cpu += s.on_cpu;
+                ep.db_wait += s.db_wait;
+                ep.shares += 1;
+            }
+            ep.max_backlog = ep.max_backlog.max(backlog);
+            ep.busy_sum += busy;
+            ep.samples += 1;
+            let since = match phase {
+                Phase::Onset(s) | Phase::Ongoing(s) => s,
+                _ => continue,
+            };
+            let report = describe(view, track, since, input, &self.config);
+            signals.push(match phase {
+                Phase::Onset(_) => Signal::Onset(Box::new(report)),
+                _ => Signal::Ongoing(Box::new(report)),
+            });
+        }
+        let names: Vec<&String> = input.pools.iter().map(|p| &p.name).collect();
+        self.pools.retain(|k, _| names.contains(&k));
+        signals
+    }
+}
+
+fn describe(
+    view: &PoolView,
+    track: &PoolTrack,
+    since: u64,
+    input: &StarvationInput,
+    config: &StarvationConfig,
+) -> Report {
+    let ep = &track.episode;
+    let workers = view.worker_states.len();
+    let held_s = input.now_unix_ms.saturating_sub(since) as f64 / 1000.0;
+    let (on_cpu, db_wait) = if ep.shares > 0 {
+        (
+            ep.on_cpu / f64::from(ep.shares),
+            ep.db_wait / f64::from(ep.shares),
+        )
+    } else {
+        (0.0, 0.0)
+    };
+    let route_time: u64 = ep.routes.values().map(|r| r.0).sum();
+    let top_route = ep
+        .routes
+        .iter()
+        .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.0.cmp(a.0)));
+    let top_query = ep
+        .queries
+        .iter()
+        .max_by(|a, b| a.1.1.cmp(&b.1.1).then(b.0.cmp(a.0)));
+    let mut evidence = vec![
+        Evidence::new("workers", workers as f64, "workers"),
+        Evidence::new(
+            "busy_share",
+            ep.busy_sum / f64::from(ep.samples.max(1)),
+            "ratio",
+        ),
+        Evidence::new("held_for", held_s, "s"),
+        Evidence::new(
+            "accept_backlog_max",
+            f64::from(ep.max_backlog),
+            "connections",
+        ),
+        Evidence::new("worker_time_on_cpu", on_cpu, "ratio"),
+        Evidence::new("worker_time_db_wait", db_wait, "ratio"),
+        Evidence::new(
+            "worker_time_other",
+            (1.0 - on_cpu - db_wait).max(0.0),
+            "ratio",
+        ),
+    ];
+    let mut sentence = format!(
+        "{:.0} % of the {workers} workers of {} were busy for {held_s:.0} s \
+         ({:.0} % of worker time on CPU, {:.0} % waiting on PostgreSQL)",
+        100.0 * ep.busy_sum / f64::from(ep.samples.max(1)),
+        view.name,
+        100.0 * on_cpu,
+        100.0 * db_wait
+    );
+    if ep.max_backlog > 0 {
+        sentence.push_str(&format!(
+            " with up to {} connections waiting in the accept queue",
+            ep.max_backlog
+        ));
+    }
+    sentence.push('.');
+    let mut subject = Subject {
+        host: input.host.to_string(),
+        pool: Some(view.name.clone()),
+        ..Subject::default()
+    };
+    let mut prevention = format!(
+        "Keep slow synchronous work off {}'s request path (background job, index, or \
+         statement_timeout) and size its workers for the DB wait they carry.",
+        view.name
+    );
+    if let Some((label, (time, hist))) = top_route {
+        let share = *time as f64 / route_time.max(1) as f64;
+        let base: Histogram = track.baseline.get(label).into_iter().flatten().fold(
+            Histogram::default(),
+            |mut acc, h| {
+                merge(&mut acc, h);
+                acc
+            },
+        );
+        let before = base.quantile_upper_ms(0.99);
+        let during = hist.quantile_upper_ms(0.99);
+        evidence.push(Evidence::new("top_route_worker_time_share", share, "ratio"));
+        if let Some(b) = before {
+            evidence.push(Evidence::new("top_route_p99_before", b as f64, "ms"));
+        }
+        evidence.push(Evidence::new(
+            "top_route_p99_during",
+            during.map_or(f64::INFINITY, |d| d as f64),
+            "ms",
+        ));
+        sentence.push_str(&format!(
+            " {label} held {:.0} % of the request time",
+            100.0 * share
+        ));
+        if before.is_some() {
+            sentence.push_str(&format!(
+                "; its p99 went {} → {}",
+                bound_text(before),
+                bound_text(during)
+            ));
+        }
+        sentence.push('.');
+        subject.route = Some(label.clone());
+    }
+    if let Some((id, (summary, time, calls))) = top_query {
+        let per_call = *time as f64 / 1e6 / (*calls).max(1) as f64;
+        evidence.push(Evidence::new("top_query_time", *time as f64 / 1e6, "ms"));
+        evidence.push(Evidence::new("top_query_mean", per_call, "ms"));
+        sentence.push_str(&format!(
+            " Most of it was spent in `{summary}` ({calls} calls, {per_call:.0} ms each)."
+        ));
+        prevention = format!(
+            "Take `{summary}` off the synchronous path of {}: run it in a background job, give \
+             it the index it lacks, or bound it with statement_timeout; workers blocked on the \
+             database cannot accept requests.",
+            subject.route.as_deref().unwrap_or("the request")
+        );
+        subject.query_summary = Some(summary.clone());
+        subject.fingerprint = Some(id.clone());
+    }
+    let lookback = config.lifecycle_lookback_s * 1000;
+    let annotations = input.lifecycle.notes(
+        &view.name,
+        since.saturating_sub(lookback),
+        input.now_unix_ms,
+    );
+    if let Some(last) = annotations.last() {
+        sentence.push_str(&format!(" It began after: {last}."));
+    }
+    Report {
+        kind: FindingKind::Starvation,
+        pattern: view.name.clone(),
+        severity: Severity::Critical,
+        subject,
+        evidence,
+        root_cause: sentence,
+        prevention,
+        remediation: if annotations.iter().any(|a| a.contains("reloaded")) {
+            "Roll back the deploy that reloaded the workers, or add workers while the query is \
+             fixed. herdwatch does not kill or cancel anything."
+                .to_string()
+        } else {
+            "Add workers (or threads) to absorb the DB wait while the query is fixed. herdwatch \
+             does not kill or cancel anything."
+                .to_string()
+        },
+        annotations,
+        onset_unix_ms: since,
+    }
+}
