@@ -27,6 +27,10 @@ pub struct HerdConfig {
     pub baseline_s: u64,
     /// Database time a burst must spend on duplicate copies to be worth a finding.
     pub min_wasted_ms: f64,
+    /// After a burst the rate must fall back (the cache is filled): its start rate over this
+    /// long after the window stays below the burst's by `burst_factor`. Steady saturation —
+    /// every worker running the same slow query back to back — never falls back.
+    pub settle_ms: u64,
 }
 
 impl Default for HerdConfig {
@@ -38,6 +42,7 @@ impl Default for HerdConfig {
             burst_factor: 4.0,
             baseline_s: 30,
             min_wasted_ms: 1000.0,
+            settle_ms: 2000,
         }
     }
 }
@@ -68,6 +73,8 @@ struct Track {
 }
 
 const MAX_STARTS: usize = 4096;
+/// How long after a start its query may still be reported (it is seen when it finishes).
+const LATE_MS: u64 = 3_000;
 const MAX_BURSTS: usize = 16;
 const MAX_TRACKS: usize = 1024;
 
@@ -140,13 +147,22 @@ impl HerdDetector {
     ) -> Vec<Signal> {
         let watching_since = *self.watching_since_ms.get_or_insert(now_ms);
         let baseline_ms = self.config.baseline_s * 1000;
+        // Queries are seen when they finish: leave slow ones time to report their starts.
+        let settled = now_ms.saturating_sub(LATE_MS);
         let mut signals = Vec::new();
         for (fp, track) in &mut self.tracks {
             let horizon = now_ms.saturating_sub(baseline_ms + 60_000);
             while track.starts.front().is_some_and(|s| s.at_ms < horizon) {
                 track.starts.pop_front();
             }
-            if !track.fresh {
+            // Windows become decidable settle + LATE after they end: keep evaluating a
+            // fingerprint that long after its latest start, then leave it alone.
+            let decidable_until = track.last_seen_ms
+                + self.config.window_ms
+                + self.config.settle_ms
+                + LATE_MS
+                + 2_000;
+            if !track.fresh && now_ms > decidable_until {
                 if track.active {
                     track.active = false;
                     signals.push(Signal::Ended {
@@ -161,7 +177,7 @@ impl HerdDetector {
             let (starts, _) = track.starts.as_slices();
             let mut extended_latest = false;
             for (first, last) in
-                qualifying_windows(starts, &track.bursts, &self.config, watching_since)
+                qualifying_windows(starts, &track.bursts, &self.config, watching_since, settled)
             {
                 let span = Span {
                     first_ms: starts[first].at_ms,
@@ -213,6 +229,7 @@ fn qualifying_windows(
     known: &VecDeque<Span>,
     config: &HerdConfig,
     watching_since_ms: u64,
+    evaluate_until_ms: u64,
 ) -> Vec<(usize, usize)> {
     let baseline_ms = config.baseline_s * 1000;
     let in_known = |at: u64| known.iter().any(|b| at >= b.first_ms && at <= b.last_ms);
@@ -226,6 +243,7 @@ fn qualifying_windows(
     let mut found: Vec<(usize, usize)> = Vec::new();
     let mut end = 0;
     let mut lo = 0;
+    let mut after_end = 0;
     for first in 0..starts.len() {
         let w0 = starts[first].at_ms;
         // Without a full baseline behind it, steady load that began before we watched would
@@ -247,6 +265,22 @@ fn qualifying_windows(
         let before = (first - lo) - (known_before[first] - known_before[lo]);
         let per_window = before as f64 * config.window_ms as f64 / baseline_ms.max(1) as f64;
         if (copies as f64) < config.burst_factor * per_window {
+            continue;
+        }
+        let window_end = starts[end].at_ms;
+        if window_end + config.settle_ms > evaluate_until_ms {
+            // Too early to know whether the rate falls back; the next tick decides.
+            continue;
+        }
+        after_end = after_end.max(end);
+        while after_end + 1 < starts.len()
+            && starts[after_end + 1].at_ms <= window_end + config.settle_ms
+        {
+            after_end += 1;
+        }
+        let after_per_window =
+            (after_end - end) as f64 * config.window_ms as f64 / config.settle_ms.max(1) as f64;
+        if after_per_window * config.burst_factor > copies as f64 {
             continue;
         }
         let conns: HashSet<(u32, u32)> = starts[first..=end].iter().map(|s| s.conn).collect();
@@ -372,21 +406,32 @@ mod tests {
             ..HerdConfig::default()
         });
         assert!(run(&mut d, 0).is_empty());
-        // Steady: 4 connections each running a 200 ms query back to back, for 60 s.
+        // Steady: 4 connections each running a 200 ms query back to back, for 90 s.
         for c in 0..4u32 {
             let mut t = 37.0 * f64::from(c);
-            while t < 60_000.0 {
+            while t < 90_000.0 {
                 d.on_query(&obs("steady", c, t, 200.0));
                 t += 200.0;
             }
         }
-        // Herd: 12 copies within 40 ms at 20 s, 40 s and (after a quiet spell) 50 s.
+        // A deploy makes every worker run a new slow query back to back from 15 s on: a
+        // sudden steady stream, not a burst that falls back.
+        for c in 0..4u32 {
+            let mut t = 15_000.0 + 11.0 * f64::from(c);
+            while t < 90_000.0 {
+                d.on_query(&obs("new-steady", c, t, 250.0));
+                t += 250.0;
+            }
+        }
+        // Herd: 12 copies within 40 ms at 20 s, 40 s and 60 s, quiet in between.
         let mut onsets = 0;
-        for (k, at) in [20_000.0, 40_000.0, 50_000.0].into_iter().enumerate() {
+        for (k, at) in [20_000.0, 40_000.0, 60_000.0].into_iter().enumerate() {
             for c in 0..12u32 {
                 d.on_query(&obs("herd", c, at + f64::from(c) * 3.0, 400.0));
             }
-            let signals = run(&mut d, at as u64 + 2_000);
+            // Undecided until the rate has had time to fall back.
+            assert!(run(&mut d, at as u64 + 2_000).is_empty());
+            let signals = run(&mut d, at as u64 + 6_000);
             for s in &signals {
                 match s {
                     Signal::Onset(r) => {
@@ -400,7 +445,7 @@ mod tests {
             }
             assert_eq!(onsets, k + 1);
             // A quiet tick ends the occurrence.
-            let quiet = run(&mut d, at as u64 + 4_000);
+            let quiet = run(&mut d, at as u64 + 14_000);
             assert!(
                 quiet
                     .iter()
@@ -420,6 +465,6 @@ mod tests {
             d.on_query(&obs("two-conns", i % 2, 5_000.0 + f64::from(i), 100.0));
             d.on_query(&obs("fast", i, 5_000.0 + f64::from(i), 1.0));
         }
-        assert!(run(&mut d, 6_000).is_empty());
+        assert!(run(&mut d, 12_000).is_empty());
     }
 }

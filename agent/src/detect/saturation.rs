@@ -222,7 +222,14 @@ impl SaturationDetector {
         if let Some((label, _)) = routes.first() {
             sentence.push_str(&format!(" Of the CPU spent in requests, {label} used most"));
             if let Some((_, r)) = correlations.iter().find(|(l, _)| l == label) {
-                sentence.push_str(&format!("; CPU tracks its request rate (r = {r:.2})"));
+                if *r >= 0.5 {
+                    sentence.push_str(&format!("; CPU tracks its request rate (r = {r:.2})"));
+                } else {
+                    // Fewer requests while CPU rises: the requests are waiting, not working.
+                    sentence.push_str(&format!(
+                        "; CPU does not follow its request rate (r = {r:.2})"
+                    ));
+                }
                 evidence.push(Evidence::new("top_route_rate_correlation", *r, "pearson"));
             }
             sentence.push('.');

@@ -51,6 +51,8 @@ struct Task {
 struct Group {
     last_firing_ms: u64,
     active: bool,
+    period_s: u64,
+    members: BTreeSet<String>,
 }
 
 const MAX_TASKS: usize = 256;
@@ -217,17 +219,33 @@ impl ScheduleDetector {
                 continue;
             }
             used.extend(members.iter().map(|m| m.3));
-            let keys: BTreeSet<&String> = members.iter().map(|m| m.3).collect();
-            let pattern = format!(
-                "every {period} s: {}",
-                keys.iter()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            );
+            let keys: BTreeSet<String> = members.iter().map(|m| m.3.clone()).collect();
+            // A task that joins late (its period became known one firing after the others')
+            // must not make a new finding: a group sharing most of its tasks is the same one.
+            let existing = self
+                .groups
+                .iter()
+                .filter(|(_, g)| g.period_s == *period)
+                .map(|(p, g)| (p, g.members.intersection(&keys).count(), g.members.len()))
+                .filter(|(_, overlap, len)| *overlap >= 2 && 2 * overlap >= keys.len().min(*len))
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+                .map(|(p, _, _)| p.clone());
+            let pattern = existing.unwrap_or_else(|| {
+                format!(
+                    "every {period} s: {}",
+                    keys.iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                )
+            });
             seen_patterns.insert(pattern.clone());
             let firing = members.iter().map(|m| m.2).min().unwrap_or(0);
-            self.groups.entry(pattern.clone()).or_default();
+            {
+                let group = self.groups.entry(pattern.clone()).or_default();
+                group.period_s = *period;
+                group.members = keys;
+            }
             let report = self.describe(
                 &pattern, *period, *offset, &members, firing, summaries, host, &pressure,
             );

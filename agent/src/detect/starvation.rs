@@ -47,7 +47,13 @@ struct PoolTrack {
     episode: Episode,
     /// (unix ms, busy share, accept backlog) of the last few seconds.
     recent: VecDeque<(u64, f64, u32)>,
+    /// Healthy windows not yet old enough for the baseline: (unix ms, route, latency).
+    pending: VecDeque<(u64, String, Histogram)>,
 }
+
+/// How old a healthy window must be before it counts as the route's normal latency: a
+/// starvation builds up over seconds before it holds, and those seconds are not normal.
+const BASELINE_LAG_MS: u64 = 15_000;
 
 /// Busy share and backlog are instantaneous samples; a sync worker caught between a response
 /// and its next accept() reads idle for that instant. Judge them over this much time.
@@ -135,11 +141,23 @@ impl StarvationDetector {
             if matches!(phase, Phase::Quiet | Phase::Ended) {
                 track.episode = Episode::default();
                 for r in &routes {
-                    let q = track.baseline.entry(r.label()).or_default();
+                    track.pending.push_back((now, r.label(), r.latency.clone()));
+                }
+                // Windows join the baseline only once they are old enough that no starvation
+                // was developing in them.
+                while track
+                    .pending
+                    .front()
+                    .is_some_and(|(t, _, _)| t + BASELINE_LAG_MS < now)
+                {
+                    let Some((_, label, hist)) = track.pending.pop_front() else {
+                        break;
+                    };
+                    let q = track.baseline.entry(label).or_default();
                     if q.len() == BASELINE_WINDOWS {
                         q.pop_front();
                     }
-                    q.push_back(r.latency.clone());
+                    q.push_back(hist);
                 }
                 if phase == Phase::Ended {
                     signals.push(Signal::Ended {
@@ -149,6 +167,9 @@ impl StarvationDetector {
                 }
                 continue;
             }
+            // The latency just before the condition held belongs to the incident, not to the
+            // route's normal.
+            track.pending.clear();
             let ep = &mut track.episode;
             for r in &routes {
                 let e = ep.routes.entry(r.label()).or_default();
