@@ -81,6 +81,12 @@ impl Agent {
         if let Some(path) = &config.api_socket {
             tasks.push(crate::export::api::serve(path, latest.clone())?);
         }
+        if let Some(addr) = &config.prometheus_listen {
+            // Validated in Config::validate.
+            if let Ok(addr) = addr.parse() {
+                tasks.push(crate::export::prometheus::serve(addr, latest.clone()).await?);
+            }
+        }
         let (commands, mut command_rx) = mpsc::channel::<Command>(16);
         let interval = config.interval();
         tasks.push(tokio::spawn(async move {

@@ -42,12 +42,17 @@ pub struct Config {
     pub record_socket_events: Option<std::path::PathBuf>,
     /// The local API socket `herdwatch findings` reads (mode 0600). None = no API.
     pub api_socket: Option<std::path::PathBuf>,
+    /// Where `/metrics` is served for Prometheus (`host:port`). None = no endpoint.
+    pub prometheus_listen: Option<String>,
     /// Detector thresholds (`[detect.herd]`, `[detect.starvation]`, `[detect.saturation]`).
     pub detect: crate::detect::DetectConfig,
 }
 
 /// Where the agent serves its local API unless configured otherwise.
 pub const DEFAULT_API_SOCKET: &str = "/run/herdwatch/api.sock";
+/// Where `/metrics` is served unless configured otherwise (loopback only: no exposure by
+/// default).
+pub const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
 
 impl Default for Config {
     fn default() -> Self {
@@ -68,6 +73,7 @@ impl Default for Config {
             record_socket_events: None,
             detect: crate::detect::DetectConfig::default(),
             api_socket: Some(std::path::PathBuf::from(DEFAULT_API_SOCKET)),
+            prometheus_listen: Some(DEFAULT_PROMETHEUS_LISTEN.to_string()),
         }
     }
 }
@@ -196,6 +202,15 @@ impl Config {
                 origin: origin.to_string(),
                 message,
             })?;
+        }
+        if let Some(addr) = &self.prometheus_listen {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| Error::Config {
+                    origin: origin.to_string(),
+                    message: format!(
+                        "prometheus_listen = {addr:?}: {e} (want host:port, e.g. 127.0.0.1:9464)"
+                    ),
+                })?;
         }
         self.detect.validate().map_err(|message| Error::Config {
             origin: origin.to_string(),

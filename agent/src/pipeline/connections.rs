@@ -150,13 +150,15 @@ impl Connections {
         }
     }
 
-    /// Processes with at least one HTTP request read and not yet answered.
-    pub fn serving_pids(&self) -> std::collections::HashSet<u32> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| !c.requests.is_empty())
-            .map(|((tgid, _), _)| *tgid)
-            .collect()
+    /// HTTP requests read and not yet answered, per process.
+    pub fn open_requests_by_pid(&self) -> std::collections::HashMap<u32, usize> {
+        let mut open = std::collections::HashMap::new();
+        for ((tgid, _), c) in &self.conns {
+            if !c.requests.is_empty() {
+                *open.entry(*tgid).or_default() += c.requests.len();
+            }
+        }
+        open
     }
 
     /// A process exited: the kernel closed its fds without close() calls, so its connections

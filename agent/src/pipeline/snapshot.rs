@@ -87,6 +87,8 @@ pub struct PoolView {
     pub listeners: Vec<Listener>,
     pub worker_states: Vec<WorkerView>,
     pub busy_workers: usize,
+    /// HTTP requests read and not yet answered by the workers.
+    pub active_requests: usize,
     /// Busy workers at each of the last snapshots, oldest first (bounded).
     pub busy_history: Vec<usize>,
     /// Master and workers together, % of one CPU.

@@ -265,7 +265,7 @@ impl PipelineState {
             self.maps.sync_http_servers(&workers);
         }
         let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
-        let serving = self.connections.serving_pids();
+        let serving = self.connections.open_requests_by_pid();
         let mut pool_views: Vec<PoolView> = self
             .pools
             .iter()
@@ -373,7 +373,7 @@ fn include_running_slice(c: &mut ThreadCounters, running: &[CpuCurrent], tid: u3
 fn pool_view(
     pool: &Pool,
     by_pid: &HashMap<u32, &ProcessView>,
-    serving: &HashSet<u32>,
+    serving: &HashMap<u32, usize>,
 ) -> PoolView {
     let mut members = vec![pool.master];
     members.extend(pool.workers.iter().filter(|w| **w != pool.master));
@@ -386,7 +386,7 @@ fn pool_view(
             WorkerView {
                 pid: *pid,
                 state: match worker_state::read(*pid) {
-                    WorkerState::Idle if serving.contains(pid) => WorkerState::Serving,
+                    WorkerState::Idle if serving.contains_key(pid) => WorkerState::Serving,
                     state => state,
                 },
                 cpu_percent: view.map(|v| v.cpu_percent).unwrap_or(0.0),
@@ -395,6 +395,7 @@ fn pool_view(
         })
         .collect();
     let busy_workers = worker_states.iter().filter(|w| w.state.is_busy()).count();
+    let active_requests = pool.workers.iter().filter_map(|pid| serving.get(pid)).sum();
     let cpu_percent = members
         .iter()
         .filter_map(|pid| by_pid.get(pid))
@@ -406,6 +407,7 @@ fn pool_view(
         listeners,
         worker_states,
         busy_workers,
+        active_requests,
         busy_history: Vec::new(),
         cpu_percent,
         time_share: None,
