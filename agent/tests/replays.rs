@@ -31,6 +31,7 @@ fn replay_config() -> Config {
     let mut c = Config {
         interval_ms: 1000,
         api_socket: None,
+        prometheus_listen: None,
         ..Config::default()
     };
     c.detect.herd.baseline_s = 10;
@@ -247,15 +248,8 @@ fn healthy() {
     });
 }
 
-const CHECKOUT_LOAD: [&str; 4] = [
-    "GET /api/products/17",
-    "POST /api/checkout",
-    "GET /api/products/512",
-    "POST /api/checkout",
-];
-
 /// Blocked-worker starvation: gunicorn with 4 sync workers serves products and checkout under
-/// steady load (6 clients). Then the deploy: v2 is written and the master gets HUP, reloading
+/// steady load (10 clients). Then the deploy: v2 is written and the master gets HUP, reloading
 /// its workers with a synchronous 1.5 M-row scan inside `POST /api/checkout`. Expect a
 /// starvation finding naming `POST /api/checkout` and the scan, its p99 before and after, and
 /// the reload annotation; a saturation finding once CPU has been high for the (shortened)
@@ -266,31 +260,18 @@ fn starvation() {
         return;
     }
     let pg = Postgres::start();
-    pg.sql("CREATE TABLE products (id int PRIMARY KEY, price numeric)");
-    pg.sql("INSERT INTO products SELECT g, g * 0.5 FROM generate_series(1, 1000) g");
-    pg.sql("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int, items int)");
-    pg.sql(
-        "CREATE TABLE order_lines AS SELECT g AS id, g % 5000 AS customer_id, g % 97 AS sku \
-         FROM generate_series(1, 1500000) g",
-    );
-    pg.sql("ANALYZE order_lines");
+    checkout::schema(&pg, 1_500_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let version = dir.path().join("version");
     std::fs::write(&version, "v1").expect("version file");
     let port = free_port();
-    let mut cmd = Command::new(venv().join("bin/gunicorn"));
-    cmd.args(["--workers", "4", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--chdir")
-        .arg(apps_dir())
-        .args(["--timeout", "120", "checkout.app:app"])
-        .env("PG_DSN", pg.tcp_dsn())
-        .env("CHECKOUT_VERSION_FILE", &version);
-    let app = Proc::spawn(&mut cmd);
+    let app = checkout::gunicorn(4, port, &pg.tcp_dsn(), &version, &[]);
     wait_http(port);
     runtime().block_on(async {
         let agent = start_agent_with(replay_config()).await;
         pool_ready(&agent, app.pid(), 4).await;
-        let load = Load::start(port, &CHECKOUT_LOAD, 6, Duration::from_millis(100));
+        // Demand the v1 pool absorbs easily (about a third of the workers busy), and v2 cannot.
+        let load = Load::start(port, &checkout::LOAD, 10, Duration::from_millis(50));
         tokio::time::sleep(Duration::from_secs(25)).await;
         let before = agent.snapshot_now().await.expect("snapshot");
         assert!(
@@ -303,11 +284,25 @@ fn starvation() {
         // SAFETY: signalling the gunicorn master this test started.
         assert_eq!(unsafe { libc::kill(app.pid() as i32, libc::SIGHUP) }, 0);
         let deployed = Instant::now();
+        let mut polls = 0;
         let starved = wait_for(
             &agent,
             Duration::from_secs(120),
             "a starvation finding",
             |s| {
+                polls += 1;
+                if polls % 10 == 0
+                    && let Some(p) = s.pool_of_master(app.pid())
+                {
+                    // What the detector sees, for the log of a slow or failed replay.
+                    eprintln!(
+                        "pool: {}/{} busy, accept queue {:?}, time share {:?}",
+                        p.busy_workers,
+                        p.worker_states.len(),
+                        p.accept_queue(),
+                        p.time_share
+                    );
+                }
                 findings_of(s, FindingKind::Starvation)
                     .first()
                     .map(|f| (*f).clone())
@@ -399,24 +394,13 @@ fn cron() {
          (ARRAY['nightly_rollup','invoice_sync','search_reindex','metrics_export'])[1 + g % 4] \
          AS status, (g % 1000)::numeric AS amount FROM generate_series(1, 300000) g",
     );
-    pg.sql("CREATE TABLE products (id int PRIMARY KEY, price numeric)");
-    pg.sql("INSERT INTO products SELECT g, g * 0.5 FROM generate_series(1, 1000) g");
-    pg.sql("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int, items int)");
-    pg.sql("CREATE TABLE order_lines (id int, customer_id int, sku int)");
+    checkout::schema(&pg, 1000);
     let bouncer = PgBouncer::start(&pg, 3);
     let dir = tempfile::tempdir().expect("tempdir");
     let version = dir.path().join("version");
     std::fs::write(&version, "v1").expect("version file");
     let port = free_port();
-    let mut cmd = Command::new(venv().join("bin/gunicorn"));
-    cmd.args(["--workers", "2", "--bind", &format!("127.0.0.1:{port}")])
-        .arg("--chdir")
-        .arg(apps_dir())
-        .args(["--timeout", "120", "checkout.app:app"])
-        .env("PG_DSN", bouncer.dsn())
-        .env("PG_NO_PREPARE", "1")
-        .env("CHECKOUT_VERSION_FILE", &version);
-    let _api = Proc::spawn(&mut cmd);
+    let _api = checkout::gunicorn(2, port, &bouncer.dsn(), &version, &[("PG_NO_PREPARE", "1")]);
     wait_http(port);
     let schedule = dir.path().join("schedule");
     let aligned: String = CRON_TASKS.iter().map(|t| format!("{t} 0\n")).collect();
@@ -428,7 +412,7 @@ fn cron() {
     config.detect.pool.client_wait_ms = 200.0;
     runtime().block_on(async {
         let agent = start_agent_with(config).await;
-        let load = Load::start(port, &CHECKOUT_LOAD, 4, Duration::from_millis(50));
+        let load = Load::start(port, &checkout::LOAD, 4, Duration::from_millis(50));
         let mut crond = Command::new(venv().join("bin/python3"));
         crond
             .arg(apps_dir().join("cron/crond.py"))

@@ -177,6 +177,11 @@ const DEBIAN: &[(&str, &str)] = &[
         "postgresql-contrib",
     ),
     ("test -x /usr/sbin/pgbouncer", "pgbouncer"),
+    ("command -v promtool", "prometheus"),
+    (
+        "command -v prometheus-alertmanager",
+        "prometheus-alertmanager",
+    ),
 ];
 
 pub fn test_prerequisites() -> anyhow::Result<PathBuf> {

@@ -2,6 +2,7 @@
 //! reasons, child processes that are killed when the test ends, polling for a snapshot.
 #![allow(dead_code)]
 
+pub mod checkout;
 pub mod load;
 pub mod postgres;
 
@@ -200,6 +201,7 @@ pub fn test_config() -> Config {
     Config {
         interval_ms: 500,
         api_socket: None,
+        prometheus_listen: None,
         ..Config::default()
     }
 }
