@@ -88,10 +88,19 @@ pub struct TickInput<'a> {
     pub queries: &'a [QueryStats],
 }
 
+const MAX_CGROUP_DETECTORS: usize = 64;
+const MAX_EXEC_PENDING: usize = 4096;
+/// How long a process is watched for a CPU burst after its exec, ms.
+const EXEC_PENDING_MS: u64 = 600_000;
+
 pub struct Detectors {
     herd: herd::HerdDetector,
     starvation: starvation::StarvationDetector,
     saturation: saturation::SaturationDetector,
+    /// One per CPU-limited cgroup of a pool (bounded).
+    cgroup_saturation: HashMap<String, saturation::SaturationDetector>,
+    /// Processes exec'd recently: pid → (start unix ms, comm, command line).
+    exec_pending: HashMap<u32, (u64, String, String)>,
     pool: pool::PoolDetector,
     schedule: schedule::ScheduleDetector,
     lifecycle: lifecycle::LifecycleLog,
@@ -110,6 +119,8 @@ impl Detectors {
             herd: herd::HerdDetector::new(config.herd.clone()),
             starvation: starvation::StarvationDetector::new(config.starvation.clone()),
             saturation: saturation::SaturationDetector::new(config.saturation.clone()),
+            cgroup_saturation: HashMap::new(),
+            exec_pending: HashMap::new(),
             pool: pool::PoolDetector::new(config.pool.clone()),
             schedule: schedule::ScheduleDetector::new(config.cron.clone()),
             lifecycle: lifecycle::LifecycleLog::default(),
@@ -117,6 +128,31 @@ impl Detectors {
             book: finding::FindingBook::new(config.max_findings.unwrap_or(256)),
             host: hostname(),
             unix_minus_mono_ms: unix - mono,
+        }
+    }
+
+    /// A process exec'd (kernel monotonic ns): remembered until its CPU use is known.
+    pub fn on_exec(&mut self, pid: u32, timestamp_ns: u64, comm: &str, cmdline: &str) {
+        if self.exec_pending.len() >= MAX_EXEC_PENDING
+            && let Some(oldest) = self
+                .exec_pending
+                .iter()
+                .min_by_key(|(_, e)| e.0)
+                .map(|(pid, _)| *pid)
+        {
+            // Forget the oldest: a burst of execs must not grow memory.
+            self.exec_pending.remove(&oldest);
+        }
+        let start = ((timestamp_ns / 1_000_000) as i128 + self.unix_minus_mono_ms).max(0) as u64;
+        self.exec_pending
+            .insert(pid, (start, comm.to_string(), cmdline.to_string()));
+    }
+
+    /// A process exited having used `cpu_ns`.
+    pub fn on_exit(&mut self, pid: u32, cpu_ns: u64) {
+        if let Some((start, comm, cmdline)) = self.exec_pending.remove(&pid) {
+            self.schedule
+                .on_cpu_burst(pid, &comm, &cmdline, start, cpu_ns);
         }
     }
 
@@ -147,21 +183,88 @@ impl Detectors {
             queries: &queries,
             lifecycle: &self.lifecycle,
         }));
+        let host_pattern = format!("host {}", self.host);
         signals.extend(self.saturation.tick(&saturation::SaturationInput {
             now_unix_ms: now_unix,
             interval_ms: input.interval_ms,
             host: &self.host,
-            cpus: input.host.cpus,
+            pattern: &host_pattern,
+            scope: "Host CPU",
+            capacity_cpus: input.host.cpus.max(1) as f64,
             cpu_utilization: input.host.cpu_utilization,
             processes: input.processes,
             pools: input.pools,
             routes: &routes,
         }));
+        // A pool whose cgroup has a CPU quota saturates at the quota, whatever the host does.
+        let mut limited = HashSet::new();
+        for pool in input.pools {
+            let Some(cg) = &pool.cgroup else { continue };
+            let Some(limit) = cg.limit_cpus else { continue };
+            if self.cgroup_saturation.len() >= MAX_CGROUP_DETECTORS
+                && !self.cgroup_saturation.contains_key(&cg.path)
+            {
+                continue;
+            }
+            limited.insert(cg.path.clone());
+            let members: HashSet<u32> = std::iter::once(pool.pool.master)
+                .chain(pool.pool.workers.iter().copied())
+                .collect();
+            let processes: Vec<ProcessView> = input
+                .processes
+                .iter()
+                .filter(|p| members.contains(&p.pid))
+                .cloned()
+                .collect();
+            let pool_routes: Vec<window::RouteWindow> = routes
+                .iter()
+                .filter(|r| r.pids.iter().any(|p| members.contains(p)))
+                .cloned()
+                .collect();
+            let config = self.saturation.config.clone();
+            let detector = self
+                .cgroup_saturation
+                .entry(cg.path.clone())
+                .or_insert_with(|| saturation::SaturationDetector::new(config));
+            signals.extend(detector.tick(&saturation::SaturationInput {
+                now_unix_ms: now_unix,
+                interval_ms: input.interval_ms,
+                host: &self.host,
+                pattern: &format!("cgroup {}", cg.path),
+                scope: &format!("CPU of cgroup {} (quota {limit} CPUs)", cg.path),
+                capacity_cpus: limit,
+                cpu_utilization: cg.cpu_utilization,
+                processes: &processes,
+                pools: std::slice::from_ref(pool),
+                routes: &pool_routes,
+            }));
+        }
+        self.cgroup_saturation
+            .retain(|path, _| limited.contains(path));
         signals.extend(
             self.pool
                 .tick(now_mono as f64, input.processes, &self.host, to_unix),
         );
         self.herd.set_proxies(self.pool.proxy_pids());
+        // Processes still running: a burst once they have used enough CPU.
+        let cpu_of: HashMap<u32, u64> = input
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.totals.on_cpu_ns))
+            .collect();
+        let min_cpu = self.schedule.config.min_cpu_ms * 1_000_000;
+        let ripe: Vec<u32> = self
+            .exec_pending
+            .iter()
+            .filter(|(pid, (start, _, _))| {
+                cpu_of.get(pid).is_some_and(|c| *c >= min_cpu) || start + EXEC_PENDING_MS < now_unix
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in ripe {
+            let cpu = cpu_of.get(&pid).copied().unwrap_or(0);
+            self.on_exit(pid, cpu);
+        }
         let mut not_tasks: HashSet<u32> = self.pool.proxy_pids().collect();
         for p in input.pools {
             not_tasks.insert(p.pool.master);

@@ -48,7 +48,12 @@ pub struct SaturationInput<'a> {
     pub now_unix_ms: u64,
     pub interval_ms: u64,
     pub host: &'a str,
-    pub cpus: usize,
+    /// What saturates: `host vm`, or `cgroup /docker/abc`; the finding's pattern.
+    pub pattern: &'a str,
+    /// How the sentence names it: `Host CPU`, `CPU of cgroup /docker/abc (quota 0.5 CPUs)`.
+    pub scope: &'a str,
+    /// CPUs the scope may use: all of the host's, or the cgroup's quota.
+    pub capacity_cpus: f64,
     pub cpu_utilization: Option<f64>,
     pub processes: &'a [ProcessView],
     pub pools: &'a [PoolView],
@@ -85,7 +90,7 @@ impl SaturationDetector {
             .iter()
             .map(|p| p.run_delay_ms_per_s)
             .sum::<f64>()
-            / input.cpus.max(1) as f64;
+            / input.capacity_cpus.max(0.001);
         let sample = Sample {
             cpu,
             route_rates: input
@@ -128,7 +133,7 @@ impl SaturationDetector {
                 self.in_episode = 0;
                 vec![Signal::Ended {
                     kind: FindingKind::Saturation,
-                    pattern: format!("host {}", input.host),
+                    pattern: input.pattern.to_string(),
                 }]
             }
             Phase::Onset(since) | Phase::Ongoing(since) => {
@@ -184,9 +189,10 @@ impl SaturationDetector {
                 pearson(&xs, &ys).map(|r| (label.clone(), r))
             })
             .collect();
-        let cpus = input.cpus.max(1) as f64;
+        let cpus = input.capacity_cpus.max(0.001);
         let mut evidence = vec![
-            Evidence::new("host_cpu", mean_cpu, "ratio"),
+            Evidence::new("cpu_utilization", mean_cpu, "ratio"),
+            Evidence::new("capacity", input.capacity_cpus, "CPUs"),
             Evidence::new("threshold", self.config.cpu, "ratio"),
             Evidence::new(
                 "held_for",
@@ -197,7 +203,8 @@ impl SaturationDetector {
         ];
         let share = |pct: f64| pct / 100.0 / cpus;
         let mut sentence = format!(
-            "Host CPU averaged {:.0} % for {:.0} s.",
+            "{} averaged {:.0} % for {:.0} s.",
+            input.scope,
             100.0 * mean_cpu,
             input.now_unix_ms.saturating_sub(since) as f64 / 1000.0
         );
@@ -236,7 +243,7 @@ impl SaturationDetector {
         }
         Report {
             kind: FindingKind::Saturation,
-            pattern: format!("host {}", input.host),
+            pattern: input.pattern.to_string(),
             severity: if mean_cpu >= 0.95 {
                 Severity::Critical
             } else {
@@ -317,7 +324,9 @@ mod tests {
                 now_unix_ms: i * 2000,
                 interval_ms: 2000,
                 host: "h",
-                cpus: 2,
+                pattern: "host h",
+                scope: "Host CPU",
+                capacity_cpus: 2.0,
                 cpu_utilization: Some(load),
                 processes: &[],
                 pools: &[],

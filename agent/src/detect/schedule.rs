@@ -26,6 +26,9 @@ pub struct CronConfig {
     /// period for long periods).
     pub tolerance_s: f64,
     pub min_tasks: usize,
+    /// A new process that uses at least this much CPU is a task run even without queries
+    /// (its onset is its exec), ms.
+    pub min_cpu_ms: u64,
 }
 
 impl Default for CronConfig {
@@ -35,6 +38,7 @@ impl Default for CronConfig {
             quiet_s: 30,
             tolerance_s: 2.0,
             min_tasks: 2,
+            min_cpu_ms: 200,
         }
     }
 }
@@ -130,25 +134,59 @@ impl ScheduleDetector {
             }
         };
         self.pids.insert(q.pid, Some((start_unix_ms, key.clone())));
-        let tolerance = (self.config.tolerance_s * 1000.0) as u64;
-        let task = self.tasks.entry(key).or_default();
-        task.last_seen_ms = start_unix_ms;
-        if is_onset
-            && task
-                .onsets
-                .back()
-                .is_none_or(|t| start_unix_ms > t + tolerance)
-        {
-            if task.onsets.len() == ONSETS_KEPT {
-                task.onsets.pop_front();
-            }
-            task.onsets.push_back(start_unix_ms);
+        if is_onset {
+            self.record_onset(&key, start_unix_ms);
         }
+        let task = self.tasks.entry(key).or_default();
+        task.last_seen_ms = task.last_seen_ms.max(start_unix_ms);
         if task.fingerprints.len() < FINGERPRINTS_PER_TASK
             || task.fingerprints.contains_key(&q.fingerprint)
         {
             *task.fingerprints.entry(q.fingerprint.clone()).or_default() += 1;
         }
+    }
+
+    /// One run of a task began at `at_unix_ms`; runs closer than the tolerance are one.
+    fn record_onset(&mut self, key: &str, at_unix_ms: u64) {
+        let tolerance = (self.config.tolerance_s * 1000.0) as u64;
+        let task = self.tasks.entry(key.to_string()).or_default();
+        task.last_seen_ms = task.last_seen_ms.max(at_unix_ms);
+        let near = task
+            .onsets
+            .iter()
+            .any(|t| t.abs_diff(at_unix_ms) <= tolerance);
+        if near {
+            return;
+        }
+        if task.onsets.len() == ONSETS_KEPT {
+            task.onsets.pop_front();
+        }
+        // Onsets may arrive out of order (a CPU burst is known at exit): keep them sorted.
+        let at = task.onsets.partition_point(|t| *t < at_unix_ms);
+        task.onsets.insert(at, at_unix_ms);
+    }
+
+    /// A process that exec'd at `start_unix_ms` used `cpu_ns` of CPU (known at its exit, or
+    /// while it runs): a CPU burst of the task `cmdline` when it used enough.
+    pub fn on_cpu_burst(
+        &mut self,
+        pid: u32,
+        comm: &str,
+        cmdline: &str,
+        start_unix_ms: u64,
+        cpu_ns: u64,
+    ) {
+        if cpu_ns < self.config.min_cpu_ms * 1_000_000
+            || self.excluded.contains(&pid)
+            || PROXIES.contains(&comm)
+        {
+            return;
+        }
+        if self.tasks.len() >= MAX_TASKS && !self.tasks.contains_key(cmdline) {
+            return;
+        }
+        self.tasks.entry(cmdline.to_string()).or_default().comm = comm.to_string();
+        self.record_onset(cmdline, start_unix_ms);
     }
 
     /// `not_tasks`: pool workers and proxies, whose queries are requests, not schedules.
@@ -445,6 +483,46 @@ mod tests {
         }
         // Firings 2, 3 and 4 (the first needs a previous onset to know the period).
         assert_eq!(onsets, 3);
+    }
+
+    #[test]
+    fn cpu_bursts_of_new_processes_are_task_runs() {
+        let mut d = ScheduleDetector::new(CronConfig {
+            periods_s: vec![60],
+            ..CronConfig::default()
+        });
+        let mut onsets = 0;
+        for firing in 0..3u64 {
+            let at = 6_000_000 + firing * 60_000;
+            let pid = firing as u32;
+            // Two report jobs that never query: a CPU burst each, known at exit.
+            d.on_cpu_burst(
+                10 + pid,
+                "python3",
+                "python3 render.py",
+                at + 100,
+                900_000_000,
+            );
+            d.on_cpu_burst(
+                20 + pid,
+                "python3",
+                "python3 export.py",
+                at + 700,
+                400_000_000,
+            );
+            // A short-lived shell is not a task run.
+            d.on_cpu_burst(30 + pid, "sh", "sh -c true", at, 1_000_000);
+            for s in d.tick(at + 5_000, &HashSet::new(), &HashMap::new(), "h", |_, _| {
+                None
+            }) {
+                if let Signal::Onset(r) = s {
+                    assert_eq!(r.subject.tasks.len(), 2, "{r:?}");
+                    onsets += 1;
+                }
+            }
+        }
+        assert_eq!(onsets, 2);
+        assert!(!d.tasks.contains_key("sh -c true"));
     }
 
     #[test]

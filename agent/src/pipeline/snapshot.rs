@@ -95,6 +95,17 @@ pub struct PoolView {
     pub cpu_percent: f64,
     /// How the workers' wall time was spent over the interval (None on the first snapshot).
     pub time_share: Option<TimeShare>,
+    /// The master's CPU cgroup, when it is not the root one.
+    pub cgroup: Option<CgroupView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupView {
+    pub path: String,
+    /// CPU quota in CPUs (None = no quota).
+    pub limit_cpus: Option<f64>,
+    /// CPU used over the interval as a share of the quota (or of all CPUs without one).
+    pub cpu_utilization: Option<f64>,
 }
 
 /// Shares (0..=1) of the workers' wall time over an interval.

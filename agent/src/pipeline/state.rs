@@ -54,6 +54,9 @@ pub struct PipelineState {
     /// Busy-worker samples per pool master, newest last.
     busy_history: HashMap<u32, std::collections::VecDeque<usize>>,
     detectors: Detectors,
+    /// CPU cgroup per pool master, and the previous (usage ns, monotonic ns) per cgroup path.
+    cgroups: HashMap<u32, Option<crate::procs::cgroup::CpuCgroup>>,
+    prev_cgroup_usage: HashMap<String, (u64, u64)>,
 }
 
 /// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
@@ -82,6 +85,8 @@ impl PipelineState {
             prev_db_wait: HashMap::new(),
             busy_history: HashMap::new(),
             detectors: Detectors::new(&config.detect),
+            cgroups: HashMap::new(),
+            prev_cgroup_usage: HashMap::new(),
             table,
             maps,
             reader,
@@ -162,6 +167,32 @@ impl PipelineState {
             }
         }
         self.table.apply(event);
+        match event {
+            ProcessEvent::Exec {
+                pid, timestamp_ns, ..
+            } => {
+                if let Some(p) = self.table.get(*pid) {
+                    let cmdline = truncate(&printable(&p.cmdline.join(" ")), CMDLINE_MAX);
+                    self.detectors
+                        .on_exec(*pid, *timestamp_ns, &p.comm, &cmdline);
+                }
+            }
+            ProcessEvent::Exit {
+                tgid,
+                group_dead: true,
+                ..
+            } => {
+                let cpu = self
+                    .table
+                    .exited()
+                    .filter(|e| e.pid == *tgid)
+                    .last()
+                    .map(|e| e.totals.on_cpu_ns)
+                    .unwrap_or(0);
+                self.detectors.on_exit(*tgid, cpu);
+            }
+            _ => {}
+        }
     }
 
     /// Thread group of a thread the kernel side has not attributed yet (never switched out
@@ -300,6 +331,39 @@ impl PipelineState {
             view.busy_history = history.iter().copied().collect();
         }
         self.prev_db_wait = db_now;
+        self.cgroups
+            .retain(|m, _| self.pools.iter().any(|p| p.master == *m));
+        let mut cgroup_usage = HashMap::new();
+        for view in &mut pool_views {
+            let cgroup = self
+                .cgroups
+                .entry(view.pool.master)
+                .or_insert_with(|| {
+                    crate::procs::cgroup::of_pid(view.pool.master).filter(|c| !c.is_root())
+                })
+                .clone();
+            let Some(cgroup) = cgroup else { continue };
+            let Some(reading) = cgroup.read() else {
+                continue;
+            };
+            let capacity = reading.limit_cpus.unwrap_or(host::cpu_count() as f64);
+            let cpu_utilization = self
+                .prev_cgroup_usage
+                .get(&cgroup.path)
+                .filter(|(_, at)| now_mono > *at)
+                .map(|(used, at)| {
+                    reading.usage_ns.saturating_sub(*used) as f64
+                        / (now_mono - at) as f64
+                        / capacity.max(0.001)
+                });
+            cgroup_usage.insert(cgroup.path.clone(), (reading.usage_ns, now_mono));
+            view.cgroup = Some(super::snapshot::CgroupView {
+                path: cgroup.path.clone(),
+                limit_cpus: reading.limit_cpus,
+                cpu_utilization,
+            });
+        }
+        self.prev_cgroup_usage = cgroup_usage;
         let masters: HashSet<u32> = self.pools.iter().map(|p| p.master).collect();
         self.busy_history.retain(|m, _| masters.contains(m));
         self.pool_views = pool_views.clone();
@@ -411,6 +475,7 @@ fn pool_view(
         busy_history: Vec::new(),
         cpu_percent,
         time_share: None,
+        cgroup: None,
     }
 }
 

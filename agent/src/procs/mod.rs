@@ -1,5 +1,6 @@
 //! Processes: the table (seeded from /proc, kept current by kernel events) and the discovery
 //! of gunicorn/uvicorn worker pools in it.
+pub mod cgroup;
 pub mod cmdline;
 pub mod pools;
 pub mod table;
