@@ -25,6 +25,8 @@ enum Command {
 pub struct Agent {
     // Dropping Ebpf detaches the programs: it lives exactly as long as the agent.
     _ebpf: Ebpf,
+    // Dropping it flushes and stops OTLP export.
+    _otlp: Option<crate::export::otlp::Otlp>,
     commands: mpsc::Sender<Command>,
     latest: watch::Receiver<Arc<Snapshot>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -74,10 +76,30 @@ impl Agent {
                 source,
             })?;
         let mut state = PipelineState::new(table, maps, counters, socket_counters, config)?;
+        // Exporters read snapshots from this channel; the first real one replaces the empty.
+        let (snap_tx, latest) = watch::channel(Arc::new(Snapshot::default()));
+        let otlp = match config
+            .otlp
+            .resolve(|k| std::env::var(k).ok())
+            .map_err(|message| Error::Config {
+                origin: "otlp".into(),
+                message,
+            })? {
+            Some((endpoint, transport)) => {
+                let (otlp, exporters) =
+                    crate::export::otlp::start(&config.otlp, &endpoint, transport, latest.clone())?;
+                state.set_recorder(exporters);
+                tracing::info!(
+                    "exporting OTLP metrics, spans and logs to {endpoint} ({transport:?})"
+                );
+                Some(otlp)
+            }
+            None => None,
+        };
         let first = Arc::new(state.snapshot());
         let seeded = state.seed_existing_sockets();
         tracing::info!("tracing {seeded} sockets that were open before the agent started");
-        let (snap_tx, latest) = watch::channel(first);
+        snap_tx.send_replace(first);
         if let Some(path) = &config.api_socket {
             tasks.push(crate::export::api::serve(path, latest.clone())?);
         }
@@ -121,6 +143,7 @@ impl Agent {
         }));
         Ok(Self {
             _ebpf: ebpf,
+            _otlp: otlp,
             commands,
             latest,
             tasks,

@@ -44,6 +44,9 @@ pub struct Config {
     pub api_socket: Option<std::path::PathBuf>,
     /// Where `/metrics` is served for Prometheus (`host:port`). None = no endpoint.
     pub prometheus_listen: Option<String>,
+    /// OTLP export (`[otlp]`); off unless an endpoint is configured here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp: crate::export::otlp::OtlpConfig,
     /// Detector thresholds (`[detect.herd]`, `[detect.starvation]`, `[detect.saturation]`).
     pub detect: crate::detect::DetectConfig,
 }
@@ -74,6 +77,7 @@ impl Default for Config {
             detect: crate::detect::DetectConfig::default(),
             api_socket: Some(std::path::PathBuf::from(DEFAULT_API_SOCKET)),
             prometheus_listen: Some(DEFAULT_PROMETHEUS_LISTEN.to_string()),
+            otlp: crate::export::otlp::OtlpConfig::default(),
         }
     }
 }
@@ -212,6 +216,12 @@ impl Config {
                     ),
                 })?;
         }
+        self.otlp
+            .resolve(|k| std::env::var(k).ok())
+            .map_err(|message| Error::Config {
+                origin: origin.to_string(),
+                message,
+            })?;
         self.detect.validate().map_err(|message| Error::Config {
             origin: origin.to_string(),
             message,

@@ -2,7 +2,8 @@
 //! loading the shipped rules (with `for:` shortened), alerts routed by Debian's Alertmanager to
 //! a webhook receiver in this test. The starvation replay must make HerdwatchStarvation arrive
 //! with the route and query labels and the root-cause description, and resolve after the load
-//! stops.
+//! stops. The same run exports OTLP to an in-test receiver: the finding's occurrence and
+//! resolution must arrive as OTLP log records.
 mod common;
 
 use std::{
@@ -16,6 +17,51 @@ use std::{
 
 use common::{checkout, load::Load, postgres::Postgres, *};
 use herdwatch::Config;
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::{LogsService, LogsServiceServer},
+    },
+    common::v1::any_value,
+    logs::v1::LogRecord,
+};
+
+#[derive(Clone, Default)]
+struct ReceivedLogs(Arc<Mutex<Vec<LogRecord>>>);
+
+#[tonic::async_trait]
+impl LogsService for ReceivedLogs {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let records = request
+            .into_inner()
+            .resource_logs
+            .into_iter()
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records);
+        self.0.lock().expect("lock").extend(records);
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn body(r: &LogRecord) -> String {
+    match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+fn has_attr(r: &LogRecord, key: &str, value: &str) -> bool {
+    r.attributes.iter().any(|a| {
+        a.key == key
+            && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()),
+                Some(any_value::Value::StringValue(s)) if s == value)
+    })
+}
 
 type Received = Arc<Mutex<Vec<serde_json::Value>>>;
 
@@ -168,13 +214,27 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
     let port = free_port();
     let app = checkout::gunicorn(4, port, &pg.tcp_dsn(), &version, &[]);
     wait_http(port);
-    let config = Config {
+    let otlp_port = free_port();
+    let mut config = Config {
         interval_ms: 1000,
         api_socket: None,
         prometheus_listen: Some(format!("127.0.0.1:{metrics_port}")),
         ..Config::default()
     };
+    config.otlp.endpoint = Some(format!("http://127.0.0.1:{otlp_port}"));
+    config.otlp.interval_ms = 2000;
+    let logs = ReceivedLogs::default();
     runtime().block_on(async {
+        {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let addr = format!("127.0.0.1:{otlp_port}").parse().expect("addr");
+                let _ = tonic::transport::Server::builder()
+                    .add_service(LogsServiceServer::new(logs))
+                    .serve(addr)
+                    .await;
+            });
+        }
         let agent = start_agent_with(config).await;
         pool_ready(&agent, app.pid(), 4).await;
         let load = Load::start(port, &checkout::LOAD, 10, Duration::from_millis(50));
@@ -238,6 +298,37 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
         .await
         .expect("waiter");
         eprintln!("resolved: {}", resolved["endsAt"]);
+        // The finding's occurrence and resolution as OTLP log records.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = logs.0.lock().expect("lock").clone();
+            let occurred = records.iter().find(|r| {
+                r.event_name == "herdwatch.finding.occurred"
+                    && has_attr(r, "finding.kind", "starvation")
+            });
+            let resolved = records.iter().any(|r| {
+                r.event_name == "herdwatch.finding.resolved"
+                    && has_attr(r, "finding.kind", "starvation")
+            });
+            if let Some(o) = occurred
+                && resolved
+            {
+                assert_eq!(o.severity_text, "ERROR");
+                assert!(body(o).contains("POST /api/checkout"), "{}", body(o));
+                assert!(has_attr(o, "http.route", "POST /api/checkout"));
+                assert!(o.attributes.iter().any(|a| a.key == "evidence.busy_share"));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no starvation occurred+resolved log records; got {:#?}",
+                records
+                    .iter()
+                    .map(|r| (&r.event_name, body(r)))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         drop(agent);
     });
 }

@@ -47,7 +47,8 @@ enum Cmd {
     },
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
-        /// Which benchmark: `sched` (tracing overhead) or `pipeline` (decode+parse+stitch rate).
+        /// Which benchmark: `sched` (tracing overhead), `pipeline` (decode+parse+stitch rate) or
+        /// `otlp-down` (peak RSS with the OTLP collector down vs. OTLP off).
         name: String,
         /// Rounds of the interleaved measurement.
         #[arg(long, default_value_t = 5)]
@@ -94,7 +95,23 @@ fn main() -> anyhow::Result<()> {
             match name.as_str() {
                 "sched" => bench::sched(rounds),
                 "pipeline" => bench::pipeline(),
-                other => anyhow::bail!("unknown benchmark {other:?}; known: sched, pipeline"),
+                "otlp-down" => {
+                    // Peak RSS with OTLP off vs. the collector down, side by side.
+                    let venv = setup::test_prerequisites()?;
+                    let mut cmd = std::process::Command::new("cargo");
+                    cmd.args(["test", "--package", "herdwatch", "--test", "otlp", "--"])
+                        .args([
+                            "--ignored",
+                            "--exact",
+                            "collector_down_peak_rss",
+                            "--nocapture",
+                        ])
+                        .env("HERDWATCH_TEST_VENV", venv);
+                    setup::run_checked(&mut cmd)
+                }
+                other => {
+                    anyhow::bail!("unknown benchmark {other:?}; known: sched, pipeline, otlp-down")
+                }
             }
         }
     }

@@ -149,6 +149,16 @@ pub fn finding_id(kind: FindingKind, pattern: &str) -> String {
     )
 }
 
+/// A change worth telling exporters about (OTLP logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Occurred,
+    Resolved,
+}
+
+/// Transitions kept until the pipeline takes them.
+const MAX_TRANSITIONS: usize = 256;
+
 /// Findings by id, bounded: past the limit the resolved finding seen longest ago goes first.
 #[derive(Debug)]
 pub struct FindingBook {
@@ -156,6 +166,7 @@ pub struct FindingBook {
     max: usize,
     /// Findings dropped to stay within the bound.
     pub evicted: u64,
+    transitions: Vec<(Transition, Finding)>,
 }
 
 impl FindingBook {
@@ -164,6 +175,7 @@ impl FindingBook {
             findings: BTreeMap::new(),
             max: max.max(1),
             evicted: 0,
+            transitions: Vec::new(),
         }
     }
 
@@ -172,8 +184,12 @@ impl FindingBook {
             Signal::Onset(r) => self.record(*r, true, now_unix_ms),
             Signal::Ongoing(r) => self.record(*r, false, now_unix_ms),
             Signal::Ended { kind, pattern } => {
-                if let Some(f) = self.findings.get_mut(&finding_id(kind, &pattern)) {
+                if let Some(f) = self.findings.get_mut(&finding_id(kind, &pattern))
+                    && f.active
+                {
                     f.active = false;
+                    let f = f.clone();
+                    self.note(Transition::Resolved, f);
                 }
             }
         }
@@ -203,7 +219,8 @@ impl FindingBook {
         });
         // An "ongoing" report for a pattern not active (the agent restarted, or the book
         // evicted it) still starts an occurrence: nothing is counted twice or lost.
-        if onset || !f.active {
+        let was_inactive = !f.active;
+        if onset || was_inactive {
             f.occurrences += 1;
             f.onset_unix_ms = r.onset_unix_ms;
             f.reported_unix_ms = now;
@@ -219,6 +236,21 @@ impl FindingBook {
         if !r.annotations.is_empty() {
             f.annotations = r.annotations;
         }
+        if onset || was_inactive {
+            let f = f.clone();
+            self.note(Transition::Occurred, f);
+        }
+    }
+
+    fn note(&mut self, t: Transition, f: Finding) {
+        if self.transitions.len() < MAX_TRANSITIONS {
+            self.transitions.push((t, f));
+        }
+    }
+
+    /// Occurrences and resolutions since the last call, oldest first.
+    pub fn take_transitions(&mut self) -> Vec<(Transition, Finding)> {
+        std::mem::take(&mut self.transitions)
     }
 
     fn make_room(&mut self) {

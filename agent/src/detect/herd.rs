@@ -54,6 +54,7 @@ struct Start {
     conn: (u32, u32),
     pid: u32,
     route: Option<String>,
+    in_flight_routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +132,7 @@ impl HerdDetector {
             conn: q.conn,
             pid: q.pid,
             route: q.route.clone(),
+            in_flight_routes: q.in_flight_routes.clone(),
         });
         track.fresh = true;
         track.last_seen_ms = track.last_seen_ms.max(at_ms);
@@ -316,7 +318,13 @@ fn describe(
     let total_ms: f64 = copies.iter().map(|s| s.took_ms).sum();
     let first_took = copies.first().map(|s| s.took_ms).unwrap_or(0.0);
     let duplicates_ms = total_ms - first_took;
-    let mut routes: BTreeSet<String> = copies.iter().filter_map(|s| s.route.clone()).collect();
+    // The copies' own routes, and on asyncio workers every request open beside them: in a
+    // herd those requests are all waiting for the same refill.
+    let mut routes: BTreeSet<String> = copies
+        .iter()
+        .flat_map(|s| s.route.iter().chain(&s.in_flight_routes))
+        .cloned()
+        .collect();
     if let Some(q) = stats {
         routes.extend(q.routes.iter().cloned());
     }
@@ -392,6 +400,7 @@ mod tests {
             first_response_ms: Some(start + took),
             finished_ms: start + took,
             route: Some(format!("/api/e{}", conn % 6)),
+            in_flight_routes: Vec::new(),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct QueryObs {
     pub first_response_ms: Option<f64>,
     pub finished_ms: f64,
     pub route: Option<String>,
+    /// Other requests open on the issuing thread (asyncio): candidates for who issued it.
+    pub in_flight_routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -129,6 +131,11 @@ impl Detectors {
             host: hostname(),
             unix_minus_mono_ms: unix - mono,
         }
+    }
+
+    /// Occurrences and resolutions since the last call (for OTLP logs).
+    pub fn take_transitions(&mut self) -> Vec<(finding::Transition, Finding)> {
+        self.book.take_transitions()
     }
 
     /// A process exec'd (kernel monotonic ns): remembered until its CPU use is known.

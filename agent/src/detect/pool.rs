@@ -432,6 +432,7 @@ mod tests {
             first_response_ms: Some(first),
             finished_ms: end,
             route: None,
+            in_flight_routes: Vec::new(),
         }
     }
 

@@ -441,6 +441,7 @@ mod tests {
             first_response_ms: None,
             finished_ms: 1.0,
             route: None,
+            in_flight_routes: Vec::new(),
         }
     }
 

@@ -1,5 +1,8 @@
 //! What leaves the pipeline: the local API that `herdwatch findings` reads, and the
-//! Prometheus endpoint.
+//! Prometheus endpoint, and OTLP.
 pub mod api;
+pub mod logs;
 pub mod names;
+pub mod otlp;
 pub mod prometheus;
+pub mod spans;

@@ -259,7 +259,7 @@ pub fn render(s: &Snapshot) -> String {
 
 /// Labels alert rules route on: stable for the life of a finding (the sentence lives in
 /// `herdwatch_finding_info`, so a changing number does not make a new alert).
-fn finding_labels(f: &crate::detect::Finding) -> Vec<(&'static str, &str)> {
+pub(crate) fn finding_labels(f: &crate::detect::Finding) -> Vec<(&'static str, &str)> {
     let mut labels = vec![
         ("finding.id", f.id.as_str()),
         ("finding.kind", f.kind.label()),

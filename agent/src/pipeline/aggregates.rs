@@ -155,6 +155,10 @@ pub struct Aggregates {
     /// Finished queries for the detectors, drained by the pipeline after each event.
     pub outbox: Vec<QueryObs>,
     pub outbox_dropped: u64,
+    /// OTLP latency histograms, when OTLP export is on.
+    pub recorder: Option<crate::export::otlp::Recorder>,
+    /// OTLP spans, when OTLP export is on.
+    pub spans: Option<crate::export::spans::SpanRecorder>,
 }
 
 impl Aggregates {
@@ -169,6 +173,8 @@ impl Aggregates {
             grouper,
             outbox: Vec::new(),
             outbox_dropped: 0,
+            recorder: None,
+            spans: None,
         }
     }
 
@@ -184,6 +190,7 @@ impl Aggregates {
         server_port: Option<u16>,
         q: &QueryEvent,
         calling_route: Option<&str>,
+        in_flight_routes: Vec<String>,
     ) {
         let id = self.count_query(conn.0, q, calling_route);
         if self.outbox.len() >= OUTBOX_MAX {
@@ -200,6 +207,7 @@ impl Aggregates {
             first_response_ms: q.first_response_ns.map(ms),
             finished_ms: ms(q.finished_ns.max(q.started_ns)),
             route: calling_route.map(str::to_string),
+            in_flight_routes,
         });
     }
 
@@ -212,6 +220,14 @@ impl Aggregates {
                     // The common case: a statement seen before. No allocation past the lookup.
                     Self::count(entry, pid, q, calling_route);
                     let took = q.finished_ns.saturating_sub(q.started_ns);
+                    if let Some(r) = &self.recorder {
+                        r.query(
+                            &entry.operation,
+                            &entry.summary,
+                            q.sqlstate.as_deref(),
+                            took as f64 / 1e9,
+                        );
+                    }
                     *self.db_wait_by_pid.entry(pid).or_default() += took;
                     return known.id.clone();
                 }
@@ -263,6 +279,14 @@ impl Aggregates {
         Self::count(entry, pid, q, calling_route);
         let counted_as = entry.id.clone();
         let took = q.finished_ns.saturating_sub(q.started_ns);
+        if let Some(r) = &self.recorder {
+            r.query(
+                &entry.operation,
+                &entry.summary,
+                q.sqlstate.as_deref(),
+                took as f64 / 1e9,
+            );
+        }
         *self.db_wait_by_pid.entry(pid).or_default() += took;
         counted_as
     }
@@ -317,6 +341,22 @@ impl Aggregates {
                 ..Default::default()
             });
         let took = x.finished_ns.saturating_sub(x.started_ns);
+        if let Some(r) = &self.recorder {
+            r.exchange(&entry.method, &entry.route, x.status, took as f64 / 1e9);
+        }
+        if let Some(spans) = &self.spans {
+            let empty = Vec::new();
+            spans.record(&crate::export::spans::RequestSpan {
+                method: &entry.method,
+                route: &entry.route,
+                status: x.status,
+                started_ns: x.started_ns,
+                finished_ns: x.finished_ns,
+                cpu_ns: cost.map_or(0, |c| c.cpu_ns),
+                db_wait_ns: cost.map_or(0, |c| c.db_wait_ns),
+                queries: cost.map_or(&empty, |c| &c.query_spans),
+            });
+        }
         entry.requests += 1;
         remember_pid(&mut entry.pids, pid);
         entry.total_ns += took;
@@ -350,6 +390,30 @@ impl Aggregates {
         });
         self.fingerprints.insert(key, known.clone());
         known
+    }
+
+    /// A span for `q`, counted just now (its fingerprint is the outbox's latest).
+    pub fn query_span(
+        &self,
+        q: &QueryEvent,
+        server_port: Option<u16>,
+    ) -> Option<crate::export::spans::QuerySpan> {
+        let id = &self.outbox.last()?.fingerprint;
+        let stats = self.queries.get(id)?;
+        Some(crate::export::spans::QuerySpan {
+            summary: stats.summary.clone(),
+            operation: stats.operation.clone(),
+            started_ns: q.started_ns,
+            finished_ns: q.finished_ns.max(q.started_ns),
+            rows: q.rows,
+            sqlstate: q.sqlstate.clone(),
+            server_port,
+            normalized: self
+                .spans
+                .as_ref()
+                .filter(|s| s.query_text)
+                .map(|_| stats.normalized.clone()),
+        })
     }
 
     /// Total time `pid`'s queries took since start.
@@ -423,17 +487,24 @@ mod tests {
                 Outcome::Ok,
             )
         };
-        a.record_query((1, 3), None, &by_id(1), Some("/t/{id}"));
+        a.record_query((1, 3), None, &by_id(1), Some("/t/{id}"), Vec::new());
         let mut failed = by_id(2);
         failed.outcome = Outcome::Error;
         failed.sqlstate = Some("42P01".into());
-        a.record_query((2, 3), None, &failed, None);
-        a.record_query((1, 3), None, &q(None, Some("_pg3_0"), Outcome::Ok), None);
+        a.record_query((2, 3), None, &failed, None, Vec::new());
+        a.record_query(
+            (1, 3),
+            None,
+            &q(None, Some("_pg3_0"), Outcome::Ok),
+            None,
+            Vec::new(),
+        );
         a.record_query(
             (1, 3),
             None,
             &q(Some("DELETE FROM x"), None, Outcome::Ok),
             None,
+            Vec::new(),
         );
         assert_eq!(a.outbox.len(), 4);
         let v = a.queries();

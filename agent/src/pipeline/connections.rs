@@ -46,14 +46,23 @@ pub struct RequestCost {
     pub cpu_ns: u64,
     pub db_wait_ns: u64,
     pub queries: u64,
+    /// The queries themselves, kept only when spans are exported (bounded).
+    pub query_spans: Vec<crate::export::spans::QuerySpan>,
 }
+
+/// Queries kept per request for its span; a request issuing more keeps the first ones.
+const MAX_QUERY_SPANS: usize = 64;
 
 /// Per thread: its on-CPU total at its last socket call, and the HTTP connection it serves.
 #[derive(Debug, Default, Clone, Copy)]
 struct ThreadCursor {
     last_cpu_ns: u64,
     http_conn: Option<(u32, u32)>,
+    /// The last HTTP connections this thread touched: an asyncio worker interleaves many.
+    recent_http: [Option<(u32, u32)>; RECENT_HTTP],
 }
+
+const RECENT_HTTP: usize = 8;
 
 const MAX_THREAD_CURSORS: usize = 65_536;
 const MAX_OPEN_REQUESTS: usize = 256;
@@ -288,7 +297,38 @@ impl Connections {
                                     if route.is_some() {
                                         self.stats.queries_in_requests += 1;
                                     }
-                                    aggregates.record_query(key, server_port, &q, route.as_deref());
+                                    // An asyncio worker has several requests open on this
+                                    // thread; any of them may have issued the query.
+                                    let mut in_flight: Vec<String> = Vec::new();
+                                    for hc in cursor.recent_http.iter().flatten() {
+                                        if let Some(r) =
+                                            self.conns.get(hc).and_then(|c| c.requests.front())
+                                            && !in_flight.contains(&r.route)
+                                        {
+                                            in_flight.push(r.route.clone());
+                                        }
+                                    }
+                                    if in_flight.len() < 2 {
+                                        in_flight.clear();
+                                    }
+                                    aggregates.record_query(
+                                        key,
+                                        server_port,
+                                        &q,
+                                        route.as_deref(),
+                                        in_flight,
+                                    );
+                                    if aggregates.spans.is_some()
+                                        && let Some(hc) = cursor.http_conn
+                                        && let Some(span) = aggregates.query_span(&q, server_port)
+                                        && let Some(req) = self
+                                            .conns
+                                            .get_mut(&hc)
+                                            .and_then(|c| c.requests.front_mut())
+                                        && req.query_spans.len() < MAX_QUERY_SPANS
+                                    {
+                                        req.query_spans.push(span);
+                                    }
                                 }
                                 SessionEvent::Error(_) => self.stats.protocol_errors += 1,
                                 SessionEvent::Startup { .. } | SessionEvent::Encrypted => {}
@@ -304,6 +344,10 @@ impl Connections {
                         // This thread now serves this connection's request.
                         if let Some(c) = self.threads.get_mut(&tid) {
                             c.http_conn = Some(key);
+                            if !c.recent_http.contains(&Some(key)) {
+                                c.recent_http.rotate_right(1);
+                                c.recent_http[0] = Some(key);
+                            }
                         }
                         for ev in events {
                             match ev {

@@ -57,6 +57,7 @@ pub struct PipelineState {
     /// CPU cgroup per pool master, and the previous (usage ns, monotonic ns) per cgroup path.
     cgroups: HashMap<u32, Option<crate::procs::cgroup::CpuCgroup>>,
     prev_cgroup_usage: HashMap<String, (u64, u64)>,
+    finding_logs: Option<crate::export::logs::FindingLogger>,
 }
 
 /// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
@@ -87,6 +88,7 @@ impl PipelineState {
             detectors: Detectors::new(&config.detect),
             cgroups: HashMap::new(),
             prev_cgroup_usage: HashMap::new(),
+            finding_logs: None,
             table,
             maps,
             reader,
@@ -97,6 +99,13 @@ impl PipelineState {
             prev_ticks: host::read_ticks(),
             tid_to_tgid: HashMap::new(),
         })
+    }
+
+    /// Sends request and query latencies to OTLP from now on.
+    pub fn set_recorder(&mut self, exporters: crate::export::otlp::Exporters) {
+        self.aggregates.recorder = Some(exporters.metrics);
+        self.aggregates.spans = Some(exporters.spans);
+        self.finding_logs = Some(exporters.logs);
     }
 
     pub fn apply_socket(&mut self, event: SocketEvent) {
@@ -403,6 +412,12 @@ impl PipelineState {
             routes: &routes,
             queries: &queries,
         });
+        let transitions = self.detectors.take_transitions();
+        if let Some(logs) = &self.finding_logs {
+            for (t, f) in &transitions {
+                logs.emit(*t, f);
+            }
+        }
         Snapshot {
             taken_at_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

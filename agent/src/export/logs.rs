@@ -1,0 +1,63 @@
+//! OTLP logs: each finding's new occurrence and its resolution as a log record — severity from
+//! the finding, body = the root-cause sentence, attributes = the subject and the evidence.
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
+
+use crate::detect::{Finding, finding::Transition};
+
+#[derive(Clone)]
+pub struct FindingLogger {
+    logger: SdkLogger,
+}
+
+impl std::fmt::Debug for FindingLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FindingLogger")
+    }
+}
+
+impl FindingLogger {
+    pub fn new(provider: &SdkLoggerProvider) -> Self {
+        Self {
+            logger: provider.logger("herdwatch"),
+        }
+    }
+
+    pub fn emit(&self, transition: Transition, f: &Finding) {
+        let mut record = self.logger.create_log_record();
+        let (number, text) = match (transition, f.severity) {
+            (Transition::Resolved, _) => (Severity::Info, "INFO"),
+            (_, crate::detect::Severity::Critical) => (Severity::Error, "ERROR"),
+            (_, crate::detect::Severity::Warning) => (Severity::Warn, "WARN"),
+            (_, crate::detect::Severity::Info) => (Severity::Info, "INFO"),
+        };
+        record.set_event_name(match transition {
+            Transition::Occurred => "herdwatch.finding.occurred",
+            Transition::Resolved => "herdwatch.finding.resolved",
+        });
+        record.set_severity_number(number);
+        record.set_severity_text(text);
+        record.set_body(AnyValue::from(f.root_cause.clone()));
+        record.add_attribute("finding.id", f.id.clone());
+        record.add_attribute("finding.kind", f.kind.label());
+        record.add_attribute("finding.occurrences", f.occurrences as i64);
+        record.add_attribute("finding.prevention", f.prevention.clone());
+        record.add_attribute("finding.remediation", f.remediation.clone());
+        record.add_attribute("host.name", f.subject.host.clone());
+        for (key, value) in [
+            ("service.name", &f.subject.pool),
+            ("http.route", &f.subject.route),
+            ("db.query.summary", &f.subject.query_summary),
+            ("server.endpoint", &f.subject.endpoint),
+        ] {
+            if let Some(v) = value {
+                record.add_attribute(key, v.clone());
+            }
+        }
+        for e in &f.evidence {
+            record.add_attribute(format!("evidence.{}", e.name), e.value);
+            record.add_attribute(format!("evidence.{}.unit", e.name), e.unit.clone());
+        }
+        self.logger.emit(record);
+    }
+}

@@ -1,0 +1,554 @@
+//! OTLP metrics and spans from a real agent tracing a real gunicorn app and PostgreSQL, received by
+//! in-test receivers built on `opentelemetry-proto`'s tonic server types (gRPC) and an HTTP
+//! handler decoding the same protobufs: names, attributes and counts equal to the load, and
+//! every metric the Prometheus endpoint shows has the same name on the OTLP path.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{postgres::Postgres, *};
+use herdwatch::Config;
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+    },
+    common::v1::{AnyValue, KeyValue, any_value},
+    metrics::v1::{Metric, metric::Data},
+    trace::v1::{Span, span::SpanKind},
+};
+use prost::Message as _;
+
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+
+#[derive(Clone, Default)]
+struct ReceivedSpans(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for ReceivedSpans {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl ReceivedSpans {
+    fn keep(&self, req: ExportTraceServiceRequest) {
+        let spans = req
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans);
+        self.0.lock().expect("lock").extend(spans);
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.lock().expect("lock").push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Starts a gRPC receiver on `port`.
+fn grpc_receiver(port: u16, received: Received, spans: ReceivedSpans) {
+    tokio::spawn(async move {
+        let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let _ = tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(received))
+            .add_service(TraceServiceServer::new(spans))
+            .serve(addr)
+            .await;
+    });
+}
+
+/// Starts an HTTP/protobuf receiver on `port` (POST /v1/metrics and /v1/traces).
+fn http_receiver(port: u16, received: Received, spans: ReceivedSpans) {
+    tokio::spawn(async move {
+        let traces = axum::routing::post(move |body: axum::body::Bytes| {
+            let spans = spans.clone();
+            async move {
+                match ExportTraceServiceRequest::decode(body) {
+                    Ok(req) => {
+                        spans.keep(req);
+                        (
+                            axum::http::StatusCode::OK,
+                            ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec(),
+                        )
+                    }
+                    Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
+                }
+            }
+        });
+        let app = axum::Router::new().route("/v1/traces", traces).route(
+            "/v1/metrics",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    match ExportMetricsServiceRequest::decode(body) {
+                        Ok(req) => {
+                            received.0.lock().expect("lock").push(req);
+                            (
+                                axum::http::StatusCode::OK,
+                                [("content-type", "application/x-protobuf")],
+                                ExportMetricsServiceResponse {
+                                    partial_success: None,
+                                }
+                                .encode_to_vec(),
+                            )
+                        }
+                        Err(_) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            [("content-type", "text/plain")],
+                            b"not an ExportMetricsServiceRequest".to_vec(),
+                        ),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind");
+        let _ = axum::serve(listener, app).await;
+    });
+}
+
+fn get(port: u16, path: &str) -> String {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    response
+}
+
+fn attr(attrs: &[KeyValue], key: &str) -> String {
+    attrs
+        .iter()
+        .find(|a| a.key == key)
+        .map(|a| text(&a.value))
+        .unwrap_or_default()
+}
+
+fn text(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+/// The latest export's metrics, by name.
+fn latest_metrics(received: &Received) -> Vec<Metric> {
+    let all = received.0.lock().expect("lock");
+    all.last()
+        .map(|req| {
+            req.resource_metrics
+                .iter()
+                .flat_map(|rm| &rm.scope_metrics)
+                .flat_map(|sm| sm.metrics.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Histogram count of `name` over points whose attribute `key` equals `value`.
+fn histogram_count(metrics: &[Metric], name: &str, key: &str, value: &str) -> u64 {
+    metrics
+        .iter()
+        .filter(|m| m.name == name)
+        .filter_map(|m| match &m.data {
+            Some(Data::Histogram(h)) => Some(h),
+            _ => None,
+        })
+        .flat_map(|h| &h.data_points)
+        .filter(|p| {
+            p.attributes
+                .iter()
+                .any(|a| a.key == key && text(&a.value) == value)
+        })
+        .map(|p| p.count)
+        .sum()
+}
+
+/// The OTLP→Prometheus name translation, written here independently of the agent's: unit
+/// suffix from the metric's own unit, `_total` for monotonic sums.
+fn prometheus_name(m: &Metric) -> String {
+    let mut name: String = m
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let gauge = matches!(m.data, Some(Data::Gauge(_)));
+    let suffix = match m.unit.as_str() {
+        "s" => "seconds",
+        "By" => "bytes",
+        "1" if gauge => "ratio",
+        _ => "",
+    };
+    if !suffix.is_empty() && !name.ends_with(suffix) {
+        name = format!("{name}_{suffix}");
+    }
+    if matches!(&m.data, Some(Data::Sum(s)) if s.is_monotonic) && !name.ends_with("_total") {
+        name.push_str("_total");
+    }
+    name
+}
+
+/// Metric families with at least one sample on `/metrics`.
+fn prometheus_families(port: u16) -> BTreeSet<String> {
+    let body = get(port, "/metrics");
+    let mut families = BTreeSet::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|base| body.contains(&format!("# TYPE {base} histogram")))
+            .unwrap_or(name);
+        if !family.contains(':') && !family.starts_with("HTTP/") {
+            families.insert(family.to_string());
+        }
+    }
+    families
+}
+
+fn run(protocol: &str) {
+    let test = format!("otlp::metrics_over_{}", protocol.replace('/', "_"));
+    if !kernel_available(&test) {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let app_port = free_port();
+    let _app = gunicorn_shop(2, app_port, Some(&pg.tcp_dsn()));
+    wait_http(app_port);
+    let (receiver_port, metrics_port) = (free_port(), free_port());
+    let mut config = Config {
+        interval_ms: 500,
+        api_socket: None,
+        prometheus_listen: Some(format!("127.0.0.1:{metrics_port}")),
+        ..Config::default()
+    };
+    config.otlp.endpoint = Some(format!("http://127.0.0.1:{receiver_port}"));
+    config.otlp.protocol = Some(protocol.to_string());
+    config.otlp.interval_ms = 1000;
+    config.otlp.trace_ratio = 1.0;
+    let received = Received::default();
+    let spans = ReceivedSpans::default();
+    runtime().block_on(async {
+        if protocol == "grpc" {
+            grpc_receiver(receiver_port, received.clone(), spans.clone());
+        } else {
+            http_receiver(receiver_port, received.clone(), spans.clone());
+        }
+        let agent = start_agent_with(config).await;
+        let (orders, broken) = (20u64, 5u64);
+        tokio::task::spawn_blocking(move || {
+            for i in 0..orders {
+                assert!(get(app_port, &format!("/orders/{i}")).starts_with("HTTP/1.1 200"));
+            }
+            for _ in 0..broken {
+                assert!(get(app_port, "/broken").starts_with("HTTP/1.1 500"));
+            }
+        })
+        .await
+        .expect("load");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let metrics = loop {
+            let m = latest_metrics(&received);
+            let http = histogram_count(&m, "http.server.request.duration", "http.route", "/orders/{id}");
+            let db = histogram_count(&m, "db.client.operation.duration", "db.query.summary", "SELECT orders");
+            if http == orders && db == orders {
+                break m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OTLP never showed {orders} requests and queries (http {http}, db {db}); {} exports",
+                received.0.lock().expect("lock").len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let broken_500 = metrics
+            .iter()
+            .filter(|m| m.name == "http.server.request.duration")
+            .filter_map(|m| match &m.data {
+                Some(Data::Histogram(h)) => Some(h),
+                _ => None,
+            })
+            .flat_map(|h| &h.data_points)
+            .filter(|p| {
+                p.attributes.iter().any(|a| a.key == "http.route" && text(&a.value) == "/broken")
+                    && p.attributes.iter().any(|a| {
+                        a.key == "http.response.status_code" && text(&a.value) == "500"
+                    })
+            })
+            .map(|p| p.count)
+            .sum::<u64>();
+        assert_eq!(broken_500, broken, "status codes ride on the HTTP histogram");
+        let errors = metrics.iter().any(|m| {
+            m.name == "herdwatch.db.client.errors"
+                && matches!(&m.data, Some(Data::Sum(s)) if s.data_points.iter().any(|p| {
+                    p.attributes.iter().any(|a| a.key == "db.response.status_code" && text(&a.value) == "42P01")
+                }))
+        });
+        assert!(errors, "SQLSTATE 42P01 counted");
+        let resource = received.0.lock().expect("lock")[0].resource_metrics[0]
+            .resource
+            .clone()
+            .expect("resource");
+        for key in ["service.name", "host.name"] {
+            assert!(
+                resource.attributes.iter().any(|a| a.key == key),
+                "resource lacks {key}"
+            );
+        }
+        // Spans: a SERVER span per request, a CLIENT child per query it issued.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = spans
+                .0
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|s| s.kind == SpanKind::Server as i32)
+                .count() as u64;
+            if n >= orders + broken {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {n} SERVER spans arrived");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let all = spans.0.lock().expect("lock").clone();
+        let servers: Vec<&Span> = all
+            .iter()
+            .filter(|s| s.kind == SpanKind::Server as i32 && attr(&s.attributes, "http.route") == "/orders/{id}")
+            .collect();
+        assert_eq!(servers.len() as u64, orders, "one SERVER span per request");
+        for server in &servers {
+            assert_eq!(server.name, "GET /orders/{id}");
+            assert_eq!(attr(&server.attributes, "http.response.status_code"), "200");
+            assert!(server.attributes.iter().any(|a| a.key == "herdwatch.cpu.time"));
+            let children: Vec<&Span> = all
+                .iter()
+                .filter(|c| c.parent_span_id == server.span_id && c.trace_id == server.trace_id)
+                .collect();
+            assert_eq!(children.len(), 1, "one query per /orders request");
+            let child = children[0];
+            assert_eq!(child.kind, SpanKind::Client as i32);
+            assert_eq!(attr(&child.attributes, "db.system.name"), "postgresql");
+            assert_eq!(attr(&child.attributes, "db.query.summary"), "SELECT orders");
+            assert!(child.start_time_unix_nano >= server.start_time_unix_nano);
+            assert!(child.end_time_unix_nano <= server.end_time_unix_nano);
+            assert!(
+                !child.attributes.iter().any(|a| text(&a.value).contains("orders WHERE id =")),
+                "no query text on spans"
+            );
+        }
+        let failed = all
+            .iter()
+            .filter(|s| attr(&s.attributes, "db.response.status_code") == "42P01")
+            .count() as u64;
+        assert_eq!(failed, broken, "each failing query's span carries its SQLSTATE");
+        // One set of dashboards and rules for both paths: the same names.
+        let otlp: BTreeSet<String> = metrics.iter().map(prometheus_name).collect();
+        let scraped = prometheus_families(metrics_port);
+        eprintln!("OTLP (translated): {otlp:?}\nPrometheus: {scraped:?}");
+        assert_eq!(otlp, scraped, "OTLP and /metrics disagree on names");
+        drop(agent);
+    });
+}
+
+#[test]
+fn metrics_over_grpc() {
+    run("grpc");
+}
+
+#[test]
+fn metrics_over_http_protobuf() {
+    run("http/protobuf");
+}
+
+/// Collector down for the first part of the run: the agent keeps tracing (requests counted),
+/// nothing panics, and once a receiver appears on the endpoint, metrics flow.
+#[test]
+fn collector_down_then_up() {
+    if !kernel_available("otlp::collector_down_then_up") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let app_port = free_port();
+    let _app = gunicorn_shop(2, app_port, Some(&pg.tcp_dsn()));
+    wait_http(app_port);
+    let receiver_port = free_port();
+    let mut config = Config {
+        interval_ms: 500,
+        api_socket: None,
+        prometheus_listen: None,
+        ..Config::default()
+    };
+    config.otlp.endpoint = Some(format!("http://127.0.0.1:{receiver_port}"));
+    config.otlp.interval_ms = 1000;
+    config.otlp.timeout_ms = 1000;
+    let received = Received::default();
+    runtime().block_on(async {
+        let agent = start_agent_with(config).await;
+        let send = |n: u64| {
+            tokio::task::spawn_blocking(move || {
+                for i in 0..n {
+                    assert!(get(app_port, &format!("/orders/{i}")).starts_with("HTTP/1.1 200"));
+                }
+            })
+        };
+        send(30).await.expect("load");
+        // Several export attempts fail meanwhile; tracing goes on.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let snap = agent.snapshot_now().await.expect("snapshot");
+        let traced: u64 = snap
+            .routes
+            .iter()
+            .filter(|r| r.route == "/orders/{id}")
+            .map(|r| r.requests)
+            .sum();
+        assert_eq!(traced, 30, "tracing continues with the collector down");
+        assert!(received.0.lock().expect("lock").is_empty());
+        // The collector comes up: data flows, with everything counted so far.
+        grpc_receiver(receiver_port, received.clone(), ReceivedSpans::default());
+        send(10).await.expect("load");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let m = latest_metrics(&received);
+            let n = histogram_count(
+                &m,
+                "http.server.request.duration",
+                "http.route",
+                "/orders/{id}",
+            );
+            if n == 40 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never flowed after the collector came up ({n} requests seen)"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        drop(agent);
+    });
+}
+
+/// Peak RSS of the agent (`herdwatch run`, a child process) under the same load with OTLP
+/// off and with the collector down for the whole run, side by side. `cargo xtask bench
+/// otlp-down` runs it; it prints the figures and checks the collector-down run stays within
+/// a bound of the OTLP-off one (queues are bounded, failed exports are dropped).
+#[test]
+#[ignore = "benchmark: cargo xtask bench otlp-down"]
+fn collector_down_peak_rss() {
+    if !kernel_available("otlp::collector_down_peak_rss") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let app_port = free_port();
+    let _app = gunicorn_shop(4, app_port, Some(&pg.tcp_dsn()));
+    wait_http(app_port);
+    let seconds: u64 = std::env::var("HERDWATCH_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut peaks = Vec::new();
+    for (label, endpoint) in [
+        ("otlp off", None),
+        (
+            "collector down",
+            Some(format!("http://127.0.0.1:{}", free_port())),
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herdwatch"));
+        cmd.args(["run", "--json", "--interval-ms", "500"])
+            .env("HERDWATCH_API_SOCKET", "")
+            .env("HERDWATCH_PROMETHEUS_LISTEN", "")
+            .stdout(std::process::Stdio::null());
+        match &endpoint {
+            Some(e) => cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+            None => cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        };
+        let mut agent = cmd.spawn().expect("herdwatch runs");
+        std::thread::sleep(Duration::from_secs(3));
+        let load = common::load::Load::start(
+            app_port,
+            &["GET /orders/7", "GET /customers/3", "GET /broken"],
+            4,
+            Duration::ZERO,
+        );
+        std::thread::sleep(Duration::from_secs(seconds));
+        let peak_kib = std::fs::read_to_string(format!("/proc/{}/status", agent.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .expect("VmHWM of the agent");
+        let counts = load.stop();
+        let requests: u64 = counts.values().flat_map(|s| s.values()).sum();
+        let _ = agent.kill();
+        let _ = agent.wait();
+        println!(
+            "{label:>15}: peak RSS {:.1} MiB over {seconds} s, {requests} requests",
+            peak_kib as f64 / 1024.0
+        );
+        peaks.push(peak_kib as f64);
+    }
+    println!(
+        "collector down / otlp off peak RSS ratio: {:.2}",
+        peaks[1] / peaks[0]
+    );
+    assert!(
+        peaks[1] < peaks[0] + 128.0 * 1024.0,
+        "collector down must not grow memory without bound"
+    );
+}
