@@ -255,16 +255,22 @@ fn prometheus_families(port: u16) -> BTreeSet<String> {
     families
 }
 
+/// PostgreSQL with the shop schema and the shop under gunicorn with `workers` workers.
+fn shop(workers: u32) -> (Postgres, Proc, u16) {
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let port = free_port();
+    let app = gunicorn_shop(workers, port, Some(&pg.tcp_dsn()));
+    wait_http(port);
+    (pg, app, port)
+}
+
 fn run(protocol: &str) {
     let test = format!("otlp::metrics_over_{}", protocol.replace('/', "_"));
     if !kernel_available(&test) {
         return;
     }
-    let pg = Postgres::start();
-    pg.shop_schema();
-    let app_port = free_port();
-    let _app = gunicorn_shop(2, app_port, Some(&pg.tcp_dsn()));
-    wait_http(app_port);
+    let (_pg, _app, app_port) = shop(2);
     let (receiver_port, metrics_port) = (free_port(), free_port());
     let mut config = Config {
         interval_ms: 500,
@@ -418,11 +424,7 @@ fn collector_down_then_up() {
     if !kernel_available("otlp::collector_down_then_up") {
         return;
     }
-    let pg = Postgres::start();
-    pg.shop_schema();
-    let app_port = free_port();
-    let _app = gunicorn_shop(2, app_port, Some(&pg.tcp_dsn()));
-    wait_http(app_port);
+    let (_pg, _app, app_port) = shop(2);
     let receiver_port = free_port();
     let mut config = Config {
         interval_ms: 500,
@@ -490,11 +492,7 @@ fn collector_down_peak_rss() {
     if !kernel_available("otlp::collector_down_peak_rss") {
         return;
     }
-    let pg = Postgres::start();
-    pg.shop_schema();
-    let app_port = free_port();
-    let _app = gunicorn_shop(4, app_port, Some(&pg.tcp_dsn()));
-    wait_http(app_port);
+    let (_pg, _app, app_port) = shop(4);
     let seconds: u64 = std::env::var("HERDWATCH_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -143,6 +143,15 @@ metric!(
     "Events the agent lost, by where they were lost."
 );
 
+/// Reads one nanosecond total off a route's statistics.
+pub type RouteNanos = fn(&crate::pipeline::aggregates::RouteStats) -> u64;
+
+/// The per-route time counters and the field each one reads.
+pub const ROUTE_TIMES: [(&MetricDef, RouteNanos); 2] = [
+    (&ROUTE_CPU, |r| r.cpu_ns),
+    (&ROUTE_DB_WAIT, |r| r.db_wait_ns),
+];
+
 /// Every metric, for documentation and the OTLP/Prometheus comparison.
 pub const ALL: [MetricDef; 16] = [
     HTTP_SERVER_DURATION,

@@ -438,34 +438,24 @@ fn kv(k: &'static str, v: &str) -> KeyValue {
 }
 
 fn observe_snapshots(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
-    observable(meter, &names::ROUTE_CPU, &latest, |s| {
-        s.routes
-            .iter()
-            .map(|r| {
-                (
-                    r.cpu_ns as f64 / 1e9,
-                    vec![
+    for (def, ns) in names::ROUTE_TIMES {
+        let latest = latest.clone();
+        meter
+            .f64_observable_counter(def.name)
+            .with_unit(def.unit)
+            .with_description(def.help)
+            .with_callback(move |observer| {
+                let snap = latest.borrow().clone();
+                for r in &snap.routes {
+                    let attrs = [
                         kv("http.request.method", &r.method),
                         kv("http.route", &r.route),
-                    ],
-                )
+                    ];
+                    observer.observe(ns(r) as f64 / 1e9, &attrs);
+                }
             })
-            .collect()
-    });
-    observable(meter, &names::ROUTE_DB_WAIT, &latest, |s| {
-        s.routes
-            .iter()
-            .map(|r| {
-                (
-                    r.db_wait_ns as f64 / 1e9,
-                    vec![
-                        kv("http.request.method", &r.method),
-                        kv("http.route", &r.route),
-                    ],
-                )
-            })
-            .collect()
-    });
+            .build();
+    }
     observable(meter, &names::DB_CLIENT_ERRORS, &latest, |s| {
         s.queries
             .iter()
@@ -550,18 +540,11 @@ fn observe_snapshots(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
             .collect()
     });
     observable(meter, &names::AGENT_DROPS, &latest, |s| {
-        let a = &s.agent;
-        [
-            ("kernel_ring_full", a.kernel.events_dropped),
-            ("kernel_socket_ring_full", a.kernel.socket_events_dropped),
-            ("channel_full", a.events_channel_full),
-            ("socket_channel_full", a.socket_events_channel_full),
-            ("malformed", a.events_malformed + a.socket_events_malformed),
-            ("connections_evicted", a.connections.evicted),
-        ]
-        .into_iter()
-        .map(|(reason, n)| (n as f64, vec![kv("reason", reason)]))
-        .collect()
+        s.agent
+            .drops()
+            .into_iter()
+            .map(|(reason, n)| (n as f64, vec![kv("reason", reason)]))
+            .collect()
     });
 }
 

@@ -140,24 +140,14 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
-    {
-        let mut f = Family::new(&mut out, &names::ROUTE_CPU);
+    for (def, ns) in names::ROUTE_TIMES {
+        let mut f = Family::new(&mut out, def);
         for r in &s.routes {
             let labels = [
                 ("http.request.method", r.method.as_str()),
                 ("http.route", &r.route),
             ];
-            f.sample("", &labels, r.cpu_ns as f64 / 1e9);
-        }
-    }
-    {
-        let mut f = Family::new(&mut out, &names::ROUTE_DB_WAIT);
-        for r in &s.routes {
-            let labels = [
-                ("http.request.method", r.method.as_str()),
-                ("http.route", &r.route),
-            ];
-            f.sample("", &labels, r.db_wait_ns as f64 / 1e9);
+            f.sample("", &labels, ns(r) as f64 / 1e9);
         }
     }
     {
@@ -241,16 +231,8 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     {
-        let a = &s.agent;
         let mut drops = Family::new(&mut out, &names::AGENT_DROPS);
-        for (reason, n) in [
-            ("kernel_ring_full", a.kernel.events_dropped),
-            ("kernel_socket_ring_full", a.kernel.socket_events_dropped),
-            ("channel_full", a.events_channel_full),
-            ("socket_channel_full", a.socket_events_channel_full),
-            ("malformed", a.events_malformed + a.socket_events_malformed),
-            ("connections_evicted", a.connections.evicted),
-        ] {
+        for (reason, n) in s.agent.drops() {
             drops.sample("", &[("reason", reason)], n as f64);
         }
     }

@@ -219,16 +219,13 @@ impl Aggregates {
                 if let Some(entry) = self.queries.get_mut(&known.id) {
                     // The common case: a statement seen before. No allocation past the lookup.
                     Self::count(entry, pid, q, calling_route);
-                    let took = q.finished_ns.saturating_sub(q.started_ns);
-                    if let Some(r) = &self.recorder {
-                        r.query(
-                            &entry.operation,
-                            &entry.summary,
-                            q.sqlstate.as_deref(),
-                            took as f64 / 1e9,
-                        );
-                    }
-                    *self.db_wait_by_pid.entry(pid).or_default() += took;
+                    Self::charge(
+                        &mut self.db_wait_by_pid,
+                        self.recorder.as_ref(),
+                        entry,
+                        pid,
+                        q,
+                    );
                     return known.id.clone();
                 }
                 (
@@ -277,9 +274,26 @@ impl Aggregates {
                 })
         };
         Self::count(entry, pid, q, calling_route);
-        let counted_as = entry.id.clone();
+        Self::charge(
+            &mut self.db_wait_by_pid,
+            self.recorder.as_ref(),
+            entry,
+            pid,
+            q,
+        );
+        entry.id.clone()
+    }
+
+    /// The query's time goes to its process's DB wait and, with OTLP on, to the histogram.
+    fn charge(
+        db_wait_by_pid: &mut FxHashMap<u32, u64>,
+        recorder: Option<&crate::export::otlp::Recorder>,
+        entry: &QueryStats,
+        pid: u32,
+        q: &QueryEvent,
+    ) {
         let took = q.finished_ns.saturating_sub(q.started_ns);
-        if let Some(r) = &self.recorder {
+        if let Some(r) = recorder {
             r.query(
                 &entry.operation,
                 &entry.summary,
@@ -287,8 +301,7 @@ impl Aggregates {
                 took as f64 / 1e9,
             );
         }
-        *self.db_wait_by_pid.entry(pid).or_default() += took;
-        counted_as
+        *db_wait_by_pid.entry(pid).or_default() += took;
     }
 
     fn count(entry: &mut QueryStats, pid: u32, q: &QueryEvent, calling_route: Option<&str>) {

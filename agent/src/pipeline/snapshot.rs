@@ -127,6 +127,23 @@ impl PoolView {
     }
 }
 
+impl AgentStats {
+    /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
+    pub fn drops(&self) -> [(&'static str, u64); 6] {
+        [
+            ("kernel_ring_full", self.kernel.events_dropped),
+            ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
+            ("channel_full", self.events_channel_full),
+            ("socket_channel_full", self.socket_events_channel_full),
+            (
+                "malformed",
+                self.events_malformed + self.socket_events_malformed,
+            ),
+            ("connections_evicted", self.connections.evicted),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentStats {
     pub events_received: u64,
