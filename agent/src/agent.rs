@@ -100,6 +100,10 @@ impl Agent {
         let seeded = state.seed_existing_sockets();
         tracing::info!("tracing {seeded} sockets that were open before the agent started");
         snap_tx.send_replace(first);
+        // Subscribers wait for the first periodic snapshot (a full interval of rates), not
+        // this one: mark it seen before anyone clones the receiver.
+        let mut latest = latest;
+        latest.borrow_and_update();
         if let Some(path) = &config.api_socket {
             tasks.push(crate::export::api::serve(path, latest.clone())?);
         }

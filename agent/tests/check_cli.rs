@@ -126,3 +126,30 @@ fn kernel_log_lines_reach_the_agent_log_at_debug_level() {
         "no DEBUG kernel log line {want:?} in the agent's log"
     );
 }
+
+#[test]
+fn run_once_prints_one_full_interval() {
+    if !common::kernel_available("run_once_prints_one_full_interval") {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_herdwatch"))
+        .args(["run", "--once", "--json", "--interval-ms", "300"])
+        .env("HERDWATCH_API_SOCKET", "")
+        .env("HERDWATCH_PROMETHEUS_LISTEN", "")
+        .output()
+        .expect("herdwatch runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON snapshot");
+    let interval = snap["interval_ms"].as_u64().unwrap_or(0);
+    // The rates cover a whole interval, not the instant the agent started.
+    assert!(interval >= 300, "interval_ms = {interval}");
+    assert!(
+        snap["host"]["cpu_utilization"].is_number(),
+        "{}",
+        snap["host"]
+    );
+}
