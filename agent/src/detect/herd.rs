@@ -71,7 +71,12 @@ struct Track {
     bursts: VecDeque<Span>,
     active: bool,
     last_seen_ms: u64,
+    /// Every route seen issuing (or waiting beside) a copy, across bursts (bounded): a
+    /// burst's own copies need not touch every endpoint that issues the query.
+    routes: BTreeSet<String>,
 }
+
+const MAX_ROUTES: usize = 32;
 
 const MAX_STARTS: usize = 4096;
 /// How long after a start its query may still be reported (it is seen when it finishes).
@@ -136,6 +141,11 @@ impl HerdDetector {
         });
         track.fresh = true;
         track.last_seen_ms = track.last_seen_ms.max(at_ms);
+        for r in q.route.iter().chain(&q.in_flight_routes) {
+            if track.routes.len() < MAX_ROUTES && !track.routes.contains(r) {
+                track.routes.insert(r.clone());
+            }
+        }
     }
 
     /// Evaluates fingerprints with new queries. `now_ms` is on the queries' clock; `to_unix`
@@ -205,7 +215,8 @@ impl HerdDetector {
                         }
                         track.bursts.push_back(span);
                         let stats = queries.iter().find(|q| q.id == *fp);
-                        let report = describe(fp, starts, span, stats, host, &to_unix);
+                        let report =
+                            describe(fp, starts, span, stats, &track.routes, host, &to_unix);
                         signals.push(Signal::Onset(Box::new(report)));
                         track.active = true;
                     }
@@ -216,7 +227,7 @@ impl HerdDetector {
                 && let Some(span) = track.bursts.back().copied()
             {
                 let stats = queries.iter().find(|q| q.id == *fp);
-                let report = describe(fp, starts, span, stats, host, &to_unix);
+                let report = describe(fp, starts, span, stats, &track.routes, host, &to_unix);
                 signals.push(Signal::Ongoing(Box::new(report)));
             }
         }
@@ -306,6 +317,7 @@ fn describe(
     starts: &[Start],
     span: Span,
     stats: Option<&QueryStats>,
+    known_routes: &BTreeSet<String>,
     host: &str,
     to_unix: &impl Fn(u64) -> u64,
 ) -> Report {
@@ -328,6 +340,7 @@ fn describe(
     if let Some(q) = stats {
         routes.extend(q.routes.iter().cloned());
     }
+    routes.extend(known_routes.iter().cloned());
     let routes: Vec<String> = routes.into_iter().collect();
     let summary = stats
         .map(|q| q.summary.clone())
