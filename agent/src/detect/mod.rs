@@ -19,6 +19,7 @@ pub use lifecycle::PoolEvent;
 
 use crate::pipeline::{
     aggregates::{QueryStats, RouteStats},
+    host,
     snapshot::{HostView, PoolView, ProcessView},
 };
 
@@ -115,8 +116,6 @@ pub struct Detectors {
 
 impl Detectors {
     pub fn new(config: &DetectConfig) -> Self {
-        let unix = unix_ms() as i128;
-        let mono = (crate::pipeline::host::monotonic_ns() / 1_000_000) as i128;
         Self {
             herd: herd::HerdDetector::new(config.herd.clone()),
             starvation: starvation::StarvationDetector::new(config.starvation.clone()),
@@ -128,8 +127,8 @@ impl Detectors {
             lifecycle: lifecycle::LifecycleLog::default(),
             windows: window::Windows::default(),
             book: finding::FindingBook::new(config.max_findings.unwrap_or(256)),
-            host: hostname(),
-            unix_minus_mono_ms: unix - mono,
+            host: host::hostname(),
+            unix_minus_mono_ms: host::unix_minus_monotonic_ns() / 1_000_000,
         }
     }
 
@@ -175,8 +174,8 @@ impl Detectors {
     /// Runs every detector on one snapshot's data; returns the findings and recent pool
     /// lifecycle events.
     pub fn tick(&mut self, input: &TickInput) -> (Vec<Finding>, Vec<PoolEvent>) {
-        let now_unix = unix_ms();
-        let now_mono = crate::pipeline::host::monotonic_ns() / 1_000_000;
+        let now_unix = host::unix_ms();
+        let now_mono = host::monotonic_ns() / 1_000_000;
         let offset = self.unix_minus_mono_ms;
         let to_unix = move |mono_ms: u64| (mono_ms as i128 + offset).max(0) as u64;
         self.lifecycle.observe(input.pools, now_unix);
@@ -295,17 +294,4 @@ impl Detectors {
         }
         (self.book.list(), self.lifecycle.recent())
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
 }

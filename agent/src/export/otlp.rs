@@ -225,10 +225,10 @@ fn boundaries() -> Vec<f64> {
 
 /// Resource attributes describing this host.
 pub fn resource() -> Resource {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let mut attrs = vec![KeyValue::new("host.name", host)];
+    let mut attrs = vec![KeyValue::new(
+        "host.name",
+        crate::pipeline::host::hostname(),
+    )];
     if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
         attrs.push(KeyValue::new("host.id", id.trim().to_string()));
     }

@@ -58,17 +58,12 @@ impl std::fmt::Debug for SpanRecorder {
 impl SpanRecorder {
     pub fn new(provider: &SdkTracerProvider, ratio: f64, slow_ms: u64, query_text: bool) -> Self {
         use opentelemetry::trace::TracerProvider as _;
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        let mono = i128::from(crate::pipeline::host::monotonic_ns());
         Self {
             tracer: provider.tracer("herdwatch"),
             ratio: ratio.clamp(0.0, 1.0),
             slow_ns: slow_ms * 1_000_000,
             query_text,
-            unix_minus_mono_ns: unix - mono,
+            unix_minus_mono_ns: crate::pipeline::host::unix_minus_monotonic_ns(),
         }
     }
 

@@ -159,6 +159,33 @@ impl Connections {
         }
     }
 
+    /// Routes of the requests open on the thread's recent HTTP connections, when there are
+    /// two or more different ones (an asyncio worker: any of them may have issued a query).
+    /// Empty otherwise, without allocating: a sync worker's one request is the calling route.
+    fn routes_open_beside(&self, cursor: &ThreadCursor) -> Vec<String> {
+        let open = || {
+            cursor
+                .recent_http
+                .iter()
+                .flatten()
+                .filter_map(|hc| self.conns.get(hc)?.requests.front())
+                .map(|r| &r.route)
+        };
+        let Some(first) = open().next() else {
+            return Vec::new();
+        };
+        if open().all(|r| r == first) {
+            return Vec::new();
+        }
+        let mut routes: Vec<String> = Vec::new();
+        for r in open() {
+            if !routes.contains(r) {
+                routes.push(r.clone());
+            }
+        }
+        routes
+    }
+
     /// HTTP requests read and not yet answered, per process.
     pub fn open_requests_by_pid(&self) -> std::collections::HashMap<u32, usize> {
         let mut open = std::collections::HashMap::new();
@@ -297,20 +324,7 @@ impl Connections {
                                     if route.is_some() {
                                         self.stats.queries_in_requests += 1;
                                     }
-                                    // An asyncio worker has several requests open on this
-                                    // thread; any of them may have issued the query.
-                                    let mut in_flight: Vec<String> = Vec::new();
-                                    for hc in cursor.recent_http.iter().flatten() {
-                                        if let Some(r) =
-                                            self.conns.get(hc).and_then(|c| c.requests.front())
-                                            && !in_flight.contains(&r.route)
-                                        {
-                                            in_flight.push(r.route.clone());
-                                        }
-                                    }
-                                    if in_flight.len() < 2 {
-                                        in_flight.clear();
-                                    }
+                                    let in_flight = self.routes_open_beside(&cursor);
                                     aggregates.record_query(
                                         key,
                                         server_port,

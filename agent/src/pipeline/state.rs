@@ -2,7 +2,6 @@
 use std::{
     collections::HashMap,
     sync::{Arc, atomic::Ordering},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use herdwatch_common::{CpuCurrent, ThreadCounters};
@@ -419,10 +418,7 @@ impl PipelineState {
             }
         }
         Snapshot {
-            taken_at_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            taken_at_unix_ms: host::unix_ms(),
             interval_ms: interval_ns / 1_000_000,
             host,
             processes,
