@@ -16,10 +16,12 @@ const MAX_TARGET: usize = 2048;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// Inline (no allocation): methods are short, and a head is cloned into its
+    /// `RequestStarted` event.
+    pub method: compact_str::CompactString,
     /// Path and query as sent, cut at 2048 bytes.
     pub target: String,
-    pub host: Option<String>,
+    pub host: Option<compact_str::CompactString>,
     pub keep_alive: bool,
     pub head_truncated: bool,
 }
@@ -84,8 +86,10 @@ struct Framer {
 }
 
 #[derive(Debug)]
-struct Parsed {
-    head: Vec<u8>,
+struct Parsed<'a> {
+    /// The head's bytes: borrowed from the call when it holds the whole head (the common
+    /// case, no copy), else from the framer's buffer.
+    head: &'a [u8],
     truncated: bool,
     started_ns: u64,
 }
@@ -104,7 +108,7 @@ impl Framer {
     fn push(
         &mut self,
         chunk: Chunk<'_>,
-        on_head: &mut dyn FnMut(Parsed) -> Result<Body, ProtocolError>,
+        on_head: &mut dyn FnMut(Parsed<'_>) -> Result<Body, ProtocolError>,
         on_end: &mut dyn FnMut(u64),
         errors: &mut Vec<ProtocolError>,
     ) {
@@ -136,7 +140,7 @@ impl Framer {
     fn push_prefix(
         &mut self,
         chunk: Chunk<'_>,
-        on_head: &mut dyn FnMut(Parsed) -> Result<Body, ProtocolError>,
+        on_head: &mut dyn FnMut(Parsed<'_>) -> Result<Body, ProtocolError>,
         on_end: &mut dyn FnMut(u64),
         errors: &mut Vec<ProtocolError>,
     ) {
@@ -150,13 +154,14 @@ impl Framer {
                         if gap > 0 && !self.buf.is_empty() {
                             // The head continues in bytes we did not capture.
                             let parsed = Parsed {
-                                head: std::mem::take(&mut self.buf),
+                                head: &self.buf,
                                 truncated: true,
                                 started_ns: self.message_started_ns.take().unwrap_or(ts),
                             };
                             if let Err(e) = on_head(parsed) {
                                 errors.push(e);
                             }
+                            self.buf.clear();
                             on_end(ts);
                             self.state = State::Head;
                         }
@@ -173,6 +178,25 @@ impl Framer {
                             continue;
                         }
                         self.message_started_ns = Some(ts);
+                        // The whole head in this call (the usual case): parse it in place.
+                        let window = &data[..data.len().min(MAX_HEAD)];
+                        if let Some(pos) = find(window, b"\r\n\r\n") {
+                            let end = pos + 4;
+                            let parsed = Parsed {
+                                head: &data[..end],
+                                truncated: false,
+                                started_ns: self.message_started_ns.take().unwrap_or(ts),
+                            };
+                            data = &data[end..];
+                            match on_head(parsed) {
+                                Ok(body) => self.begin_body(body, ts, on_end),
+                                Err(e) => {
+                                    errors.push(e);
+                                    self.state = State::RestOfCall;
+                                }
+                            }
+                            continue;
+                        }
                     }
                     let before = self.buf.len();
                     let room = MAX_HEAD.saturating_sub(before);
@@ -184,14 +208,14 @@ impl Framer {
                             let end = search_from + pos + 4;
                             let used = end - before;
                             data = &data[used..];
-                            let head: Vec<u8> = self.buf.drain(..end).collect();
-                            self.buf.clear();
                             let parsed = Parsed {
-                                head,
+                                head: &self.buf[..end],
                                 truncated: false,
                                 started_ns: self.message_started_ns.take().unwrap_or(ts),
                             };
-                            match on_head(parsed) {
+                            let parsed_body = on_head(parsed);
+                            self.buf.clear();
+                            match parsed_body {
                                 Ok(body) => self.begin_body(body, ts, on_end),
                                 Err(e) => {
                                     errors.push(e);
@@ -345,7 +369,7 @@ fn consume_body(remaining: u64, data: &mut &[u8], gap: &mut u64) -> u64 {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// A message head, parsed in place: the first line and the few headers herdwatch needs.
@@ -394,16 +418,29 @@ fn parse_head(bytes: &[u8]) -> Head<'_> {
         let Some(colon) = line.iter().position(|c| *c == b':') else {
             continue;
         };
-        let (name, value) = (trim(&line[..colon]), trim(&line[colon + 1..]));
-        if name.eq_ignore_ascii_case(b"host") {
-            head.host = Some(value);
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            head.chunked |= has_token(value, b"chunked");
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            head.connection_close |= has_token(value, b"close");
-            head.connection_keep_alive |= has_token(value, b"keep-alive");
+        let name = trim(&line[..colon]);
+        // Dispatch on the length first: most headers are none of the four we read.
+        let wanted: &[u8] = match name.len() {
+            4 => b"host",
+            10 => b"connection",
+            14 => b"content-length",
+            17 => b"transfer-encoding",
+            _ => continue,
+        };
+        if !name.eq_ignore_ascii_case(wanted) {
+            continue;
+        }
+        let value = trim(&line[colon + 1..]);
+        match name.len() {
+            4 => head.host = Some(value),
+            14 => {
+                head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            }
+            17 => head.chunked |= has_token(value, b"chunked"),
+            _ => {
+                head.connection_close |= has_token(value, b"close");
+                head.connection_keep_alive |= has_token(value, b"keep-alive");
+            }
         }
     }
     head
@@ -416,7 +453,7 @@ fn is_token(s: &str) -> bool {
 }
 
 fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
-    let head = parse_head(&p.head);
+    let head = parse_head(p.head);
     let first_line = String::from_utf8_lossy(head.first_line);
     let mut parts = first_line.split(' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
@@ -455,9 +492,9 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
     };
     Ok((
         RequestHead {
-            method: method.to_string(),
+            method: method.into(),
             target,
-            host: head.host.map(|h| String::from_utf8_lossy(h).into_owned()),
+            host: head.host.map(crate::inline_text),
             keep_alive,
             head_truncated: p.truncated,
         },
@@ -469,7 +506,7 @@ fn parse_response(
     p: &Parsed,
     request_method: Option<&str>,
 ) -> Result<(u16, Body, bool), ProtocolError> {
-    let head = parse_head(&p.head);
+    let head = parse_head(p.head);
     let mut parts = head.first_line.splitn(3, |c| *c == b' ');
     let version = parts.next().unwrap_or_default();
     let status: u16 = parts

@@ -11,7 +11,17 @@ pub mod http;
 pub mod postgres;
 pub mod route;
 
+/// Short strings (names, methods) kept inline; re-exported so callers name the same type.
+pub use compact_str::CompactString;
 pub use error::ProtocolError;
+
+/// Bytes as an inline string; invalid UTF-8 is replaced (lossy), valid text takes the fast path.
+pub(crate) fn inline_text(bytes: &[u8]) -> CompactString {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => CompactString::new(text),
+        Err(_) => CompactString::from_utf8_lossy(bytes),
+    }
+}
 
 /// One read or write on a socket as the kernel saw it: a captured prefix, bytes not captured,
 /// and possibly the captured last bytes (`tail`).

@@ -10,6 +10,10 @@ use herdwatch::{
     protocol::route::RouteGrouper,
 };
 
+/// The agent binary's allocator (see src/main.rs), so the figure is the agent's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long each measurement runs (HERDWATCH_BENCH_SECONDS overrides, e.g. under a profiler).
 fn run_for() -> Duration {
     let secs = std::env::var("HERDWATCH_BENCH_SECONDS")
@@ -74,9 +78,15 @@ fn main() {
             connections.apply(ev, &mut aggregates);
         }
     });
-    let decode_only = rate(&records, |r| {
-        std::hint::black_box(decode(r).ok());
-    });
+    // Under a profiler, HERDWATCH_BENCH_FULL_ONLY=1 leaves out the decode-only run so the
+    // samples are all of the full path.
+    let decode_only = if std::env::var_os("HERDWATCH_BENCH_FULL_ONLY").is_some() {
+        f64::NAN
+    } else {
+        rate(&records, |r| {
+            std::hint::black_box(decode(r).ok());
+        })
+    };
     let stats = connections.stats;
     println!(
         "bench pipeline: {} recorded socket events ({} bytes, {decoded} decodable) from {path}",

@@ -238,7 +238,13 @@ fn python_venv() -> anyhow::Result<PathBuf> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets CARGO_MANIFEST_DIR for the process it starts; prefer it to the
+    // compile-time value, which goes stale when clones share one CARGO_TARGET_DIR (cargo may
+    // reuse an xtask binary built in another clone whose sources had the same mtimes).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| ".".into())

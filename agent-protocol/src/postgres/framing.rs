@@ -62,6 +62,8 @@ pub struct Framer {
     kind: u8,
     declared_len: usize,
     body: Vec<u8>,
+    /// A finished message's body handed back by the caller, reused for the next one.
+    spare: Vec<u8>,
     truncated: bool,
     body_cap: usize,
     /// Chunks dropped while looking for a message start after lost sync.
@@ -80,6 +82,7 @@ impl Framer {
             kind: 0,
             declared_len: 0,
             body: Vec::new(),
+            spare: Vec::new(),
             truncated: false,
             body_cap: DEFAULT_BODY_CAP,
             skipped_chunks: 0,
@@ -135,29 +138,45 @@ impl Framer {
     /// Feeds one chunk; returns the messages it completed and any framing errors, in order.
     pub fn push(&mut self, chunk: Chunk<'_>) -> Vec<Result<RawMessage, ProtocolError>> {
         let mut out = Vec::new();
+        self.push_into(chunk, &mut out);
+        out
+    }
+
+    /// As [`Self::push`], appending to `out`.
+    pub fn push_into(
+        &mut self,
+        chunk: Chunk<'_>,
+        out: &mut Vec<Result<RawMessage, ProtocolError>>,
+    ) {
         let ts = chunk.timestamp_ns;
         self.last_ts = ts;
         if matches!(self.state, State::LostSync) {
             if self.looks_like_message_start(chunk.data) {
                 self.state = State::Header;
                 self.header.clear();
-            } else if !chunk.tail.is_empty() && self.resync_in_tail(chunk.tail, ts, &mut out) {
-                return out;
+            } else if !chunk.tail.is_empty() && self.resync_in_tail(chunk.tail, ts, out) {
+                return;
             } else {
                 self.skipped_chunks += 1;
-                return out;
+                return;
             }
         }
-        self.feed(chunk.data, ts, &mut out);
-        let lost_in_gap = self.skip(chunk.gap(), &mut out);
+        self.feed(chunk.data, ts, out);
+        let lost_in_gap = self.skip(chunk.gap(), out);
         if !chunk.tail.is_empty() {
             if lost_in_gap {
-                self.resync_in_tail(chunk.tail, ts, &mut out);
+                self.resync_in_tail(chunk.tail, ts, out);
             } else {
-                self.feed(chunk.tail, ts, &mut out);
+                self.feed(chunk.tail, ts, out);
             }
         }
-        out
+    }
+
+    /// Hands a message's body back once read, so the next body reuses its allocation.
+    pub fn recycle(&mut self, body: Vec<u8>) {
+        if body.capacity() <= self.body_cap && body.capacity() > self.spare.capacity() {
+            self.spare = body;
+        }
     }
 
     /// Consumes captured bytes.
@@ -308,6 +327,9 @@ impl Framer {
         let body_len = len as usize - 4;
         self.kind = kind;
         self.declared_len = body_len;
+        if self.body.capacity() == 0 && self.wants_body(kind) {
+            std::mem::swap(&mut self.body, &mut self.spare);
+        }
         self.body.clear();
         self.truncated = false;
         self.header.clear();

@@ -3,6 +3,11 @@
 use super::framing::RawMessage;
 use crate::ProtocolError;
 
+/// A prepared statement's or portal's name. Names are short ("", "_pg3_0",
+/// "__asyncpg_stmt_1__") and used as map keys on every Bind and Execute: kept inline, a
+/// lookup compares bytes already in cache instead of chasing a heap pointer per key.
+pub type Name = compact_str::CompactString;
+
 pub const SSL_REQUEST: i32 = 80_877_103;
 pub const GSSENC_REQUEST: i32 = 80_877_104;
 pub const CANCEL_REQUEST: i32 = 80_877_102;
@@ -24,28 +29,30 @@ pub enum Frontend {
     GssEncRequest,
     CancelRequest,
     Query {
-        sql: String,
+        /// Shared from here on: the session, its statement table and each query event hold
+        /// the same text.
+        sql: std::sync::Arc<str>,
         truncated: bool,
     },
     Parse {
-        statement: String,
-        sql: String,
+        statement: Name,
+        sql: std::sync::Arc<str>,
         truncated: bool,
     },
     Bind {
-        portal: String,
-        statement: String,
+        portal: Name,
+        statement: Name,
     },
     Describe {
         target: Target,
-        name: String,
+        name: Name,
     },
     Execute {
-        portal: String,
+        portal: Name,
     },
     Close {
         target: Target,
-        name: String,
+        name: Name,
     },
     Sync,
     Flush,
@@ -121,6 +128,41 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A NUL-terminated SQL text, allocated once as the shared text it stays.
+    fn sql(&mut self) -> (std::sync::Arc<str>, bool) {
+        let rest = self.body.get(self.pos..).unwrap_or_default();
+        let (bytes, complete) = match rest.iter().position(|&b| b == 0) {
+            Some(end) => {
+                self.pos += end + 1;
+                (&rest[..end], true)
+            }
+            None => {
+                self.pos = self.body.len();
+                (rest, false)
+            }
+        };
+        (
+            std::sync::Arc::from(String::from_utf8_lossy(bytes)),
+            complete,
+        )
+    }
+
+    /// A NUL-terminated name, kept inline when short (see [`Name`]).
+    fn name(&mut self) -> (Name, bool) {
+        let rest = self.body.get(self.pos..).unwrap_or_default();
+        let (bytes, complete) = match rest.iter().position(|&b| b == 0) {
+            Some(end) => {
+                self.pos += end + 1;
+                (&rest[..end], true)
+            }
+            None => {
+                self.pos = self.body.len();
+                (rest, false)
+            }
+        };
+        (crate::inline_text(bytes), complete)
+    }
+
     fn u8(&mut self) -> Option<u8> {
         let b = *self.body.get(self.pos)?;
         self.pos += 1;
@@ -178,7 +220,7 @@ pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
             _ => return Err(ProtocolError::PgTruncated("startup")),
         },
         b'Q' => {
-            let (sql, complete) = r.cstr();
+            let (sql, complete) = r.sql();
             need(complete, "Query")?;
             Frontend::Query {
                 sql,
@@ -186,9 +228,9 @@ pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
             }
         }
         b'P' => {
-            let (statement, ok) = r.cstr();
+            let (statement, ok) = r.name();
             need(ok, "Parse")?;
-            let (sql, complete) = r.cstr();
+            let (sql, complete) = r.sql();
             need(complete, "Parse")?;
             Frontend::Parse {
                 statement,
@@ -197,8 +239,8 @@ pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
             }
         }
         b'B' => {
-            let (portal, ok1) = r.cstr();
-            let (statement, ok2) = r.cstr();
+            let (portal, ok1) = r.name();
+            let (statement, ok2) = r.name();
             if !(ok1 && ok2) {
                 return Err(ProtocolError::PgTruncated("Bind"));
             }
@@ -206,7 +248,7 @@ pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
         }
         b'D' | b'C' => {
             let t = target(r.u8());
-            let (name, ok) = r.cstr();
+            let (name, ok) = r.name();
             need(ok, "Describe/Close")?;
             if m.kind == b'D' {
                 Frontend::Describe { target: t, name }
@@ -215,7 +257,7 @@ pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
             }
         }
         b'E' => {
-            let (portal, ok) = r.cstr();
+            let (portal, ok) = r.name();
             if !ok {
                 return Err(ProtocolError::PgTruncated("Execute"));
             }

@@ -6,15 +6,15 @@
 //! EmptyQueryResponse, PortalSuspended or ErrorResponse. After an error the server skips
 //! everything up to Sync, so Executes still queued before that Sync complete as `Aborted`.
 //! Statements prepared before we saw the connection are attributed by name, never dropped.
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
+
+use rustc_hash::FxHashMap;
 
 use super::{
     framing::{Direction, Framer},
     messages::{
-        Backend, Frontend, Target, command_from_tag, decode_backend, decode_frontend, rows_from_tag,
+        Backend, Frontend, Name, Target, command_from_tag, decode_backend, decode_frontend,
+        rows_from_tag,
     },
 };
 use crate::{Chunk, ProtocolError};
@@ -47,7 +47,7 @@ pub struct QueryEvent {
     pub sql: Option<Arc<str>>,
     pub sql_truncated: bool,
     /// The prepared statement's name for extended-protocol queries ("" = unnamed).
-    pub statement: Option<String>,
+    pub statement: Option<Name>,
     pub protocol: QueryProtocol,
     pub started_ns: u64,
     /// First response byte for this query (server work done, results flowing).
@@ -94,16 +94,18 @@ enum Pending {
 pub struct PgSession {
     frontend: Framer,
     backend: Framer,
-    statements: HashMap<String, (Arc<str>, bool)>,
-    statement_order: VecDeque<String>,
-    portals: HashMap<String, String>,
+    statements: FxHashMap<Name, (Arc<str>, bool)>,
+    statement_order: VecDeque<Name>,
+    portals: FxHashMap<Name, Name>,
     pending: VecDeque<Pending>,
     /// An error happened; Executes until the next SyncPoint are skipped by the server.
     aborting: bool,
     /// The statement (name, text) whose Parse failed: its own Executes are the same failed
     /// call, not further ones.
-    failed_parse: Option<(Option<String>, Option<Arc<str>>)>,
+    failed_parse: Option<(Option<Name>, Option<Arc<str>>)>,
     pub encrypted: bool,
+    /// Reused between chunks for the framers' output.
+    scratch: Vec<Result<super::framing::RawMessage, ProtocolError>>,
     /// Operations dropped because the FIFO was full (responses never seen).
     pub pending_overflow: u64,
 }
@@ -129,13 +131,14 @@ impl PgSession {
         Self {
             frontend,
             backend,
-            statements: HashMap::new(),
+            statements: FxHashMap::default(),
             statement_order: VecDeque::new(),
-            portals: HashMap::new(),
+            portals: FxHashMap::default(),
             pending: VecDeque::new(),
             aborting: false,
             failed_parse: None,
             encrypted: false,
+            scratch: Vec::new(),
             pending_overflow: 0,
         }
     }
@@ -155,33 +158,64 @@ impl PgSession {
 
     pub fn on_frontend(&mut self, chunk: Chunk<'_>) -> Vec<SessionEvent> {
         let mut out = Vec::new();
-        if self.encrypted {
-            return out;
-        }
-        for raw in self.frontend.push(chunk) {
-            match raw.and_then(|m| decode_frontend(&m).map(|f| (f, m.timestamp_ns))) {
-                Ok((msg, ts)) => self.frontend_message(msg, ts, &mut out),
-                Err(e) => out.push(SessionEvent::Error(e)),
-            }
-        }
+        self.on_frontend_into(chunk, &mut out);
         out
     }
 
     pub fn on_backend(&mut self, chunk: Chunk<'_>) -> Vec<SessionEvent> {
         let mut out = Vec::new();
-        if self.encrypted {
-            return out;
-        }
-        for raw in self.backend.push(chunk) {
-            match raw.and_then(|m| decode_backend(&m).map(|b| (b, m.timestamp_ns))) {
-                Ok((msg, ts)) => self.backend_message(msg, ts, &mut out),
-                Err(e) => out.push(SessionEvent::Error(e)),
-            }
-        }
+        self.on_backend_into(chunk, &mut out);
         out
     }
 
-    fn remember_statement(&mut self, name: String, sql: Arc<str>, truncated: bool) {
+    /// As [`Self::on_frontend`], appending to `out`: a caller reusing one vector allocates
+    /// nothing per chunk.
+    pub fn on_frontend_into(&mut self, chunk: Chunk<'_>, out: &mut Vec<SessionEvent>) {
+        if self.encrypted {
+            return;
+        }
+        let mut raw = std::mem::take(&mut self.scratch);
+        self.frontend.push_into(chunk, &mut raw);
+        for m in raw.drain(..) {
+            match m {
+                Ok(m) => {
+                    let decoded = decode_frontend(&m);
+                    self.frontend.recycle(m.body);
+                    match decoded {
+                        Ok(msg) => self.frontend_message(msg, m.timestamp_ns, out),
+                        Err(e) => out.push(SessionEvent::Error(e)),
+                    }
+                }
+                Err(e) => out.push(SessionEvent::Error(e)),
+            }
+        }
+        self.scratch = raw;
+    }
+
+    /// As [`Self::on_backend`], appending to `out`.
+    pub fn on_backend_into(&mut self, chunk: Chunk<'_>, out: &mut Vec<SessionEvent>) {
+        if self.encrypted {
+            return;
+        }
+        let mut raw = std::mem::take(&mut self.scratch);
+        self.backend.push_into(chunk, &mut raw);
+        for m in raw.drain(..) {
+            match m {
+                Ok(m) => {
+                    let decoded = decode_backend(&m);
+                    self.backend.recycle(m.body);
+                    match decoded {
+                        Ok(msg) => self.backend_message(msg, m.timestamp_ns, out),
+                        Err(e) => out.push(SessionEvent::Error(e)),
+                    }
+                }
+                Err(e) => out.push(SessionEvent::Error(e)),
+            }
+        }
+        self.scratch = raw;
+    }
+
+    fn remember_statement(&mut self, name: Name, sql: Arc<str>, truncated: bool) {
         if !self.statements.contains_key(&name) {
             if self.statements.len() >= MAX_STATEMENTS
                 && let Some(oldest) = self.statement_order.pop_front()
@@ -205,7 +239,7 @@ impl PgSession {
         &self,
         sql: Option<Arc<str>>,
         truncated: bool,
-        statement: Option<String>,
+        statement: Option<Name>,
         protocol: QueryProtocol,
         ts: u64,
     ) -> Pending {
@@ -237,13 +271,7 @@ impl PgSession {
                 self.backend.expect_single_byte();
             }
             Frontend::Query { sql, truncated } => {
-                let op = self.new_op(
-                    Some(Arc::from(sql)),
-                    truncated,
-                    None,
-                    QueryProtocol::Simple,
-                    ts,
-                );
+                let op = self.new_op(Some(sql), truncated, None, QueryProtocol::Simple, ts);
                 self.push_pending(op);
             }
             Frontend::Parse {
@@ -251,7 +279,6 @@ impl PgSession {
                 sql,
                 truncated,
             } => {
-                let sql: Arc<str> = Arc::from(sql);
                 let op = self.new_op(
                     Some(sql.clone()),
                     truncated,

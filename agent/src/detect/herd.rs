@@ -7,6 +7,7 @@
 //! herd that recurs every cache expiry keeps qualifying). Queries faster than `min_query_ms`,
 //! and bursts whose duplicate copies cost less than `min_wasted_ms` of database time, are
 //! ignored: duplicated cheap work is not what pegs a database.
+use crate::pipeline::aggregates::Label;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 
 use rustc_hash::FxHashMap;
@@ -53,8 +54,8 @@ struct Start {
     took_ms: f64,
     conn: (u32, u32),
     pid: u32,
-    route: Option<String>,
-    in_flight_routes: Vec<String>,
+    route: Option<Label>,
+    in_flight_routes: Vec<Label>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +88,7 @@ const MAX_TRACKS: usize = 1024;
 #[derive(Debug)]
 pub struct HerdDetector {
     config: HerdConfig,
-    tracks: FxHashMap<String, Track>,
+    tracks: FxHashMap<Label, Track>,
     watching_since_ms: Option<u64>,
     proxies: HashSet<u32>,
 }
@@ -142,8 +143,8 @@ impl HerdDetector {
         track.fresh = true;
         track.last_seen_ms = track.last_seen_ms.max(at_ms);
         for r in q.route.iter().chain(&q.in_flight_routes) {
-            if track.routes.len() < MAX_ROUTES && !track.routes.contains(r) {
-                track.routes.insert(r.clone());
+            if track.routes.len() < MAX_ROUTES && !track.routes.contains(&**r) {
+                track.routes.insert(r.to_string());
             }
         }
     }
@@ -179,7 +180,7 @@ impl HerdDetector {
                     track.active = false;
                     signals.push(Signal::Ended {
                         kind: FindingKind::ThunderingHerd,
-                        pattern: fp.clone(),
+                        pattern: fp.to_string(),
                     });
                 }
                 continue;
@@ -214,7 +215,7 @@ impl HerdDetector {
                             track.bursts.pop_front();
                         }
                         track.bursts.push_back(span);
-                        let stats = queries.iter().find(|q| q.id == *fp);
+                        let stats = queries.iter().find(|q| *q.id == **fp);
                         let report =
                             describe(fp, starts, span, stats, &track.routes, host, &to_unix);
                         signals.push(Signal::Onset(Box::new(report)));
@@ -226,7 +227,7 @@ impl HerdDetector {
                 && track.active
                 && let Some(span) = track.bursts.back().copied()
             {
-                let stats = queries.iter().find(|q| q.id == *fp);
+                let stats = queries.iter().find(|q| *q.id == **fp);
                 let report = describe(fp, starts, span, stats, &track.routes, host, &to_unix);
                 signals.push(Signal::Ongoing(Box::new(report)));
             }
@@ -335,7 +336,7 @@ fn describe(
     let mut routes: BTreeSet<String> = copies
         .iter()
         .flat_map(|s| s.route.iter().chain(&s.in_flight_routes))
-        .cloned()
+        .map(|r| r.to_string())
         .collect();
     if let Some(q) = stats {
         routes.extend(q.routes.iter().cloned());
@@ -412,7 +413,7 @@ mod tests {
             started_ms: start,
             first_response_ms: Some(start + took),
             finished_ms: start + took,
-            route: Some(format!("/api/e{}", conn % 6)),
+            route: Some(format!("/api/e{}", conn % 6).into()),
             in_flight_routes: Vec::new(),
         }
     }

@@ -27,7 +27,7 @@ use crate::pipeline::{
 /// kernel's monotonic clock.
 #[derive(Debug, Clone)]
 pub struct QueryObs {
-    pub fingerprint: String,
+    pub fingerprint: crate::pipeline::aggregates::Label,
     pub pid: u32,
     /// (process, fd) of the client connection.
     pub conn: (u32, u32),
@@ -36,9 +36,9 @@ pub struct QueryObs {
     pub started_ms: f64,
     pub first_response_ms: Option<f64>,
     pub finished_ms: f64,
-    pub route: Option<String>,
+    pub route: Option<crate::pipeline::aggregates::Label>,
     /// Other requests open on the issuing thread (asyncio): candidates for who issued it.
-    pub in_flight_routes: Vec<String>,
+    pub in_flight_routes: Vec<crate::pipeline::aggregates::Label>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

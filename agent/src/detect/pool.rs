@@ -124,11 +124,11 @@ impl PoolDetector {
         let first_byte = q.first_response_ms.unwrap_or(q.finished_ms);
         if self.proxies.contains_key(&q.pid) {
             if self.upstream.len() >= UPSTREAM_FINGERPRINTS
-                && !self.upstream.contains_key(&q.fingerprint)
+                && !self.upstream.contains_key(&*q.fingerprint)
             {
                 self.upstream.clear();
             }
-            let samples = self.upstream.entry(q.fingerprint.clone()).or_default();
+            let samples = self.upstream.entry(q.fingerprint.to_string()).or_default();
             if samples.len() == UPSTREAM_SAMPLES {
                 samples.pop_front();
             }
@@ -144,7 +144,7 @@ impl PoolDetector {
             start_ms: q.started_ms,
             first_byte_ms: first_byte,
             finish_ms: q.finished_ms,
-            fingerprint: q.fingerprint.clone(),
+            fingerprint: q.fingerprint.to_string(),
             pid: q.pid,
         });
     }

@@ -140,9 +140,12 @@ impl ScheduleDetector {
         let task = self.tasks.entry(key).or_default();
         task.last_seen_ms = task.last_seen_ms.max(start_unix_ms);
         if task.fingerprints.len() < FINGERPRINTS_PER_TASK
-            || task.fingerprints.contains_key(&q.fingerprint)
+            || task.fingerprints.contains_key(&*q.fingerprint)
         {
-            *task.fingerprints.entry(q.fingerprint.clone()).or_default() += 1;
+            *task
+                .fingerprints
+                .entry(q.fingerprint.to_string())
+                .or_default() += 1;
         }
     }
 

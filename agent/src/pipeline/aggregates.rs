@@ -63,6 +63,13 @@ impl Histogram {
     }
 }
 
+/// A route or fingerprint id on the per-event path: shared, so handing it to a request, a
+/// query record and the detectors costs a reference count, not an allocation.
+pub type Label = std::sync::Arc<str>;
+
+/// Route names interned; past this the set starts over (a crawler's random paths).
+const ROUTE_INTERN_MAX: usize = 4096;
+
 /// The bucket every fingerprint past the limit is counted in.
 pub const OTHER_ID: &str = "other";
 
@@ -136,7 +143,7 @@ const FINGERPRINT_CACHE: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct Known {
-    id: String,
+    id: Label,
     summary: String,
     operation: String,
     normalized: String,
@@ -148,7 +155,9 @@ pub struct Aggregates {
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
     db_wait_by_pid: FxHashMap<u32, u64>,
     queries: FxHashMap<String, QueryStats>,
-    routes: FxHashMap<(String, String), RouteStats>,
+    routes: FxHashMap<(herdwatch_protocol::CompactString, Label), RouteStats>,
+    /// Grouped route names, so each request's route is a shared [`Label`].
+    route_names: rustc_hash::FxHashSet<Label>,
     max_queries: usize,
     max_routes: usize,
     grouper: RouteGrouper,
@@ -168,6 +177,7 @@ impl Aggregates {
             db_wait_by_pid: FxHashMap::default(),
             queries: FxHashMap::default(),
             routes: FxHashMap::default(),
+            route_names: rustc_hash::FxHashSet::default(),
             max_queries,
             max_routes,
             grouper,
@@ -179,8 +189,17 @@ impl Aggregates {
     }
 
     /// The route a request target groups into.
-    pub fn route_of(&self, target: &str) -> String {
-        self.grouper.route(target)
+    pub fn route_of(&mut self, target: &str) -> Label {
+        let route = self.grouper.route(target);
+        if let Some(known) = self.route_names.get(route.as_str()) {
+            return known.clone();
+        }
+        if self.route_names.len() >= ROUTE_INTERN_MAX {
+            self.route_names.clear();
+        }
+        let label: Label = route.into();
+        self.route_names.insert(label.clone());
+        label
     }
 
     /// Counts a finished query of connection `conn` (to `server_port`, if known).
@@ -189,8 +208,8 @@ impl Aggregates {
         conn: (u32, u32),
         server_port: Option<u16>,
         q: &QueryEvent,
-        calling_route: Option<&str>,
-        in_flight_routes: Vec<String>,
+        calling_route: Option<&Label>,
+        in_flight_routes: Vec<Label>,
     ) {
         let id = self.count_query(conn.0, q, calling_route);
         if self.outbox.len() >= OUTBOX_MAX {
@@ -206,17 +225,18 @@ impl Aggregates {
             started_ms: ms(q.started_ns),
             first_response_ms: q.first_response_ns.map(ms),
             finished_ms: ms(q.finished_ns.max(q.started_ns)),
-            route: calling_route.map(str::to_string),
+            route: calling_route.cloned(),
             in_flight_routes,
         });
     }
 
     /// Counts the query under its fingerprint; returns the fingerprint id it was counted under.
-    fn count_query(&mut self, pid: u32, q: &QueryEvent, calling_route: Option<&str>) -> String {
+    fn count_query(&mut self, pid: u32, q: &QueryEvent, calling_route: Option<&Label>) -> Label {
+        let calling_route = calling_route.map(|r| &**r);
         let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
             (Some(sql), _) => {
                 let known = self.fingerprint_of(sql);
-                if let Some(entry) = self.queries.get_mut(&known.id) {
+                if let Some(entry) = self.queries.get_mut(&*known.id) {
                     // The common case: a statement seen before. No allocation past the lookup.
                     Self::count(entry, pid, q, calling_route);
                     Self::charge(
@@ -229,7 +249,7 @@ impl Aggregates {
                     return known.id.clone();
                 }
                 (
-                    known.id.clone(),
+                    known.id.to_string(),
                     known.summary.clone(),
                     known.operation.clone(),
                     known.normalized.clone(),
@@ -281,7 +301,7 @@ impl Aggregates {
             pid,
             q,
         );
-        entry.id.clone()
+        Label::from(entry.id.as_str())
     }
 
     /// The query's time goes to its process's DB wait and, with OTLP on, to the histogram.
@@ -339,20 +359,17 @@ impl Aggregates {
     ) {
         let route = match cost {
             Some(c) => c.route.clone(),
-            None => self.grouper.route(&x.request.target),
+            None => self.route_of(&x.request.target),
         };
         let mut key = (x.request.method.clone(), route);
         if self.routes.len() >= self.max_routes && !self.routes.contains_key(&key) {
             key = ("*".into(), "other".into());
         }
-        let entry = self
-            .routes
-            .entry(key.clone())
-            .or_insert_with(|| RouteStats {
-                method: key.0,
-                route: key.1,
-                ..Default::default()
-            });
+        let entry = self.routes.entry(key).or_insert_with_key(|key| RouteStats {
+            method: key.0.to_string(),
+            route: key.1.to_string(),
+            ..Default::default()
+        });
         let took = x.finished_ns.saturating_sub(x.started_ns);
         if let Some(r) = &self.recorder {
             r.exchange(&entry.method, &entry.route, x.status, took as f64 / 1e9);
@@ -396,7 +413,7 @@ impl Aggregates {
         }
         let f = fingerprint(sql);
         let known = std::sync::Arc::new(Known {
-            id: f.hex_id(),
+            id: f.hex_id().into(),
             summary: f.summary,
             operation: f.operation,
             normalized: f.normalized,
@@ -412,7 +429,7 @@ impl Aggregates {
         server_port: Option<u16>,
     ) -> Option<crate::export::spans::QuerySpan> {
         let id = &self.outbox.last()?.fingerprint;
-        let stats = self.queries.get(id)?;
+        let stats = self.queries.get(&**id)?;
         Some(crate::export::spans::QuerySpan {
             summary: stats.summary.clone(),
             operation: stats.operation.clone(),
@@ -464,7 +481,7 @@ mod tests {
         QueryEvent {
             sql,
             sql_truncated: false,
-            statement: name.map(String::from),
+            statement: name.map(Into::into),
             protocol: QueryProtocol::Simple,
             started_ns: 10,
             first_response_ns: Some(20),
@@ -500,7 +517,13 @@ mod tests {
                 Outcome::Ok,
             )
         };
-        a.record_query((1, 3), None, &by_id(1), Some("/t/{id}"), Vec::new());
+        a.record_query(
+            (1, 3),
+            None,
+            &by_id(1),
+            Some(&Label::from("/t/{id}")),
+            Vec::new(),
+        );
         let mut failed = by_id(2);
         failed.outcome = Outcome::Error;
         failed.sqlstate = Some("42P01".into());

@@ -40,9 +40,9 @@ struct Conn {
 }
 
 /// Work charged to one HTTP request while it is open.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RequestCost {
-    pub route: String,
+    pub route: super::aggregates::Label,
     pub cpu_ns: u64,
     pub db_wait_ns: u64,
     pub queries: u64,
@@ -88,6 +88,8 @@ pub struct ConnectionStats {
 pub struct Connections {
     conns: FxHashMap<(u32, u32), Conn>,
     threads: FxHashMap<u32, ThreadCursor>,
+    /// Reused for each chunk's PostgreSQL events.
+    pg_events: Vec<SessionEvent>,
     max: usize,
     pub stats: ConnectionStats,
 }
@@ -97,6 +99,7 @@ impl Connections {
         Self {
             conns: FxHashMap::default(),
             threads: FxHashMap::default(),
+            pg_events: Vec::new(),
             max,
             stats: ConnectionStats::default(),
         }
@@ -162,25 +165,27 @@ impl Connections {
     /// Routes of the requests open on the thread's recent HTTP connections, when there are
     /// two or more different ones (an asyncio worker: any of them may have issued a query).
     /// Empty otherwise, without allocating: a sync worker's one request is the calling route.
-    fn routes_open_beside(&self, cursor: &ThreadCursor) -> Vec<String> {
-        let open = || {
-            cursor
-                .recent_http
-                .iter()
-                .flatten()
-                .filter_map(|hc| self.conns.get(hc)?.requests.front())
-                .map(|r| &r.route)
-        };
-        let Some(first) = open().next() else {
+    fn routes_open_beside(&self, cursor: &ThreadCursor) -> Vec<super::aggregates::Label> {
+        // One lookup per recent connection: this runs for every query.
+        let mut open: [Option<&super::aggregates::Label>; RECENT_HTTP] = [None; RECENT_HTTP];
+        let mut n = 0;
+        for hc in cursor.recent_http.iter().flatten() {
+            if let Some(req) = self.conns.get(hc).and_then(|c| c.requests.front()) {
+                open[n] = Some(&req.route);
+                n += 1;
+            }
+        }
+        let open = &open[..n];
+        let Some(Some(first)) = open.first() else {
             return Vec::new();
         };
-        if open().all(|r| r == first) {
+        if open.iter().flatten().all(|r| r == first) {
             return Vec::new();
         }
-        let mut routes: Vec<String> = Vec::new();
-        for r in open() {
+        let mut routes: Vec<super::aggregates::Label> = Vec::new();
+        for r in open.iter().flatten() {
             if !routes.contains(r) {
-                routes.push(r.clone());
+                routes.push((*r).clone());
             }
         }
         routes
@@ -304,12 +309,13 @@ impl Connections {
                 conn.last_active_ns = exit_ns;
                 match &mut conn.session {
                     Session::Pg(pg) => {
-                        let events = if ingress {
-                            pg.on_backend(chunk)
+                        let mut events = std::mem::take(&mut self.pg_events);
+                        if ingress {
+                            pg.on_backend_into(chunk, &mut events);
                         } else {
-                            pg.on_frontend(chunk)
-                        };
-                        for ev in events {
+                            pg.on_frontend_into(chunk, &mut events);
+                        }
+                        for ev in events.drain(..) {
                             match ev {
                                 SessionEvent::Query(q) => {
                                     self.stats.postgres_queries += 1;
@@ -329,7 +335,7 @@ impl Connections {
                                         key,
                                         server_port,
                                         &q,
-                                        route.as_deref(),
+                                        route.as_ref(),
                                         in_flight,
                                     );
                                     if aggregates.spans.is_some()
@@ -348,6 +354,7 @@ impl Connections {
                                 SessionEvent::Startup { .. } | SessionEvent::Encrypted => {}
                             }
                         }
+                        self.pg_events = events;
                     }
                     Session::Http(http) => {
                         let events = if ingress {
@@ -371,7 +378,10 @@ impl Connections {
                                     }
                                     conn.requests.push_back(RequestCost {
                                         route: aggregates.route_of(&request.target),
-                                        ..Default::default()
+                                        cpu_ns: 0,
+                                        db_wait_ns: 0,
+                                        queries: 0,
+                                        query_spans: Vec::new(),
                                     });
                                 }
                                 HttpEvent::Exchange(x) => {
