@@ -19,8 +19,9 @@ pub struct RequestHead {
     /// Inline (no allocation): methods are short, and a head is cloned into its
     /// `RequestStarted` event.
     pub method: compact_str::CompactString,
-    /// Path and query as sent, cut at 2048 bytes.
-    pub target: String,
+    /// Path and query as sent, cut at 2048 bytes. Inline up to 24 bytes (`/orders/123`):
+    /// a head is cloned into its `RequestStarted` event.
+    pub target: compact_str::CompactString,
     pub host: Option<compact_str::CompactString>,
     pub keep_alive: bool,
     pub head_truncated: bool,
@@ -402,9 +403,13 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 
 /// Parses without allocating: heads are parsed once per request and response, on the hot path.
 fn parse_head(bytes: &[u8]) -> Head<'_> {
-    let mut lines = bytes
-        .split(|c| *c == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = memchr::memchr_iter(b'\n', bytes)
+        .chain(std::iter::once(bytes.len()))
+        .scan(0, |start, end| {
+            let line = &bytes[*start..end];
+            *start = (end + 1).min(bytes.len());
+            Some(line.strip_suffix(b"\r").unwrap_or(line))
+        });
     let first_line = lines.next().unwrap_or_default();
     let mut head = Head {
         first_line,
@@ -415,7 +420,7 @@ fn parse_head(bytes: &[u8]) -> Head<'_> {
         connection_keep_alive: false,
     };
     for line in lines {
-        let Some(colon) = line.iter().position(|c| *c == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = trim(&line[..colon]);
@@ -477,14 +482,11 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
     } else {
         !head.connection_close
     };
-    let mut target = target.to_string();
-    if target.len() > MAX_TARGET {
-        let mut end = MAX_TARGET;
-        while !target.is_char_boundary(end) {
-            end -= 1;
-        }
-        target.truncate(end);
+    let mut end = target.len().min(MAX_TARGET);
+    while !target.is_char_boundary(end) {
+        end -= 1;
     }
+    let target = compact_str::CompactString::new(&target[..end]);
     let body = if head.chunked {
         Body::Chunked
     } else {
@@ -573,44 +575,55 @@ impl HttpSession {
     /// Bytes the server read from the client.
     pub fn on_read(&mut self, chunk: Chunk<'_>) -> Vec<HttpEvent> {
         let mut events = Vec::new();
+        self.on_read_into(chunk, &mut events);
+        events
+    }
+
+    /// As [`Self::on_read`], appending to `events`: a caller reusing one vector allocates
+    /// nothing per call for the events.
+    pub fn on_read_into(&mut self, chunk: Chunk<'_>, events: &mut Vec<HttpEvent>) {
         let mut errors = Vec::new();
-        let mut started = Vec::new();
+        let open = &mut self.open;
+        let overflow = &mut self.overflow;
         self.requests.push(
             chunk,
             &mut |p| {
-                let (req, body) = parse_request(&p)?;
-                started.push((req, p.started_ns));
+                let (request, body) = parse_request(&p)?;
+                if open.len() >= MAX_OPEN {
+                    open.pop_front();
+                    *overflow += 1;
+                }
+                events.push(HttpEvent::RequestStarted {
+                    request: request.clone(),
+                    started_ns: p.started_ns,
+                });
+                open.push_back(Open {
+                    request,
+                    started_ns: p.started_ns,
+                    status: None,
+                    response_started_ns: None,
+                });
                 Ok(body)
             },
             &mut |_| {},
             &mut errors,
         );
-        for (request, started_ns) in started {
-            if self.open.len() >= MAX_OPEN {
-                self.open.pop_front();
-                self.overflow += 1;
-            }
-            events.push(HttpEvent::RequestStarted {
-                request: request.clone(),
-                started_ns,
-            });
-            self.open.push_back(Open {
-                request,
-                started_ns,
-                status: None,
-                response_started_ns: None,
-            });
-        }
         events.extend(errors.into_iter().map(HttpEvent::Error));
-        events
     }
 
     /// Bytes the server wrote to the client.
     pub fn on_write(&mut self, chunk: Chunk<'_>) -> Vec<HttpEvent> {
+        let mut events = Vec::new();
+        self.on_write_into(chunk, &mut events);
+        events
+    }
+
+    /// As [`Self::on_write`], appending to `events`.
+    pub fn on_write_into(&mut self, chunk: Chunk<'_>, events: &mut Vec<HttpEvent>) {
         let mut errors = Vec::new();
         // Both callbacks need the open requests: the head sets the front's status, the end
         // of that response pops it.
-        let shared = std::cell::RefCell::new((&mut self.open, Vec::new()));
+        let shared = std::cell::RefCell::new((&mut self.open, events));
         self.responses.push(
             chunk,
             &mut |p| {
@@ -645,9 +658,8 @@ impl HttpSession {
             },
             &mut errors,
         );
-        let (_, mut events) = shared.into_inner();
+        let (_, events) = shared.into_inner();
         events.extend(errors.into_iter().map(HttpEvent::Error));
-        events
     }
 
     /// The connection closed: a body that runs until close ends here; requests never answered

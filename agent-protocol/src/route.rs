@@ -7,6 +7,8 @@
 
 const MAX_SEGMENTS: usize = 12;
 const MAX_ROUTE_LEN: usize = 256;
+/// Paths with more segments than this are split into a vector instead.
+const SEGMENTS_ON_STACK: usize = 32;
 
 /// A configured route pattern such as `/api/orders/{id}/items` or `/static/{path...}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +138,15 @@ impl RouteGrouper {
 
     /// The route of a request target (`/orders/12?x=1` → `/orders/{id}`).
     pub fn route(&self, target: &str) -> String {
+        let mut route = String::new();
+        self.route_into(target, &mut route);
+        route
+    }
+
+    /// As [`Self::route`], written into `route` (cleared first): a caller reusing one string
+    /// and looking the result up allocates nothing for a route it has seen.
+    pub fn route_into(&self, target: &str, route: &mut String) {
+        route.clear();
         // Absolute-form targets (proxies): keep the path only.
         let target = match target.find("://") {
             Some(p) => target[p + 3..]
@@ -144,14 +155,32 @@ impl RouteGrouper {
             None => target,
         };
         let path = target.split(['?', '#']).next().unwrap_or("/");
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if let Some(p) = self.patterns.iter().find(|p| p.matches(&segments)) {
-            return p.raw.clone();
+        // Segments on the stack: this runs once per request.
+        let mut stack = [""; SEGMENTS_ON_STACK];
+        let mut n = 0;
+        let mut total = 0;
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            if let Some(slot) = stack.get_mut(n) {
+                *slot = seg;
+                n += 1;
+            }
+            total += 1;
+        }
+        let spilled: Vec<&str>;
+        let segments: &[&str] = if total > n {
+            spilled = path.split('/').filter(|s| !s.is_empty()).collect();
+            &spilled
+        } else {
+            &stack[..n]
+        };
+        if let Some(p) = self.patterns.iter().find(|p| p.matches(segments)) {
+            route.push_str(&p.raw);
+            return;
         }
         if segments.is_empty() {
-            return "/".to_string();
+            route.push('/');
+            return;
         }
-        let mut route = String::new();
         for seg in segments.iter().take(MAX_SEGMENTS) {
             route.push('/');
             route.push_str(group_segment(seg).unwrap_or(seg));
@@ -167,7 +196,6 @@ impl RouteGrouper {
             route.truncate(end);
             route.push('…');
         }
-        route
     }
 }
 

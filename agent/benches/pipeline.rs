@@ -2,7 +2,11 @@
 //! socket-event stream recorded from the test apps (benches/data/socket-events.bin, made by the
 //! ignored test `record_pipeline_trace`). Prints events/s for the whole path and for decoding
 //! alone, side by side in one run; asserts nothing.
-use std::time::{Duration, Instant};
+use std::{
+    alloc::{GlobalAlloc, Layout},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use herdwatch::{
     pipeline::{aggregates::Aggregates, connections::Connections},
@@ -10,9 +14,39 @@ use herdwatch::{
     protocol::route::RouteGrouper,
 };
 
-/// The agent binary's allocator (see src/main.rs), so the figure is the agent's.
+/// The agent binary's allocator (see src/main.rs), so the figure is the agent's; wrapped to
+/// count allocations during one extra pass, outside the timed runs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+struct Counting;
+
+// SAFETY: forwards every call unchanged to mimalloc; the counter has no effect on memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
 
 /// How long each measurement runs (HERDWATCH_BENCH_SECONDS overrides, e.g. under a profiler).
 fn run_for() -> Duration {
@@ -76,6 +110,9 @@ fn main() {
     let full = rate(&records, |r| {
         if let Ok(ev) = decode(r) {
             connections.apply(ev, &mut aggregates);
+            // The agent hands finished queries to the detectors after each event; here they
+            // are dropped, so the outbox costs what it costs in the agent.
+            aggregates.outbox.clear();
         }
     });
     // Under a profiler, HERDWATCH_BENCH_FULL_ONLY=1 leaves out the decode-only run so the
@@ -87,6 +124,18 @@ fn main() {
             std::hint::black_box(decode(r).ok());
         })
     };
+    // One more pass, counted: allocations (and reallocations) per event on the full path.
+    COUNTING.store(true, Ordering::Relaxed);
+    for r in &records {
+        if let Ok(ev) = decode(r) {
+            connections.apply(ev, &mut aggregates);
+            // The agent hands finished queries to the detectors after each event; here they
+            // are dropped, so the outbox costs what it costs in the agent.
+            aggregates.outbox.clear();
+        }
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    let allocations_per_event = ALLOCATIONS.load(Ordering::Relaxed) as f64 / records.len() as f64;
     let stats = connections.stats;
     println!(
         "bench pipeline: {} recorded socket events ({} bytes, {decoded} decodable) from {path}",
@@ -105,6 +154,7 @@ fn main() {
         "  stitch share of the time: {:.0}%",
         (1.0 - full / decode_only) * 100.0
     );
+    println!("  allocations per event   : {allocations_per_event:>10.2}");
     println!(
         "  goal ≥ 5 000 000 events/s: {}",
         if full >= 5e6 { "met" } else { "NOT met" }

@@ -37,6 +37,8 @@ const BACKEND_TYPES: &[u8] = b"RSKZTDCEN123ntsIGHWdcAVv";
 const MAX_MESSAGE: usize = 1 << 30;
 /// When guessing where a message starts after lost sync, be stricter.
 const MAX_RESYNC_MESSAGE: usize = 16 << 20;
+/// Message bodies kept for reuse per direction.
+const SPARES: usize = 8;
 /// Default cap on the body bytes kept per message.
 pub const DEFAULT_BODY_CAP: usize = 16 * 1024;
 
@@ -62,8 +64,9 @@ pub struct Framer {
     kind: u8,
     declared_len: usize,
     body: Vec<u8>,
-    /// A finished message's body handed back by the caller, reused for the next one.
-    spare: Vec<u8>,
+    /// Finished messages' bodies handed back by the caller, reused for the next ones (a
+    /// chunk often completes several messages before any comes back).
+    spares: Vec<Vec<u8>>,
     truncated: bool,
     body_cap: usize,
     /// Chunks dropped while looking for a message start after lost sync.
@@ -82,7 +85,7 @@ impl Framer {
             kind: 0,
             declared_len: 0,
             body: Vec::new(),
-            spare: Vec::new(),
+            spares: Vec::new(),
             truncated: false,
             body_cap: DEFAULT_BODY_CAP,
             skipped_chunks: 0,
@@ -174,8 +177,8 @@ impl Framer {
 
     /// Hands a message's body back once read, so the next body reuses its allocation.
     pub fn recycle(&mut self, body: Vec<u8>) {
-        if body.capacity() <= self.body_cap && body.capacity() > self.spare.capacity() {
-            self.spare = body;
+        if body.capacity() > 0 && body.capacity() <= self.body_cap && self.spares.len() < SPARES {
+            self.spares.push(body);
         }
     }
 
@@ -327,8 +330,11 @@ impl Framer {
         let body_len = len as usize - 4;
         self.kind = kind;
         self.declared_len = body_len;
-        if self.body.capacity() == 0 && self.wants_body(kind) {
-            std::mem::swap(&mut self.body, &mut self.spare);
+        if self.body.capacity() == 0
+            && self.wants_body(kind)
+            && let Some(spare) = self.spares.pop()
+        {
+            self.body = spare;
         }
         self.body.clear();
         self.truncated = false;

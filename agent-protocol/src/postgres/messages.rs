@@ -79,7 +79,8 @@ pub enum Backend {
     RowDescription,
     DataRow,
     CommandComplete {
-        tag: String,
+        /// Inline: tags are short (`SELECT 5`, `INSERT 0 1`).
+        tag: Name,
     },
     Error {
         sqlstate: Option<String>,
@@ -288,7 +289,7 @@ pub fn decode_backend(m: &RawMessage) -> Result<Backend, ProtocolError> {
         b'T' => Backend::RowDescription,
         b'D' => Backend::DataRow,
         b'C' => {
-            let (tag, complete) = r.cstr();
+            let (tag, complete) = r.name();
             if !complete && !m.truncated {
                 return Err(ProtocolError::PgTruncated("CommandComplete"));
             }

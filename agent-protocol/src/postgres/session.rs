@@ -56,7 +56,7 @@ pub struct QueryEvent {
     /// From the CommandComplete tag, else the DataRows counted.
     pub rows: u64,
     /// `SELECT`, `INSERT`, … from the tag.
-    pub command: Option<String>,
+    pub command: Option<Name>,
     pub outcome: Outcome,
     pub sqlstate: Option<String>,
 }
@@ -400,7 +400,7 @@ impl PgSession {
                 if let Some(op) = self.front_op() {
                     op.query
                         .command
-                        .get_or_insert_with(|| command_from_tag(&tag).to_string());
+                        .get_or_insert_with(|| command_from_tag(&tag).into());
                     if let Some(rows) = rows_from_tag(&tag) {
                         op.tag_rows = Some(op.tag_rows.unwrap_or(0) + rows);
                     }

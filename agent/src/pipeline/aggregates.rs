@@ -158,6 +158,7 @@ pub struct Aggregates {
     routes: FxHashMap<(herdwatch_protocol::CompactString, Label), RouteStats>,
     /// Grouped route names, so each request's route is a shared [`Label`].
     route_names: rustc_hash::FxHashSet<Label>,
+    route_scratch: String,
     max_queries: usize,
     max_routes: usize,
     grouper: RouteGrouper,
@@ -178,6 +179,7 @@ impl Aggregates {
             queries: FxHashMap::default(),
             routes: FxHashMap::default(),
             route_names: rustc_hash::FxHashSet::default(),
+            route_scratch: String::new(),
             max_queries,
             max_routes,
             grouper,
@@ -190,15 +192,18 @@ impl Aggregates {
 
     /// The route a request target groups into.
     pub fn route_of(&mut self, target: &str) -> Label {
-        let route = self.grouper.route(target);
-        if let Some(known) = self.route_names.get(route.as_str()) {
-            return known.clone();
-        }
-        if self.route_names.len() >= ROUTE_INTERN_MAX {
-            self.route_names.clear();
-        }
-        let label: Label = route.into();
-        self.route_names.insert(label.clone());
+        let mut route = std::mem::take(&mut self.route_scratch);
+        self.grouper.route_into(target, &mut route);
+        let known = self.route_names.get(route.as_str()).cloned();
+        let label = known.unwrap_or_else(|| {
+            if self.route_names.len() >= ROUTE_INTERN_MAX {
+                self.route_names.clear();
+            }
+            let label: Label = route.as_str().into();
+            self.route_names.insert(label.clone());
+            label
+        });
+        self.route_scratch = route;
         label
     }
 

@@ -90,6 +90,8 @@ pub struct Connections {
     threads: FxHashMap<u32, ThreadCursor>,
     /// Reused for each chunk's PostgreSQL events.
     pg_events: Vec<SessionEvent>,
+    /// Reused for each chunk's HTTP events.
+    http_events: Vec<HttpEvent>,
     max: usize,
     pub stats: ConnectionStats,
 }
@@ -100,6 +102,7 @@ impl Connections {
             conns: FxHashMap::default(),
             threads: FxHashMap::default(),
             pg_events: Vec::new(),
+            http_events: Vec::new(),
             max,
             stats: ConnectionStats::default(),
         }
@@ -357,11 +360,12 @@ impl Connections {
                         self.pg_events = events;
                     }
                     Session::Http(http) => {
-                        let events = if ingress {
-                            http.on_read(chunk)
+                        let mut events = std::mem::take(&mut self.http_events);
+                        if ingress {
+                            http.on_read_into(chunk, &mut events);
                         } else {
-                            http.on_write(chunk)
-                        };
+                            http.on_write_into(chunk, &mut events);
+                        }
                         // This thread now serves this connection's request.
                         if let Some(c) = self.threads.get_mut(&tid) {
                             c.http_conn = Some(key);
@@ -370,7 +374,7 @@ impl Connections {
                                 c.recent_http[0] = Some(key);
                             }
                         }
-                        for ev in events {
+                        for ev in events.drain(..) {
                             match ev {
                                 HttpEvent::RequestStarted { request, .. } => {
                                     if conn.requests.len() >= MAX_OPEN_REQUESTS {
@@ -392,6 +396,7 @@ impl Connections {
                                 HttpEvent::Error(_) => self.stats.protocol_errors += 1,
                             }
                         }
+                        self.http_events = events;
                     }
                 }
             }
