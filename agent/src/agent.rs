@@ -86,8 +86,13 @@ impl Agent {
                 message,
             })? {
             Some((endpoint, transport)) => {
-                let (otlp, exporters) =
-                    crate::export::otlp::start(&config.otlp, &endpoint, transport, latest.clone())?;
+                let (otlp, exporters) = crate::export::otlp::start(
+                    &config.otlp,
+                    &endpoint,
+                    transport,
+                    latest.clone(),
+                    Arc::default(),
+                )?;
                 state.set_recorder(exporters);
                 tracing::info!(
                     "exporting OTLP metrics, spans and logs to {endpoint} ({transport:?})"

@@ -435,6 +435,8 @@ fn collector_down_then_up() {
     config.otlp.endpoint = Some(format!("http://127.0.0.1:{receiver_port}"));
     config.otlp.interval_ms = 1000;
     config.otlp.timeout_ms = 1000;
+    // Every request a span, so span exports fail (and are counted) while the collector is down.
+    config.otlp.trace_ratio = 1.0;
     let received = Received::default();
     runtime().block_on(async {
         let agent = start_agent_with(config).await;
@@ -457,6 +459,13 @@ fn collector_down_then_up() {
             .sum();
         assert_eq!(traced, 30, "tracing continues with the collector down");
         assert!(received.0.lock().expect("lock").is_empty());
+        // What could not be delivered is counted where every loss is.
+        let drops: std::collections::HashMap<_, _> = snap.agent.drops().into_iter().collect();
+        assert!(
+            drops["otlp_metric_exports_failed"] >= 1 && drops["otlp_spans_failed"] >= 1,
+            "failed OTLP exports are counted as drops: {drops:?}"
+        );
+        assert_eq!(drops["otlp_span_queue_full"], 0, "30 spans fit the queue");
         // The collector comes up: data flows, with everything counted so far.
         grpc_receiver(receiver_port, received.clone(), ReceivedSpans::default());
         send(10).await.expect("load");

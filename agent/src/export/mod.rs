@@ -1,6 +1,7 @@
 //! What leaves the pipeline: the local API that `herdwatch findings` reads, and the
 //! Prometheus endpoint, and OTLP.
 pub mod api;
+pub mod delivery;
 pub mod logs;
 pub mod names;
 pub mod otlp;

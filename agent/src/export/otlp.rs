@@ -13,17 +13,25 @@ use opentelemetry::{
     KeyValue,
     metrics::{Histogram, Meter, MeterProvider as _},
 };
-use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::{
+    RetryPolicy, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::{
     Resource,
     logs::SdkLoggerProvider,
     metrics::{PeriodicReader, SdkMeterProvider, Temporality},
-    trace::SdkTracerProvider,
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
 };
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::names::{self, MetricDef};
+use super::{
+    delivery::{
+        BoundedSpanProcessor, CountedLogExporter, CountedMetricExporter, CountedSpanExporter,
+        ExportCounters,
+    },
+    names::{self, MetricDef},
+};
 use crate::{
     error::{Error, Result},
     pipeline::{Snapshot, aggregates::LATENCY_BUCKETS_MS},
@@ -51,6 +59,14 @@ pub struct OtlpConfig {
     pub slow_ms: u64,
     /// Attach `db.query.text` to query spans — normalised, literals replaced by `?`.
     pub query_text: bool,
+    /// Retries of a failed export (exponential backoff with jitter, within `timeout_ms`).
+    pub max_retries: usize,
+    /// Delay before the first retry, ms; it doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Spans waiting for export at most; past this they are dropped and counted
+    /// (`herdwatch.agent.dropped{reason="otlp_span_queue_full"}`).
+    pub span_queue: usize,
 }
 
 impl Default for OtlpConfig {
@@ -65,6 +81,10 @@ impl Default for OtlpConfig {
             trace_ratio: 0.1,
             slow_ms: 500,
             query_text: false,
+            max_retries: 3,
+            retry_initial_ms: 100,
+            retry_max_ms: 1_600,
+            span_queue: 2_048,
         }
     }
 }
@@ -120,6 +140,15 @@ impl OtlpConfig {
         if self.interval_ms < 100 || self.timeout_ms < 100 {
             return Err("otlp.interval_ms and otlp.timeout_ms must be at least 100".into());
         }
+        if self.retry_initial_ms > self.retry_max_ms {
+            return Err(format!(
+                "otlp.retry_initial_ms = {} exceeds otlp.retry_max_ms = {}",
+                self.retry_initial_ms, self.retry_max_ms
+            ));
+        }
+        if self.span_queue == 0 {
+            return Err("otlp.span_queue must be at least 1".into());
+        }
         Ok(Some((endpoint, transport)))
     }
 }
@@ -167,6 +196,8 @@ pub struct Exporters {
     pub metrics: Recorder,
     pub spans: super::spans::SpanRecorder,
     pub logs: super::logs::FindingLogger,
+    /// What the exporters lost, for `herdwatch.agent.dropped`.
+    pub counters: Arc<ExportCounters>,
 }
 
 /// The running exporters; dropping them flushes and shuts the SDK down.
@@ -244,6 +275,7 @@ pub fn start(
     endpoint: &str,
     transport: Transport,
     latest: watch::Receiver<Arc<Snapshot>>,
+    counters: Arc<ExportCounters>,
 ) -> Result<(Otlp, Exporters)> {
     let fail = |e: String| Error::Config {
         origin: "otlp".into(),
@@ -255,6 +287,12 @@ pub fn start(
         Temporality::Cumulative
     };
     let timeout = Duration::from_millis(config.timeout_ms);
+    let retry = || {
+        RetryPolicy::default()
+            .with_max_retries(config.max_retries)
+            .with_initial_delay(Duration::from_millis(config.retry_initial_ms))
+            .with_max_delay(Duration::from_millis(config.retry_max_ms))
+    };
     let metadata = || -> Result<tonic::metadata::MetadataMap> {
         let mut metadata = tonic::metadata::MetadataMap::new();
         for (k, v) in &config.headers {
@@ -285,6 +323,7 @@ pub fn start(
             .with_endpoint(endpoint)
             .with_timeout(timeout)
             .with_metadata(metadata()?)
+            .with_retry_policy(retry())
             .with_temporality(temporality)
             .build(),
         Transport::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
@@ -294,6 +333,7 @@ pub fn start(
             .with_endpoint(http_url("metrics"))
             .with_timeout(timeout)
             .with_headers(config.headers.clone().into_iter().collect())
+            .with_retry_policy(retry())
             .with_temporality(temporality)
             .build(),
     }
@@ -308,6 +348,7 @@ pub fn start(
             .with_endpoint(endpoint)
             .with_timeout(timeout)
             .with_metadata(metadata()?)
+            .with_retry_policy(retry())
             .build(),
         Transport::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -316,6 +357,7 @@ pub fn start(
             .with_endpoint(http_url("traces"))
             .with_timeout(timeout)
             .with_headers(config.headers.clone().into_iter().collect())
+            .with_retry_policy(retry())
             .build(),
     }
     .map_err(|e| {
@@ -323,11 +365,27 @@ pub fn start(
             "building the OTLP span exporter for {endpoint}: {e}"
         ))
     })?;
-    // The batch processor's queue is bounded (2048 spans): a slow or absent collector costs
-    // dropped spans, never memory.
+    // The span queue is bounded (`span_queue`): a slow or absent collector costs dropped
+    // spans, counted, never memory. Batches go out once per metrics interval.
+    let batch = BatchSpanProcessor::builder(CountedSpanExporter {
+        inner: span_exporter,
+        counters: counters.clone(),
+    })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            // One more than ours, so the SDK's own (uncounted) overflow never triggers.
+            .with_max_queue_size(config.span_queue + 1)
+            .with_scheduled_delay(Duration::from_millis(config.interval_ms))
+            .build(),
+    )
+    .build();
     let tracer_provider = SdkTracerProvider::builder()
         .with_resource(resource())
-        .with_batch_exporter(span_exporter)
+        .with_span_processor(BoundedSpanProcessor::new(
+            batch,
+            counters.clone(),
+            config.span_queue,
+        ))
         .build();
     let spans = super::spans::SpanRecorder::new(
         &tracer_provider,
@@ -341,6 +399,7 @@ pub fn start(
             .with_endpoint(endpoint)
             .with_timeout(timeout)
             .with_metadata(metadata()?)
+            .with_retry_policy(retry())
             .build(),
         Transport::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
             .with_http()
@@ -349,6 +408,7 @@ pub fn start(
             .with_endpoint(http_url("logs"))
             .with_timeout(timeout)
             .with_headers(config.headers.clone().into_iter().collect())
+            .with_retry_policy(retry())
             .build(),
     }
     .map_err(|e| {
@@ -358,12 +418,18 @@ pub fn start(
     })?;
     let logger_provider = SdkLoggerProvider::builder()
         .with_resource(resource())
-        .with_batch_exporter(log_exporter)
+        .with_batch_exporter(CountedLogExporter {
+            inner: log_exporter,
+            counters: counters.clone(),
+        })
         .build();
     let logs = super::logs::FindingLogger::new(&logger_provider);
-    let reader = PeriodicReader::builder(exporter)
-        .with_interval(Duration::from_millis(config.interval_ms))
-        .build();
+    let reader = PeriodicReader::builder(CountedMetricExporter {
+        inner: exporter,
+        counters: counters.clone(),
+    })
+    .with_interval(Duration::from_millis(config.interval_ms))
+    .build();
     let provider = SdkMeterProvider::builder()
         .with_resource(resource())
         .with_reader(reader)
@@ -384,6 +450,7 @@ pub fn start(
             metrics: recorder,
             spans,
             logs,
+            counters,
         },
     ))
 }

@@ -129,7 +129,7 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 6] {
+    pub fn drops(&self) -> [(&'static str, u64); 10] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
@@ -140,6 +140,13 @@ impl AgentStats {
                 self.events_malformed + self.socket_events_malformed,
             ),
             ("connections_evicted", self.connections.evicted),
+            ("otlp_span_queue_full", self.export.spans_queue_full),
+            ("otlp_spans_failed", self.export.spans_failed),
+            ("otlp_logs_failed", self.export.logs_failed),
+            (
+                "otlp_metric_exports_failed",
+                self.export.metric_exports_failed,
+            ),
         ]
     }
 }
@@ -159,4 +166,5 @@ pub struct AgentStats {
     pub socket_events_channel_full: u64,
     pub socket_events_malformed: u64,
     pub connections: ConnectionStats,
+    pub export: crate::export::delivery::ExportDrops,
 }

@@ -57,6 +57,8 @@ pub struct PipelineState {
     cgroups: HashMap<u32, Option<crate::procs::cgroup::CpuCgroup>>,
     prev_cgroup_usage: HashMap<String, (u64, u64)>,
     finding_logs: Option<crate::export::logs::FindingLogger>,
+    /// OTLP export losses, when OTLP is on.
+    export_counters: Option<Arc<crate::export::delivery::ExportCounters>>,
 }
 
 /// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
@@ -88,6 +90,7 @@ impl PipelineState {
             cgroups: HashMap::new(),
             prev_cgroup_usage: HashMap::new(),
             finding_logs: None,
+            export_counters: None,
             table,
             maps,
             reader,
@@ -105,6 +108,7 @@ impl PipelineState {
         self.aggregates.recorder = Some(exporters.metrics);
         self.aggregates.spans = Some(exporters.spans);
         self.finding_logs = Some(exporters.logs);
+        self.export_counters = Some(exporters.counters);
     }
 
     pub fn apply_socket(&mut self, event: SocketEvent) {
@@ -396,6 +400,11 @@ impl PipelineState {
             socket_events_channel_full: self.socket_reader.channel_full.load(Ordering::Relaxed),
             socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
             connections: self.connections.stats,
+            export: self
+                .export_counters
+                .as_ref()
+                .map(|c| c.drops())
+                .unwrap_or_default(),
         };
         let host = HostView {
             cpus: host::cpu_count(),
