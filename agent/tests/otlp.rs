@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::TcpStream,
     sync::{Arc, Mutex},
@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::{
         },
     },
     common::v1::{AnyValue, KeyValue, any_value},
-    metrics::v1::{Metric, metric::Data},
+    metrics::v1::{Metric, ResourceMetrics, metric::Data},
     trace::v1::{Span, span::SpanKind},
 };
 use prost::Message as _;
@@ -34,8 +34,9 @@ use prost::Message as _;
 #[derive(Clone, Default)]
 struct Received(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
 
+/// Spans received, and the `service.name` of each one's resource (same order).
 #[derive(Clone, Default)]
-struct ReceivedSpans(Arc<Mutex<Vec<Span>>>);
+struct ReceivedSpans(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<String>>>);
 
 #[tonic::async_trait]
 impl TraceService for ReceivedSpans {
@@ -52,12 +53,19 @@ impl TraceService for ReceivedSpans {
 
 impl ReceivedSpans {
     fn keep(&self, req: ExportTraceServiceRequest) {
-        let spans = req
-            .resource_spans
-            .into_iter()
-            .flat_map(|rs| rs.scope_spans)
-            .flat_map(|ss| ss.spans);
-        self.0.lock().expect("lock").extend(spans);
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .map(|r| attr(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            let spans: Vec<Span> = rs.scope_spans.into_iter().flat_map(|ss| ss.spans).collect();
+            self.1
+                .lock()
+                .expect("lock")
+                .extend(std::iter::repeat_n(service, spans.len()));
+            self.0.lock().expect("lock").extend(spans);
+        }
     }
 }
 
@@ -171,18 +179,36 @@ fn text(v: &Option<AnyValue>) -> String {
     }
 }
 
-/// The latest export's metrics, by name.
+/// Each resource's latest export (the agent and every pool export on their own), by
+/// `service.instance.id` or else `service.name`.
+fn latest_by_resource(received: &Received) -> BTreeMap<String, ResourceMetrics> {
+    let mut latest = BTreeMap::new();
+    for req in received.0.lock().expect("lock").iter() {
+        for rm in &req.resource_metrics {
+            let attrs = rm
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.clone())
+                .unwrap_or_default();
+            let instance = attr(&attrs, "service.instance.id");
+            let key = if instance.is_empty() {
+                attr(&attrs, "service.name")
+            } else {
+                instance
+            };
+            latest.insert(key, rm.clone());
+        }
+    }
+    latest
+}
+
+/// The latest metrics of every resource, merged.
 fn latest_metrics(received: &Received) -> Vec<Metric> {
-    let all = received.0.lock().expect("lock");
-    all.last()
-        .map(|req| {
-            req.resource_metrics
-                .iter()
-                .flat_map(|rm| &rm.scope_metrics)
-                .flat_map(|sm| sm.metrics.clone())
-                .collect()
-        })
-        .unwrap_or_default()
+    latest_by_resource(received)
+        .values()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| sm.metrics.clone())
+        .collect()
 }
 
 /// Histogram count of `name` over points whose attribute `key` equals `value`.
@@ -270,7 +296,8 @@ fn run(protocol: &str) {
     if !kernel_available(&test) {
         return;
     }
-    let (_pg, _app, app_port) = shop(2);
+    let (_pg, app, app_port) = shop(2);
+    let app_master = app.child.id();
     let (receiver_port, metrics_port) = (free_port(), free_port());
     let mut config = Config {
         interval_ms: 500,
@@ -341,15 +368,34 @@ fn run(protocol: &str) {
                 }))
         });
         assert!(errors, "SQLSTATE 42P01 counted");
-        let resource = received.0.lock().expect("lock")[0].resource_metrics[0]
-            .resource
-            .clone()
-            .expect("resource");
-        for key in ["service.name", "host.name"] {
-            assert!(
-                resource.attributes.iter().any(|a| a.key == key),
-                "resource lacks {key}"
-            );
+        // Resources: the agent is one service, the gunicorn pool another, named by its app
+        // module and carrying its master process; the pool's requests are recorded there.
+        let resources = latest_by_resource(&received);
+        let agent_resource = resources
+            .values()
+            .find(|rm| rm.resource.as_ref().is_some_and(|r| attr(&r.attributes, "service.name") == "herdwatch"))
+            .and_then(|rm| rm.resource.clone())
+            .expect("the agent's own resource");
+        assert_eq!(attr(&agent_resource.attributes, "process.pid"), std::process::id().to_string());
+        for key in ["host.name", "host.id"] {
+            assert!(!attr(&agent_resource.attributes, key).is_empty(), "agent resource lacks {key}");
+        }
+        let pool = resources
+            .values()
+            .find(|rm| rm.resource.as_ref().is_some_and(|r| attr(&r.attributes, "service.name") == "shop.app"))
+            .expect("a resource for the gunicorn pool, named by its app module");
+        let pool_attrs = &pool.resource.as_ref().expect("resource").attributes;
+        assert_eq!(attr(pool_attrs, "process.pid"), app_master.to_string(), "the pool's master");
+        assert!(attr(pool_attrs, "process.command_args").contains("shop.app:app"), "{pool_attrs:?}");
+        assert!(!attr(pool_attrs, "host.name").is_empty());
+        let pool_metrics: Vec<Metric> = pool.scope_metrics.iter().flat_map(|sm| sm.metrics.clone()).collect();
+        assert_eq!(
+            histogram_count(&pool_metrics, "http.server.request.duration", "http.route", "/orders/{id}"),
+            orders,
+            "the pool's requests are the pool service's"
+        );
+        for name in ["process.cpu.time", "herdwatch.worker.busy", "herdwatch.route.cpu.time"] {
+            assert!(pool_metrics.iter().any(|m| m.name == name), "{name} on the pool's resource");
         }
         // Spans: a SERVER span per request, a CLIENT child per query it issued.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -373,6 +419,12 @@ fn run(protocol: &str) {
             .filter(|s| s.kind == SpanKind::Server as i32 && attr(&s.attributes, "http.route") == "/orders/{id}")
             .collect();
         assert_eq!(servers.len() as u64, orders, "one SERVER span per request");
+        let services = spans.1.lock().expect("lock").clone();
+        for (span, service) in all.iter().zip(&services) {
+            if span.kind == SpanKind::Server as i32 && attr(&span.attributes, "http.route") == "/orders/{id}" {
+                assert_eq!(service, "shop.app", "a request's span belongs to the pool's service");
+            }
+        }
         for server in &servers {
             assert_eq!(server.name, "GET /orders/{id}");
             assert_eq!(attr(&server.attributes, "http.response.status_code"), "200");

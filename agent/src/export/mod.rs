@@ -6,4 +6,5 @@ pub mod logs;
 pub mod names;
 pub mod otlp;
 pub mod prometheus;
+pub mod resource;
 pub mod spans;

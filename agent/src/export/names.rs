@@ -73,11 +73,11 @@ metric!(
     "Time a route's requests waited on the PostgreSQL queries they issued."
 );
 metric!(
-    POOL_CPU,
-    "herdwatch.pool.cpu.time",
+    PROCESS_CPU_TIME,
+    "process.cpu.time",
     "s",
     Counter,
-    "CPU used by a pool's master and workers since the agent started watching."
+    "CPU used by a pool's master and workers since the agent started watching; workers that exit keep counting in it."
 );
 metric!(
     RUN_QUEUE_DELAY,
@@ -152,6 +152,14 @@ pub const ROUTE_TIMES: [(&MetricDef, RouteNanos); 2] = [
     (&ROUTE_DB_WAIT, |r| r.db_wait_ns),
 ];
 
+/// A pool's cumulative time counters: (metric, nanoseconds of a pool).
+pub type PoolNanos = fn(&crate::pipeline::snapshot::PoolView) -> u64;
+
+pub const POOL_TIMES: [(&MetricDef, PoolNanos); 2] = [
+    (&PROCESS_CPU_TIME, |p| p.cpu_time_ns),
+    (&RUN_QUEUE_DELAY, |p| p.run_delay_ns),
+];
+
 /// Every metric, for documentation and the OTLP/Prometheus comparison.
 pub const ALL: [MetricDef; 16] = [
     HTTP_SERVER_DURATION,
@@ -160,7 +168,7 @@ pub const ALL: [MetricDef; 16] = [
     DB_CLIENT_ERRORS,
     ROUTE_CPU,
     ROUTE_DB_WAIT,
-    POOL_CPU,
+    PROCESS_CPU_TIME,
     RUN_QUEUE_DELAY,
     WORKERS_BUSY,
     WORKERS_IDLE,

@@ -67,6 +67,9 @@ pub struct OtlpConfig {
     /// Spans waiting for export at most; past this they are dropped and counted
     /// (`herdwatch.agent.dropped{reason="otlp_span_queue_full"}`).
     pub span_queue: usize,
+    /// `service.name` per pool, keyed by the pool's name (`gunicorn shop.app:app`) or its
+    /// app (`shop.app:app`); without an entry a pool is named by its app module (`shop.app`).
+    pub services: BTreeMap<String, String>,
 }
 
 impl Default for OtlpConfig {
@@ -85,6 +88,7 @@ impl Default for OtlpConfig {
             retry_initial_ms: 100,
             retry_max_ms: 1_600,
             span_queue: 2_048,
+            services: BTreeMap::new(),
         }
     }
 }
@@ -193,8 +197,7 @@ impl Recorder {
 
 /// What the pipeline records into.
 pub struct Exporters {
-    pub metrics: Recorder,
-    pub spans: super::spans::SpanRecorder,
+    pub telemetry: Telemetry,
     pub logs: super::logs::FindingLogger,
     /// What the exporters lost, for `herdwatch.agent.dropped`.
     pub counters: Arc<ExportCounters>,
@@ -254,22 +257,308 @@ fn boundaries() -> Vec<f64> {
         .collect()
 }
 
-/// Resource attributes describing this host.
-pub fn resource() -> Resource {
-    let mut attrs = vec![KeyValue::new(
-        "host.name",
-        crate::pipeline::host::hostname(),
-    )];
-    if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
-        attrs.push(KeyValue::new("host.id", id.trim().to_string()));
-    }
-    Resource::builder()
-        .with_service_name("herdwatch")
-        .with_attributes(attrs)
-        .build()
+/// Builds one resource's exporters and providers. Kept for the agent's life: pools found later
+/// get theirs from it.
+struct Factory {
+    config: OtlpConfig,
+    endpoint: String,
+    transport: Transport,
+    counters: Arc<ExportCounters>,
+    runtime: tokio::runtime::Handle,
 }
 
-/// Builds the exporter and instruments. Must run inside the tokio runtime (tonic needs it).
+impl Factory {
+    fn fail(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Config {
+            origin: "otlp".into(),
+            message: format!(
+                "building the OTLP {what} exporter for {}: {e}",
+                self.endpoint
+            ),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.timeout_ms)
+    }
+
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy::default()
+            .with_max_retries(self.config.max_retries)
+            .with_initial_delay(Duration::from_millis(self.config.retry_initial_ms))
+            .with_max_delay(Duration::from_millis(self.config.retry_max_ms))
+    }
+
+    fn metadata(&self) -> Result<tonic::metadata::MetadataMap> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for (k, v) in &self.config.headers {
+            let bad = |e: &dyn std::fmt::Display| Error::Config {
+                origin: "otlp".into(),
+                message: format!("header {k:?}: {e}"),
+            };
+            let key =
+                tonic::metadata::MetadataKey::from_bytes(k.as_bytes()).map_err(|e| bad(&e))?;
+            let value = v.parse().map_err(|e| bad(&e))?;
+            metadata.insert(key, value);
+        }
+        Ok(metadata)
+    }
+
+    fn http_client(&self) -> RuntimeHttpClient {
+        RuntimeHttpClient {
+            inner: Arc::new(
+                opentelemetry_http::hyper::HyperClient::with_default_connector(
+                    self.timeout(),
+                    None,
+                ),
+            ),
+            runtime: self.runtime.clone(),
+        }
+    }
+
+    /// The HTTP exporter posts to the URL as given: add the signal path to a base URL.
+    fn http_url(&self, signal: &str) -> String {
+        let base = self.endpoint.trim_end_matches('/');
+        match base.strip_suffix("/v1/metrics") {
+            Some(root) => format!("{root}/v1/{signal}"),
+            None => format!("{base}/v1/{signal}"),
+        }
+    }
+
+    fn headers(&self) -> std::collections::HashMap<String, String> {
+        self.config.headers.clone().into_iter().collect()
+    }
+
+    fn meter_provider(&self, resource: Resource) -> Result<SdkMeterProvider> {
+        // tonic builds its (lazy) channel on the runtime.
+        let _runtime = self.runtime.enter();
+        let temporality = if self.config.temporality == "delta" {
+            Temporality::Delta
+        } else {
+            Temporality::Cumulative
+        };
+        let exporter = match self.transport {
+            Transport::Grpc => opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(&self.endpoint)
+                .with_timeout(self.timeout())
+                .with_metadata(self.metadata()?)
+                .with_retry_policy(self.retry())
+                .with_temporality(temporality)
+                .build(),
+            Transport::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_http_client(self.http_client())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(self.http_url("metrics"))
+                .with_timeout(self.timeout())
+                .with_headers(self.headers())
+                .with_retry_policy(self.retry())
+                .with_temporality(temporality)
+                .build(),
+        }
+        .map_err(|e| self.fail("metric", e))?;
+        let reader = PeriodicReader::builder(CountedMetricExporter {
+            inner: exporter,
+            counters: self.counters.clone(),
+        })
+        .with_interval(Duration::from_millis(self.config.interval_ms))
+        .build();
+        Ok(SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(reader)
+            .build())
+    }
+
+    fn tracer_provider(&self, resource: Resource) -> Result<SdkTracerProvider> {
+        let _runtime = self.runtime.enter();
+        let exporter = match self.transport {
+            Transport::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(&self.endpoint)
+                .with_timeout(self.timeout())
+                .with_metadata(self.metadata()?)
+                .with_retry_policy(self.retry())
+                .build(),
+            Transport::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(self.http_client())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(self.http_url("traces"))
+                .with_timeout(self.timeout())
+                .with_headers(self.headers())
+                .with_retry_policy(self.retry())
+                .build(),
+        }
+        .map_err(|e| self.fail("span", e))?;
+        // The span queue is bounded (`span_queue`, over all services together): a slow or
+        // absent collector costs dropped spans, counted, never memory. Batches go out once
+        // per metrics interval.
+        let batch = BatchSpanProcessor::builder(CountedSpanExporter {
+            inner: exporter,
+            counters: self.counters.clone(),
+        })
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                // One more than ours, so the SDK's own (uncounted) overflow never triggers.
+                .with_max_queue_size(self.config.span_queue + 1)
+                .with_scheduled_delay(Duration::from_millis(self.config.interval_ms))
+                .build(),
+        )
+        .build();
+        Ok(SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_span_processor(BoundedSpanProcessor::new(
+                batch,
+                self.counters.clone(),
+                self.config.span_queue,
+            ))
+            .build())
+    }
+
+    fn logger_provider(&self, resource: Resource) -> Result<SdkLoggerProvider> {
+        let _runtime = self.runtime.enter();
+        let exporter = match self.transport {
+            Transport::Grpc => opentelemetry_otlp::LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(&self.endpoint)
+                .with_timeout(self.timeout())
+                .with_metadata(self.metadata()?)
+                .with_retry_policy(self.retry())
+                .build(),
+            Transport::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
+                .with_http()
+                .with_http_client(self.http_client())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(self.http_url("logs"))
+                .with_timeout(self.timeout())
+                .with_headers(self.headers())
+                .with_retry_policy(self.retry())
+                .build(),
+        }
+        .map_err(|e| self.fail("log", e))?;
+        Ok(SdkLoggerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(CountedLogExporter {
+                inner: exporter,
+                counters: self.counters.clone(),
+            })
+            .build())
+    }
+
+    fn signals(&self, meter: &Meter, tracers: &SdkTracerProvider) -> Signals {
+        Signals {
+            metrics: Recorder {
+                http: histogram(meter, &names::HTTP_SERVER_DURATION),
+                db: histogram(meter, &names::DB_CLIENT_DURATION),
+            },
+            spans: super::spans::SpanRecorder::new(
+                tracers,
+                self.config.trace_ratio,
+                self.config.slow_ms,
+                self.config.query_text,
+            ),
+        }
+    }
+}
+
+/// Where one service's requests and queries are recorded: its histograms and its spans.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    pub metrics: Recorder,
+    pub spans: super::spans::SpanRecorder,
+}
+
+/// A pool's own service: its providers, shut down (flushed) when it is dropped.
+struct PoolService {
+    signals: Signals,
+    meters: SdkMeterProvider,
+    tracers: SdkTracerProvider,
+}
+
+impl Drop for PoolService {
+    fn drop(&mut self) {
+        if let Err(e) = self.meters.shutdown() {
+            tracing::debug!("OTLP pool metrics shutdown: {e}");
+        }
+        if let Err(e) = self.tracers.shutdown() {
+            tracing::debug!("OTLP pool spans shutdown: {e}");
+        }
+    }
+}
+
+/// Pools with a service of their own at most; a pool beyond (a host running hundreds of apps)
+/// reports under the agent's resource.
+const MAX_POOL_SERVICES: usize = 64;
+
+/// Telemetry by service: one per pool (its resource names the app), the agent's for the rest
+/// (processes outside any pool, such as cron jobs).
+pub struct Telemetry {
+    factory: Factory,
+    latest: watch::Receiver<Arc<Snapshot>>,
+    agent: Signals,
+    pools: std::collections::HashMap<String, PoolService>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Telemetry({} pool services)", self.pools.len())
+    }
+}
+
+impl Telemetry {
+    /// The signals of `pool` (by pool name), or the agent's.
+    pub fn signals(&self, pool: Option<&str>) -> &Signals {
+        pool.and_then(|p| self.pools.get(p))
+            .map_or(&self.agent, |s| &s.signals)
+    }
+
+    /// Whether query spans carry their normalised text.
+    pub fn query_text(&self) -> bool {
+        self.factory.config.query_text
+    }
+
+    /// The service name `[otlp.services]` or the app module gives a pool.
+    pub fn service_name(&self, pool: &crate::procs::pools::Pool) -> String {
+        super::resource::pool_service_name(pool, &self.factory.config.services)
+    }
+
+    /// Gives a newly seen pool its service (once; bounded). `resource` describes it.
+    pub fn add_pool(&mut self, pool_name: &str, resource: impl FnOnce() -> Resource) {
+        if self.pools.contains_key(pool_name) || self.pools.len() >= MAX_POOL_SERVICES {
+            return;
+        }
+        let resource = resource();
+        let built = self
+            .factory
+            .meter_provider(resource.clone())
+            .and_then(|meters| {
+                let tracers = self.factory.tracer_provider(resource)?;
+                Ok((meters, tracers))
+            });
+        let (meters, tracers) = match built {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("no OTLP service for pool {pool_name}: {e}");
+                return;
+            }
+        };
+        let meter = meters.meter("herdwatch");
+        observe_pool(&meter, &self.latest, pool_name);
+        let signals = self.factory.signals(&meter, &tracers);
+        self.pools.insert(
+            pool_name.to_string(),
+            PoolService {
+                signals,
+                meters,
+                tracers,
+            },
+        );
+    }
+}
+
+/// Builds the agent's exporters and instruments; pools get theirs as they are found
+/// (`Telemetry::add_pool`). Must run inside the tokio runtime (tonic needs it).
 pub fn start(
     config: &OtlpConfig,
     endpoint: &str,
@@ -277,169 +566,24 @@ pub fn start(
     latest: watch::Receiver<Arc<Snapshot>>,
     counters: Arc<ExportCounters>,
 ) -> Result<(Otlp, Exporters)> {
-    let fail = |e: String| Error::Config {
-        origin: "otlp".into(),
-        message: e,
-    };
-    let temporality = if config.temporality == "delta" {
-        Temporality::Delta
-    } else {
-        Temporality::Cumulative
-    };
-    let timeout = Duration::from_millis(config.timeout_ms);
-    let retry = || {
-        RetryPolicy::default()
-            .with_max_retries(config.max_retries)
-            .with_initial_delay(Duration::from_millis(config.retry_initial_ms))
-            .with_max_delay(Duration::from_millis(config.retry_max_ms))
-    };
-    let metadata = || -> Result<tonic::metadata::MetadataMap> {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        for (k, v) in &config.headers {
-            let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
-                .map_err(|e| fail(format!("header {k:?}: {e}")))?;
-            let value = v.parse().map_err(|e| fail(format!("header {k:?}: {e}")))?;
-            metadata.insert(key, value);
-        }
-        Ok(metadata)
-    };
-    let http_client = || RuntimeHttpClient {
-        inner: Arc::new(
-            opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None),
-        ),
+    let factory = Factory {
+        config: config.clone(),
+        endpoint: endpoint.to_string(),
+        transport,
+        counters: counters.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
-    // The HTTP exporter posts to the URL as given: add the signal path to a base URL.
-    let http_url = |signal: &str| {
-        let base = endpoint.trim_end_matches('/');
-        match base.strip_suffix("/v1/metrics") {
-            Some(root) => format!("{root}/v1/{signal}"),
-            None => format!("{base}/v1/{signal}"),
-        }
-    };
-    let exporter = match transport {
-        Transport::Grpc => opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(timeout)
-            .with_metadata(metadata()?)
-            .with_retry_policy(retry())
-            .with_temporality(temporality)
-            .build(),
-        Transport::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .with_http_client(http_client())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(http_url("metrics"))
-            .with_timeout(timeout)
-            .with_headers(config.headers.clone().into_iter().collect())
-            .with_retry_policy(retry())
-            .with_temporality(temporality)
-            .build(),
-    }
-    .map_err(|e| {
-        fail(format!(
-            "building the OTLP metric exporter for {endpoint}: {e}"
-        ))
-    })?;
-    let span_exporter = match transport {
-        Transport::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(timeout)
-            .with_metadata(metadata()?)
-            .with_retry_policy(retry())
-            .build(),
-        Transport::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(http_client())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(http_url("traces"))
-            .with_timeout(timeout)
-            .with_headers(config.headers.clone().into_iter().collect())
-            .with_retry_policy(retry())
-            .build(),
-    }
-    .map_err(|e| {
-        fail(format!(
-            "building the OTLP span exporter for {endpoint}: {e}"
-        ))
-    })?;
-    // The span queue is bounded (`span_queue`): a slow or absent collector costs dropped
-    // spans, counted, never memory. Batches go out once per metrics interval.
-    let batch = BatchSpanProcessor::builder(CountedSpanExporter {
-        inner: span_exporter,
-        counters: counters.clone(),
-    })
-    .with_batch_config(
-        BatchConfigBuilder::default()
-            // One more than ours, so the SDK's own (uncounted) overflow never triggers.
-            .with_max_queue_size(config.span_queue + 1)
-            .with_scheduled_delay(Duration::from_millis(config.interval_ms))
-            .build(),
-    )
-    .build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_resource(resource())
-        .with_span_processor(BoundedSpanProcessor::new(
-            batch,
-            counters.clone(),
-            config.span_queue,
-        ))
-        .build();
-    let spans = super::spans::SpanRecorder::new(
-        &tracer_provider,
-        config.trace_ratio,
-        config.slow_ms,
-        config.query_text,
-    );
-    let log_exporter = match transport {
-        Transport::Grpc => opentelemetry_otlp::LogExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(timeout)
-            .with_metadata(metadata()?)
-            .with_retry_policy(retry())
-            .build(),
-        Transport::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
-            .with_http()
-            .with_http_client(http_client())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(http_url("logs"))
-            .with_timeout(timeout)
-            .with_headers(config.headers.clone().into_iter().collect())
-            .with_retry_policy(retry())
-            .build(),
-    }
-    .map_err(|e| {
-        fail(format!(
-            "building the OTLP log exporter for {endpoint}: {e}"
-        ))
-    })?;
-    let logger_provider = SdkLoggerProvider::builder()
-        .with_resource(resource())
-        .with_batch_exporter(CountedLogExporter {
-            inner: log_exporter,
-            counters: counters.clone(),
-        })
-        .build();
+    // Validate the headers once, here, so a bad one is a start-up error.
+    factory.metadata()?;
+    let env = |k: &str| std::env::var(k).ok();
+    let resource = super::resource::agent(&env);
+    let provider = factory.meter_provider(resource.clone())?;
+    let tracer_provider = factory.tracer_provider(resource.clone())?;
+    let logger_provider = factory.logger_provider(resource)?;
     let logs = super::logs::FindingLogger::new(&logger_provider);
-    let reader = PeriodicReader::builder(CountedMetricExporter {
-        inner: exporter,
-        counters: counters.clone(),
-    })
-    .with_interval(Duration::from_millis(config.interval_ms))
-    .build();
-    let provider = SdkMeterProvider::builder()
-        .with_resource(resource())
-        .with_reader(reader)
-        .build();
     let meter = provider.meter("herdwatch");
-    let recorder = Recorder {
-        http: histogram(&meter, &names::HTTP_SERVER_DURATION),
-        db: histogram(&meter, &names::DB_CLIENT_DURATION),
-    };
-    observe_snapshots(&meter, latest);
+    let agent = factory.signals(&meter, &tracer_provider);
+    observe_agent(&meter, latest.clone());
     Ok((
         Otlp {
             provider,
@@ -447,8 +591,12 @@ pub fn start(
             logger_provider,
         },
         Exporters {
-            metrics: recorder,
-            spans,
+            telemetry: Telemetry {
+                factory,
+                latest,
+                agent,
+                pools: std::collections::HashMap::new(),
+            },
             logs,
             counters,
         },
@@ -504,16 +652,23 @@ fn kv(k: &'static str, v: &str) -> KeyValue {
     KeyValue::new(k, v.to_string())
 }
 
-fn observe_snapshots(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
+/// Route CPU and DB-wait counters for the routes `keep` selects (a pool's, or those outside
+/// any pool).
+fn observe_route_times(
+    meter: &Meter,
+    latest: &watch::Receiver<Arc<Snapshot>>,
+    keep: impl Fn(&crate::pipeline::aggregates::RouteStats) -> bool + Clone + Send + Sync + 'static,
+) {
     for (def, ns) in names::ROUTE_TIMES {
         let latest = latest.clone();
+        let keep = keep.clone();
         meter
             .f64_observable_counter(def.name)
             .with_unit(def.unit)
             .with_description(def.help)
             .with_callback(move |observer| {
                 let snap = latest.borrow().clone();
-                for r in &snap.routes {
+                for r in snap.routes.iter().filter(|r| keep(r)) {
                     let attrs = [
                         kv("http.request.method", &r.method),
                         kv("http.route", &r.route),
@@ -523,6 +678,60 @@ fn observe_snapshots(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
             })
             .build();
     }
+}
+
+/// A pool's own instruments, on its service's meter: its workers, its requests in flight,
+/// its CPU and run-queue delay, its routes' CPU and DB wait.
+fn observe_pool(meter: &Meter, latest: &watch::Receiver<Arc<Snapshot>>, pool: &str) {
+    let owned = pool.to_string();
+    observe_route_times(meter, latest, move |r| r.pool == owned);
+    type PoolValue = fn(&crate::pipeline::snapshot::PoolView) -> Option<f64>;
+    let gauges: [(&'static MetricDef, PoolValue); 4] = [
+        (&names::WORKERS_BUSY, |p| Some(p.busy_workers as f64)),
+        (&names::WORKERS_IDLE, |p| {
+            Some(p.worker_states.len().saturating_sub(p.busy_workers) as f64)
+        }),
+        (&names::HTTP_SERVER_ACTIVE, |p| {
+            Some(p.active_requests as f64)
+        }),
+        (&names::ACCEPT_QUEUE, |p| p.accept_queue().map(f64::from)),
+    ];
+    for (def, value) in gauges {
+        let latest = latest.clone();
+        let pool = pool.to_string();
+        meter
+            .f64_observable_gauge(def.name)
+            .with_unit(def.unit)
+            .with_description(def.help)
+            .with_callback(move |observer| {
+                let snap = latest.borrow().clone();
+                if let Some(v) = snap.pools.iter().find(|p| p.name == pool).and_then(value) {
+                    observer.observe(v, &[]);
+                }
+            })
+            .build();
+    }
+    for (def, ns) in names::POOL_TIMES {
+        let latest = latest.clone();
+        let pool = pool.to_string();
+        meter
+            .f64_observable_counter(def.name)
+            .with_unit(def.unit)
+            .with_description(def.help)
+            .with_callback(move |observer| {
+                let snap = latest.borrow().clone();
+                if let Some(p) = snap.pools.iter().find(|p| p.name == pool) {
+                    observer.observe(ns(p) as f64 / 1e9, &[]);
+                }
+            })
+            .build();
+    }
+}
+
+/// The agent's own instruments: host, findings, drops, query errors, and the routes of
+/// processes outside any pool.
+fn observe_agent(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
+    observe_route_times(meter, &latest, |r| r.pool.is_empty());
     observable(meter, &names::DB_CLIENT_ERRORS, &latest, |s| {
         s.queries
             .iter()
@@ -537,38 +746,6 @@ fn observe_snapshots(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
                         ],
                     )
                 })
-            })
-            .collect()
-    });
-    observable(meter, &names::WORKERS_BUSY, &latest, |s| {
-        s.pools
-            .iter()
-            .map(|p| (p.busy_workers as f64, vec![kv("service.name", &p.name)]))
-            .collect()
-    });
-    observable(meter, &names::WORKERS_IDLE, &latest, |s| {
-        s.pools
-            .iter()
-            .map(|p| {
-                (
-                    p.worker_states.len().saturating_sub(p.busy_workers) as f64,
-                    vec![kv("service.name", &p.name)],
-                )
-            })
-            .collect()
-    });
-    observable(meter, &names::HTTP_SERVER_ACTIVE, &latest, |s| {
-        s.pools
-            .iter()
-            .map(|p| (p.active_requests as f64, vec![kv("service.name", &p.name)]))
-            .collect()
-    });
-    observable(meter, &names::ACCEPT_QUEUE, &latest, |s| {
-        s.pools
-            .iter()
-            .filter_map(|p| {
-                p.accept_queue()
-                    .map(|q| (f64::from(q), vec![kv("service.name", &p.name)]))
             })
             .collect()
     });

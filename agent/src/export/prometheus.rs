@@ -127,27 +127,31 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     out.push('}');
 }
 
+/// A route's labels: the pool that served it (`service_name`, as on the pool's gauges; none
+/// outside a pool), method and route.
+fn route_labels(r: &crate::pipeline::aggregates::RouteStats) -> Vec<(&'static str, &str)> {
+    let mut labels = Vec::with_capacity(3);
+    if !r.pool.is_empty() {
+        labels.push(("service.name", r.pool.as_str()));
+    }
+    labels.push(("http.request.method", r.method.as_str()));
+    labels.push(("http.route", r.route.as_str()));
+    labels
+}
+
 /// The whole exposition for one snapshot.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     {
         let mut f = Family::new(&mut out, &names::HTTP_SERVER_DURATION);
         for r in &s.routes {
-            f.histogram(
-                &[("http.request.method", &r.method), ("http.route", &r.route)],
-                &r.latency,
-                r.total_ns,
-            );
+            f.histogram(&route_labels(r), &r.latency, r.total_ns);
         }
     }
     for (def, ns) in names::ROUTE_TIMES {
         let mut f = Family::new(&mut out, def);
         for r in &s.routes {
-            let labels = [
-                ("http.request.method", r.method.as_str()),
-                ("http.route", &r.route),
-            ];
-            f.sample("", &labels, ns(r) as f64 / 1e9);
+            f.sample("", &route_labels(r), ns(r) as f64 / 1e9);
         }
     }
     {
@@ -198,6 +202,12 @@ pub fn render(s: &Snapshot) -> String {
                 },
             };
             f.sample("", &[("service.name", &p.name)], v);
+        }
+    }
+    for (def, ns) in names::POOL_TIMES {
+        let mut f = Family::new(&mut out, def);
+        for p in &s.pools {
+            f.sample("", &[("service.name", &p.name)], ns(p) as f64 / 1e9);
         }
     }
     if let Some(u) = s.host.cpu_utilization {

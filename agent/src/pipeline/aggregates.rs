@@ -101,6 +101,8 @@ pub struct QueryStats {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RouteStats {
+    /// The pool whose workers served it ("" outside any pool).
+    pub pool: String,
     pub method: String,
     pub route: String,
     pub requests: u64,
@@ -155,7 +157,12 @@ pub struct Aggregates {
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
     db_wait_by_pid: FxHashMap<u32, u64>,
     queries: FxHashMap<String, QueryStats>,
-    routes: FxHashMap<(herdwatch_protocol::CompactString, Label), RouteStats>,
+    routes: FxHashMap<(Label, herdwatch_protocol::CompactString, Label), RouteStats>,
+    /// The pool (by name) of each pool process, so requests and queries are told apart by
+    /// the service that served or issued them.
+    pool_of_pid: FxHashMap<u32, Label>,
+    /// The label of requests served outside any pool.
+    no_pool: Label,
     /// Grouped route names, so each request's route is a shared [`Label`].
     route_names: rustc_hash::FxHashSet<Label>,
     route_scratch: String,
@@ -166,9 +173,7 @@ pub struct Aggregates {
     pub outbox: Vec<QueryObs>,
     pub outbox_dropped: u64,
     /// OTLP latency histograms, when OTLP export is on.
-    pub recorder: Option<crate::export::otlp::Recorder>,
-    /// OTLP spans, when OTLP export is on.
-    pub spans: Option<crate::export::spans::SpanRecorder>,
+    pub telemetry: Option<crate::export::otlp::Telemetry>,
 }
 
 impl Aggregates {
@@ -180,14 +185,36 @@ impl Aggregates {
             routes: FxHashMap::default(),
             route_names: rustc_hash::FxHashSet::default(),
             route_scratch: String::new(),
+            pool_of_pid: FxHashMap::default(),
+            no_pool: Label::from(""),
             max_queries,
             max_routes,
             grouper,
             outbox: Vec::new(),
             outbox_dropped: 0,
-            recorder: None,
-            spans: None,
+            telemetry: None,
         }
+    }
+
+    /// Which pool each pool process belongs to (master and workers), by pool name.
+    pub fn set_pools(&mut self, pool_of_pid: FxHashMap<u32, Label>) {
+        self.pool_of_pid = pool_of_pid;
+    }
+
+    /// The pool `pid` belongs to, if any.
+    pub fn pool_of(&self, pid: u32) -> Option<&Label> {
+        self.pool_of_pid.get(&pid)
+    }
+
+    /// The OTLP signals (histograms, spans) of `pid`'s service. An associated function over
+    /// the two fields, so callers can hold other fields mutably meanwhile.
+    fn signals_for<'a>(
+        telemetry: &'a Option<crate::export::otlp::Telemetry>,
+        pool_of_pid: &FxHashMap<u32, Label>,
+        pid: u32,
+    ) -> Option<&'a crate::export::otlp::Signals> {
+        let telemetry = telemetry.as_ref()?;
+        Some(telemetry.signals(pool_of_pid.get(&pid).map(|p| &**p)))
     }
 
     /// The route a request target groups into.
@@ -246,7 +273,8 @@ impl Aggregates {
                     Self::count(entry, pid, q, calling_route);
                     Self::charge(
                         &mut self.db_wait_by_pid,
-                        self.recorder.as_ref(),
+                        Self::signals_for(&self.telemetry, &self.pool_of_pid, pid)
+                            .map(|s| &s.metrics),
                         entry,
                         pid,
                         q,
@@ -301,7 +329,7 @@ impl Aggregates {
         Self::count(entry, pid, q, calling_route);
         Self::charge(
             &mut self.db_wait_by_pid,
-            self.recorder.as_ref(),
+            Self::signals_for(&self.telemetry, &self.pool_of_pid, pid).map(|s| &s.metrics),
             entry,
             pid,
             q,
@@ -366,20 +394,24 @@ impl Aggregates {
             Some(c) => c.route.clone(),
             None => self.route_of(&x.request.target),
         };
-        let mut key = (x.request.method.clone(), route);
+        let pool = self.pool_of(pid).unwrap_or(&self.no_pool).clone();
+        let mut key = (pool, x.request.method.clone(), route);
         if self.routes.len() >= self.max_routes && !self.routes.contains_key(&key) {
-            key = ("*".into(), "other".into());
+            key = (key.0, "*".into(), "other".into());
         }
         let entry = self.routes.entry(key).or_insert_with_key(|key| RouteStats {
-            method: key.0.to_string(),
-            route: key.1.to_string(),
+            pool: key.0.to_string(),
+            method: key.1.to_string(),
+            route: key.2.to_string(),
             ..Default::default()
         });
         let took = x.finished_ns.saturating_sub(x.started_ns);
-        if let Some(r) = &self.recorder {
-            r.exchange(&entry.method, &entry.route, x.status, took as f64 / 1e9);
+        let signals = Self::signals_for(&self.telemetry, &self.pool_of_pid, pid);
+        if let Some(s) = signals {
+            s.metrics
+                .exchange(&entry.method, &entry.route, x.status, took as f64 / 1e9);
         }
-        if let Some(spans) = &self.spans {
+        if let Some(spans) = signals.map(|s| &s.spans) {
             let empty = Vec::new();
             spans.record(&crate::export::spans::RequestSpan {
                 method: &entry.method,
@@ -444,9 +476,9 @@ impl Aggregates {
             sqlstate: q.sqlstate.clone(),
             server_port,
             normalized: self
-                .spans
+                .telemetry
                 .as_ref()
-                .filter(|s| s.query_text)
+                .filter(|t| t.query_text())
                 .map(|_| stats.normalized.clone()),
         })
     }

@@ -341,7 +341,7 @@ impl Connections {
                                         route.as_ref(),
                                         in_flight,
                                     );
-                                    if aggregates.spans.is_some()
+                                    if aggregates.telemetry.is_some()
                                         && let Some(hc) = cursor.http_conn
                                         && let Some(span) = aggregates.query_span(&q, server_port)
                                         && let Some(req) = self

@@ -93,6 +93,11 @@ pub struct PoolView {
     pub busy_history: Vec<usize>,
     /// Master and workers together, % of one CPU.
     pub cpu_percent: f64,
+    /// CPU used by the pool's processes since the agent started watching it, ns; cumulative
+    /// across worker exits and restarts (`process.cpu.time`).
+    pub cpu_time_ns: u64,
+    /// Time the pool's runnable threads waited for a CPU since then, ns.
+    pub run_delay_ns: u64,
     /// How the workers' wall time was spent over the interval (None on the first snapshot).
     pub time_share: Option<TimeShare>,
     /// The master's CPU cgroup, when it is not the root one.

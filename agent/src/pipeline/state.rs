@@ -37,6 +37,9 @@ pub struct PipelineState {
     pools: Vec<Pool>,
     pools_generation: u64,
     prev_totals: HashMap<u32, CpuTotals>,
+    /// (CPU ns, run-queue delay ns) per pool name since the agent started (bounded by
+    /// `MAX_POOL_TOTALS`: pools that come and go under new names).
+    pool_totals: HashMap<String, (u64, u64)>,
     prev_taken_mono_ns: u64,
     prev_ticks: Option<CpuTicks>,
     tid_to_tgid: HashMap<u32, u32>,
@@ -60,6 +63,9 @@ pub struct PipelineState {
     /// OTLP export losses, when OTLP is on.
     export_counters: Option<Arc<crate::export::delivery::ExportCounters>>,
 }
+
+/// Pool names whose cumulative CPU is kept; past this the ones not currently running go.
+const MAX_POOL_TOTALS: usize = 256;
 
 /// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
 const BUSY_HISTORY: usize = 300;
@@ -97,6 +103,7 @@ impl PipelineState {
             pools: Vec::new(),
             pools_generation: u64::MAX,
             prev_totals: HashMap::new(),
+            pool_totals: HashMap::new(),
             prev_taken_mono_ns: 0,
             prev_ticks: host::read_ticks(),
             tid_to_tgid: HashMap::new(),
@@ -105,10 +112,39 @@ impl PipelineState {
 
     /// Sends request and query latencies to OTLP from now on.
     pub fn set_recorder(&mut self, exporters: crate::export::otlp::Exporters) {
-        self.aggregates.recorder = Some(exporters.metrics);
-        self.aggregates.spans = Some(exporters.spans);
+        self.aggregates.telemetry = Some(exporters.telemetry);
+        // Pools already known get their services at the next discovery.
+        self.pools_generation = u64::MAX;
         self.finding_logs = Some(exporters.logs);
         self.export_counters = Some(exporters.counters);
+    }
+
+    /// Tells the aggregates which pool each pool process belongs to, and gives each pool its
+    /// OTLP service (resource: service, master process, container, pod).
+    fn name_pools(&mut self) {
+        let mut pool_of_pid = rustc_hash::FxHashMap::default();
+        for pool in &self.pools {
+            let name: crate::pipeline::aggregates::Label = pool.name().into();
+            pool_of_pid.insert(pool.master, name.clone());
+            for w in &pool.workers {
+                pool_of_pid.insert(*w, name.clone());
+            }
+            let Some(telemetry) = self.aggregates.telemetry.as_mut() else {
+                continue;
+            };
+            let service = telemetry.service_name(pool);
+            let cmdline = self
+                .table
+                .get(pool.master)
+                .map(|p| p.cmdline.clone())
+                .unwrap_or_default();
+            telemetry.add_pool(&name, || {
+                let cgroup = crate::procs::cgroup::of_pid(pool.master).map(|c| c.path);
+                let env = |k: &str| std::env::var(k).ok();
+                crate::export::resource::pool(pool, &service, &cmdline, cgroup.as_deref(), &env)
+            });
+        }
+        self.aggregates.set_pools(pool_of_pid);
     }
 
     pub fn apply_socket(&mut self, event: SocketEvent) {
@@ -306,6 +342,7 @@ impl PipelineState {
                 .flat_map(|p| p.workers.iter().copied())
                 .collect();
             self.maps.sync_http_servers(&workers);
+            self.name_pools();
         }
         let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
         let serving = self.connections.open_requests_by_pid();
@@ -335,6 +372,25 @@ impl PipelineState {
                     other: 1.0 - on_cpu - db_wait,
                 });
             }
+            // Cumulative per pool name, so a master restart or worker churn keeps counting.
+            let members = std::iter::once(view.pool.master).chain(
+                view.pool
+                    .workers
+                    .iter()
+                    .copied()
+                    .filter(|w| *w != view.pool.master),
+            );
+            let (mut cpu_step, mut delay_step) = (0.0, 0.0);
+            for pid in members {
+                if let Some(p) = by_pid.get(&pid) {
+                    cpu_step += p.cpu_percent / 100.0 * interval_ns as f64;
+                    delay_step += p.run_delay_ms_per_s / 1000.0 * interval_ns as f64;
+                }
+            }
+            let totals = self.pool_totals.entry(view.name.clone()).or_default();
+            totals.0 += cpu_step as u64;
+            totals.1 += delay_step as u64;
+            (view.cpu_time_ns, view.run_delay_ns) = *totals;
             let history = self.busy_history.entry(view.pool.master).or_default();
             if history.len() == BUSY_HISTORY {
                 history.pop_front();
@@ -343,6 +399,10 @@ impl PipelineState {
             view.busy_history = history.iter().copied().collect();
         }
         self.prev_db_wait = db_now;
+        if self.pool_totals.len() > MAX_POOL_TOTALS {
+            let running: HashSet<&String> = pool_views.iter().map(|v| &v.name).collect();
+            self.pool_totals.retain(|name, _| running.contains(name));
+        }
         self.cgroups
             .retain(|m, _| self.pools.iter().any(|p| p.master == *m));
         let mut cgroup_usage = HashMap::new();
@@ -494,6 +554,8 @@ fn pool_view(
         active_requests,
         busy_history: Vec::new(),
         cpu_percent,
+        cpu_time_ns: 0,
+        run_delay_ns: 0,
         time_share: None,
         cgroup: None,
     }
