@@ -455,6 +455,13 @@ fn run(protocol: &str) {
         let scraped = prometheus_families(metrics_port);
         eprintln!("OTLP (translated): {otlp:?}\nPrometheus: {scraped:?}");
         assert_eq!(otlp, scraped, "OTLP and /metrics disagree on names");
+        // And on the status code of the HTTP histogram, with the pool that served it.
+        let body = get(metrics_port, "/metrics");
+        let broken_series = "http_server_request_duration_seconds_count{service_name=\"gunicorn shop.app:app\",http_request_method=\"GET\",http_route=\"/broken\",http_response_status_code=\"500\"}";
+        assert!(
+            body.lines().any(|l| l == format!("{broken_series} {broken}")),
+            "/metrics lacks {broken_series} {broken}"
+        );
         drop(agent);
     });
 }
@@ -610,4 +617,66 @@ fn collector_down_peak_rss() {
         peaks[1] < peaks[0] + 128.0 * 1024.0,
         "collector down must not grow memory without bound"
     );
+}
+
+/// The standard variables and the downward API shape the agent's own resource, and what the
+/// user sets wins over what the agent finds (here `host.name`). `herdwatch run` as a child
+/// process, so its environment is its own.
+#[test]
+fn standard_variables_shape_the_agent_resource() {
+    if !kernel_available("otlp::standard_variables_shape_the_agent_resource") {
+        return;
+    }
+    let receiver_port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("herdwatch.toml");
+    std::fs::write(&config, "[otlp]\ninterval_ms = 1000\n").expect("config");
+    let received = Received::default();
+    runtime().block_on(async {
+        grpc_receiver(receiver_port, received.clone(), ReceivedSpans::default());
+        let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_herdwatch"))
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--json", "--interval-ms", "500"])
+            .env("HERDWATCH_API_SOCKET", "")
+            .env("HERDWATCH_PROMETHEUS_LISTEN", "")
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{receiver_port}"),
+            )
+            .env("OTEL_SERVICE_NAME", "edge-agent")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=prod,host.name=from-env",
+            )
+            .env("K8S_NODE_NAME", "node-a")
+            .env("K8S_POD_NAME", "herdwatch-x7k2p")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("herdwatch runs");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let resource = loop {
+            let found = latest_by_resource(&received).into_values().find_map(|rm| {
+                rm.resource
+                    .filter(|r| attr(&r.attributes, "service.name") == "edge-agent")
+            });
+            if let Some(r) = found {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics from the agent's resource"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let _ = agent.kill();
+        let _ = agent.wait();
+        let get = |k: &str| attr(&resource.attributes, k);
+        assert_eq!(get("deployment.environment.name"), "prod");
+        assert_eq!(get("host.name"), "from-env", "the user's value wins");
+        assert_eq!(get("k8s.node.name"), "node-a");
+        assert_eq!(get("k8s.pod.name"), "herdwatch-x7k2p");
+        assert_eq!(get("process.pid"), agent.id().to_string());
+        assert!(!get("host.id").is_empty());
+    });
 }

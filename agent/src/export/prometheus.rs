@@ -145,7 +145,17 @@ pub fn render(s: &Snapshot) -> String {
     {
         let mut f = Family::new(&mut out, &names::HTTP_SERVER_DURATION);
         for r in &s.routes {
-            f.histogram(&route_labels(r), &r.latency, r.total_ns);
+            // One series per status, as OTLP's histogram has; unanswered requests without.
+            for (status, latency) in &r.latency_by_status {
+                let status = status.to_string();
+                let mut labels = route_labels(r);
+                labels.push(("http.response.status_code", &status));
+                f.histogram(&labels, &latency.histogram, latency.total_ns);
+            }
+            if r.unanswered_latency.count() > 0 {
+                let l = &r.unanswered_latency;
+                f.histogram(&route_labels(r), &l.histogram, l.total_ns);
+            }
         }
     }
     for (def, ns) in names::ROUTE_TIMES {
@@ -279,27 +289,40 @@ mod tests {
 
     #[test]
     fn renders_histograms_cumulatively_and_escapes_labels() {
-        let mut latency = Histogram::default();
-        latency.record(3_000_000);
-        latency.record(40_000_000);
+        let mut ok = crate::pipeline::aggregates::Latency::default();
+        ok.record(3_000_000);
+        ok.record(40_000_000);
+        let mut unanswered = crate::pipeline::aggregates::Latency::default();
+        unanswered.record(1_000_000_000);
         let snap = Snapshot {
             routes: vec![RouteStats {
                 method: "GET".into(),
                 route: "/a\"b".into(),
-                requests: 2,
-                total_ns: 43_000_000,
-                latency,
+                requests: 3,
+                latency_by_status: [(200, ok)].into(),
+                unanswered_latency: unanswered,
                 ..Default::default()
             }],
             ..Default::default()
         };
         let text = render(&snap);
         assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
-        assert!(text.contains(
-            "http_server_request_duration_seconds_bucket{http_request_method=\"GET\",http_route=\"/a\\\"b\",le=\"0.005\"} 1"
-        ), "{text}");
+        let ok_series =
+            "http_request_method=\"GET\",http_route=\"/a\\\"b\",http_response_status_code=\"200\"";
+        assert!(
+            text.contains(&format!(
+                "http_server_request_duration_seconds_bucket{{{ok_series},le=\"0.005\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "http_server_request_duration_seconds_sum{{{ok_series}}} 0.043"
+        )));
+        assert!(
+            text.contains("http_server_request_duration_seconds_count{http_request_method=\"GET\",http_route=\"/a\\\"b\"} 1"),
+            "unanswered requests: a series without a status"
+        );
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
-        assert!(text.contains("http_server_request_duration_seconds_sum{http_request_method=\"GET\",http_route=\"/a\\\"b\"} 0.043"));
     }
 }

@@ -10,7 +10,10 @@
 use std::collections::BTreeMap;
 
 use opentelemetry::{Array, KeyValue, StringValue, Value};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::{
+    Resource,
+    resource::{EnvResourceDetector, SdkProvidedResourceDetector, TelemetryResourceDetector},
+};
 
 use crate::procs::pools::Pool;
 
@@ -125,9 +128,18 @@ pub fn agent(env: &dyn Fn(&str) -> Option<String>) -> Resource {
     let downward = downward_api(env, false);
     attrs.retain(|kv| !downward.iter().any(|d| d.key == kv.key));
     attrs.extend(downward);
-    let builder = Resource::builder().with_attributes(attrs);
+    // What the user set in OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME wins over what the
+    // agent found: the detectors are applied after its attributes.
+    let builder = Resource::builder_empty()
+        .with_attributes(attrs)
+        .with_detectors(&[
+            Box::new(TelemetryResourceDetector),
+            Box::new(EnvResourceDetector::new()),
+        ]);
     if named {
-        builder.build()
+        builder
+            .with_detector(Box::new(SdkProvidedResourceDetector))
+            .build()
     } else {
         builder.with_service_name("herdwatch").build()
     }

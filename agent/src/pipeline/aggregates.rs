@@ -70,6 +70,24 @@ pub type Label = std::sync::Arc<str>;
 /// Route names interned; past this the set starts over (a crawler's random paths).
 const ROUTE_INTERN_MAX: usize = 4096;
 
+/// A latency histogram with its sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Latency {
+    pub histogram: Histogram,
+    pub total_ns: u64,
+}
+
+impl Latency {
+    pub fn record(&mut self, ns: u64) {
+        self.histogram.record(ns);
+        self.total_ns += ns;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.histogram.0.iter().sum()
+    }
+}
+
 /// The bucket every fingerprint past the limit is counted in.
 pub const OTHER_ID: &str = "other";
 
@@ -112,6 +130,11 @@ pub struct RouteStats {
     pub total_ns: u64,
     pub max_ns: u64,
     pub latency: Histogram,
+    /// The same latencies split by response status, so `/metrics` carries
+    /// `http.response.status_code` as OTLP does (statuses are at most 900 values).
+    pub latency_by_status: BTreeMap<u16, Latency>,
+    /// Latencies of requests closed without a response.
+    pub unanswered_latency: Latency,
     /// CPU the serving threads used for these requests.
     pub cpu_ns: u64,
     /// Time the requests waited on PostgreSQL queries they issued.
@@ -430,8 +453,14 @@ impl Aggregates {
         entry.max_ns = entry.max_ns.max(took);
         entry.latency.record(took);
         match x.status {
-            Some(s) => *entry.by_status.entry(s).or_default() += 1,
-            None => entry.unanswered += 1,
+            Some(s) => {
+                *entry.by_status.entry(s).or_default() += 1;
+                entry.latency_by_status.entry(s).or_default().record(took);
+            }
+            None => {
+                entry.unanswered += 1;
+                entry.unanswered_latency.record(took);
+            }
         }
         if let Some(c) = cost {
             entry.cpu_ns += c.cpu_ns;
