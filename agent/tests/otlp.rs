@@ -397,6 +397,25 @@ fn run(protocol: &str) {
         for name in ["process.cpu.time", "herdwatch.worker.busy", "herdwatch.route.cpu.time"] {
             assert!(pool_metrics.iter().any(|m| m.name == name), "{name} on the pool's resource");
         }
+        let cpu: BTreeMap<String, f64> = pool_metrics
+            .iter()
+            .filter(|m| m.name == "process.cpu.time")
+            .filter_map(|m| match &m.data {
+                Some(Data::Sum(s)) => Some(s),
+                _ => None,
+            })
+            .flat_map(|s| &s.data_points)
+            .map(|p| {
+                let v = match p.value {
+                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(v)) => v,
+                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(v)) => v as f64,
+                    None => 0.0,
+                };
+                (attr(&p.attributes, "cpu.mode"), v)
+            })
+            .collect();
+        assert_eq!(cpu.keys().map(String::as_str).collect::<Vec<_>>(), ["system", "user"], "{cpu:?}");
+        assert!(cpu.values().sum::<f64>() > 0.0, "the pool used CPU serving requests: {cpu:?}");
         // Spans: a SERVER span per request, a CLIENT child per query it issued.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -152,12 +152,17 @@ pub const ROUTE_TIMES: [(&MetricDef, RouteNanos); 2] = [
     (&ROUTE_DB_WAIT, |r| r.db_wait_ns),
 ];
 
-/// A pool's cumulative time counters: (metric, nanoseconds of a pool).
-pub type PoolNanos = fn(&crate::pipeline::snapshot::PoolView) -> u64;
+/// A pool's cumulative time counters: its samples as (`cpu.mode`, nanoseconds).
+pub type PoolNanos = fn(&crate::pipeline::snapshot::PoolView) -> Vec<(Option<&'static str>, u64)>;
 
 pub const POOL_TIMES: [(&MetricDef, PoolNanos); 2] = [
-    (&PROCESS_CPU_TIME, |p| p.cpu_time_ns),
-    (&RUN_QUEUE_DELAY, |p| p.run_delay_ns),
+    (&PROCESS_CPU_TIME, |p| {
+        vec![
+            (Some("user"), p.cpu_user_ns),
+            (Some("system"), p.cpu_system_ns),
+        ]
+    }),
+    (&RUN_QUEUE_DELAY, |p| vec![(None, p.run_delay_ns)]),
 ];
 
 /// Every metric, for documentation and the OTLP/Prometheus comparison.

@@ -711,7 +711,7 @@ fn observe_pool(meter: &Meter, latest: &watch::Receiver<Arc<Snapshot>>, pool: &s
             })
             .build();
     }
-    for (def, ns) in names::POOL_TIMES {
+    for (def, samples) in names::POOL_TIMES {
         let latest = latest.clone();
         let pool = pool.to_string();
         meter
@@ -721,7 +721,11 @@ fn observe_pool(meter: &Meter, latest: &watch::Receiver<Arc<Snapshot>>, pool: &s
             .with_callback(move |observer| {
                 let snap = latest.borrow().clone();
                 if let Some(p) = snap.pools.iter().find(|p| p.name == pool) {
-                    observer.observe(ns(p) as f64 / 1e9, &[]);
+                    for (mode, ns) in samples(p) {
+                        let attrs: Vec<KeyValue> =
+                            mode.map(|m| kv("cpu.mode", m)).into_iter().collect();
+                        observer.observe(ns as f64 / 1e9, &attrs);
+                    }
                 }
             })
             .build();

@@ -214,10 +214,14 @@ pub fn render(s: &Snapshot) -> String {
             f.sample("", &[("service.name", &p.name)], v);
         }
     }
-    for (def, ns) in names::POOL_TIMES {
+    for (def, samples) in names::POOL_TIMES {
         let mut f = Family::new(&mut out, def);
         for p in &s.pools {
-            f.sample("", &[("service.name", &p.name)], ns(p) as f64 / 1e9);
+            for (mode, ns) in samples(p) {
+                let mut labels = vec![("service.name", p.name.as_str())];
+                labels.extend(mode.map(|m| ("cpu.mode", m)));
+                f.sample("", &labels, ns as f64 / 1e9);
+            }
         }
     }
     if let Some(u) = s.host.cpu_utilization {

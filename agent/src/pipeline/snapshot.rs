@@ -96,6 +96,9 @@ pub struct PoolView {
     /// CPU used by the pool's processes since the agent started watching it, ns; cumulative
     /// across worker exits and restarts (`process.cpu.time`).
     pub cpu_time_ns: u64,
+    /// `cpu_time_ns` split by the kernel's user/system tick counts of the same processes.
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
     /// Time the pool's runnable threads waited for a CPU since then, ns.
     pub run_delay_ns: u64,
     /// How the workers' wall time was spent over the interval (None on the first snapshot).

@@ -39,7 +39,9 @@ pub struct PipelineState {
     prev_totals: HashMap<u32, CpuTotals>,
     /// (CPU ns, run-queue delay ns) per pool name since the agent started (bounded by
     /// `MAX_POOL_TOTALS`: pools that come and go under new names).
-    pool_totals: HashMap<String, (u64, u64)>,
+    pool_totals: HashMap<String, PoolTotals>,
+    /// (utime, stime) ticks of pool processes at the last snapshot.
+    prev_user_system: HashMap<u32, (u64, u64)>,
     prev_taken_mono_ns: u64,
     prev_ticks: Option<CpuTicks>,
     tid_to_tgid: HashMap<u32, u32>,
@@ -62,6 +64,23 @@ pub struct PipelineState {
     finding_logs: Option<crate::export::logs::FindingLogger>,
     /// OTLP export losses, when OTLP is on.
     export_counters: Option<Arc<crate::export::delivery::ExportCounters>>,
+}
+
+/// A pool's cumulative time since the agent started watching it, ns.
+#[derive(Debug, Default, Clone, Copy)]
+struct PoolTotals {
+    user_ns: u64,
+    system_ns: u64,
+    run_delay_ns: u64,
+}
+
+/// A process's (utime, stime) clock ticks from /proc/<pid>/stat; None once it is gone.
+fn user_system_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some((stat.utime, stat.stime))
 }
 
 /// Pool names whose cumulative CPU is kept; past this the ones not currently running go.
@@ -104,6 +123,7 @@ impl PipelineState {
             pools_generation: u64::MAX,
             prev_totals: HashMap::new(),
             pool_totals: HashMap::new(),
+            prev_user_system: HashMap::new(),
             prev_taken_mono_ns: 0,
             prev_ticks: host::read_ticks(),
             tid_to_tgid: HashMap::new(),
@@ -352,6 +372,7 @@ impl PipelineState {
             .map(|pool| pool_view(pool, &by_pid, &serving))
             .collect();
         let mut db_now = HashMap::new();
+        let mut user_system_now = HashMap::new();
         for view in &mut pool_views {
             let mut cpu_ns = 0.0;
             let mut db_ns = 0u64;
@@ -380,17 +401,35 @@ impl PipelineState {
                     .copied()
                     .filter(|w| *w != view.pool.master),
             );
-            let (mut cpu_step, mut delay_step) = (0.0, 0.0);
+            let (mut user_step, mut system_step, mut delay_step) = (0.0, 0.0, 0.0);
             for pid in members {
-                if let Some(p) = by_pid.get(&pid) {
-                    cpu_step += p.cpu_percent / 100.0 * interval_ns as f64;
-                    delay_step += p.run_delay_ms_per_s / 1000.0 * interval_ns as f64;
+                let Some(p) = by_pid.get(&pid) else { continue };
+                let cpu_step = p.cpu_percent / 100.0 * interval_ns as f64;
+                // The scheduler's on-CPU time is exact; the kernel's tick counts say which
+                // share of it was user and which system.
+                let ticks = user_system_ticks(pid);
+                let user_share = match (ticks, self.prev_user_system.get(&pid)) {
+                    (Some((u, s)), Some((pu, ps))) if u + s > pu + ps => {
+                        u.saturating_sub(*pu) as f64 / (u + s - pu - ps) as f64
+                    }
+                    (Some((u, s)), _) if u + s > 0 => u as f64 / (u + s) as f64,
+                    _ => 1.0,
+                };
+                if let Some(t) = ticks {
+                    user_system_now.insert(pid, t);
                 }
+                user_step += cpu_step * user_share;
+                system_step += cpu_step * (1.0 - user_share);
+                delay_step += p.run_delay_ms_per_s / 1000.0 * interval_ns as f64;
             }
             let totals = self.pool_totals.entry(view.name.clone()).or_default();
-            totals.0 += cpu_step as u64;
-            totals.1 += delay_step as u64;
-            (view.cpu_time_ns, view.run_delay_ns) = *totals;
+            totals.user_ns += user_step as u64;
+            totals.system_ns += system_step as u64;
+            totals.run_delay_ns += delay_step as u64;
+            view.cpu_user_ns = totals.user_ns;
+            view.cpu_system_ns = totals.system_ns;
+            view.cpu_time_ns = totals.user_ns + totals.system_ns;
+            view.run_delay_ns = totals.run_delay_ns;
             let history = self.busy_history.entry(view.pool.master).or_default();
             if history.len() == BUSY_HISTORY {
                 history.pop_front();
@@ -399,6 +438,7 @@ impl PipelineState {
             view.busy_history = history.iter().copied().collect();
         }
         self.prev_db_wait = db_now;
+        self.prev_user_system = user_system_now;
         if self.pool_totals.len() > MAX_POOL_TOTALS {
             let running: HashSet<&String> = pool_views.iter().map(|v| &v.name).collect();
             self.pool_totals.retain(|name, _| running.contains(name));
@@ -555,6 +595,8 @@ fn pool_view(
         busy_history: Vec::new(),
         cpu_percent,
         cpu_time_ns: 0,
+        cpu_user_ns: 0,
+        cpu_system_ns: 0,
         run_delay_ns: 0,
         time_share: None,
         cgroup: None,
