@@ -369,8 +369,18 @@ fn consume_body(remaining: u64, data: &mut &[u8], gap: &mut u64) -> u64 {
     remaining - from_data - from_gap
 }
 
+/// Searchers built once: `memmem::find` would build one per call, on every message.
+static END_OF_HEAD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+static END_OF_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n"));
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+    match needle {
+        b"\r\n\r\n" => END_OF_HEAD.find(hay),
+        b"\r\n" => END_OF_LINE.find(hay),
+        _ => memchr::memmem::find(hay, needle),
+    }
 }
 
 /// A message head, parsed in place: the first line and the few headers herdwatch needs.
@@ -459,7 +469,7 @@ fn is_token(s: &str) -> bool {
 
 fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
     let head = parse_head(p.head);
-    let first_line = String::from_utf8_lossy(head.first_line);
+    let first_line = crate::lossy(head.first_line);
     let mut parts = first_line.split(' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Err(ProtocolError::HttpMalformed("request line"));

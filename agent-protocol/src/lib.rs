@@ -15,6 +15,15 @@ pub mod route;
 pub use compact_str::CompactString;
 pub use error::ProtocolError;
 
+/// Bytes as text, invalid UTF-8 replaced. `str::from_utf8` first: its ASCII fast path is much
+/// quicker than `from_utf8_lossy`'s chunk walk on the valid text that nearly all of it is.
+pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// Bytes as an inline string; invalid UTF-8 is replaced (lossy), valid text takes the fast path.
 pub(crate) fn inline_text(bytes: &[u8]) -> CompactString {
     match std::str::from_utf8(bytes) {

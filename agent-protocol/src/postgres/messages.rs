@@ -120,11 +120,11 @@ impl<'a> Reader<'a> {
         match rest.iter().position(|&b| b == 0) {
             Some(end) => {
                 self.pos += end + 1;
-                (String::from_utf8_lossy(&rest[..end]).into_owned(), true)
+                (crate::lossy(&rest[..end]).into_owned(), true)
             }
             None => {
                 self.pos = self.body.len();
-                (String::from_utf8_lossy(rest).into_owned(), false)
+                (crate::lossy(rest).into_owned(), false)
             }
         }
     }
@@ -142,10 +142,7 @@ impl<'a> Reader<'a> {
                 (rest, false)
             }
         };
-        (
-            std::sync::Arc::from(String::from_utf8_lossy(bytes)),
-            complete,
-        )
+        (std::sync::Arc::from(crate::lossy(bytes)), complete)
     }
 
     /// A NUL-terminated name, kept inline when short (see [`Name`]).

@@ -119,7 +119,14 @@ impl Connections {
 
     /// Charges the CPU `tid` used since its last socket call to the request it serves, and
     /// returns the thread's cursor as it was before this call.
-    fn charge_cpu(&mut self, tid: u32, thread_on_cpu_ns: u64) -> ThreadCursor {
+    /// `serving`: the HTTP connection this call reads or writes, which the thread serves from
+    /// now on (set here, in the same lookup).
+    fn charge_cpu(
+        &mut self,
+        tid: u32,
+        thread_on_cpu_ns: u64,
+        serving: Option<(u32, u32)>,
+    ) -> ThreadCursor {
         if self.threads.len() >= MAX_THREAD_CURSORS && !self.threads.contains_key(&tid) {
             // Losing cursors costs one call's attribution per thread, never memory.
             self.threads.clear();
@@ -128,6 +135,13 @@ impl Connections {
         let previous = *cursor;
         if thread_on_cpu_ns != 0 {
             cursor.last_cpu_ns = thread_on_cpu_ns;
+        }
+        if let Some(key) = serving {
+            cursor.http_conn = Some(key);
+            if !cursor.recent_http.contains(&Some(key)) {
+                cursor.recent_http.rotate_right(1);
+                cursor.recent_http[0] = Some(key);
+            }
         }
         if previous.last_cpu_ns != 0
             && thread_on_cpu_ns > previous.last_cpu_ns
@@ -289,12 +303,13 @@ impl Connections {
                 self.stats.data_events += 1;
                 self.stats.bytes_seen += total_len;
                 self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
-                let cursor = self.charge_cpu(tid, thread_on_cpu_ns);
                 let key = (tgid, fd);
-                if !self.conns.contains_key(&key) {
+                let serving = (kind == SocketKind::HttpServer).then_some(key);
+                let cursor = self.charge_cpu(tid, thread_on_cpu_ns, serving);
+                // A socket open before the agent started is first seen here. Only a full table
+                // costs a second lookup; otherwise the entry below is the only one.
+                if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
                     self.make_room();
-                    self.conns
-                        .insert(key, Self::new_conn(kind, false, exit_ns, None));
                 }
                 let total = usize::try_from(total_len)
                     .unwrap_or(usize::MAX)
@@ -305,9 +320,10 @@ impl Connections {
                     timestamp_ns: exit_ns,
                     tail: &tail,
                 };
-                let Some(conn) = self.conns.get_mut(&key) else {
-                    return;
-                };
+                let conn = self
+                    .conns
+                    .entry(key)
+                    .or_insert_with(|| Self::new_conn(kind, false, exit_ns, None));
                 let server_port = conn.server_port;
                 conn.last_active_ns = exit_ns;
                 match &mut conn.session {
@@ -365,14 +381,6 @@ impl Connections {
                             http.on_read_into(chunk, &mut events);
                         } else {
                             http.on_write_into(chunk, &mut events);
-                        }
-                        // This thread now serves this connection's request.
-                        if let Some(c) = self.threads.get_mut(&tid) {
-                            c.http_conn = Some(key);
-                            if !c.recent_http.contains(&Some(key)) {
-                                c.recent_http.rotate_right(1);
-                                c.recent_http[0] = Some(key);
-                            }
                         }
                         for ev in events.drain(..) {
                             match ev {
