@@ -430,6 +430,11 @@ fn parse_head(bytes: &[u8]) -> Head<'_> {
         connection_keep_alive: false,
     };
     for line in lines {
+        // Host, Connection, Content-Length, Transfer-Encoding: skip every other header on its
+        // first letter, before looking for its colon.
+        if !matches!(line.first().map(|b| b | 0x20), Some(b'h' | b'c' | b't')) {
+            continue;
+        }
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };

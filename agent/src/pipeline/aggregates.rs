@@ -176,7 +176,9 @@ struct Known {
 
 #[derive(Debug)]
 pub struct Aggregates {
-    fingerprints: FxHashMap<u64, std::sync::Arc<Known>>,
+    /// Keyed by the text itself (shared with the session that decoded it): exact, and
+    /// hashed eight bytes at a time rather than FNV's one.
+    fingerprints: FxHashMap<std::sync::Arc<str>, std::sync::Arc<Known>>,
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
     db_wait_by_pid: FxHashMap<u32, u64>,
     queries: FxHashMap<String, QueryStats>,
@@ -469,9 +471,8 @@ impl Aggregates {
         }
     }
 
-    fn fingerprint_of(&mut self, sql: &str) -> std::sync::Arc<Known> {
-        let key = fnv1a64(sql.as_bytes());
-        if let Some(k) = self.fingerprints.get(&key) {
+    fn fingerprint_of(&mut self, sql: &std::sync::Arc<str>) -> std::sync::Arc<Known> {
+        if let Some(k) = self.fingerprints.get(&**sql) {
             return k.clone();
         }
         if self.fingerprints.len() >= FINGERPRINT_CACHE {
@@ -484,7 +485,7 @@ impl Aggregates {
             operation: f.operation,
             normalized: f.normalized,
         });
-        self.fingerprints.insert(key, known.clone());
+        self.fingerprints.insert(sql.clone(), known.clone());
         known
     }
 
