@@ -1,4 +1,4 @@
-//! `cargo xtask bench pipeline`: decode + parse + stitch throughput on one core, replaying a
+//! `cargo xtask bench pipeline`: batch + decode + parse + stitch throughput on one core, replaying a
 //! socket-event stream recorded from the test apps (benches/data/socket-events.bin, made by the
 //! ignored test `record_pipeline_trace`). Prints events/s for the whole path and for decoding
 //! alone, side by side in one run; asserts nothing.
@@ -10,7 +10,10 @@ use std::{
 
 use herdwatch::{
     pipeline::{aggregates::Aggregates, connections::Connections},
-    probes::{reader::read_recording, socket_events::decode},
+    probes::{
+        reader::read_recording,
+        socket_events::{BATCH_RECORDS, SocketBatch, decode},
+    },
     protocol::route::RouteGrouper,
 };
 
@@ -66,21 +69,36 @@ fn pin_to_cpu0() {
     }
 }
 
-/// Runs `f` over all records repeatedly for about `RUN`; returns events per second.
-fn rate(records: &[&[u8]], mut f: impl FnMut(&[u8])) -> f64 {
-    for r in records {
-        f(r); // warm-up
-    }
+/// Runs `pass` (all records once) repeatedly for about `run_for()`; returns events per
+/// second.
+fn rate(records: &[&[u8]], mut pass: impl FnMut(&[&[u8]])) -> f64 {
+    pass(records); // warm-up
     let start = Instant::now();
     let mut events = 0u64;
     let run = run_for();
     while start.elapsed() < run {
-        for r in records {
-            f(r);
-        }
+        pass(records);
         events += records.len() as u64;
     }
     events as f64 / start.elapsed().as_secs_f64()
+}
+
+/// What the agent does with the records: the reader copies them into batches, the pipeline
+/// decodes each in place and applies it, then hands finished queries to the detectors (here
+/// they are dropped, so the outbox costs what it costs in the agent).
+fn full_pass(records: &[&[u8]], connections: &mut Connections, aggregates: &mut Aggregates) {
+    for chunk in records.chunks(BATCH_RECORDS) {
+        let mut batch = SocketBatch::default();
+        for r in chunk {
+            batch.push(r);
+        }
+        for record in batch.records() {
+            if let Ok(ev) = decode(record) {
+                connections.apply(ev, aggregates);
+                aggregates.outbox.clear();
+            }
+        }
+    }
 }
 
 fn main() {
@@ -107,33 +125,23 @@ fn main() {
     let decoded = records.iter().filter(|r| decode(r).is_ok()).count();
     let mut connections = Connections::new(65_536);
     let mut aggregates = Aggregates::new(500, 200, RouteGrouper::default());
-    let full = rate(&records, |r| {
-        if let Ok(ev) = decode(r) {
-            connections.apply(ev, &mut aggregates);
-            // The agent hands finished queries to the detectors after each event; here they
-            // are dropped, so the outbox costs what it costs in the agent.
-            aggregates.outbox.clear();
-        }
+    let full = rate(&records, |pass| {
+        full_pass(pass, &mut connections, &mut aggregates)
     });
     // Under a profiler, HERDWATCH_BENCH_FULL_ONLY=1 leaves out the decode-only run so the
     // samples are all of the full path.
     let decode_only = if std::env::var_os("HERDWATCH_BENCH_FULL_ONLY").is_some() {
         f64::NAN
     } else {
-        rate(&records, |r| {
-            std::hint::black_box(decode(r).ok());
+        rate(&records, |pass| {
+            for r in pass {
+                std::hint::black_box(decode(r).ok());
+            }
         })
     };
     // One more pass, counted: allocations (and reallocations) per event on the full path.
     COUNTING.store(true, Ordering::Relaxed);
-    for r in &records {
-        if let Ok(ev) = decode(r) {
-            connections.apply(ev, &mut aggregates);
-            // The agent hands finished queries to the detectors after each event; here they
-            // are dropped, so the outbox costs what it costs in the agent.
-            aggregates.outbox.clear();
-        }
-    }
+    full_pass(&records, &mut connections, &mut aggregates);
     COUNTING.store(false, Ordering::Relaxed);
     let allocations_per_event = ALLOCATIONS.load(Ordering::Relaxed) as f64 / records.len() as f64;
     let stats = connections.stats;

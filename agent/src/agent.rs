@@ -58,7 +58,10 @@ impl Agent {
             counters.clone(),
         )?];
         let socket_counters = Arc::new(RingCounters::default());
-        let (socket_tx, mut socket_rx) = mpsc::channel(config.socket_channel_capacity);
+        // The bound is in records; the channel carries batches of up to BATCH_RECORDS.
+        let (socket_tx, mut socket_rx) = mpsc::channel(
+            (config.socket_channel_capacity / crate::probes::socket_events::BATCH_RECORDS).max(1),
+        );
         tasks.push(reader::spawn_socket_reader(
             &mut ebpf,
             socket_tx,
@@ -130,8 +133,8 @@ impl Agent {
                         Some(event) => state.apply(&event),
                         None => return,
                     },
-                    event = socket_rx.recv() => match event {
-                        Some(event) => state.apply_socket(event),
+                    batch = socket_rx.recv() => match batch {
+                        Some(batch) => state.apply_socket_batch(&batch),
                         None => return,
                     },
                     command = command_rx.recv() => match command {
@@ -182,14 +185,14 @@ impl Agent {
 
 fn drain(
     rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>,
-    sockets: &mut mpsc::Receiver<crate::probes::socket_events::SocketEvent>,
+    sockets: &mut mpsc::Receiver<crate::probes::socket_events::SocketBatch>,
     state: &mut PipelineState,
 ) {
     while let Ok(event) = rx.try_recv() {
         state.apply(&event);
     }
-    while let Ok(event) = sockets.try_recv() {
-        state.apply_socket(event);
+    while let Ok(batch) = sockets.try_recv() {
+        state.apply_socket_batch(&batch);
     }
 }
 

@@ -259,7 +259,7 @@ impl Connections {
         }
     }
 
-    pub fn apply(&mut self, event: SocketEvent, aggregates: &mut Aggregates) {
+    pub fn apply(&mut self, event: SocketEvent<'_>, aggregates: &mut Aggregates) {
         match event {
             SocketEvent::Open {
                 tgid,
@@ -315,10 +315,10 @@ impl Connections {
                     .unwrap_or(usize::MAX)
                     .max(payload.len() + tail.len());
                 let chunk = Chunk {
-                    data: &payload,
+                    data: payload,
                     total_len: total,
                     timestamp_ns: exit_ns,
-                    tail: &tail,
+                    tail,
                 };
                 let conn = self
                     .conns
@@ -418,7 +418,14 @@ mod tests {
     use super::*;
     use herdwatch_protocol::route::RouteGrouper;
 
-    fn data(tgid: u32, fd: u32, ingress: bool, payload: &[u8], cpu: u64, ts: u64) -> SocketEvent {
+    fn data(
+        tgid: u32,
+        fd: u32,
+        ingress: bool,
+        payload: &[u8],
+        cpu: u64,
+        ts: u64,
+    ) -> SocketEvent<'_> {
         SocketEvent::Data {
             tgid,
             tid: tgid,
@@ -429,8 +436,8 @@ mod tests {
             exit_ns: ts,
             total_len: payload.len() as u64,
             thread_on_cpu_ns: cpu,
-            payload: payload.to_vec(),
-            tail: Vec::new(),
+            payload,
+            tail: &[],
         }
     }
 

@@ -167,7 +167,21 @@ impl PipelineState {
         self.aggregates.set_pools(pool_of_pid);
     }
 
-    pub fn apply_socket(&mut self, event: SocketEvent) {
+    /// Decodes a batch of socket records in place and applies each; malformed ones are
+    /// counted (`herdwatch.agent.dropped{reason="malformed"}`) and skipped.
+    pub fn apply_socket_batch(&mut self, batch: &crate::probes::socket_events::SocketBatch) {
+        for record in batch.records() {
+            match crate::probes::socket_events::decode(record) {
+                Ok(event) => self.apply_socket(event),
+                Err(err) => {
+                    self.socket_reader.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("{err}");
+                }
+            }
+        }
+    }
+
+    pub fn apply_socket(&mut self, event: SocketEvent<'_>) {
         self.connections.apply(event, &mut self.aggregates);
         if !self.aggregates.outbox.is_empty() {
             let table = &self.table;

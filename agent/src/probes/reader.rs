@@ -157,22 +157,68 @@ pub fn spawn_event_reader(
     spawn_ring_reader(ebpf, "EVENTS", decode, tx, counters, None)
 }
 
-/// Socket events (SOCKET_EVENTS) into the pipeline, optionally recorded to a file.
+/// Socket events (SOCKET_EVENTS) into the pipeline in batches of raw records, optionally
+/// recorded to a file. The pipeline decodes them in place (`socket_events::decode`) and
+/// counts the malformed ones; a full channel drops the batch and counts its records.
 pub fn spawn_socket_reader(
     ebpf: &mut Ebpf,
-    tx: mpsc::Sender<super::socket_events::SocketEvent>,
+    tx: mpsc::Sender<super::socket_events::SocketBatch>,
     counters: Arc<RingCounters>,
     record_to: Option<&std::path::Path>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let recorder = record_to.map(Recorder::create).transpose()?;
-    spawn_ring_reader(
-        ebpf,
-        "SOCKET_EVENTS",
-        super::socket_events::decode,
-        tx,
-        counters,
-        recorder,
-    )
+    use super::socket_events::{BATCH_RECORDS, SocketBatch};
+    let map = "SOCKET_EVENTS";
+    let mut recorder = record_to.map(Recorder::create).transpose()?;
+    let taken = ebpf.take_map(map).ok_or_else(|| Error::Map {
+        name: map,
+        detail: "not in the eBPF object".into(),
+    })?;
+    let ring = RingBuf::try_from(taken).map_err(|e| Error::Map {
+        name: map,
+        detail: e.to_string(),
+    })?;
+    // SAFETY: as in spawn_ring_reader: the RingBuf owns its fd for the AsyncFd's life.
+    let mut fd =
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+            Error::Io {
+                what: format!("{map} ring buffer fd"),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    Ok(tokio::spawn(async move {
+        let send = |batch: SocketBatch| match tx.try_send(batch) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(lost)) => {
+                counters
+                    .channel_full
+                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                tracing::error!("{map} ring buffer fd failed; its events stop");
+                return;
+            };
+            let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
+            let mut batch = SocketBatch::default();
+            while let Some(item) = ring.next() {
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = recorder.as_mut() {
+                    r.write(&item);
+                }
+                batch.push(&item);
+                if batch.len() == BATCH_RECORDS && !send(std::mem::take(&mut batch)) {
+                    return;
+                }
+            }
+            if !batch.is_empty() && !send(batch) {
+                return;
+            }
+            guard.clear_ready();
+        }
+    }))
 }
 
 /// Forwards kernel-side aya-log records to the `log` facade (and from there to `tracing`).

@@ -31,8 +31,10 @@ impl SocketKind {
     }
 }
 
+/// One decoded record. Data borrows its bytes from the record (a batch the reader filled),
+/// so the pipeline allocates nothing per event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SocketEvent {
+pub enum SocketEvent<'a> {
     Open {
         tgid: u32,
         tid: u32,
@@ -54,9 +56,9 @@ pub enum SocketEvent {
         total_len: u64,
         /// The thread's on-CPU total at the call's exit (0 = unknown).
         thread_on_cpu_ns: u64,
-        payload: Vec<u8>,
+        payload: &'a [u8],
         /// The last bytes moved, when `payload` did not reach them.
-        tail: Vec<u8>,
+        tail: &'a [u8],
     },
     Close {
         tgid: u32,
@@ -67,11 +69,47 @@ pub enum SocketEvent {
     },
 }
 
+/// Socket records the reader hands the pipeline at once: one allocation per batch, not per
+/// event.
+#[derive(Debug, Default)]
+pub struct SocketBatch {
+    bytes: Vec<u8>,
+    /// End offset of each record in `bytes`.
+    ends: Vec<usize>,
+}
+
+/// Records per batch at most (the channel's bound is in records, divided by this).
+pub const BATCH_RECORDS: usize = 256;
+
+impl SocketBatch {
+    pub fn push(&mut self, record: &[u8]) {
+        self.bytes.extend_from_slice(record);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let record = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            record
+        })
+    }
+}
+
 fn kind(raw: u32) -> Result<SocketKind> {
     SocketKind::from_raw(raw).ok_or_else(|| Error::Decode(format!("unknown socket kind {raw}")))
 }
 
-pub fn decode(bytes: &[u8]) -> Result<SocketEvent> {
+pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>> {
     let header: EventHeader = read_record(bytes, "socket event header")?;
     match EventKind::from_u32(header.kind) {
         Some(EventKind::SocketOpen) => {
@@ -122,8 +160,8 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent> {
                 exit_ns: head.header.timestamp_ns,
                 total_len: head.total_len,
                 thread_on_cpu_ns: head.thread_on_cpu_ns,
-                payload: payload.to_vec(),
-                tail: tail.to_vec(),
+                payload,
+                tail,
             })
         }
         Some(EventKind::SocketClose) => {
@@ -190,7 +228,7 @@ mod tests {
                 ..
             }) => {
                 assert_eq!(
-                    (payload.as_slice(), total_len, ingress, fd),
+                    (payload, total_len, ingress, fd),
                     (&b"abc"[..], 100, false, 7)
                 );
             }
