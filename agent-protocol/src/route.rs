@@ -84,7 +84,8 @@ impl RoutePattern {
     }
 }
 
-fn is_uuid(s: &str) -> bool {
+/// A UUID in its 8-4-4-4-12 hex form.
+pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| {

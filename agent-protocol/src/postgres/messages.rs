@@ -114,25 +114,10 @@ impl<'a> Reader<'a> {
         Self { body, pos: 0 }
     }
 
-    /// A NUL-terminated string; `(text, complete)`.
-    fn cstr(&mut self) -> (String, bool) {
+    /// The bytes up to the next NUL, and whether the NUL was there (else the capture ended).
+    fn until_nul(&mut self) -> (&'a [u8], bool) {
         let rest = self.body.get(self.pos..).unwrap_or_default();
-        match rest.iter().position(|&b| b == 0) {
-            Some(end) => {
-                self.pos += end + 1;
-                (crate::lossy(&rest[..end]).into_owned(), true)
-            }
-            None => {
-                self.pos = self.body.len();
-                (crate::lossy(rest).into_owned(), false)
-            }
-        }
-    }
-
-    /// A NUL-terminated SQL text, allocated once as the shared text it stays.
-    fn sql(&mut self) -> (std::sync::Arc<str>, bool) {
-        let rest = self.body.get(self.pos..).unwrap_or_default();
-        let (bytes, complete) = match rest.iter().position(|&b| b == 0) {
+        match memchr::memchr(0, rest) {
             Some(end) => {
                 self.pos += end + 1;
                 (&rest[..end], true)
@@ -141,23 +126,24 @@ impl<'a> Reader<'a> {
                 self.pos = self.body.len();
                 (rest, false)
             }
-        };
+        }
+    }
+
+    /// A NUL-terminated string; `(text, complete)`.
+    fn cstr(&mut self) -> (String, bool) {
+        let (bytes, complete) = self.until_nul();
+        (crate::lossy(bytes).into_owned(), complete)
+    }
+
+    /// A NUL-terminated SQL text, allocated once as the shared text it stays.
+    fn sql(&mut self) -> (std::sync::Arc<str>, bool) {
+        let (bytes, complete) = self.until_nul();
         (std::sync::Arc::from(crate::lossy(bytes)), complete)
     }
 
     /// A NUL-terminated name, kept inline when short (see [`Name`]).
     fn name(&mut self) -> (Name, bool) {
-        let rest = self.body.get(self.pos..).unwrap_or_default();
-        let (bytes, complete) = match rest.iter().position(|&b| b == 0) {
-            Some(end) => {
-                self.pos += end + 1;
-                (&rest[..end], true)
-            }
-            None => {
-                self.pos = self.body.len();
-                (rest, false)
-            }
-        };
+        let (bytes, complete) = self.until_nul();
         (crate::inline_text(bytes), complete)
     }
 

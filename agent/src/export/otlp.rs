@@ -210,15 +210,19 @@ pub struct Otlp {
     logger_provider: SdkLoggerProvider,
 }
 
+/// Shuts providers down, which exports what is pending (bounded by the export timeout).
+fn shut_down(whose: &str, meters: &SdkMeterProvider, tracers: &SdkTracerProvider) {
+    if let Err(e) = meters.shutdown() {
+        tracing::debug!("OTLP {whose} metrics shutdown: {e}");
+    }
+    if let Err(e) = tracers.shutdown() {
+        tracing::debug!("OTLP {whose} spans shutdown: {e}");
+    }
+}
+
 impl Drop for Otlp {
     fn drop(&mut self) {
-        // Shutdown exports what is pending (bounded by the export timeout).
-        if let Err(e) = self.provider.shutdown() {
-            tracing::debug!("OTLP metrics shutdown: {e}");
-        }
-        if let Err(e) = self.tracer_provider.shutdown() {
-            tracing::debug!("OTLP spans shutdown: {e}");
-        }
+        shut_down("agent", &self.provider, &self.tracer_provider);
         if let Err(e) = self.logger_provider.shutdown() {
             tracing::debug!("OTLP logs shutdown: {e}");
         }
@@ -255,6 +259,33 @@ fn boundaries() -> Vec<f64> {
         .iter()
         .map(|ms| *ms as f64 / 1000.0)
         .collect()
+}
+
+/// One signal's exporter over the configured transport: `$builder` is the signal's
+/// `…Exporter::builder()`, `$path` its HTTP path, then builder calls both transports take.
+macro_rules! otlp_exporter {
+    ($factory:expr, $builder:expr, $path:literal $(, $method:ident($arg:expr))*) => {
+        match $factory.transport {
+            Transport::Grpc => $builder
+                .with_tonic()
+                .with_endpoint(&$factory.endpoint)
+                .with_timeout($factory.timeout())
+                .with_metadata($factory.metadata()?)
+                .with_retry_policy($factory.retry())
+                $(.$method($arg))*
+                .build(),
+            Transport::HttpProtobuf => $builder
+                .with_http()
+                .with_http_client($factory.http_client())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint($factory.http_url($path))
+                .with_timeout($factory.timeout())
+                .with_headers($factory.headers())
+                .with_retry_policy($factory.retry())
+                $(.$method($arg))*
+                .build(),
+        }
+    };
 }
 
 /// Builds one resource's exporters and providers. Kept for the agent's life: pools found later
@@ -337,26 +368,12 @@ impl Factory {
         } else {
             Temporality::Cumulative
         };
-        let exporter = match self.transport {
-            Transport::Grpc => opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(&self.endpoint)
-                .with_timeout(self.timeout())
-                .with_metadata(self.metadata()?)
-                .with_retry_policy(self.retry())
-                .with_temporality(temporality)
-                .build(),
-            Transport::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_http_client(self.http_client())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(self.http_url("metrics"))
-                .with_timeout(self.timeout())
-                .with_headers(self.headers())
-                .with_retry_policy(self.retry())
-                .with_temporality(temporality)
-                .build(),
-        }
+        let exporter = otlp_exporter!(
+            self,
+            opentelemetry_otlp::MetricExporter::builder(),
+            "metrics",
+            with_temporality(temporality)
+        )
         .map_err(|e| self.fail("metric", e))?;
         let reader = PeriodicReader::builder(CountedMetricExporter {
             inner: exporter,
@@ -372,25 +389,8 @@ impl Factory {
 
     fn tracer_provider(&self, resource: Resource) -> Result<SdkTracerProvider> {
         let _runtime = self.runtime.enter();
-        let exporter = match self.transport {
-            Transport::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(&self.endpoint)
-                .with_timeout(self.timeout())
-                .with_metadata(self.metadata()?)
-                .with_retry_policy(self.retry())
-                .build(),
-            Transport::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(self.http_client())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(self.http_url("traces"))
-                .with_timeout(self.timeout())
-                .with_headers(self.headers())
-                .with_retry_policy(self.retry())
-                .build(),
-        }
-        .map_err(|e| self.fail("span", e))?;
+        let exporter = otlp_exporter!(self, opentelemetry_otlp::SpanExporter::builder(), "traces")
+            .map_err(|e| self.fail("span", e))?;
         // The span queue is bounded (`span_queue`, over all services together): a slow or
         // absent collector costs dropped spans, counted, never memory. Batches go out once
         // per metrics interval.
@@ -418,25 +418,8 @@ impl Factory {
 
     fn logger_provider(&self, resource: Resource) -> Result<SdkLoggerProvider> {
         let _runtime = self.runtime.enter();
-        let exporter = match self.transport {
-            Transport::Grpc => opentelemetry_otlp::LogExporter::builder()
-                .with_tonic()
-                .with_endpoint(&self.endpoint)
-                .with_timeout(self.timeout())
-                .with_metadata(self.metadata()?)
-                .with_retry_policy(self.retry())
-                .build(),
-            Transport::HttpProtobuf => opentelemetry_otlp::LogExporter::builder()
-                .with_http()
-                .with_http_client(self.http_client())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(self.http_url("logs"))
-                .with_timeout(self.timeout())
-                .with_headers(self.headers())
-                .with_retry_policy(self.retry())
-                .build(),
-        }
-        .map_err(|e| self.fail("log", e))?;
+        let exporter = otlp_exporter!(self, opentelemetry_otlp::LogExporter::builder(), "logs")
+            .map_err(|e| self.fail("log", e))?;
         Ok(SdkLoggerProvider::builder()
             .with_resource(resource)
             .with_batch_exporter(CountedLogExporter {
@@ -478,12 +461,7 @@ struct PoolService {
 
 impl Drop for PoolService {
     fn drop(&mut self) {
-        if let Err(e) = self.meters.shutdown() {
-            tracing::debug!("OTLP pool metrics shutdown: {e}");
-        }
-        if let Err(e) = self.tracers.shutdown() {
-            tracing::debug!("OTLP pool spans shutdown: {e}");
-        }
+        shut_down("pool", &self.meters, &self.tracers);
     }
 }
 
@@ -619,7 +597,7 @@ fn observable(
     meter: &Meter,
     def: &'static MetricDef,
     latest: &watch::Receiver<Arc<Snapshot>>,
-    read: fn(&Snapshot) -> Vec<Observation>,
+    read: impl Fn(&Snapshot) -> Vec<Observation> + Send + Sync + 'static,
 ) {
     let latest = latest.clone();
     let callback = move |observer: &dyn opentelemetry::metrics::AsyncInstrument<f64>| {
@@ -660,23 +638,20 @@ fn observe_route_times(
     keep: impl Fn(&crate::pipeline::aggregates::RouteStats) -> bool + Clone + Send + Sync + 'static,
 ) {
     for (def, ns) in names::ROUTE_TIMES {
-        let latest = latest.clone();
         let keep = keep.clone();
-        meter
-            .f64_observable_counter(def.name)
-            .with_unit(def.unit)
-            .with_description(def.help)
-            .with_callback(move |observer| {
-                let snap = latest.borrow().clone();
-                for r in snap.routes.iter().filter(|r| keep(r)) {
-                    let attrs = [
+        observable(meter, def, latest, move |s| {
+            s.routes
+                .iter()
+                .filter(|r| keep(r))
+                .map(|r| {
+                    let attrs = vec![
                         kv("http.request.method", &r.method),
                         kv("http.route", &r.route),
                     ];
-                    observer.observe(ns(r) as f64 / 1e9, &attrs);
-                }
-            })
-            .build();
+                    (ns(r) as f64 / 1e9, attrs)
+                })
+                .collect()
+        });
     }
 }
 
@@ -697,38 +672,30 @@ fn observe_pool(meter: &Meter, latest: &watch::Receiver<Arc<Snapshot>>, pool: &s
         (&names::ACCEPT_QUEUE, |p| p.accept_queue().map(f64::from)),
     ];
     for (def, value) in gauges {
-        let latest = latest.clone();
         let pool = pool.to_string();
-        meter
-            .f64_observable_gauge(def.name)
-            .with_unit(def.unit)
-            .with_description(def.help)
-            .with_callback(move |observer| {
-                let snap = latest.borrow().clone();
-                if let Some(v) = snap.pools.iter().find(|p| p.name == pool).and_then(value) {
-                    observer.observe(v, &[]);
-                }
-            })
-            .build();
+        observable(meter, def, latest, move |s| {
+            s.pools
+                .iter()
+                .find(|p| p.name == pool)
+                .and_then(value)
+                .map(|v| vec![(v, Vec::new())])
+                .unwrap_or_default()
+        });
     }
     for (def, samples) in names::POOL_TIMES {
-        let latest = latest.clone();
         let pool = pool.to_string();
-        meter
-            .f64_observable_counter(def.name)
-            .with_unit(def.unit)
-            .with_description(def.help)
-            .with_callback(move |observer| {
-                let snap = latest.borrow().clone();
-                if let Some(p) = snap.pools.iter().find(|p| p.name == pool) {
-                    for (mode, ns) in samples(p) {
-                        let attrs: Vec<KeyValue> =
-                            mode.map(|m| kv("cpu.mode", m)).into_iter().collect();
-                        observer.observe(ns as f64 / 1e9, &attrs);
-                    }
-                }
-            })
-            .build();
+        observable(meter, def, latest, move |s| {
+            let Some(p) = s.pools.iter().find(|p| p.name == pool) else {
+                return Vec::new();
+            };
+            samples(p)
+                .into_iter()
+                .map(|(mode, ns)| {
+                    let attrs = mode.map(|m| kv("cpu.mode", m)).into_iter().collect();
+                    (ns as f64 / 1e9, attrs)
+                })
+                .collect()
+        });
     }
 }
 

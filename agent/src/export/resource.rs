@@ -56,24 +56,12 @@ pub fn container_of_cgroup(path: &str) -> (Option<String>, Option<String>) {
         }
         if let Some(at) = segment.rfind("pod") {
             let candidate = segment[at + 3..].replace('_', "-");
-            if is_uuid(&candidate) {
+            if herdwatch_protocol::route::is_uuid(&candidate) {
                 pod = Some(candidate.to_ascii_lowercase());
             }
         }
     }
     (container, pod)
-}
-
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                *c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
 }
 
 /// `k8s.*` attributes from the downward-API variables that are set; `node_wide_only` keeps

@@ -90,16 +90,8 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Drains the ring buffer `map` into `tx` as records arrive (epoll via AsyncFd). A full
-/// channel drops the record and counts it: the kernel must never wait on us.
-fn spawn_ring_reader<T: Send + 'static>(
-    ebpf: &mut Ebpf,
-    map: &'static str,
-    decode: fn(&[u8]) -> Result<T>,
-    tx: mpsc::Sender<T>,
-    counters: Arc<RingCounters>,
-    mut recorder: Option<Recorder>,
-) -> Result<tokio::task::JoinHandle<()>> {
+/// The ring buffer `map`, registered with epoll.
+fn open_ring(ebpf: &mut Ebpf, map: &'static str) -> Result<AsyncFd<RingBuf<MapData>>> {
     let taken = ebpf.take_map(map).ok_or_else(|| Error::Map {
         name: map,
         detail: "not in the eBPF object".into(),
@@ -110,13 +102,22 @@ fn spawn_ring_reader<T: Send + 'static>(
     })?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until it is dropped
     // together with the AsyncFd.
-    let mut fd =
-        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-            Error::Io {
-                what: format!("{map} ring buffer fd"),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| Error::Io {
+        what: format!("{map} ring buffer fd"),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Drains the ring buffer `map` into `tx` as records arrive (epoll via AsyncFd). A full
+/// channel drops the record and counts it: the kernel must never wait on us.
+fn spawn_ring_reader<T: Send + 'static>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    decode: fn(&[u8]) -> Result<T>,
+    tx: mpsc::Sender<T>,
+    counters: Arc<RingCounters>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut fd = open_ring(ebpf, map)?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
@@ -126,9 +127,6 @@ fn spawn_ring_reader<T: Send + 'static>(
             let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 counters.received.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = recorder.as_mut() {
-                    r.write(&item);
-                }
                 match decode(&item) {
                     Ok(event) => match tx.try_send(event) {
                         Ok(()) => {}
@@ -154,7 +152,7 @@ pub fn spawn_event_reader(
     tx: mpsc::Sender<ProcessEvent>,
     counters: Arc<RingCounters>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    spawn_ring_reader(ebpf, "EVENTS", decode, tx, counters, None)
+    spawn_ring_reader(ebpf, "EVENTS", decode, tx, counters)
 }
 
 /// Socket events (SOCKET_EVENTS) into the pipeline in batches of raw records, optionally
@@ -169,22 +167,7 @@ pub fn spawn_socket_reader(
     use super::socket_events::{BATCH_RECORDS, SocketBatch};
     let map = "SOCKET_EVENTS";
     let mut recorder = record_to.map(Recorder::create).transpose()?;
-    let taken = ebpf.take_map(map).ok_or_else(|| Error::Map {
-        name: map,
-        detail: "not in the eBPF object".into(),
-    })?;
-    let ring = RingBuf::try_from(taken).map_err(|e| Error::Map {
-        name: map,
-        detail: e.to_string(),
-    })?;
-    // SAFETY: as in spawn_ring_reader: the RingBuf owns its fd for the AsyncFd's life.
-    let mut fd =
-        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-            Error::Io {
-                what: format!("{map} ring buffer fd"),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+    let mut fd = open_ring(ebpf, map)?;
     Ok(tokio::spawn(async move {
         let send = |batch: SocketBatch| match tx.try_send(batch) {
             Ok(()) => true,
