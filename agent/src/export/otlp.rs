@@ -478,6 +478,19 @@ pub struct Telemetry {
     pools: std::collections::HashMap<String, PoolService>,
 }
 
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        // Each pool's shutdown flushes within the export timeout; side by side, a down
+        // collector costs one timeout at exit, not one per pool.
+        let pools: Vec<PoolService> = self.pools.drain().map(|(_, p)| p).collect();
+        std::thread::scope(|scope| {
+            for pool in pools {
+                scope.spawn(move || drop(pool));
+            }
+        });
+    }
+}
+
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Telemetry({} pool services)", self.pools.len())
