@@ -509,17 +509,22 @@ impl Telemetry {
         self.factory.config.query_text
     }
 
-    /// The service name `[otlp.services]` or the app module gives a pool.
-    pub fn service_name(&self, pool: &crate::procs::pools::Pool) -> String {
-        super::resource::pool_service_name(pool, &self.factory.config.services)
-    }
-
-    /// Gives a newly seen pool its service (once; bounded). `resource` describes it.
-    pub fn add_pool(&mut self, pool_name: &str, resource: impl FnOnce() -> Resource) {
+    /// Gives a newly seen pool its service (once; bounded): named by `[otlp.services]` or its
+    /// app module, described by its master's command line and cgroup (read only when new).
+    pub fn add_pool(
+        &mut self,
+        pool_name: &str,
+        pool: &crate::procs::pools::Pool,
+        master_cmdline: impl FnOnce() -> Vec<String>,
+    ) {
         if self.pools.contains_key(pool_name) || self.pools.len() >= MAX_POOL_SERVICES {
             return;
         }
-        let resource = resource();
+        let service = super::resource::pool_service_name(pool, &self.factory.config.services);
+        let cgroup = crate::procs::cgroup::of_pid(pool.master).map(|c| c.path);
+        let env = |k: &str| std::env::var(k).ok();
+        let resource =
+            super::resource::pool(pool, &service, &master_cmdline(), cgroup.as_deref(), &env);
         let built = self
             .factory
             .meter_provider(resource.clone())

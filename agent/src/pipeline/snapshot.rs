@@ -77,6 +77,9 @@ pub struct WorkerView {
     pub state: WorkerState,
     pub cpu_percent: f64,
     pub totals: CpuTotals,
+    /// (utime, stime) ticks read with `state`, to split the pool's CPU by mode.
+    #[serde(skip)]
+    pub user_system_ticks: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]

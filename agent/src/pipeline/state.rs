@@ -74,15 +74,6 @@ struct PoolTotals {
     run_delay_ns: u64,
 }
 
-/// A process's (utime, stime) clock ticks from /proc/<pid>/stat; None once it is gone.
-fn user_system_ticks(pid: u32) -> Option<(u64, u64)> {
-    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
-        .ok()?
-        .stat()
-        .ok()?;
-    Some((stat.utime, stat.stime))
-}
-
 /// Pool names whose cumulative CPU is kept; past this the ones not currently running go.
 const MAX_POOL_TOTALS: usize = 256;
 
@@ -152,16 +143,12 @@ impl PipelineState {
             let Some(telemetry) = self.aggregates.telemetry.as_mut() else {
                 continue;
             };
-            let service = telemetry.service_name(pool);
-            let cmdline = self
-                .table
-                .get(pool.master)
-                .map(|p| p.cmdline.clone())
-                .unwrap_or_default();
-            telemetry.add_pool(&name, || {
-                let cgroup = crate::procs::cgroup::of_pid(pool.master).map(|c| c.path);
-                let env = |k: &str| std::env::var(k).ok();
-                crate::export::resource::pool(pool, &service, &cmdline, cgroup.as_deref(), &env)
+            let table = &self.table;
+            telemetry.add_pool(&name, pool, || {
+                table
+                    .get(pool.master)
+                    .map(|p| p.cmdline.clone())
+                    .unwrap_or_default()
             });
         }
         self.aggregates.set_pools(pool_of_pid);
@@ -408,20 +395,17 @@ impl PipelineState {
                 });
             }
             // Cumulative per pool name, so a master restart or worker churn keeps counting.
-            let members = std::iter::once(view.pool.master).chain(
-                view.pool
-                    .workers
-                    .iter()
-                    .copied()
-                    .filter(|w| *w != view.pool.master),
-            );
             let (mut user_step, mut system_step, mut delay_step) = (0.0, 0.0, 0.0);
-            for pid in members {
+            for pid in view.pool.members() {
                 let Some(p) = by_pid.get(&pid) else { continue };
                 let cpu_step = p.cpu_percent / 100.0 * interval_ns as f64;
                 // The scheduler's on-CPU time is exact; the kernel's tick counts say which
-                // share of it was user and which system.
-                let ticks = user_system_ticks(pid);
+                // share of it was user and which system. Workers' ticks were read with their
+                // state; only a master that is not a worker is read here.
+                let ticks = match view.worker_states.iter().find(|w| w.pid == pid) {
+                    Some(w) => w.user_system_ticks,
+                    None => worker_state::user_system_ticks(pid),
+                };
                 let user_share = match (ticks, self.prev_user_system.get(&pid)) {
                     (Some((u, s)), Some((pu, ps))) if u + s > pu + ps => {
                         u.saturating_sub(*pu) as f64 / (u + s - pu - ps) as f64
@@ -573,30 +557,30 @@ fn pool_view(
     by_pid: &HashMap<u32, &ProcessView>,
     serving: &HashMap<u32, usize>,
 ) -> PoolView {
-    let mut members = vec![pool.master];
-    members.extend(pool.workers.iter().filter(|w| **w != pool.master));
     let listeners = listen::listeners_of(pool.master, &pool.workers);
     let worker_states: Vec<WorkerView> = pool
         .workers
         .iter()
         .map(|pid| {
             let view = by_pid.get(pid);
+            let (state, user_system_ticks) = worker_state::sample(*pid);
             WorkerView {
                 pid: *pid,
-                state: match worker_state::read(*pid) {
+                state: match state {
                     WorkerState::Idle if serving.contains_key(pid) => WorkerState::Serving,
                     state => state,
                 },
                 cpu_percent: view.map(|v| v.cpu_percent).unwrap_or(0.0),
                 totals: view.map(|v| v.totals).unwrap_or_default(),
+                user_system_ticks,
             }
         })
         .collect();
     let busy_workers = worker_states.iter().filter(|w| w.state.is_busy()).count();
     let active_requests = pool.workers.iter().filter_map(|pid| serving.get(pid)).sum();
-    let cpu_percent = members
-        .iter()
-        .filter_map(|pid| by_pid.get(pid))
+    let cpu_percent = pool
+        .members()
+        .filter_map(|pid| by_pid.get(&pid))
         .map(|v| v.cpu_percent)
         .sum();
     PoolView {

@@ -31,6 +31,12 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The master, then each worker that is not the master (a single-process uvicorn is both).
+    pub fn members(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.master)
+            .chain(self.workers.iter().copied().filter(|w| *w != self.master))
+    }
+
     /// A stable, human name: `gunicorn shop.app:app (pid 123)`.
     pub fn name(&self) -> String {
         let kind = match self.kind {

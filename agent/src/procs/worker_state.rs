@@ -77,12 +77,25 @@ pub fn classify(state: char, syscall_line: &str) -> WorkerState {
     }
 }
 
-pub fn read(pid: u32) -> WorkerState {
+/// A process's state and its (utime, stime) clock ticks, from one read of /proc/<pid>/stat.
+pub fn sample(pid: u32) -> (WorkerState, Option<(u64, u64)>) {
     let Ok(stat) = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()) else {
-        return WorkerState::Unknown;
+        return (WorkerState::Unknown, None);
     };
     let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-    classify(stat.state, &syscall)
+    (
+        classify(stat.state, &syscall),
+        Some((stat.utime, stat.stime)),
+    )
+}
+
+/// A process's (utime, stime) clock ticks alone; None once it is gone.
+pub fn user_system_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some((stat.utime, stat.stime))
 }
 
 #[cfg(test)]
