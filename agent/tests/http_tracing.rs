@@ -3,29 +3,14 @@
 //! CPU its worker spent and the time it waited on PostgreSQL.
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use common::{postgres::Postgres, *};
 use herdwatch::{Config, pipeline::aggregates::RouteStats, protocol::fingerprint::fingerprint};
 
 /// One request on a fresh connection; returns the status code.
 fn get(port: u16, path: &str) -> u16 {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    let _ = conn.read_to_string(&mut response);
-    response
+    http_get(port, path)
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())

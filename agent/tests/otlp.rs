@@ -6,8 +6,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read as _, Write as _},
-    net::TcpStream,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -149,17 +147,7 @@ fn http_receiver(port: u16, received: Received, spans: ReceivedSpans) {
 }
 
 fn get(port: u16, path: &str) -> String {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    let _ = conn.read_to_string(&mut response);
-    response
+    http_get(port, path)
 }
 
 fn attr(attrs: &[KeyValue], key: &str) -> String {
@@ -297,7 +285,7 @@ fn run(protocol: &str) {
         return;
     }
     let (_pg, app, app_port) = shop(2);
-    let app_master = app.child.id();
+    let app_master = app.pid();
     let (receiver_port, metrics_port) = (free_port(), free_port());
     let mut config = Config {
         interval_ms: 500,

@@ -115,6 +115,22 @@ pub fn uvicorn_api(workers: u32, port: u16, pg_dsn: Option<&str>) -> Proc {
     Proc::spawn(&mut cmd)
 }
 
+/// `GET path` on a fresh connection to 127.0.0.1:`port`; the whole response as text.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: herdwatch-test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    response
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
