@@ -59,8 +59,8 @@ impl Agent {
         )?];
         let socket_counters = Arc::new(RingCounters::default());
         // The bound is in records; the channel carries batches of up to BATCH_RECORDS.
-        let (socket_tx, mut socket_rx) = mpsc::channel(
-            (config.socket_channel_capacity / crate::probes::socket_events::BATCH_RECORDS).max(1),
+        let (socket_tx, mut socket_rx) = crate::probes::batches::channel(
+            config.socket_channel_capacity / crate::probes::socket_events::BATCH_RECORDS,
         );
         tasks.push(reader::spawn_socket_reader(
             &mut ebpf,
@@ -134,7 +134,10 @@ impl Agent {
                         None => return,
                     },
                     batch = socket_rx.recv() => match batch {
-                        Some(batch) => state.apply_socket_batch(&batch),
+                        Some(batch) => {
+                            state.apply_socket_batch(&batch);
+                            socket_rx.recycle(batch);
+                        }
                         None => return,
                     },
                     command = command_rx.recv() => match command {
@@ -185,14 +188,15 @@ impl Agent {
 
 fn drain(
     rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>,
-    sockets: &mut mpsc::Receiver<crate::probes::socket_events::SocketBatch>,
+    sockets: &mut crate::probes::batches::BatchReceiver,
     state: &mut PipelineState,
 ) {
     while let Ok(event) = rx.try_recv() {
         state.apply(&event);
     }
-    while let Ok(batch) = sockets.try_recv() {
+    while let Some(batch) = sockets.try_recv() {
         state.apply_socket_batch(&batch);
+        sockets.recycle(batch);
     }
 }
 

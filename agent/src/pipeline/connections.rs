@@ -31,6 +31,9 @@ enum Session {
 
 #[derive(Debug)]
 struct Conn {
+    key: ConnKey,
+    /// Distinguishes this connection from earlier ones that used the same slot.
+    serial: u32,
     session: Session,
     last_active_ns: u64,
     /// PostgreSQL: the server port, when the connect was seen.
@@ -53,13 +56,32 @@ pub struct RequestCost {
 /// Queries kept per request for its span; a request issuing more keeps the first ones.
 const MAX_QUERY_SPANS: usize = 64;
 
+/// (tgid, fd): how the kernel names a socket.
+type ConnKey = (u32, u32);
+
+/// A connection's slot in the table and the serial it was opened with: following it costs an
+/// index, not a hash lookup, and a reference to a connection that has since closed (its slot
+/// reused by another) finds nothing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ConnRef {
+    slot: u32,
+    /// 0: no connection (serials start at 1).
+    serial: u32,
+}
+
+impl ConnRef {
+    fn is_some(self) -> bool {
+        self.serial != 0
+    }
+}
+
 /// Per thread: its on-CPU total at its last socket call, and the HTTP connection it serves.
 #[derive(Debug, Default, Clone, Copy)]
 struct ThreadCursor {
     last_cpu_ns: u64,
-    http_conn: Option<(u32, u32)>,
+    http_conn: ConnRef,
     /// The last HTTP connections this thread touched: an asyncio worker interleaves many.
-    recent_http: [Option<(u32, u32)>; RECENT_HTTP],
+    recent_http: [ConnRef; RECENT_HTTP],
 }
 
 const RECENT_HTTP: usize = 8;
@@ -86,7 +108,10 @@ pub struct ConnectionStats {
 
 #[derive(Debug)]
 pub struct Connections {
-    conns: FxHashMap<(u32, u32), Conn>,
+    /// The connections, by slot; `index` finds a socket's slot.
+    conns: slab::Slab<Conn>,
+    index: FxHashMap<ConnKey, u32>,
+    next_serial: u32,
     threads: FxHashMap<u32, ThreadCursor>,
     /// Reused for each chunk's PostgreSQL events.
     pg_events: Vec<SessionEvent>,
@@ -99,7 +124,9 @@ pub struct Connections {
 impl Connections {
     pub fn new(max: usize) -> Self {
         Self {
-            conns: FxHashMap::default(),
+            conns: slab::Slab::new(),
+            index: FxHashMap::default(),
+            next_serial: 1,
             threads: FxHashMap::default(),
             pg_events: Vec::new(),
             http_events: Vec::new(),
@@ -108,25 +135,64 @@ impl Connections {
         }
     }
 
-    fn new_conn(kind: SocketKind, from_start: bool, now: u64, server_port: Option<u16>) -> Conn {
-        Conn {
+    /// Opens a connection for `key` (replacing one the socket had: its close was not seen)
+    /// and returns where it is.
+    fn insert(
+        &mut self,
+        key: ConnKey,
+        kind: SocketKind,
+        from_start: bool,
+        now: u64,
+        server_port: Option<u16>,
+    ) -> ConnRef {
+        let serial = self.next_serial;
+        self.next_serial = self.next_serial.checked_add(1).unwrap_or(1);
+        let conn = Conn {
+            key,
+            serial,
             session: Self::new_session(kind, from_start),
             last_active_ns: now,
             server_port,
             requests: VecDeque::new(),
-        }
+        };
+        let slot = match self.index.get(&key) {
+            Some(&slot) => {
+                self.conns[slot as usize] = conn;
+                slot
+            }
+            None => {
+                self.make_room();
+                // Slots are reused below `max`, which fits in u32 (a u32 fd per socket).
+                let slot = u32::try_from(self.conns.insert(conn)).unwrap_or(u32::MAX);
+                self.index.insert(key, slot);
+                slot
+            }
+        };
+        ConnRef { slot, serial }
+    }
+
+    fn get_mut(&mut self, at: ConnRef) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(at.slot as usize)
+            .filter(|c| c.serial == at.serial)
+    }
+
+    fn get(&self, at: ConnRef) -> Option<&Conn> {
+        self.conns
+            .get(at.slot as usize)
+            .filter(|c| c.serial == at.serial)
+    }
+
+    fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+        let slot = self.index.remove(&key)?;
+        self.conns.try_remove(slot as usize)
     }
 
     /// Charges the CPU `tid` used since its last socket call to the request it serves, and
     /// returns the thread's cursor as it was before this call.
     /// `serving`: the HTTP connection this call reads or writes, which the thread serves from
     /// now on (set here, in the same lookup).
-    fn charge_cpu(
-        &mut self,
-        tid: u32,
-        thread_on_cpu_ns: u64,
-        serving: Option<(u32, u32)>,
-    ) -> ThreadCursor {
+    fn charge_cpu(&mut self, tid: u32, thread_on_cpu_ns: u64, serving: ConnRef) -> ThreadCursor {
         if self.threads.len() >= MAX_THREAD_CURSORS && !self.threads.contains_key(&tid) {
             // Losing cursors costs one call's attribution per thread, never memory.
             self.threads.clear();
@@ -136,19 +202,17 @@ impl Connections {
         if thread_on_cpu_ns != 0 {
             cursor.last_cpu_ns = thread_on_cpu_ns;
         }
-        if let Some(key) = serving {
-            cursor.http_conn = Some(key);
-            if !cursor.recent_http.contains(&Some(key)) {
+        if serving.is_some() {
+            cursor.http_conn = serving;
+            if !cursor.recent_http.contains(&serving) {
                 cursor.recent_http.rotate_right(1);
-                cursor.recent_http[0] = Some(key);
+                cursor.recent_http[0] = serving;
             }
         }
         if previous.last_cpu_ns != 0
             && thread_on_cpu_ns > previous.last_cpu_ns
-            && let Some(key) = previous.http_conn
             && let Some(req) = self
-                .conns
-                .get_mut(&key)
+                .get_mut(previous.http_conn)
                 .and_then(|c| c.requests.front_mut())
         {
             req.cpu_ns += thread_on_cpu_ns - previous.last_cpu_ns;
@@ -172,9 +236,9 @@ impl Connections {
             .conns
             .iter()
             .min_by_key(|(_, c)| c.last_active_ns)
-            .map(|(k, _)| *k)
+            .map(|(_, c)| c.key)
         {
-            self.conns.remove(&oldest);
+            self.remove(oldest);
             self.stats.evicted += 1;
         }
     }
@@ -186,8 +250,8 @@ impl Connections {
         // One lookup per recent connection: this runs for every query.
         let mut open: [Option<&super::aggregates::Label>; RECENT_HTTP] = [None; RECENT_HTTP];
         let mut n = 0;
-        for hc in cursor.recent_http.iter().flatten() {
-            if let Some(req) = self.conns.get(hc).and_then(|c| c.requests.front()) {
+        for &hc in &cursor.recent_http {
+            if let Some(req) = self.get(hc).and_then(|c| c.requests.front()) {
                 open[n] = Some(&req.route);
                 n += 1;
             }
@@ -211,9 +275,9 @@ impl Connections {
     /// HTTP requests read and not yet answered, per process.
     pub fn open_requests_by_pid(&self) -> std::collections::HashMap<u32, usize> {
         let mut open = std::collections::HashMap::new();
-        for ((tgid, _), c) in &self.conns {
+        for (_, c) in &self.conns {
             if !c.requests.is_empty() {
-                *open.entry(*tgid).or_default() += c.requests.len();
+                *open.entry(c.key.0).or_default() += c.requests.len();
             }
         }
         open
@@ -228,14 +292,14 @@ impl Connections {
         timestamp_ns: u64,
         aggregates: &mut Aggregates,
     ) -> usize {
-        let keys: Vec<(u32, u32)> = self
-            .conns
+        let keys: Vec<ConnKey> = self
+            .index
             .keys()
             .filter(|(t, _)| *t == tgid)
             .copied()
             .collect();
         for key in &keys {
-            let Some(conn) = self.conns.remove(key) else {
+            let Some(conn) = self.remove(*key) else {
                 continue;
             };
             self.close(tgid, conn, timestamp_ns, aggregates);
@@ -269,12 +333,8 @@ impl Connections {
                 timestamp_ns,
                 ..
             } => {
-                self.make_room();
                 let server_port = (kind == SocketKind::Postgres && port != 0).then_some(port);
-                self.conns.insert(
-                    (tgid, fd),
-                    Self::new_conn(kind, true, timestamp_ns, server_port),
-                );
+                self.insert((tgid, fd), kind, true, timestamp_ns, server_port);
                 self.stats.opened += 1;
             }
             SocketEvent::Close {
@@ -283,7 +343,7 @@ impl Connections {
                 timestamp_ns,
                 ..
             } => {
-                if let Some(conn) = self.conns.remove(&(tgid, fd)) {
+                if let Some(conn) = self.remove((tgid, fd)) {
                     self.close(tgid, conn, timestamp_ns, aggregates);
                 }
             }
@@ -304,13 +364,20 @@ impl Connections {
                 self.stats.bytes_seen += total_len;
                 self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
                 let key = (tgid, fd);
-                let serving = (kind == SocketKind::HttpServer).then_some(key);
+                // A socket open before the agent started is first seen here.
+                let at = match self.index.get(&key) {
+                    Some(&slot) => ConnRef {
+                        slot,
+                        serial: self.conns[slot as usize].serial,
+                    },
+                    None => self.insert(key, kind, false, exit_ns, None),
+                };
+                let serving = if kind == SocketKind::HttpServer {
+                    at
+                } else {
+                    ConnRef::default()
+                };
                 let cursor = self.charge_cpu(tid, thread_on_cpu_ns, serving);
-                // A socket open before the agent started is first seen here. Only a full table
-                // costs a second lookup; otherwise the entry below is the only one.
-                if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
-                    self.make_room();
-                }
                 let total = usize::try_from(total_len)
                     .unwrap_or(usize::MAX)
                     .max(payload.len() + tail.len());
@@ -320,10 +387,7 @@ impl Connections {
                     timestamp_ns: exit_ns,
                     tail,
                 };
-                let conn = self
-                    .conns
-                    .entry(key)
-                    .or_insert_with(|| Self::new_conn(kind, false, exit_ns, None));
+                let conn = &mut self.conns[at.slot as usize];
                 let server_port = conn.server_port;
                 conn.last_active_ns = exit_ns;
                 match &mut conn.session {
@@ -339,13 +403,15 @@ impl Connections {
                                 SessionEvent::Query(q) => {
                                     self.stats.postgres_queries += 1;
                                     // Nested in the request this thread serves, if any.
-                                    let route = cursor.http_conn.and_then(|hc| {
-                                        let req = self.conns.get_mut(&hc)?.requests.front_mut()?;
-                                        req.db_wait_ns +=
-                                            q.finished_ns.saturating_sub(q.started_ns);
-                                        req.queries += 1;
-                                        Some(req.route.clone())
-                                    });
+                                    let route = self
+                                        .get_mut(cursor.http_conn)
+                                        .and_then(|c| c.requests.front_mut())
+                                        .map(|req| {
+                                            req.db_wait_ns +=
+                                                q.finished_ns.saturating_sub(q.started_ns);
+                                            req.queries += 1;
+                                            req.route.clone()
+                                        });
                                     if route.is_some() {
                                         self.stats.queries_in_requests += 1;
                                     }
@@ -358,11 +424,10 @@ impl Connections {
                                         in_flight,
                                     );
                                     if aggregates.telemetry.is_some()
-                                        && let Some(hc) = cursor.http_conn
+                                        && cursor.http_conn.is_some()
                                         && let Some(span) = aggregates.query_span(&q, server_port)
                                         && let Some(req) = self
-                                            .conns
-                                            .get_mut(&hc)
+                                            .get_mut(cursor.http_conn)
                                             .and_then(|c| c.requests.front_mut())
                                         && req.query_spans.len() < MAX_QUERY_SPANS
                                     {

@@ -156,28 +156,32 @@ pub fn spawn_event_reader(
 }
 
 /// Socket events (SOCKET_EVENTS) into the pipeline in batches of raw records, optionally
-/// recorded to a file. The pipeline decodes them in place (`socket_events::decode`) and
-/// counts the malformed ones; a full channel drops the batch and counts its records.
+/// recorded to a file. The pipeline decodes them in place (`socket_events::decode`), counts
+/// the malformed ones and gives the spent batches back; a full channel drops the batch and
+/// counts its records.
 pub fn spawn_socket_reader(
     ebpf: &mut Ebpf,
-    tx: mpsc::Sender<super::socket_events::SocketBatch>,
+    mut tx: super::batches::BatchSender,
     counters: Arc<RingCounters>,
     record_to: Option<&std::path::Path>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    use super::socket_events::{BATCH_RECORDS, SocketBatch};
+    use super::{
+        batches::SendError,
+        socket_events::{BATCH_RECORDS, SocketBatch},
+    };
     let map = "SOCKET_EVENTS";
     let mut recorder = record_to.map(Recorder::create).transpose()?;
     let mut fd = open_ring(ebpf, map)?;
     Ok(tokio::spawn(async move {
-        let send = |batch: SocketBatch| match tx.try_send(batch) {
+        let send = |tx: &super::batches::BatchSender, batch: SocketBatch| match tx.try_send(batch) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(lost)) => {
+            Err(SendError::Full(lost)) => {
                 counters
                     .channel_full
                     .fetch_add(lost.len() as u64, Ordering::Relaxed);
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(SendError::Closed) => false,
         };
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
@@ -185,18 +189,21 @@ pub fn spawn_socket_reader(
                 return;
             };
             let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
-            let mut batch = SocketBatch::default();
+            let mut batch = tx.empty();
             while let Some(item) = ring.next() {
                 counters.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(r) = recorder.as_mut() {
                     r.write(&item);
                 }
                 batch.push(&item);
-                if batch.len() == BATCH_RECORDS && !send(std::mem::take(&mut batch)) {
-                    return;
+                if batch.len() == BATCH_RECORDS {
+                    let full = std::mem::replace(&mut batch, tx.empty());
+                    if !send(&tx, full) {
+                        return;
+                    }
                 }
             }
-            if !batch.is_empty() && !send(batch) {
+            if !batch.is_empty() && !send(&tx, batch) {
                 return;
             }
             guard.clear_ready();

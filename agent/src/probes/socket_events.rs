@@ -82,6 +82,12 @@ pub struct SocketBatch {
 pub const BATCH_RECORDS: usize = 256;
 
 impl SocketBatch {
+    /// Empties the batch, keeping its memory for the next records.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
     pub fn push(&mut self, record: &[u8]) {
         self.bytes.extend_from_slice(record);
         self.ends.push(self.bytes.len());
@@ -89,6 +95,11 @@ impl SocketBatch {
 
     pub fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// Bytes the batch can hold without growing.
+    pub fn capacity_bytes(&self) -> usize {
+        self.bytes.capacity()
     }
 
     pub fn is_empty(&self) -> bool {
