@@ -1,4 +1,4 @@
-//! `cargo xtask bench pipeline`: batch + decode + parse + stitch throughput on one core, replaying a
+//! `cargo xtask bench pipeline`: decode + parse + stitch throughput on one core, replaying a
 //! socket-event stream recorded from the test apps (benches/data/socket-events.bin, made by the
 //! ignored test `record_pipeline_trace`). Prints events/s for the whole path and for decoding
 //! alone, side by side in one run; asserts nothing.
@@ -10,10 +10,7 @@ use std::{
 
 use herdwatch::{
     pipeline::{aggregates::Aggregates, connections::Connections},
-    probes::{
-        reader::read_recording,
-        socket_events::{BATCH_RECORDS, SocketBatch, decode},
-    },
+    probes::{reader::read_recording, socket_events::decode},
     protocol::route::RouteGrouper,
 };
 
@@ -83,26 +80,14 @@ fn rate(records: &[&[u8]], mut pass: impl FnMut(&[&[u8]])) -> f64 {
     events as f64 / start.elapsed().as_secs_f64()
 }
 
-/// What the agent does with the records: the reader copies them into batches, the pipeline
-/// decodes each in place and applies it, then hands finished queries to the detectors (here
-/// they are dropped, so the outbox costs what it costs in the agent) and the spent batch back
-/// to the reader (here: `batch` is refilled).
-fn full_pass(
-    records: &[&[u8]],
-    batch: &mut SocketBatch,
-    connections: &mut Connections,
-    aggregates: &mut Aggregates,
-) {
-    for chunk in records.chunks(BATCH_RECORDS) {
-        batch.clear();
-        for r in chunk {
-            batch.push(r);
-        }
-        for record in batch.records() {
-            if let Ok(ev) = decode(record) {
-                connections.apply(ev, aggregates);
-                aggregates.outbox.clear();
-            }
+/// What the agent does with the records: the pipeline reads each in place from the ring
+/// buffer, decodes and applies it, then hands finished queries to the detectors (here they
+/// are dropped, so the outbox costs what it costs in the agent).
+fn full_pass(records: &[&[u8]], connections: &mut Connections, aggregates: &mut Aggregates) {
+    for record in records {
+        if let Ok(ev) = decode(record) {
+            connections.apply(ev, aggregates);
+            aggregates.outbox.clear();
         }
     }
 }
@@ -131,9 +116,8 @@ fn main() {
     let decoded = records.iter().filter(|r| decode(r).is_ok()).count();
     let mut connections = Connections::new(65_536);
     let mut aggregates = Aggregates::new(500, 200, RouteGrouper::default());
-    let mut batch = SocketBatch::default();
     let full = rate(&records, |pass| {
-        full_pass(pass, &mut batch, &mut connections, &mut aggregates)
+        full_pass(pass, &mut connections, &mut aggregates)
     });
     // Under a profiler, HERDWATCH_BENCH_FULL_ONLY=1 leaves out the decode-only run so the
     // samples are all of the full path.
@@ -148,7 +132,7 @@ fn main() {
     };
     // One more pass, counted: allocations (and reallocations) per event on the full path.
     COUNTING.store(true, Ordering::Relaxed);
-    full_pass(&records, &mut batch, &mut connections, &mut aggregates);
+    full_pass(&records, &mut connections, &mut aggregates);
     COUNTING.store(false, Ordering::Relaxed);
     let allocations_per_event = ALLOCATIONS.load(Ordering::Relaxed) as f64 / records.len() as f64;
     let stats = connections.stats;

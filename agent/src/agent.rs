@@ -58,16 +58,17 @@ impl Agent {
             counters.clone(),
         )?];
         let socket_counters = Arc::new(RingCounters::default());
-        // The bound is in records; the channel carries batches of up to BATCH_RECORDS.
-        let (socket_tx, mut socket_rx) = crate::probes::batches::channel(
-            config.socket_channel_capacity / crate::probes::socket_events::BATCH_RECORDS,
-        );
-        tasks.push(reader::spawn_socket_reader(
+        let mut socket_ring = reader::SocketRing::open(
             &mut ebpf,
-            socket_tx,
             socket_counters.clone(),
             config.record_socket_events.as_deref(),
-        )?);
+        )?;
+        if config.socket_channel_capacity.is_some() {
+            tracing::warn!(
+                "socket_channel_capacity has no effect any more: socket records are read in \
+                 place from the kernel ring buffer, sized by socket_ring_bytes"
+            );
+        }
         tasks.extend(reader::spawn_kernel_logger(&mut ebpf));
         let maps = KernelMaps::take(&mut ebpf)?;
         // Seed after attaching, so a process born during the scan is seen by one or the other.
@@ -133,16 +134,15 @@ impl Agent {
                         Some(event) => state.apply(&event),
                         None => return,
                     },
-                    batch = socket_rx.recv() => match batch {
-                        Some(batch) => {
-                            state.apply_socket_batch(&batch);
-                            socket_rx.recycle(batch);
-                        }
-                        None => return,
+                    read = socket_ring.apply_ready(SOCKET_RECORDS_PER_WAKE, |record| {
+                        state.apply_socket_record(record)
+                    }) => if let Err(err) = read {
+                        tracing::error!("{err}; socket events stop");
+                        return;
                     },
                     command = command_rx.recv() => match command {
                         Some(Command::Snapshot(reply)) => {
-                            drain(&mut event_rx, &mut socket_rx, &mut state);
+                            drain(&mut event_rx, &mut socket_ring, &mut state);
                             let snap = Arc::new(state.snapshot());
                             snap_tx.send_replace(snap.clone());
                             let _ = reply.send(snap);
@@ -150,7 +150,7 @@ impl Agent {
                         None => return,
                     },
                     _ = ticker.tick() => {
-                        drain(&mut event_rx, &mut socket_rx, &mut state);
+                        drain(&mut event_rx, &mut socket_ring, &mut state);
                         snap_tx.send_replace(Arc::new(state.snapshot()));
                     }
                 }
@@ -186,18 +186,19 @@ impl Agent {
     }
 }
 
+/// Socket records applied per ring-buffer wake-up before the pipeline looks at its other
+/// inputs again (a ring the kernel refills as fast as it is read would otherwise hold it).
+const SOCKET_RECORDS_PER_WAKE: usize = 4096;
+
 fn drain(
     rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>,
-    sockets: &mut crate::probes::batches::BatchReceiver,
+    sockets: &mut reader::SocketRing,
     state: &mut PipelineState,
 ) {
     while let Ok(event) = rx.try_recv() {
         state.apply(&event);
     }
-    while let Some(batch) = sockets.try_recv() {
-        state.apply_socket_batch(&batch);
-        sockets.recycle(batch);
-    }
+    sockets.apply_waiting(|record| state.apply_socket_record(record));
 }
 
 impl Drop for Agent {

@@ -26,8 +26,9 @@ pub struct Config {
     pub capture_bytes: u32,
     /// Size of the socket-event ring buffer in bytes (a power of two).
     pub socket_ring_bytes: u32,
-    /// Capacity of the channel from the socket reader to the pipeline.
-    pub socket_channel_capacity: usize,
+    /// No effect (accepted so older config files still load): socket records are read in
+    /// place from the ring buffer, which `socket_ring_bytes` sizes. The agent warns when set.
+    pub socket_channel_capacity: Option<usize>,
     /// Connections traced at once; the least recently active is dropped beyond this.
     pub max_connections: usize,
     /// Distinct query fingerprints kept; the rest count as "other".
@@ -68,7 +69,7 @@ impl Default for Config {
             postgres_ports: vec![5432, 6432],
             capture_bytes: herdwatch_common::DEFAULT_CAPTURE,
             socket_ring_bytes: herdwatch_common::SOCKET_RING_BYTES,
-            socket_channel_capacity: 65_536,
+            socket_channel_capacity: None,
             max_connections: 65_536,
             max_fingerprints: 500,
             max_routes: 200,
@@ -192,7 +193,6 @@ impl Config {
             return fail("postgres_ports must list 1 to 64 ports".to_string());
         }
         for (name, v) in [
-            ("socket_channel_capacity", self.socket_channel_capacity),
             ("max_connections", self.max_connections),
             ("max_fingerprints", self.max_fingerprints),
             ("max_routes", self.max_routes),

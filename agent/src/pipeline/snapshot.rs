@@ -140,12 +140,11 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 10] {
+    pub fn drops(&self) -> [(&'static str, u64); 9] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
             ("channel_full", self.events_channel_full),
-            ("socket_channel_full", self.socket_events_channel_full),
             (
                 "malformed",
                 self.events_malformed + self.socket_events_malformed,
@@ -174,7 +173,6 @@ pub struct AgentStats {
     pub processes_tracked: usize,
     pub threads_tracked: usize,
     pub socket_events_received: u64,
-    pub socket_events_channel_full: u64,
     pub socket_events_malformed: u64,
     pub connections: ConnectionStats,
     pub export: crate::export::delivery::ExportDrops,

@@ -154,16 +154,14 @@ impl PipelineState {
         self.aggregates.set_pools(pool_of_pid);
     }
 
-    /// Decodes a batch of socket records in place and applies each; malformed ones are
-    /// counted (`herdwatch.agent.dropped{reason="malformed"}`) and skipped.
-    pub fn apply_socket_batch(&mut self, batch: &crate::probes::socket_events::SocketBatch) {
-        for record in batch.records() {
-            match crate::probes::socket_events::decode(record) {
-                Ok(event) => self.apply_socket(event),
-                Err(err) => {
-                    self.socket_reader.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("{err}");
-                }
+    /// Decodes a socket record in place and applies it; a malformed one is counted
+    /// (`herdwatch.agent.dropped{reason="malformed"}`) and skipped.
+    pub fn apply_socket_record(&mut self, record: &[u8]) {
+        match crate::probes::socket_events::decode(record) {
+            Ok(event) => self.apply_socket(event),
+            Err(err) => {
+                self.socket_reader.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("{err}");
             }
         }
     }
@@ -495,7 +493,6 @@ impl PipelineState {
             processes_tracked: self.table.len(),
             threads_tracked,
             socket_events_received: self.socket_reader.received.load(Ordering::Relaxed),
-            socket_events_channel_full: self.socket_reader.channel_full.load(Ordering::Relaxed),
             socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
             connections: self.connections.stats,
             export: self

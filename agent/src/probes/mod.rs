@@ -1,6 +1,5 @@
 //! Everything that touches the kernel side: loading and attaching the programs, reading the
 //! process-event ring buffer, the per-thread counter map and the drop counters.
-pub mod batches;
 pub mod btf;
 pub mod events;
 pub mod loader;

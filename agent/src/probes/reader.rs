@@ -155,60 +155,81 @@ pub fn spawn_event_reader(
     spawn_ring_reader(ebpf, "EVENTS", decode, tx, counters)
 }
 
-/// Socket events (SOCKET_EVENTS) into the pipeline in batches of raw records, optionally
-/// recorded to a file. The pipeline decodes them in place (`socket_events::decode`), counts
-/// the malformed ones and gives the spent batches back; a full channel drops the batch and
-/// counts its records.
-pub fn spawn_socket_reader(
-    ebpf: &mut Ebpf,
-    mut tx: super::batches::BatchSender,
+/// The socket-event ring buffer, read in place by the pipeline: each record is decoded and
+/// applied straight from the kernel's memory, with no copy and no channel in between — the
+/// ring (`socket_ring_bytes`) is the only queue, and when it is full the kernel counts the
+/// records it could not write (`kernel_socket_ring_full`).
+pub struct SocketRing {
+    fd: AsyncFd<RingBuf<MapData>>,
+    recorder: Option<Recorder>,
     counters: Arc<RingCounters>,
-    record_to: Option<&std::path::Path>,
-) -> Result<tokio::task::JoinHandle<()>> {
-    use super::{
-        batches::SendError,
-        socket_events::{BATCH_RECORDS, SocketBatch},
-    };
-    let map = "SOCKET_EVENTS";
-    let mut recorder = record_to.map(Recorder::create).transpose()?;
-    let mut fd = open_ring(ebpf, map)?;
-    Ok(tokio::spawn(async move {
-        let send = |tx: &super::batches::BatchSender, batch: SocketBatch| match tx.try_send(batch) {
-            Ok(()) => true,
-            Err(SendError::Full(lost)) => {
-                counters
-                    .channel_full
-                    .fetch_add(lost.len() as u64, Ordering::Relaxed);
-                true
-            }
-            Err(SendError::Closed) => false,
-        };
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                tracing::error!("{map} ring buffer fd failed; its events stop");
-                return;
-            };
-            let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
-            let mut batch = tx.empty();
-            while let Some(item) = ring.next() {
-                counters.received.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = recorder.as_mut() {
-                    r.write(&item);
-                }
-                batch.push(&item);
-                if batch.len() == BATCH_RECORDS {
-                    let full = std::mem::replace(&mut batch, tx.empty());
-                    if !send(&tx, full) {
-                        return;
-                    }
-                }
-            }
-            if !batch.is_empty() && !send(&tx, batch) {
-                return;
-            }
+}
+
+impl SocketRing {
+    pub fn open(
+        ebpf: &mut Ebpf,
+        counters: Arc<RingCounters>,
+        record_to: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        Ok(Self {
+            fd: open_ring(ebpf, "SOCKET_EVENTS")?,
+            recorder: record_to.map(Recorder::create).transpose()?,
+            counters,
+        })
+    }
+
+    /// Waits until records are waiting (epoll), then hands up to `budget` of them to `apply`.
+    /// The budget lets the pipeline's other work (process events, snapshots) in between when
+    /// the kernel writes records as fast as they are read.
+    pub async fn apply_ready(&mut self, budget: usize, apply: impl FnMut(&[u8])) -> Result<()> {
+        let mut guard = self.fd.readable_mut().await.map_err(|e| Error::Io {
+            what: "SOCKET_EVENTS ring buffer fd".into(),
+            source: e,
+        })?;
+        let emptied = Self::take(
+            guard.get_inner_mut(),
+            &mut self.recorder,
+            &self.counters,
+            budget,
+            apply,
+        );
+        if emptied {
             guard.clear_ready();
         }
-    }))
+        Ok(())
+    }
+
+    /// Hands every record waiting now to `apply` (before a snapshot, so it counts them).
+    pub fn apply_waiting(&mut self, apply: impl FnMut(&[u8])) {
+        Self::take(
+            self.fd.get_mut(),
+            &mut self.recorder,
+            &self.counters,
+            usize::MAX,
+            apply,
+        );
+    }
+
+    /// Applies up to `budget` records; true when the ring was emptied.
+    fn take(
+        ring: &mut RingBuf<MapData>,
+        recorder: &mut Option<Recorder>,
+        counters: &RingCounters,
+        budget: usize,
+        mut apply: impl FnMut(&[u8]),
+    ) -> bool {
+        for _ in 0..budget {
+            let Some(item) = ring.next() else {
+                return true;
+            };
+            counters.received.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = recorder.as_mut() {
+                r.write(&item);
+            }
+            apply(&item);
+        }
+        false
+    }
 }
 
 /// Forwards kernel-side aya-log records to the `log` facade (and from there to `tracing`).

@@ -31,8 +31,8 @@ impl SocketKind {
     }
 }
 
-/// One decoded record. Data borrows its bytes from the record (a batch the reader filled),
-/// so the pipeline allocates nothing per event.
+/// One decoded record. Data borrows its bytes from the record (read in place from the ring
+/// buffer), so the pipeline allocates nothing per event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SocketEvent<'a> {
     Open {
@@ -67,53 +67,6 @@ pub enum SocketEvent<'a> {
         kind: SocketKind,
         timestamp_ns: u64,
     },
-}
-
-/// Socket records the reader hands the pipeline at once: one allocation per batch, not per
-/// event.
-#[derive(Debug, Default)]
-pub struct SocketBatch {
-    bytes: Vec<u8>,
-    /// End offset of each record in `bytes`.
-    ends: Vec<usize>,
-}
-
-/// Records per batch at most (the channel's bound is in records, divided by this).
-pub const BATCH_RECORDS: usize = 256;
-
-impl SocketBatch {
-    /// Empties the batch, keeping its memory for the next records.
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-    }
-
-    pub fn push(&mut self, record: &[u8]) {
-        self.bytes.extend_from_slice(record);
-        self.ends.push(self.bytes.len());
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Bytes the batch can hold without growing.
-    pub fn capacity_bytes(&self) -> usize {
-        self.bytes.capacity()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let record = self.bytes.get(start..end).unwrap_or_default();
-            start = end;
-            record
-        })
-    }
 }
 
 fn kind(raw: u32) -> Result<SocketKind> {
