@@ -466,32 +466,48 @@ fn parse_head(bytes: &[u8]) -> Head<'_> {
     head
 }
 
-fn is_token(s: &str) -> bool {
+fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+/// The next space-separated word of `line` and what follows it.
+fn word(line: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b' ', line) {
+        Some(sp) => (&line[..sp], &line[sp + 1..]),
+        None => (line, &[]),
+    }
 }
 
 fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
     let head = parse_head(p.head);
-    let first_line = crate::lossy(head.first_line);
-    let mut parts = first_line.split(' ');
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return Err(ProtocolError::HttpMalformed("request line"));
+    let malformed = ProtocolError::HttpMalformed("request line");
+    if memchr::memchr(b' ', head.first_line).is_none() {
+        return Err(malformed);
+    }
+    let (method, rest) = word(head.first_line);
+    let (target, rest) = word(rest);
+    let (version, _) = word(rest);
+    let version: &[u8] = match version {
+        b"" if p.truncated => b"HTTP/1.1",
+        v => v,
     };
-    let version = parts
-        .next()
-        .unwrap_or(if p.truncated { "HTTP/1.1" } else { "" });
-    if !is_token(method)
-        || !version.starts_with("HTTP/1.")
+    // A token is ASCII, so this cannot fail once `is_token` holds.
+    let method = match std::str::from_utf8(method) {
+        Ok(m) if is_token(m.as_bytes()) => m,
+        _ => return Err(malformed),
+    };
+    let target = crate::lossy(target);
+    if !version.starts_with(b"HTTP/1.")
         || !(target.starts_with('/')
-            || target == "*"
+            || &*target == "*"
             || target.contains("://")
             || method == "CONNECT")
     {
-        return Err(ProtocolError::HttpMalformed("request line"));
+        return Err(malformed);
     }
-    let http10 = version == "HTTP/1.0";
+    let http10 = version == b"HTTP/1.0";
     let keep_alive = if http10 {
         head.connection_keep_alive
     } else {
@@ -519,10 +535,8 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
     ))
 }
 
-fn parse_response(
-    p: &Parsed,
-    request_method: Option<&str>,
-) -> Result<(u16, Body, bool), ProtocolError> {
+/// `answers_head`: the response is to a HEAD request (no body, whatever it declares).
+fn parse_response(p: &Parsed, answers_head: bool) -> Result<(u16, Body, bool), ProtocolError> {
     let head = parse_head(p.head);
     let mut parts = head.first_line.splitn(3, |c| *c == b' ');
     let version = parts.next().unwrap_or_default();
@@ -535,10 +549,7 @@ fn parse_response(
         return Err(ProtocolError::HttpMalformed("status line"));
     }
     let close = head.connection_close || (version == b"HTTP/1.0" && !head.connection_keep_alive);
-    let no_body = request_method == Some("HEAD")
-        || (100..200).contains(&status)
-        || status == 204
-        || status == 304;
+    let no_body = answers_head || (100..200).contains(&status) || status == 204 || status == 304;
     let body = if no_body || p.truncated {
         Body::None
     } else if head.chunked {
@@ -644,8 +655,8 @@ impl HttpSession {
             &mut |p| {
                 let mut guard = shared.borrow_mut();
                 let open = &mut guard.0;
-                let method = open.front().map(|o| o.request.method.clone());
-                let (status, body, _close) = parse_response(&p, method.as_deref())?;
+                let answers_head = open.front().is_some_and(|o| o.request.method == "HEAD");
+                let (status, body, _close) = parse_response(&p, answers_head)?;
                 let interim = (100..200).contains(&status) && status != 101;
                 if let Some(front) = open.front_mut() {
                     // 1xx interim responses (100 Continue) precede the real one.

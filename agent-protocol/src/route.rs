@@ -98,32 +98,33 @@ pub fn is_uuid(s: &str) -> bool {
 }
 
 fn group_segment(seg: &str) -> Option<&'static str> {
-    if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+    // One pass over the bytes (this runs for every segment of every request).
+    let (mut digits, mut hex_letters, mut other_letters, mut rest) =
+        (0usize, 0usize, 0usize, 0usize);
+    for b in seg.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'a'..=b'f' | b'A'..=b'F' => hex_letters += 1,
+            b'g'..=b'z' | b'G'..=b'Z' => other_letters += 1,
+            b'-' | b'_' | b'.' | b'~' | b'%' => {}
+            _ => rest += 1,
+        }
+    }
+    if digits == 0 {
+        // Every rule below needs a digit, except a UUID that happens to have none.
+        return (seg.len() == 36 && is_uuid(seg)).then_some("{uuid}");
+    }
+    if digits == seg.len() {
         return Some("{id}");
     }
     if is_uuid(seg) {
         return Some("{uuid}");
     }
-    let has_digit = seg.bytes().any(|b| b.is_ascii_digit());
-    if seg.len() >= 8 && has_digit && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if seg.len() >= 8 && digits + hex_letters == seg.len() {
         return Some("{hex}");
     }
-    let has_alpha = seg.bytes().any(|b| b.is_ascii_alphabetic());
-    if seg.len() >= 20
-        && has_digit
-        && has_alpha
-        && seg.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || b == b'-'
-                || b == b'_'
-                || b == b'.'
-                || b == b'~'
-                || b == b'%'
-        })
-    {
-        return Some("{token}");
-    }
-    None
+    // Letters and digits mixed, nothing but URL token characters besides.
+    (seg.len() >= 20 && hex_letters + other_letters > 0 && rest == 0).then_some("{token}")
 }
 
 /// Groups request targets into routes.
@@ -148,14 +149,22 @@ impl RouteGrouper {
     /// and looking the result up allocates nothing for a route it has seen.
     pub fn route_into(&self, target: &str, route: &mut String) {
         route.clear();
-        // Absolute-form targets (proxies): keep the path only.
-        let target = match target.find("://") {
-            Some(p) => target[p + 3..]
-                .find('/')
-                .map_or("/", |q| &target[p + 3 + q..]),
+        // Absolute-form targets (proxies): keep the path only. Origin-form targets (all but
+        // proxies') start with '/' and need no search.
+        let target = if target.starts_with('/') {
+            target
+        } else {
+            match target.find("://") {
+                Some(p) => target[p + 3..]
+                    .find('/')
+                    .map_or("/", |q| &target[p + 3 + q..]),
+                None => target,
+            }
+        };
+        let path = match memchr::memchr2(b'?', b'#', target.as_bytes()) {
+            Some(end) => &target[..end],
             None => target,
         };
-        let path = target.split(['?', '#']).next().unwrap_or("/");
         // Segments on the stack: this runs once per request.
         let mut stack = [""; SEGMENTS_ON_STACK];
         let mut n = 0;

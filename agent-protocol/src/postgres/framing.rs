@@ -15,7 +15,39 @@ pub enum Direction {
     Backend,
 }
 
-/// A whole message. `kind` is 0 for the untyped startup-phase messages.
+/// A whole message, its body borrowed: from the chunk itself when the message lies whole in
+/// it (the usual case: no copy), else from the framer's buffer. `kind` is 0 for the untyped
+/// startup-phase messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub kind: u8,
+    /// The captured part of the body (at most the framer's cap; empty for kinds the session
+    /// only counts).
+    pub body: &'a [u8],
+    /// The body length the header declared.
+    pub declared_len: usize,
+    /// Some of the body was not captured or exceeded the cap.
+    pub truncated: bool,
+    /// Timestamp of the chunk that completed the message.
+    pub timestamp_ns: u64,
+    /// The backend's one-byte answer to an encryption request, not a typed message.
+    pub lone_byte: bool,
+}
+
+impl Message<'_> {
+    pub fn to_raw(&self) -> RawMessage {
+        RawMessage {
+            kind: self.kind,
+            body: self.body.to_vec(),
+            declared_len: self.declared_len,
+            truncated: self.truncated,
+            timestamp_ns: self.timestamp_ns,
+            lone_byte: self.lone_byte,
+        }
+    }
+}
+
+/// A whole message with its own copy of the body ([`Framer::push`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
     pub kind: u8,
@@ -37,8 +69,6 @@ const BACKEND_TYPES: &[u8] = b"RSKZTDCEN123ntsIGHWdcAVv";
 const MAX_MESSAGE: usize = 1 << 30;
 /// When guessing where a message starts after lost sync, be stricter.
 const MAX_RESYNC_MESSAGE: usize = 16 << 20;
-/// Message bodies kept for reuse per direction.
-const SPARES: usize = 8;
 /// Default cap on the body bytes kept per message.
 pub const DEFAULT_BODY_CAP: usize = 16 * 1024;
 
@@ -63,10 +93,8 @@ pub struct Framer {
     header: Vec<u8>,
     kind: u8,
     declared_len: usize,
+    /// The body of a message that spans chunks, collected until it is whole (reused).
     body: Vec<u8>,
-    /// Finished messages' bodies handed back by the caller, reused for the next ones (a
-    /// chunk often completes several messages before any comes back).
-    spares: Vec<Vec<u8>>,
     truncated: bool,
     body_cap: usize,
     /// Chunks dropped while looking for a message start after lost sync.
@@ -85,7 +113,6 @@ impl Framer {
             kind: 0,
             declared_len: 0,
             body: Vec::new(),
-            spares: Vec::new(),
             truncated: false,
             body_cap: DEFAULT_BODY_CAP,
             skipped_chunks: 0,
@@ -141,49 +168,45 @@ impl Framer {
     /// Feeds one chunk; returns the messages it completed and any framing errors, in order.
     pub fn push(&mut self, chunk: Chunk<'_>) -> Vec<Result<RawMessage, ProtocolError>> {
         let mut out = Vec::new();
-        self.push_into(chunk, &mut out);
+        self.push_with(chunk, |m| out.push(m.map(|m| m.to_raw())));
         out
     }
 
-    /// As [`Self::push`], appending to `out`.
-    pub fn push_into(
-        &mut self,
-        chunk: Chunk<'_>,
-        out: &mut Vec<Result<RawMessage, ProtocolError>>,
-    ) {
+    /// As [`Self::push`], handing each message to `on` as it completes, its body borrowed
+    /// (nothing copied for a message that lies whole in the chunk).
+    pub fn push_with<F>(&mut self, chunk: Chunk<'_>, mut on: F)
+    where
+        F: FnMut(Result<Message<'_>, ProtocolError>),
+    {
         let ts = chunk.timestamp_ns;
         self.last_ts = ts;
         if matches!(self.state, State::LostSync) {
             if self.looks_like_message_start(chunk.data) {
                 self.state = State::Header;
                 self.header.clear();
-            } else if !chunk.tail.is_empty() && self.resync_in_tail(chunk.tail, ts, out) {
+            } else if !chunk.tail.is_empty() && self.resync_in_tail(chunk.tail, ts, &mut on) {
                 return;
             } else {
                 self.skipped_chunks += 1;
                 return;
             }
         }
-        self.feed(chunk.data, ts, out);
-        let lost_in_gap = self.skip(chunk.gap(), out);
+        self.feed(chunk.data, ts, &mut on);
+        let lost_in_gap = self.skip(chunk.gap(), &mut on);
         if !chunk.tail.is_empty() {
             if lost_in_gap {
-                self.resync_in_tail(chunk.tail, ts, out);
+                self.resync_in_tail(chunk.tail, ts, &mut on);
             } else {
-                self.feed(chunk.tail, ts, out);
+                self.feed(chunk.tail, ts, &mut on);
             }
         }
     }
 
-    /// Hands a message's body back once read, so the next body reuses its allocation.
-    pub fn recycle(&mut self, body: Vec<u8>) {
-        if body.capacity() > 0 && body.capacity() <= self.body_cap && self.spares.len() < SPARES {
-            self.spares.push(body);
-        }
-    }
-
     /// Consumes captured bytes.
-    fn feed(&mut self, mut data: &[u8], ts: u64, out: &mut Vec<Result<RawMessage, ProtocolError>>) {
+    fn feed<F>(&mut self, mut data: &[u8], ts: u64, on: &mut F)
+    where
+        F: FnMut(Result<Message<'_>, ProtocolError>),
+    {
         while !data.is_empty() {
             match self.state {
                 State::LostSync => return,
@@ -192,9 +215,9 @@ impl Framer {
                         let (&b, rest) = data.split_first().unwrap_or((&0, &[]));
                         data = rest;
                         self.single_byte_next = false;
-                        out.push(Ok(RawMessage {
+                        on(Ok(Message {
                             kind: b,
-                            body: Vec::new(),
+                            body: &[],
                             declared_len: 0,
                             truncated: false,
                             timestamp_ns: ts,
@@ -202,19 +225,59 @@ impl Framer {
                         }));
                         continue;
                     }
-                    let need = self.header_len() - self.header.len();
+                    let header_len = self.header_len();
+                    if self.header.is_empty() && data.len() >= header_len {
+                        // The header is whole in this chunk: read it in place, and if the body
+                        // is too, hand the message out without copying it.
+                        let (kind, len) = Self::read_header(self.untyped_next, data);
+                        let body_len = match self.check_header(kind, len) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                on(Err(e));
+                                self.lose_sync(0, &mut |_| {});
+                                return;
+                            }
+                        };
+                        let rest = &data[header_len..];
+                        if let Some(whole) = rest.get(..body_len) {
+                            let wants = self.wants_body(kind);
+                            self.untyped_next = false;
+                            data = &rest[body_len..];
+                            on(Ok(Message {
+                                kind,
+                                body: if wants {
+                                    &whole[..body_len.min(self.body_cap)]
+                                } else {
+                                    &[]
+                                },
+                                declared_len: body_len,
+                                truncated: wants && body_len > self.body_cap,
+                                timestamp_ns: ts,
+                                lone_byte: false,
+                            }));
+                            continue;
+                        }
+                        data = rest;
+                        self.start_body(kind, body_len);
+                        continue;
+                    }
+                    let need = header_len - self.header.len();
                     let take = need.min(data.len());
                     self.header.extend_from_slice(&data[..take]);
                     data = &data[take..];
-                    if self.header.len() < self.header_len() {
+                    if self.header.len() < header_len {
                         continue;
                     }
-                    if let Err(e) = self.start_body() {
-                        out.push(Err(e));
-                        self.lose_sync(0, &mut Vec::new());
-                        return;
+                    let (kind, len) = Self::read_header(self.untyped_next, &self.header);
+                    match self.check_header(kind, len) {
+                        Ok(body_len) => self.start_body(kind, body_len),
+                        Err(e) => {
+                            on(Err(e));
+                            self.lose_sync(0, &mut |_| {});
+                            return;
+                        }
                     }
-                    self.finish_if_done(ts, out);
+                    self.finish_if_done(ts, on);
                 }
                 State::Body { remaining } => {
                     let take = remaining.min(data.len());
@@ -232,14 +295,17 @@ impl Framer {
                     self.state = State::Body {
                         remaining: remaining - take,
                     };
-                    self.finish_if_done(ts, out);
+                    self.finish_if_done(ts, on);
                 }
             }
         }
     }
 
     /// Steps over `gap` uncaptured bytes. Returns true if they hid a header (sync lost).
-    fn skip(&mut self, mut gap: usize, out: &mut Vec<Result<RawMessage, ProtocolError>>) -> bool {
+    fn skip<F>(&mut self, mut gap: usize, on: &mut F) -> bool
+    where
+        F: FnMut(Result<Message<'_>, ProtocolError>),
+    {
         while gap > 0 {
             match self.state {
                 State::LostSync => return true,
@@ -251,10 +317,10 @@ impl Framer {
                         remaining: remaining - take,
                     };
                     // The timestamp is the chunk's; finish_if_done needs one: use the last known.
-                    self.finish_if_done(self.last_ts, out);
+                    self.finish_if_done(self.last_ts, on);
                 }
                 State::Header => {
-                    self.lose_sync(gap, out);
+                    self.lose_sync(gap, on);
                     return true;
                 }
             }
@@ -264,12 +330,10 @@ impl Framer {
 
     /// After lost sync, finds where in `tail` (the payload's last bytes) a run of whole
     /// messages starts that ends exactly at the payload's end, and parses from there.
-    fn resync_in_tail(
-        &mut self,
-        tail: &[u8],
-        ts: u64,
-        out: &mut Vec<Result<RawMessage, ProtocolError>>,
-    ) -> bool {
+    fn resync_in_tail<F>(&mut self, tail: &[u8], ts: u64, on: &mut F) -> bool
+    where
+        F: FnMut(Result<Message<'_>, ProtocolError>),
+    {
         let Some(start) = (0..tail.len()).find(|&p| self.chains_to_end(&tail[p..])) else {
             return false;
         };
@@ -277,7 +341,7 @@ impl Framer {
         self.header.clear();
         self.untyped_next = false;
         self.single_byte_next = false;
-        self.feed(&tail[start..], ts, out);
+        self.feed(&tail[start..], ts, on);
         true
     }
 
@@ -301,9 +365,12 @@ impl Framer {
         messages > 0
     }
 
-    fn lose_sync(&mut self, gap: usize, out: &mut Vec<Result<RawMessage, ProtocolError>>) {
+    fn lose_sync<F>(&mut self, gap: usize, on: &mut F)
+    where
+        F: FnMut(Result<Message<'_>, ProtocolError>),
+    {
         if gap > 0 {
-            out.push(Err(ProtocolError::PgLostSync(gap)));
+            on(Err(ProtocolError::PgLostSync(gap)));
         }
         self.state = State::LostSync;
         self.header.clear();
@@ -312,14 +379,16 @@ impl Framer {
         self.untyped_next = false;
     }
 
-    fn start_body(&mut self) -> Result<(), ProtocolError> {
-        let (kind, len_bytes) = if self.untyped_next {
-            (0, &self.header[0..4])
-        } else {
-            (self.header[0], &self.header[1..5])
-        };
-        let len =
-            i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as i64;
+    /// The type (0 when untyped) and declared length of the header at the start of `bytes`
+    /// (which holds at least `header_len()` bytes).
+    fn read_header(untyped: bool, bytes: &[u8]) -> (u8, i64) {
+        let (kind, at) = if untyped { (0, 0) } else { (bytes[0], 1) };
+        let len = i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        (kind, i64::from(len))
+    }
+
+    /// The body length of a valid header, or why it is not one.
+    fn check_header(&self, kind: u8, len: i64) -> Result<usize, ProtocolError> {
         if !self.untyped_next && !self.valid_type(kind) {
             return Err(ProtocolError::PgUnknownType(kind));
         }
@@ -327,15 +396,13 @@ impl Framer {
             return Err(ProtocolError::PgBadLength { kind, len });
         }
         // The length counts itself but not the type byte.
-        let body_len = len as usize - 4;
+        Ok(len as usize - 4)
+    }
+
+    /// A message whose body continues past this chunk: collect it.
+    fn start_body(&mut self, kind: u8, body_len: usize) {
         self.kind = kind;
         self.declared_len = body_len;
-        if self.body.capacity() == 0
-            && self.wants_body(kind)
-            && let Some(spare) = self.spares.pop()
-        {
-            self.body = spare;
-        }
         self.body.clear();
         self.truncated = false;
         self.header.clear();
@@ -343,23 +410,22 @@ impl Framer {
         self.state = State::Body {
             remaining: body_len,
         };
-        Ok(())
     }
 
-    fn finish_if_done(
-        &mut self,
-        timestamp_ns: u64,
-        out: &mut Vec<Result<RawMessage, ProtocolError>>,
-    ) {
+    fn finish_if_done<F>(&mut self, timestamp_ns: u64, on: &mut F)
+    where
+        F: FnMut(Result<Message<'_>, ProtocolError>),
+    {
         if let State::Body { remaining: 0 } = self.state {
-            out.push(Ok(RawMessage {
+            on(Ok(Message {
                 kind: self.kind,
-                body: std::mem::take(&mut self.body),
+                body: &self.body,
                 declared_len: self.declared_len,
                 truncated: self.truncated,
                 timestamp_ns,
                 lone_byte: false,
             }));
+            self.body.clear();
             self.truncated = false;
             self.state = State::Header;
         }
@@ -414,6 +480,28 @@ mod tests {
             let m = out.into_iter().find_map(Result::ok).expect("message");
             assert_eq!(m.body, b"SELECT 1\0");
             assert!(!m.truncated);
+        }
+    }
+
+    #[test]
+    fn messages_read_in_place_equal_messages_collected_across_chunks() {
+        // Whole in one chunk (bodies borrowed from it) or cut anywhere (bodies collected in
+        // the framer): the same messages, bodies, caps and truncation.
+        let mut stream = typed(b'T', b"row description");
+        stream.extend(typed(b'D', &[1u8; 40]));
+        stream.extend(typed(b'C', b"SELECT 1\0"));
+        stream.extend(typed(b'E', &[b'x'; 64]));
+        stream.extend(typed(b'Z', b"I"));
+        let framer = || Framer::new(Direction::Backend).with_body_cap(32);
+        let whole = framer().push(Chunk::whole(&stream, 1));
+        assert_eq!(kinds(&whole), b"TDCEZ");
+        let e = whole[3].as_ref().expect("error response");
+        assert!(e.truncated && e.body.len() == 32 && e.declared_len == 64);
+        for cut in 1..stream.len() {
+            let mut f = framer();
+            let mut parts = f.push(Chunk::whole(&stream[..cut], 1));
+            parts.extend(f.push(Chunk::whole(&stream[cut..], 1)));
+            assert_eq!(parts, whole, "cut at {cut}");
         }
     }
 

@@ -1,6 +1,6 @@
-//! Typed PostgreSQL v3 messages decoded from [`RawMessage`]s. Only what herdwatch uses is kept;
+//! Typed PostgreSQL v3 messages decoded from framed [`Message`]s. Only what herdwatch uses is kept;
 //! every read is bounds-checked and a short body is an error, not a panic.
-use super::framing::RawMessage;
+use super::framing::Message;
 use crate::ProtocolError;
 
 /// A prepared statement's or portal's name. Names are short ("", "_pg3_0",
@@ -168,8 +168,8 @@ fn target(b: Option<u8>) -> Target {
     }
 }
 
-pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
-    let mut r = Reader::new(&m.body);
+pub fn decode_frontend(m: &Message<'_>) -> Result<Frontend, ProtocolError> {
+    let mut r = Reader::new(m.body);
     let need = |ok: bool, what| {
         if ok || m.truncated {
             Ok(())
@@ -257,8 +257,8 @@ pub fn decode_frontend(m: &RawMessage) -> Result<Frontend, ProtocolError> {
     })
 }
 
-pub fn decode_backend(m: &RawMessage) -> Result<Backend, ProtocolError> {
-    let mut r = Reader::new(&m.body);
+pub fn decode_backend(m: &Message<'_>) -> Result<Backend, ProtocolError> {
+    let mut r = Reader::new(m.body);
     Ok(match m.kind {
         _ if m.lone_byte => Backend::EncryptionAnswer {
             accepted: m.kind == b'S',

@@ -6,5 +6,5 @@ pub mod session;
 #[cfg(test)]
 mod tests;
 
-pub use framing::{Direction, Framer, RawMessage};
+pub use framing::{Direction, Framer, Message, RawMessage};
 pub use session::{Outcome, PgSession, QueryEvent, QueryProtocol, SessionEvent};

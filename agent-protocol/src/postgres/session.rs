@@ -94,6 +94,13 @@ enum Pending {
 pub struct PgSession {
     frontend: Framer,
     backend: Framer,
+    calls: Calls,
+}
+
+/// What the session knows of the connection's calls: a field apart from the framers, so a
+/// framer can hand its messages (borrowed from the chunk) straight to it.
+#[derive(Debug, Default)]
+struct Calls {
     statements: FxHashMap<Name, (Arc<str>, bool)>,
     statement_order: VecDeque<Name>,
     portals: FxHashMap<Name, Name>,
@@ -103,11 +110,9 @@ pub struct PgSession {
     /// The statement (name, text) whose Parse failed: its own Executes are the same failed
     /// call, not further ones.
     failed_parse: Option<(Option<Name>, Option<Arc<str>>)>,
-    pub encrypted: bool,
-    /// Reused between chunks for the framers' output.
-    scratch: Vec<Result<super::framing::RawMessage, ProtocolError>>,
+    encrypted: bool,
     /// Operations dropped because the FIFO was full (responses never seen).
-    pub pending_overflow: u64,
+    pending_overflow: u64,
 }
 
 impl PgSession {
@@ -131,21 +136,24 @@ impl PgSession {
         Self {
             frontend,
             backend,
-            statements: FxHashMap::default(),
-            statement_order: VecDeque::new(),
-            portals: FxHashMap::default(),
-            pending: VecDeque::new(),
-            aborting: false,
-            failed_parse: None,
-            encrypted: false,
-            scratch: Vec::new(),
-            pending_overflow: 0,
+            calls: Calls::default(),
         }
+    }
+
+    /// The connection switched to TLS or GSS encryption: nothing more is read from it.
+    pub fn encrypted(&self) -> bool {
+        self.calls.encrypted
+    }
+
+    /// Operations dropped because too many were in flight (responses never seen).
+    pub fn pending_overflow(&self) -> u64 {
+        self.calls.pending_overflow
     }
 
     /// Queries sent but not answered yet.
     pub fn in_flight(&self) -> usize {
-        self.pending
+        self.calls
+            .pending
             .iter()
             .filter(|p| matches!(p, Pending::Op(_)))
             .count()
@@ -169,52 +177,44 @@ impl PgSession {
     }
 
     /// As [`Self::on_frontend`], appending to `out`: a caller reusing one vector allocates
-    /// nothing per chunk.
+    /// nothing per chunk. Messages are decoded where they lie in the chunk.
     pub fn on_frontend_into(&mut self, chunk: Chunk<'_>, out: &mut Vec<SessionEvent>) {
-        if self.encrypted {
+        let Self {
+            frontend,
+            backend,
+            calls,
+        } = self;
+        if calls.encrypted {
             return;
         }
-        let mut raw = std::mem::take(&mut self.scratch);
-        self.frontend.push_into(chunk, &mut raw);
-        for m in raw.drain(..) {
-            match m {
-                Ok(m) => {
-                    let decoded = decode_frontend(&m);
-                    self.frontend.recycle(m.body);
-                    match decoded {
-                        Ok(msg) => self.frontend_message(msg, m.timestamp_ns, out),
-                        Err(e) => out.push(SessionEvent::Error(e)),
-                    }
-                }
+        frontend.push_with(chunk, |m| {
+            match m.and_then(|m| Ok((decode_frontend(&m)?, m))) {
+                Ok((msg, m)) => calls.frontend_message(msg, m.timestamp_ns, backend, out),
                 Err(e) => out.push(SessionEvent::Error(e)),
             }
-        }
-        self.scratch = raw;
+        });
     }
 
     /// As [`Self::on_backend`], appending to `out`.
     pub fn on_backend_into(&mut self, chunk: Chunk<'_>, out: &mut Vec<SessionEvent>) {
-        if self.encrypted {
+        let Self {
+            frontend,
+            backend,
+            calls,
+        } = self;
+        if calls.encrypted {
             return;
         }
-        let mut raw = std::mem::take(&mut self.scratch);
-        self.backend.push_into(chunk, &mut raw);
-        for m in raw.drain(..) {
-            match m {
-                Ok(m) => {
-                    let decoded = decode_backend(&m);
-                    self.backend.recycle(m.body);
-                    match decoded {
-                        Ok(msg) => self.backend_message(msg, m.timestamp_ns, out),
-                        Err(e) => out.push(SessionEvent::Error(e)),
-                    }
-                }
+        backend.push_with(chunk, |m| {
+            match m.and_then(|m| Ok((decode_backend(&m)?, m))) {
+                Ok((msg, m)) => calls.backend_message(msg, m.timestamp_ns, frontend, out),
                 Err(e) => out.push(SessionEvent::Error(e)),
             }
-        }
-        self.scratch = raw;
+        });
     }
+}
 
+impl Calls {
     fn remember_statement(&mut self, name: Name, sql: Arc<str>, truncated: bool) {
         if !self.statements.contains_key(&name) {
             if self.statements.len() >= MAX_STATEMENTS
@@ -262,13 +262,20 @@ impl PgSession {
         }))
     }
 
-    fn frontend_message(&mut self, msg: Frontend, ts: u64, out: &mut Vec<SessionEvent>) {
+    /// `backend`: the other direction's framer (an encryption request changes how it reads).
+    fn frontend_message(
+        &mut self,
+        msg: Frontend,
+        ts: u64,
+        backend: &mut Framer,
+        out: &mut Vec<SessionEvent>,
+    ) {
         match msg {
             Frontend::Startup { user, database } => {
                 out.push(SessionEvent::Startup { user, database })
             }
             Frontend::SslRequest | Frontend::GssEncRequest => {
-                self.backend.expect_single_byte();
+                backend.expect_single_byte();
             }
             Frontend::Query { sql, truncated } => {
                 let op = self.new_op(Some(sql), truncated, None, QueryProtocol::Simple, ts);
@@ -349,7 +356,15 @@ impl PgSession {
         }
     }
 
-    fn backend_message(&mut self, msg: Backend, ts: u64, out: &mut Vec<SessionEvent>) {
+    /// `frontend`: the other direction's framer (a refused encryption request changes how it
+    /// reads).
+    fn backend_message(
+        &mut self,
+        msg: Backend,
+        ts: u64,
+        frontend: &mut Framer,
+        out: &mut Vec<SessionEvent>,
+    ) {
         // A Parse at the front is answered first: ParseComplete retires it, an error fails it.
         if matches!(self.pending.front(), Some(Pending::Parse(_))) {
             match msg {
@@ -389,7 +404,7 @@ impl PgSession {
                 self.encrypted = true;
                 out.push(SessionEvent::Encrypted);
             }
-            Backend::EncryptionAnswer { accepted: false } => self.frontend.expect_untyped(),
+            Backend::EncryptionAnswer { accepted: false } => frontend.expect_untyped(),
             Backend::DataRow => {
                 if let Some(op) = self.front_op() {
                     op.data_rows += 1;
