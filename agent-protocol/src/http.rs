@@ -86,11 +86,10 @@ struct Framer {
     message_started_ns: Option<u64>,
 }
 
-#[derive(Debug)]
 struct Parsed<'a> {
-    /// The head's bytes: borrowed from the call when it holds the whole head (the common
-    /// case, no copy), else from the framer's buffer.
-    head: &'a [u8],
+    /// The head's first line and the headers herdwatch reads, borrowed from the call when it
+    /// holds the whole head (the common case, no copy), else from the framer's buffer.
+    head: Head<'a>,
     truncated: bool,
     started_ns: u64,
 }
@@ -155,7 +154,7 @@ impl Framer {
                         if gap > 0 && !self.buf.is_empty() {
                             // The head continues in bytes we did not capture.
                             let parsed = Parsed {
-                                head: &self.buf,
+                                head: scan_head(&self.buf).0,
                                 truncated: true,
                                 started_ns: self.message_started_ns.take().unwrap_or(ts),
                             };
@@ -179,12 +178,12 @@ impl Framer {
                             continue;
                         }
                         self.message_started_ns = Some(ts);
-                        // The whole head in this call (the usual case): parse it in place.
+                        // The whole head in this call (the usual case): parse it in place, in
+                        // the same pass that finds its end.
                         let window = &data[..data.len().min(MAX_HEAD)];
-                        if let Some(pos) = find(window, b"\r\n\r\n") {
-                            let end = pos + 4;
+                        if let (head, Some(end)) = scan_head(window) {
                             let parsed = Parsed {
-                                head: &data[..end],
+                                head,
                                 truncated: false,
                                 started_ns: self.message_started_ns.take().unwrap_or(ts),
                             };
@@ -210,7 +209,7 @@ impl Framer {
                             let used = end - before;
                             data = &data[used..];
                             let parsed = Parsed {
-                                head: &self.buf[..end],
+                                head: scan_head(&self.buf[..end]).0,
                                 truncated: false,
                                 started_ns: self.message_started_ns.take().unwrap_or(ts),
                             };
@@ -253,17 +252,25 @@ impl Framer {
                         }
                         return;
                     }
-                    match find(data, b"\r\n") {
+                    // Up to LF, not CRLF: the CR may have ended the previous call.
+                    match memchr::memchr(b'\n', data) {
                         Some(pos) => {
                             self.buf.extend_from_slice(&data[..pos]);
-                            data = &data[pos + 2..];
-                            let line = String::from_utf8_lossy(&self.buf).into_owned();
+                            data = &data[pos + 1..];
+                            let line = self.buf.strip_suffix(b"\r").unwrap_or(&self.buf);
+                            let size = line.split(|b| *b == b';').next().unwrap_or_default();
+                            let size = std::str::from_utf8(trim(size))
+                                .ok()
+                                .and_then(|text| u64::from_str_radix(text, 16).ok());
                             self.buf.clear();
-                            let size_text = line.split(';').next().unwrap_or("").trim();
-                            match u64::from_str_radix(size_text, 16) {
-                                Ok(0) => self.state = State::Trailers,
-                                Ok(n) => self.state = State::ChunkData { remaining: n + 2 },
-                                Err(_) => {
+                            match size {
+                                Some(0) => self.state = State::Trailers,
+                                Some(n) => {
+                                    self.state = State::ChunkData {
+                                        remaining: n.saturating_add(2),
+                                    }
+                                }
+                                None => {
                                     errors.push(ProtocolError::HttpMalformed("chunk size"));
                                     on_end(ts);
                                     self.state = State::RestOfCall;
@@ -384,6 +391,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A message head, parsed in place: the first line and the few headers herdwatch needs.
+#[derive(Default)]
 struct Head<'a> {
     first_line: &'a [u8],
     host: Option<&'a [u8]>,
@@ -411,59 +419,74 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
-/// Parses without allocating: heads are parsed once per request and response, on the hot path.
-fn parse_head(bytes: &[u8]) -> Head<'_> {
-    let mut lines = memchr::memchr_iter(b'\n', bytes)
-        .chain(std::iter::once(bytes.len()))
-        .scan(0, |start, end| {
-            let line = &bytes[*start..end];
-            *start = (end + 1).min(bytes.len());
-            Some(line.strip_suffix(b"\r").unwrap_or(line))
-        });
-    let first_line = lines.next().unwrap_or_default();
-    let mut head = Head {
-        first_line,
-        host: None,
-        content_length: None,
-        chunked: false,
-        connection_close: false,
-        connection_keep_alive: false,
-    };
-    for line in lines {
-        // Host, Connection, Content-Length, Transfer-Encoding: skip every other header on its
-        // first letter, before looking for its colon.
-        if !matches!(line.first().map(|b| b | 0x20), Some(b'h' | b'c' | b't')) {
-            continue;
-        }
-        let Some(colon) = memchr::memchr(b':', line) else {
-            continue;
+/// Parses a head line by line without allocating, up to the empty line that ends it (CRLF
+/// CRLF, as the framer's buffered path looks for): returns the head and, when that line was
+/// found, where the head ends. Heads are parsed once per request and response, on the hot
+/// path, so finding the end and reading the headers is one pass.
+fn scan_head(bytes: &[u8]) -> (Head<'_>, Option<usize>) {
+    let mut head = Head::default();
+    let mut start = 0;
+    let mut first = true;
+    // The previous line ended with CRLF: an empty CRLF line now ends the head.
+    let mut after_crlf = false;
+    while start < bytes.len() {
+        let newline = memchr::memchr(b'\n', &bytes[start..]).map(|i| start + i);
+        let end = newline.unwrap_or(bytes.len());
+        let raw = &bytes[start..end];
+        let (line, crlf) = match raw.strip_suffix(b"\r") {
+            Some(line) => (line, newline.is_some()),
+            None => (raw, false),
         };
-        let name = trim(&line[..colon]);
-        // Dispatch on the length first: most headers are none of the four we read.
-        let wanted: &[u8] = match name.len() {
-            4 => b"host",
-            10 => b"connection",
-            14 => b"content-length",
-            17 => b"transfer-encoding",
-            _ => continue,
-        };
-        if !name.eq_ignore_ascii_case(wanted) {
-            continue;
+        if first {
+            head.first_line = line;
+            first = false;
+        } else if line.is_empty() && crlf && after_crlf {
+            return (head, Some(end + 1));
+        } else {
+            header_line(&mut head, line);
         }
-        let value = trim(&line[colon + 1..]);
-        match name.len() {
-            4 => head.host = Some(value),
-            14 => {
-                head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            }
-            17 => head.chunked |= has_token(value, b"chunked"),
-            _ => {
-                head.connection_close |= has_token(value, b"close");
-                head.connection_keep_alive |= has_token(value, b"keep-alive");
-            }
+        after_crlf = crlf;
+        match newline {
+            Some(i) => start = i + 1,
+            None => break,
         }
     }
-    head
+    (head, None)
+}
+
+/// Host, Connection, Content-Length, Transfer-Encoding: every other header is skipped on its
+/// first letter, before looking for its colon.
+fn header_line<'a>(head: &mut Head<'a>, line: &'a [u8]) {
+    if !matches!(line.first().map(|b| b | 0x20), Some(b'h' | b'c' | b't')) {
+        return;
+    }
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return;
+    };
+    let name = trim(&line[..colon]);
+    // Dispatch on the length first: most headers are none of the four we read.
+    let wanted: &[u8] = match name.len() {
+        4 => b"host",
+        10 => b"connection",
+        14 => b"content-length",
+        17 => b"transfer-encoding",
+        _ => return,
+    };
+    if !name.eq_ignore_ascii_case(wanted) {
+        return;
+    }
+    let value = trim(&line[colon + 1..]);
+    match name.len() {
+        4 => head.host = Some(value),
+        14 => {
+            head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        }
+        17 => head.chunked |= has_token(value, b"chunked"),
+        _ => {
+            head.connection_close |= has_token(value, b"close");
+            head.connection_keep_alive |= has_token(value, b"keep-alive");
+        }
+    }
 }
 
 fn is_token(s: &[u8]) -> bool {
@@ -481,7 +504,7 @@ fn word(line: &[u8]) -> (&[u8], &[u8]) {
 }
 
 fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
-    let head = parse_head(p.head);
+    let head = &p.head;
     let malformed = ProtocolError::HttpMalformed("request line");
     if memchr::memchr(b' ', head.first_line).is_none() {
         return Err(malformed);
@@ -537,7 +560,7 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
 
 /// `answers_head`: the response is to a HEAD request (no body, whatever it declares).
 fn parse_response(p: &Parsed, answers_head: bool) -> Result<(u16, Body, bool), ProtocolError> {
-    let head = parse_head(p.head);
+    let head = &p.head;
     let mut parts = head.first_line.splitn(3, |c| *c == b' ');
     let version = parts.next().unwrap_or_default();
     let status: u16 = parts
@@ -729,6 +752,46 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn heads_parsed_in_place_equal_heads_collected_across_reads() {
+        // Whole in one read (parsed where it lies, its end found in the same pass) or cut
+        // anywhere (collected in the framer's buffer): the same requests and exchanges.
+        let requests: &[u8] =
+            b"POST /orders/7?x=1 HTTP/1.1\r\nHost: shop\r\nContent-Length: 3\r\n\r\nabc\
+            GET /a HTTP/1.0\r\nConnection: keep-alive\r\nX-Odd: \n\r\n\r\n\
+            GET /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let responses: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok\
+            HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n\
+            HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n";
+        let run = |cut_req: usize, cut_resp: usize| {
+            let mut s = HttpSession::new();
+            let mut ev = s.on_read(Chunk::whole(&requests[..cut_req], 1));
+            ev.extend(s.on_read(Chunk::whole(&requests[cut_req..], 1)));
+            ev.extend(s.on_write(Chunk::whole(&responses[..cut_resp], 2)));
+            ev.extend(s.on_write(Chunk::whole(&responses[cut_resp..], 2)));
+            ev
+        };
+        let whole = run(requests.len(), responses.len());
+        let got: Vec<_> = exchanges(whole.clone())
+            .iter()
+            .map(|x| (x.request.target.to_string(), x.status))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/orders/7?x=1".to_string(), Some(201)),
+                ("/a".to_string(), Some(200)),
+                ("/b".to_string(), Some(500)),
+            ]
+        );
+        for cut in 0..requests.len() {
+            assert_eq!(run(cut, responses.len()), whole, "requests cut at {cut}");
+        }
+        for cut in 0..responses.len() {
+            assert_eq!(run(requests.len(), cut), whole, "responses cut at {cut}");
+        }
     }
 
     #[test]
