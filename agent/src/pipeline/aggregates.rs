@@ -67,6 +67,50 @@ impl Histogram {
 /// query record and the detectors costs a reference count, not an allocation.
 pub type Label = std::sync::Arc<str>;
 
+/// A route series: the pool that served it, the method and the grouped route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteKey {
+    pool: Label,
+    method: herdwatch_protocol::CompactString,
+    route: Label,
+}
+
+/// A [`RouteKey`] borrowed from a finished exchange: looking a series up builds no key (no
+/// reference counts taken and dropped, no method copied) unless the series is new.
+#[derive(Clone, Copy)]
+struct RouteKeyRef<'a> {
+    pool: &'a str,
+    method: &'a str,
+    route: &'a str,
+}
+
+impl std::hash::Hash for RouteKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        RouteKeyRef {
+            pool: &self.pool,
+            method: &self.method,
+            route: &self.route,
+        }
+        .hash(h)
+    }
+}
+
+impl std::hash::Hash for RouteKeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pool.hash(h);
+        self.method.hash(h);
+        self.route.hash(h);
+    }
+}
+
+impl hashbrown::Equivalent<RouteKey> for RouteKeyRef<'_> {
+    fn equivalent(&self, key: &RouteKey) -> bool {
+        // Pools and routes are interned: usually the very same text.
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        same(self.pool, &key.pool) && same(self.route, &key.route) && self.method == key.method
+    }
+}
+
 /// Route names interned; past this the set starts over (a crawler's random paths).
 const ROUTE_INTERN_MAX: usize = 4096;
 
@@ -182,7 +226,7 @@ pub struct Aggregates {
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
     db_wait_by_pid: FxHashMap<u32, u64>,
     queries: FxHashMap<String, QueryStats>,
-    routes: FxHashMap<(Label, herdwatch_protocol::CompactString, Label), RouteStats>,
+    routes: hashbrown::HashMap<RouteKey, RouteStats, rustc_hash::FxBuildHasher>,
     /// The pool (by name) of each pool process, so requests and queries are told apart by
     /// the service that served or issued them.
     pool_of_pid: FxHashMap<u32, Label>,
@@ -207,7 +251,7 @@ impl Aggregates {
             fingerprints: FxHashMap::default(),
             db_wait_by_pid: FxHashMap::default(),
             queries: FxHashMap::default(),
-            routes: FxHashMap::default(),
+            routes: hashbrown::HashMap::default(),
             route_names: rustc_hash::FxHashSet::default(),
             route_scratch: String::new(),
             pool_of_pid: FxHashMap::default(),
@@ -415,21 +459,43 @@ impl Aggregates {
         x: &Exchange,
         cost: Option<&super::connections::RequestCost>,
     ) {
+        let grouped;
         let route = match cost {
-            Some(c) => c.route.clone(),
-            None => self.route_of(&x.request.target),
+            Some(c) => &c.route,
+            None => {
+                grouped = self.route_of(&x.request.target);
+                &grouped
+            }
         };
-        let pool = self.pool_of(pid).unwrap_or(&self.no_pool).clone();
-        let mut key = (pool, x.request.method.clone(), route);
+        let pool = self.pool_of_pid.get(&pid).unwrap_or(&self.no_pool);
+        let mut key = RouteKeyRef {
+            pool,
+            method: &x.request.method,
+            route,
+        };
         if self.routes.len() >= self.max_routes && !self.routes.contains_key(&key) {
-            key = (key.0, "*".into(), "other".into());
+            key.method = "*";
+            key.route = "other";
         }
-        let entry = self.routes.entry(key).or_insert_with_key(|key| RouteStats {
-            pool: key.0.to_string(),
-            method: key.1.to_string(),
-            route: key.2.to_string(),
-            ..Default::default()
-        });
+        if !self.routes.contains_key(&key) {
+            let series = RouteKey {
+                pool: pool.clone(),
+                method: key.method.into(),
+                route: key.route.into(),
+            };
+            self.routes.insert(
+                series,
+                RouteStats {
+                    pool: key.pool.to_string(),
+                    method: key.method.to_string(),
+                    route: key.route.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        let Some(entry) = self.routes.get_mut(&key) else {
+            return;
+        };
         let took = x.finished_ns.saturating_sub(x.started_ns);
         let signals = Self::signals_for(&self.telemetry, &self.pool_of_pid, pid);
         if let Some(s) = signals {
