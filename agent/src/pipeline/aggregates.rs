@@ -103,6 +103,16 @@ impl std::hash::Hash for RouteKeyRef<'_> {
     }
 }
 
+impl From<&RouteKeyRef<'_>> for RouteKey {
+    fn from(key: &RouteKeyRef<'_>) -> Self {
+        Self {
+            pool: key.pool.into(),
+            method: key.method.into(),
+            route: key.route.into(),
+        }
+    }
+}
+
 impl hashbrown::Equivalent<RouteKey> for RouteKeyRef<'_> {
     fn equivalent(&self, key: &RouteKey) -> bool {
         // Pools and routes are interned: usually the very same text.
@@ -477,24 +487,23 @@ impl Aggregates {
             key.method = "*";
             key.route = "other";
         }
-        if !self.routes.contains_key(&key) {
-            let series = RouteKey {
-                pool: pool.clone(),
-                method: key.method.into(),
-                route: key.route.into(),
-            };
-            self.routes.insert(
-                series,
-                RouteStats {
+        // One hash, one probe: found, or inserted in the slot the probe ended at.
+        let hash = std::hash::BuildHasher::hash_one(self.routes.hasher(), key);
+        let entry = match self
+            .routes
+            .raw_entry_mut()
+            .from_hash(hash, |k| hashbrown::Equivalent::equivalent(&key, k))
+        {
+            hashbrown::hash_map::RawEntryMut::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::RawEntryMut::Vacant(e) => {
+                let stats = RouteStats {
                     pool: key.pool.to_string(),
                     method: key.method.to_string(),
                     route: key.route.to_string(),
                     ..Default::default()
-                },
-            );
-        }
-        let Some(entry) = self.routes.get_mut(&key) else {
-            return;
+                };
+                e.insert_hashed_nocheck(hash, RouteKey::from(&key), stats).1
+            }
         };
         let took = x.finished_ns.saturating_sub(x.started_ns);
         let signals = Self::signals_for(&self.telemetry, &self.pool_of_pid, pid);
