@@ -155,19 +155,16 @@ impl Connections {
             server_port,
             requests: VecDeque::new(),
         };
-        let slot = match self.index.get(&key) {
-            Some(&slot) => {
-                self.conns[slot as usize] = conn;
-                slot
-            }
-            None => {
-                self.make_room();
-                // Slots are reused below `max`, which fits in u32 (a u32 fd per socket).
-                let slot = u32::try_from(self.conns.insert(conn)).unwrap_or(u32::MAX);
-                self.index.insert(key, slot);
-                slot
-            }
-        };
+        if let Some(&slot) = self.index.get(&key)
+            && let Some(existing) = self.conns.get_mut(slot as usize)
+        {
+            *existing = conn;
+            return ConnRef { slot, serial };
+        }
+        self.make_room();
+        // Slots are reused below `max`, which fits in u32 (a u32 fd per socket).
+        let slot = u32::try_from(self.conns.insert(conn)).unwrap_or(u32::MAX);
+        self.index.insert(key, slot);
         ConnRef { slot, serial }
     }
 
@@ -365,11 +362,12 @@ impl Connections {
                 self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
                 let key = (tgid, fd);
                 // A socket open before the agent started is first seen here.
-                let at = match self.index.get(&key) {
-                    Some(&slot) => ConnRef {
-                        slot,
-                        serial: self.conns[slot as usize].serial,
-                    },
+                let known = self
+                    .index
+                    .get(&key)
+                    .and_then(|&slot| Some((slot, self.conns.get(slot as usize)?.serial)));
+                let at = match known {
+                    Some((slot, serial)) => ConnRef { slot, serial },
                     None => self.insert(key, kind, false, exit_ns, None),
                 };
                 let serving = if kind == SocketKind::HttpServer {
@@ -387,7 +385,9 @@ impl Connections {
                     timestamp_ns: exit_ns,
                     tail,
                 };
-                let conn = &mut self.conns[at.slot as usize];
+                let Some(conn) = self.conns.get_mut(at.slot as usize) else {
+                    return;
+                };
                 let server_port = conn.server_port;
                 conn.last_active_ns = exit_ns;
                 match &mut conn.session {
@@ -403,26 +403,23 @@ impl Connections {
                                 SessionEvent::Query(q) => {
                                     self.stats.postgres_queries += 1;
                                     // Nested in the request this thread serves, if any.
-                                    let route = self
+                                    if let Some(req) = self
                                         .get_mut(cursor.http_conn)
                                         .and_then(|c| c.requests.front_mut())
-                                        .map(|req| {
-                                            req.db_wait_ns +=
-                                                q.finished_ns.saturating_sub(q.started_ns);
-                                            req.queries += 1;
-                                            req.route.clone()
-                                        });
-                                    if route.is_some() {
+                                    {
+                                        req.db_wait_ns +=
+                                            q.finished_ns.saturating_sub(q.started_ns);
+                                        req.queries += 1;
                                         self.stats.queries_in_requests += 1;
                                     }
                                     let in_flight = self.routes_open_beside(&cursor);
-                                    aggregates.record_query(
-                                        key,
-                                        server_port,
-                                        &q,
-                                        route.as_ref(),
-                                        in_flight,
-                                    );
+                                    // Borrowed, not cloned: the query record takes the one
+                                    // reference it keeps.
+                                    let route = self
+                                        .get(cursor.http_conn)
+                                        .and_then(|c| c.requests.front())
+                                        .map(|req| &req.route);
+                                    aggregates.record_query(key, server_port, &q, route, in_flight);
                                     if aggregates.telemetry.is_some()
                                         && cursor.http_conn.is_some()
                                         && let Some(span) = aggregates.query_span(&q, server_port)
