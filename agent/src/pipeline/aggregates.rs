@@ -232,7 +232,7 @@ struct Known {
 pub struct Aggregates {
     /// Keyed by the text itself (shared with the session that decoded it): exact, and
     /// hashed eight bytes at a time rather than FNV's one.
-    fingerprints: FxHashMap<std::sync::Arc<str>, std::sync::Arc<Known>>,
+    fingerprints: hashbrown::HashMap<std::sync::Arc<str>, Known, rustc_hash::FxBuildHasher>,
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
     db_wait_by_pid: FxHashMap<u32, u64>,
     queries: FxHashMap<String, QueryStats>,
@@ -258,7 +258,7 @@ pub struct Aggregates {
 impl Aggregates {
     pub fn new(max_queries: usize, max_routes: usize, grouper: RouteGrouper) -> Self {
         Self {
-            fingerprints: FxHashMap::default(),
+            fingerprints: hashbrown::HashMap::default(),
             db_wait_by_pid: FxHashMap::default(),
             queries: FxHashMap::default(),
             routes: hashbrown::HashMap::default(),
@@ -346,7 +346,8 @@ impl Aggregates {
         let calling_route = calling_route.map(|r| &**r);
         let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
             (Some(sql), _) => {
-                let known = self.fingerprint_of(sql);
+                // Borrowed from the cache: no reference count taken per query.
+                let known = Self::fingerprint_of(&mut self.fingerprints, sql);
                 if let Some(entry) = self.queries.get_mut(&*known.id) {
                     // The common case: a statement seen before. No allocation past the lookup.
                     Self::count(entry, pid, q, calling_route);
@@ -546,22 +547,28 @@ impl Aggregates {
         }
     }
 
-    fn fingerprint_of(&mut self, sql: &std::sync::Arc<str>) -> std::sync::Arc<Known> {
-        if let Some(k) = self.fingerprints.get(&**sql) {
-            return k.clone();
+    /// The fingerprint of `sql`, computed once per distinct text (one probe on a hit).
+    fn fingerprint_of<'a>(
+        cache: &'a mut hashbrown::HashMap<std::sync::Arc<str>, Known, rustc_hash::FxBuildHasher>,
+        sql: &std::sync::Arc<str>,
+    ) -> &'a Known {
+        if cache.len() >= FINGERPRINT_CACHE && !cache.contains_key(&**sql) {
+            cache.clear();
         }
-        if self.fingerprints.len() >= FINGERPRINT_CACHE {
-            self.fingerprints.clear();
-        }
-        let f = fingerprint(sql);
-        let known = std::sync::Arc::new(Known {
-            id: f.hex_id().into(),
-            summary: f.summary,
-            operation: f.operation,
-            normalized: f.normalized,
-        });
-        self.fingerprints.insert(sql.clone(), known.clone());
-        known
+        cache
+            .raw_entry_mut()
+            .from_key(&**sql)
+            .or_insert_with(|| {
+                let f = fingerprint(sql);
+                let known = Known {
+                    id: f.hex_id().into(),
+                    summary: f.summary,
+                    operation: f.operation,
+                    normalized: f.normalized,
+                };
+                (sql.clone(), known)
+            })
+            .1
     }
 
     /// A span for `q`, counted just now (its fingerprint is the outbox's latest).
