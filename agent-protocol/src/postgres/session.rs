@@ -82,10 +82,11 @@ struct InFlight {
 
 #[derive(Debug)]
 enum Pending {
-    Op(Box<InFlight>),
+    /// Inline, not boxed: one allocation per query saved; the queue moves ~160 bytes instead.
+    Op(InFlight),
     /// A Parse awaiting ParseComplete. If the server answers with an error instead, the
     /// statement failed before any Execute (asyncpg prepares first): that is a failed call.
-    Parse(Box<InFlight>),
+    Parse(InFlight),
     /// A Sync: ReadyForQuery answers it.
     SyncPoint,
 }
@@ -104,6 +105,8 @@ struct Calls {
     statements: FxHashMap<Name, (Arc<str>, bool)>,
     statement_order: VecDeque<Name>,
     portals: FxHashMap<Name, Name>,
+    /// The statement bound to the unnamed portal.
+    unnamed_portal: Option<Name>,
     pending: VecDeque<Pending>,
     /// An error happened; Executes until the next SyncPoint are skipped by the server.
     aborting: bool,
@@ -243,7 +246,7 @@ impl Calls {
         protocol: QueryProtocol,
         ts: u64,
     ) -> Pending {
-        Pending::Op(Box::new(InFlight {
+        Pending::Op(InFlight {
             query: QueryEvent {
                 sql,
                 sql_truncated: truncated,
@@ -259,7 +262,7 @@ impl Calls {
             },
             data_rows: 0,
             tag_rows: None,
-        }))
+        })
     }
 
     /// `backend`: the other direction's framer (an encryption request changes how it reads).
@@ -298,6 +301,10 @@ impl Calls {
                 }
                 self.remember_statement(statement, sql, truncated);
             }
+            // Drivers bind the unnamed portal almost always: kept apart, it costs no hashing.
+            Frontend::Bind { portal, statement } if portal.is_empty() => {
+                self.unnamed_portal = Some(statement);
+            }
             Frontend::Bind { portal, statement } => {
                 self.portals.insert(portal, statement);
                 if self.portals.len() > MAX_STATEMENTS {
@@ -305,7 +312,11 @@ impl Calls {
                 }
             }
             Frontend::Execute { portal } => {
-                let statement = self.portals.get(&portal).cloned();
+                let statement = if portal.is_empty() {
+                    self.unnamed_portal.clone()
+                } else {
+                    self.portals.get(&portal).cloned()
+                };
                 let (sql, truncated) = match statement.as_ref().and_then(|s| self.statements.get(s))
                 {
                     Some((sql, t)) => (Some(sql.clone()), *t),
@@ -326,7 +337,11 @@ impl Calls {
                 target: Target::Portal,
                 name,
             } => {
-                self.portals.remove(&name);
+                if name.is_empty() {
+                    self.unnamed_portal = None;
+                } else {
+                    self.portals.remove(&name);
+                }
             }
             Frontend::Sync => self.push_pending(Pending::SyncPoint),
             Frontend::Terminate => {}
