@@ -190,6 +190,10 @@ impl Agent {
 /// inputs again (a ring the kernel refills as fast as it is read would otherwise hold it).
 const SOCKET_RECORDS_PER_WAKE: usize = 4096;
 
+/// Socket records applied at most right before a snapshot (what a full default ring holds
+/// of small records); the rest wait for the next wake-up.
+const SOCKET_RECORDS_BEFORE_SNAPSHOT: usize = 65_536;
+
 fn drain(
     rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>,
     sockets: &mut reader::SocketRing,
@@ -198,7 +202,9 @@ fn drain(
     while let Ok(event) = rx.try_recv() {
         state.apply(&event);
     }
-    sockets.apply_waiting(|record| state.apply_socket_record(record));
+    sockets.apply_waiting(SOCKET_RECORDS_BEFORE_SNAPSHOT, |record| {
+        state.apply_socket_record(record)
+    });
 }
 
 impl Drop for Agent {

@@ -199,13 +199,15 @@ impl SocketRing {
         Ok(())
     }
 
-    /// Hands every record waiting now to `apply` (before a snapshot, so it counts them).
-    pub fn apply_waiting(&mut self, apply: impl FnMut(&[u8])) {
+    /// Hands the records waiting now, up to `budget`, to `apply` without waiting (before a
+    /// snapshot, so it counts them). Bounded: a kernel writing as fast as we read must not
+    /// hold the snapshot back.
+    pub fn apply_waiting(&mut self, budget: usize, apply: impl FnMut(&[u8])) {
         Self::take(
             self.fd.get_mut(),
             &mut self.recorder,
             &self.counters,
-            usize::MAX,
+            budget,
             apply,
         );
     }
