@@ -413,10 +413,16 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end.max(start)]
 }
 
+/// `a` equals `b` ignoring ASCII case, `b` in lower case; text sent exactly so (the usual
+/// case) is compared as a whole instead of byte by byte.
+fn same_ignoring_case(a: &[u8], lower: &[u8]) -> bool {
+    a == lower || a.eq_ignore_ascii_case(lower)
+}
+
 fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|c| *c == b',')
-        .any(|t| trim(t).eq_ignore_ascii_case(token))
+        .any(|t| same_ignoring_case(trim(t), token))
 }
 
 /// Parses a head line by line without allocating, up to the empty line that ends it (CRLF
@@ -464,22 +470,23 @@ fn header_line<'a>(head: &mut Head<'a>, line: &'a [u8]) {
         return;
     };
     let name = trim(&line[..colon]);
-    // Dispatch on the length first: most headers are none of the four we read.
-    let wanted: &[u8] = match name.len() {
-        4 => b"host",
-        10 => b"connection",
-        14 => b"content-length",
-        17 => b"transfer-encoding",
+    // Dispatch on the length first: most headers are none of the four we read. Names are
+    // compared whole as usually written (canonical or lower case) before byte by byte.
+    let (canonical, lower): (&[u8], &[u8]) = match name.len() {
+        4 => (b"Host", b"host"),
+        10 => (b"Connection", b"connection"),
+        14 => (b"Content-Length", b"content-length"),
+        17 => (b"Transfer-Encoding", b"transfer-encoding"),
         _ => return,
     };
-    if !name.eq_ignore_ascii_case(wanted) {
+    if name != canonical && !same_ignoring_case(name, lower) {
         return;
     }
     let value = trim(&line[colon + 1..]);
     match name.len() {
         4 => head.host = Some(value),
         14 => {
-            head.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            head.content_length = crate::decimal(value);
         }
         17 => head.chunked |= has_token(value, b"chunked"),
         _ => {
@@ -516,10 +523,20 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
         b"" if p.truncated => b"HTTP/1.1",
         v => v,
     };
-    // A token is ASCII, so this cannot fail once `is_token` holds.
-    let method = match std::str::from_utf8(method) {
-        Ok(m) if is_token(m.as_bytes()) => m,
-        _ => return Err(malformed),
+    let method = match method {
+        // The usual methods need no checks.
+        b"GET" => "GET",
+        b"POST" => "POST",
+        b"PUT" => "PUT",
+        b"DELETE" => "DELETE",
+        b"HEAD" => "HEAD",
+        b"PATCH" => "PATCH",
+        b"OPTIONS" => "OPTIONS",
+        // A token is ASCII, so this cannot fail once `is_token` holds.
+        other => match std::str::from_utf8(other) {
+            Ok(m) if is_token(m.as_bytes()) => m,
+            _ => return Err(malformed),
+        },
     };
     let target = crate::lossy(target);
     if !version.starts_with(b"HTTP/1.")
@@ -565,8 +582,8 @@ fn parse_response(p: &Parsed, answers_head: bool) -> Result<(u16, Body, bool), P
     let version = parts.next().unwrap_or_default();
     let status: u16 = parts
         .next()
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .and_then(|s| s.parse().ok())
+        .and_then(crate::decimal)
+        .and_then(|n| u16::try_from(n).ok())
         .ok_or(ProtocolError::HttpMalformed("status line"))?;
     if !version.starts_with(b"HTTP/1.") || !(100..=999).contains(&status) {
         return Err(ProtocolError::HttpMalformed("status line"));

@@ -24,8 +24,24 @@ pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A decimal number written in ASCII digits (a Content-Length, a status code): None when
+/// empty, not all digits, or past u64.
+pub(crate) fn decimal(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// Bytes as an inline string; invalid UTF-8 is replaced (lossy), valid text takes the fast path.
 pub(crate) fn inline_text(bytes: &[u8]) -> CompactString {
+    if bytes.is_empty() {
+        // The unnamed statement and portal: the most common name of all.
+        return CompactString::default();
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) => CompactString::new(text),
         Err(_) => CompactString::from_utf8_lossy(bytes),
@@ -71,5 +87,24 @@ impl<'a> Chunk<'a> {
     pub fn gap(&self) -> usize {
         self.total_len
             .saturating_sub(self.data.len() + self.tail.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimals_are_digits_only_and_bounded() {
+        assert_eq!(super::decimal(b"0"), Some(0));
+        assert_eq!(super::decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(super::decimal(bad), None, "{bad:?}");
+        }
     }
 }
