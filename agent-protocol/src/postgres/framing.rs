@@ -65,6 +65,20 @@ pub struct RawMessage {
 
 const FRONTEND_TYPES: &[u8] = b"QPBDESHCXdcfpF";
 const BACKEND_TYPES: &[u8] = b"RSKZTDCEN123ntsIGHWdcAVv";
+/// The same as tables indexed by the type byte: checked for every message, where a search
+/// of the list costs a memchr call.
+static FRONTEND_TYPE: [bool; 256] = type_table(FRONTEND_TYPES);
+static BACKEND_TYPE: [bool; 256] = type_table(BACKEND_TYPES);
+
+const fn type_table(types: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < types.len() {
+        table[types[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
 /// The protocol allows up to 1 GiB; a larger length means we are not looking at a header.
 const MAX_MESSAGE: usize = 1 << 30;
 /// When guessing where a message starts after lost sync, be stricter.
@@ -160,8 +174,8 @@ impl Framer {
 
     fn valid_type(&self, kind: u8) -> bool {
         match self.direction {
-            Direction::Frontend => FRONTEND_TYPES.contains(&kind),
-            Direction::Backend => BACKEND_TYPES.contains(&kind),
+            Direction::Frontend => FRONTEND_TYPE[kind as usize],
+            Direction::Backend => BACKEND_TYPE[kind as usize],
         }
     }
 

@@ -78,9 +78,12 @@ pub enum Backend {
     },
     RowDescription,
     DataRow,
+    /// From the tag (`SELECT 5`, `INSERT 0 1`, `CREATE TABLE`), read where it lies.
     CommandComplete {
-        /// Inline: tags are short (`SELECT 5`, `INSERT 0 1`).
-        tag: Name,
+        /// The command word: `SELECT`, `INSERT`, `CREATE`.
+        command: Name,
+        /// Rows affected or returned, when the tag ends with a count.
+        rows: Option<u64>,
     },
     Error {
         sqlstate: Option<String>,
@@ -272,11 +275,14 @@ pub fn decode_backend(m: &Message<'_>) -> Result<Backend, ProtocolError> {
         b'T' => Backend::RowDescription,
         b'D' => Backend::DataRow,
         b'C' => {
-            let (tag, complete) = r.name();
+            let (tag, complete) = r.until_nul();
             if !complete && !m.truncated {
                 return Err(ProtocolError::PgTruncated("CommandComplete"));
             }
-            Backend::CommandComplete { tag }
+            Backend::CommandComplete {
+                command: command_name(command_from_tag(tag)),
+                rows: rows_from_tag(tag),
+            }
         }
         b'E' => {
             let (mut sqlstate, mut severity) = (None, None);
@@ -312,11 +318,66 @@ pub fn decode_backend(m: &Message<'_>) -> Result<Backend, ProtocolError> {
 }
 
 /// Rows affected or returned, from a CommandComplete tag: `SELECT 5`, `INSERT 0 1`, `UPDATE 3`.
-pub fn rows_from_tag(tag: &str) -> Option<u64> {
-    tag.rsplit(' ').next()?.parse().ok()
+pub fn rows_from_tag(tag: &[u8]) -> Option<u64> {
+    let last_word = tag
+        .iter()
+        .rposition(|b| *b == b' ')
+        .map_or(0, |space| space + 1);
+    crate::decimal(&tag[last_word..])
 }
 
 /// The command word of a tag (`SELECT`, `INSERT`, `CREATE TABLE` → `CREATE`).
-pub fn command_from_tag(tag: &str) -> &str {
-    tag.split(' ').next().unwrap_or(tag)
+pub fn command_from_tag(tag: &[u8]) -> &[u8] {
+    let end = tag.iter().position(|b| *b == b' ').unwrap_or(tag.len());
+    &tag[..end]
+}
+
+/// The command word as a name: the usual ones without decoding (one per query).
+fn command_name(word: &[u8]) -> Name {
+    match word {
+        b"SELECT" => Name::const_new("SELECT"),
+        b"INSERT" => Name::const_new("INSERT"),
+        b"UPDATE" => Name::const_new("UPDATE"),
+        b"DELETE" => Name::const_new("DELETE"),
+        b"BEGIN" => Name::const_new("BEGIN"),
+        b"COMMIT" => Name::const_new("COMMIT"),
+        b"ROLLBACK" => Name::const_new("ROLLBACK"),
+        b"SET" => Name::const_new("SET"),
+        other => crate::inline_text(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_complete_tags() {
+        for (tag, command, rows) in [
+            (&b"SELECT 5"[..], "SELECT", Some(5)),
+            (b"INSERT 0 1", "INSERT", Some(1)),
+            (b"CREATE TABLE", "CREATE", None),
+            (b"COPY 12", "COPY", Some(12)),
+            (b"", "", None),
+        ] {
+            let mut body = tag.to_vec();
+            body.push(0);
+            let m = Message {
+                kind: b'C',
+                body: &body,
+                declared_len: body.len(),
+                truncated: false,
+                timestamp_ns: 0,
+                lone_byte: false,
+            };
+            assert_eq!(
+                decode_backend(&m),
+                Ok(Backend::CommandComplete {
+                    command: command.into(),
+                    rows
+                }),
+                "{tag:?}"
+            );
+        }
+    }
 }

@@ -12,10 +12,7 @@ use rustc_hash::FxHashMap;
 
 use super::{
     framing::{Direction, Framer},
-    messages::{
-        Backend, Frontend, Name, Target, command_from_tag, decode_backend, decode_frontend,
-        rows_from_tag,
-    },
+    messages::{Backend, Frontend, Name, Target, decode_backend, decode_frontend},
 };
 use crate::{Chunk, ProtocolError};
 
@@ -425,13 +422,11 @@ impl Calls {
                     op.data_rows += 1;
                 }
             }
-            Backend::CommandComplete { tag } => {
+            Backend::CommandComplete { command, rows } => {
                 let simple = matches!(self.front_op(), Some(op) if op.query.protocol == QueryProtocol::Simple);
                 if let Some(op) = self.front_op() {
-                    op.query
-                        .command
-                        .get_or_insert_with(|| command_from_tag(&tag).into());
-                    if let Some(rows) = rows_from_tag(&tag) {
+                    op.query.command.get_or_insert(command);
+                    if let Some(rows) = rows {
                         op.tag_rows = Some(op.tag_rows.unwrap_or(0) + rows);
                     }
                 }
