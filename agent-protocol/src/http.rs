@@ -633,6 +633,26 @@ impl HttpSession {
         }
     }
 
+    /// Makes this session a new one for another connection, keeping its buffers (emptied)
+    /// so the new connection allocates nothing for them.
+    pub fn reuse(&mut self) {
+        let mut fresh = Self::new();
+        for (old, new) in [
+            (&mut self.requests, &mut fresh.requests),
+            (&mut self.responses, &mut fresh.responses),
+        ] {
+            if old.buf.capacity() <= crate::KEEP_ON_REUSE {
+                old.buf.clear();
+                new.buf = std::mem::take(&mut old.buf);
+            }
+        }
+        if self.open.capacity() <= 16 {
+            self.open.clear();
+            fresh.open = std::mem::take(&mut self.open);
+        }
+        *self = fresh;
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.open.len()
@@ -809,6 +829,32 @@ mod tests {
         for cut in 0..responses.len() {
             assert_eq!(run(requests.len(), cut), whole, "responses cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_reused_session_is_a_new_session() {
+        let exchange = |s: &mut HttpSession| {
+            let mut ev = s.on_read(Chunk::whole(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 1));
+            ev.extend(s.on_write(Chunk::whole(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                2,
+            )));
+            ev
+        };
+        let fresh = exchange(&mut HttpSession::new());
+        // Left with a request unanswered, a head half read and a chunked body half written.
+        let mut used = HttpSession::new();
+        used.on_read(Chunk::whole(
+            b"GET /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\nHo",
+            1,
+        ));
+        used.on_write(Chunk::whole(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+            2,
+        ));
+        used.reuse();
+        assert_eq!(used.in_flight(), 0);
+        assert_eq!(exchange(&mut used), fresh);
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub mod route;
 pub use compact_str::CompactString;
 pub use error::ProtocolError;
 
+/// Buffer bytes a session reused for another connection keeps; larger buffers are freed.
+pub(crate) const KEEP_ON_REUSE: usize = 4096;
+
 /// Bytes as text, invalid UTF-8 replaced. `str::from_utf8` first: its ASCII fast path is much
 /// quicker than `from_utf8_lossy`'s chunk walk on the valid text that nearly all of it is.
 pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {

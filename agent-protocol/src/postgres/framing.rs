@@ -123,7 +123,7 @@ impl Framer {
             untyped_next: direction == Direction::Frontend,
             single_byte_next: false,
             state: State::Header,
-            header: Vec::with_capacity(8),
+            header: Vec::new(),
             kind: 0,
             declared_len: 0,
             body: Vec::new(),
@@ -141,6 +141,19 @@ impl Framer {
         f.untyped_next = false;
         f.state = State::LostSync;
         f
+    }
+
+    /// `fresh` in place of this framer, keeping this one's buffers (emptied): a framer for
+    /// a new connection that allocates nothing for them.
+    /// A body buffer grown past `crate::KEEP_ON_REUSE` is let go rather than kept.
+    pub fn renew(&mut self, mut fresh: Self) {
+        self.header.clear();
+        self.body.clear();
+        fresh.header = std::mem::take(&mut self.header);
+        if self.body.capacity() <= crate::KEEP_ON_REUSE {
+            fresh.body = std::mem::take(&mut self.body);
+        }
+        *self = fresh;
     }
 
     pub fn with_body_cap(mut self, cap: usize) -> Self {

@@ -19,6 +19,8 @@ use crate::{Chunk, ProtocolError};
 /// Bounds per connection, so a client that never closes what it prepares cannot grow us.
 pub const MAX_STATEMENTS: usize = 1024;
 pub const MAX_PENDING: usize = 4096;
+/// Table sizes a reused session keeps; larger ones are freed.
+const KEEP_ENTRIES_ON_REUSE: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryProtocol {
@@ -137,6 +139,43 @@ impl PgSession {
             frontend,
             backend,
             calls: Calls::default(),
+        }
+    }
+
+    /// Makes this session the one `new()` (`from_start`) or `mid_stream()` would return, for
+    /// another connection, keeping its buffers and tables (emptied) so the new connection
+    /// allocates nothing for them. Every other field is fresh by construction.
+    pub fn reuse(&mut self, from_start: bool) {
+        let fresh = if from_start {
+            Self::new()
+        } else {
+            Self::mid_stream()
+        };
+        self.frontend.renew(fresh.frontend);
+        self.backend.renew(fresh.backend);
+        let old = std::mem::replace(&mut self.calls, fresh.calls);
+        let Calls {
+            mut statements,
+            mut statement_order,
+            mut portals,
+            mut pending,
+            ..
+        } = old;
+        // Tables a busy connection grew large are let go rather than kept.
+        let small = |capacity: usize| capacity <= KEEP_ENTRIES_ON_REUSE;
+        if small(statements.capacity()) && small(statement_order.capacity()) {
+            statements.clear();
+            statement_order.clear();
+            self.calls.statements = statements;
+            self.calls.statement_order = statement_order;
+        }
+        if small(portals.capacity()) {
+            portals.clear();
+            self.calls.portals = portals;
+        }
+        if small(pending.capacity()) {
+            pending.clear();
+            self.calls.pending = pending;
         }
     }
 

@@ -381,3 +381,68 @@ fn an_error_at_parse_is_a_failed_call_of_that_statement() {
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].outcome, Outcome::Ok);
 }
+
+/// A conversation: startup, a prepared statement executed on the unnamed portal, a simple
+/// query. Returns every event.
+fn conversation(s: &mut PgSession) -> Vec<SessionEvent> {
+    let mut ev = s.on_frontend(Chunk::whole(&startup("shop", "shopdb"), 1));
+    ev.extend(s.on_backend(Chunk::whole(&ready(), 2)));
+    ev.extend(s.on_frontend(Chunk::whole(
+        &cat(&[
+            parse("s1", "SELECT 1"),
+            sync(),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ]),
+        3,
+    )));
+    ev.extend(s.on_backend(Chunk::whole(
+        &cat(&[
+            typed(b'1', b""),
+            ready(),
+            typed(b'2', b""),
+            data_row(),
+            complete("SELECT 1"),
+            ready(),
+        ]),
+        4,
+    )));
+    ev.extend(s.on_frontend(Chunk::whole(&query("SELECT 2"), 5)));
+    ev.extend(s.on_backend(Chunk::whole(&cat(&[complete("SELECT 1"), ready()]), 6)));
+    ev
+}
+
+#[test]
+fn a_reused_session_is_a_new_session() {
+    let fresh = conversation(&mut PgSession::new());
+    assert_eq!(queries(fresh.clone()).len(), 2);
+    // A session left mid-query, with statements and portals...
+    let mut used = PgSession::new();
+    conversation(&mut used);
+    used.on_frontend(Chunk::whole(&cat(&[bind("p", "s1"), execute("p")]), 7));
+    assert_eq!(used.in_flight(), 1);
+    // ...serves the next connection exactly as a new one would.
+    used.reuse(true);
+    assert_eq!(used.in_flight(), 0);
+    assert_eq!(conversation(&mut used), fresh);
+    // So does one whose connection switched to TLS.
+    let mut ssl = 8i32.to_be_bytes().to_vec();
+    ssl.extend(SSL_REQUEST.to_be_bytes());
+    let mut encrypted = PgSession::new();
+    encrypted.on_frontend(Chunk::whole(&ssl, 1));
+    encrypted.on_backend(Chunk::whole(b"S", 2));
+    assert!(encrypted.encrypted());
+    encrypted.reuse(true);
+    assert!(!encrypted.encrypted());
+    assert_eq!(conversation(&mut encrypted), fresh);
+    // And joining a connection mid-stream, as `mid_stream()` does.
+    let mut joined = PgSession::mid_stream();
+    let expected = joined.on_frontend(Chunk::whole(&query("SELECT 3"), 1));
+    used.reuse(false);
+    assert_eq!(
+        used.on_frontend(Chunk::whole(&query("SELECT 3"), 1)),
+        expected
+    );
+    assert_eq!(used.in_flight(), joined.in_flight());
+}

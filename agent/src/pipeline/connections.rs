@@ -87,6 +87,20 @@ struct ThreadCursor {
 const RECENT_HTTP: usize = 8;
 
 const MAX_THREAD_CURSORS: usize = 65_536;
+
+/// Sessions (of each kind) and request queues kept for reuse.
+const SPARE_SESSIONS: usize = 64;
+
+#[derive(Debug, Default)]
+#[expect(
+    clippy::vec_box,
+    reason = "sessions live boxed in `Session`; spares keep the box to hand it back as is"
+)]
+struct Spares {
+    pg: Vec<Box<PgSession>>,
+    http: Vec<Box<HttpSession>>,
+    requests: Vec<VecDeque<RequestCost>>,
+}
 const MAX_OPEN_REQUESTS: usize = 256;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -113,6 +127,8 @@ pub struct Connections {
     index: FxHashMap<ConnKey, u32>,
     next_serial: u32,
     threads: FxHashMap<u32, ThreadCursor>,
+    /// Sessions and request queues of closed connections, for new ones.
+    spares: Spares,
     /// Reused for each chunk's PostgreSQL events.
     pg_events: Vec<SessionEvent>,
     /// Reused for each chunk's HTTP events.
@@ -128,6 +144,7 @@ impl Connections {
             index: FxHashMap::default(),
             next_serial: 1,
             threads: FxHashMap::default(),
+            spares: Spares::default(),
             pg_events: Vec::new(),
             http_events: Vec::new(),
             max,
@@ -150,15 +167,16 @@ impl Connections {
         let conn = Conn {
             key,
             serial,
-            session: Self::new_session(kind, from_start),
+            session: self.new_session(kind, from_start),
             last_active_ns: now,
             server_port,
-            requests: VecDeque::new(),
+            requests: self.spares.requests.pop().unwrap_or_default(),
         };
         if let Some(&slot) = self.index.get(&key)
             && let Some(existing) = self.conns.get_mut(slot as usize)
         {
-            *existing = conn;
+            let replaced = std::mem::replace(existing, conn);
+            self.recycle(replaced);
             return ConnRef { slot, serial };
         }
         self.make_room();
@@ -217,11 +235,45 @@ impl Connections {
         previous
     }
 
-    fn new_session(kind: SocketKind, from_start: bool) -> Session {
+    /// A session for a new connection: a closed connection's, renewed, when one is spare
+    /// (many connections live for one request: this saves their allocations).
+    fn new_session(&mut self, kind: SocketKind, from_start: bool) -> Session {
         match kind {
-            SocketKind::Postgres if from_start => Session::Pg(Box::new(PgSession::new())),
-            SocketKind::Postgres => Session::Pg(Box::new(PgSession::mid_stream())),
-            SocketKind::HttpServer => Session::Http(Box::new(HttpSession::new())),
+            SocketKind::Postgres => match self.spares.pg.pop() {
+                Some(mut pg) => {
+                    pg.reuse(from_start);
+                    Session::Pg(pg)
+                }
+                None if from_start => Session::Pg(Box::new(PgSession::new())),
+                None => Session::Pg(Box::new(PgSession::mid_stream())),
+            },
+            SocketKind::HttpServer => match self.spares.http.pop() {
+                Some(mut http) => {
+                    http.reuse();
+                    Session::Http(http)
+                }
+                None => Session::Http(Box::new(HttpSession::new())),
+            },
+        }
+    }
+
+    /// Keeps a finished connection's session and request queue for a later connection.
+    fn recycle(&mut self, conn: Conn) {
+        let Conn {
+            session,
+            mut requests,
+            ..
+        } = conn;
+        match session {
+            Session::Pg(pg) if self.spares.pg.len() < SPARE_SESSIONS => self.spares.pg.push(pg),
+            Session::Http(http) if self.spares.http.len() < SPARE_SESSIONS => {
+                self.spares.http.push(http)
+            }
+            _ => {}
+        }
+        if self.spares.requests.len() < SPARE_SESSIONS && requests.capacity() <= 16 {
+            requests.clear();
+            self.spares.requests.push(requests);
         }
     }
 
@@ -235,7 +287,9 @@ impl Connections {
             .min_by_key(|(_, c)| c.last_active_ns)
             .map(|(_, c)| c.key)
         {
-            self.remove(oldest);
+            if let Some(evicted) = self.remove(oldest) {
+                self.recycle(evicted);
+            }
             self.stats.evicted += 1;
         }
     }
@@ -318,6 +372,7 @@ impl Connections {
                 }
             }
         }
+        self.recycle(conn);
     }
 
     pub fn apply(&mut self, event: SocketEvent<'_>, aggregates: &mut Aggregates) {
