@@ -41,9 +41,17 @@ pub fn c_bytes_to_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// A decoding error. Out of line and marked cold: records decode on the hot path, and the
+/// formatting code inlined there cost every record instructions and registers.
+#[cold]
+#[inline(never)]
+pub(crate) fn malformed(what: std::fmt::Arguments<'_>) -> Error {
+    Error::Decode(what.to_string())
+}
+
 pub(crate) fn read_record<T: Copy>(bytes: &[u8], what: &str) -> Result<T> {
     if bytes.len() < size_of::<T>() {
-        return Err(Error::Decode(format!(
+        return Err(malformed(format_args!(
             "{what} record is {} bytes, expected {}",
             bytes.len(),
             size_of::<T>()

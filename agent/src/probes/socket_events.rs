@@ -4,8 +4,8 @@ use herdwatch_common::{
     direction, sock_kind,
 };
 
-use super::events::read_record;
-use crate::error::{Error, Result};
+use super::events::{malformed, read_record};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -70,7 +70,7 @@ pub enum SocketEvent<'a> {
 }
 
 fn kind(raw: u32) -> Result<SocketKind> {
-    SocketKind::from_raw(raw).ok_or_else(|| Error::Decode(format!("unknown socket kind {raw}")))
+    SocketKind::from_raw(raw).ok_or_else(|| malformed(format_args!("unknown socket kind {raw}")))
 }
 
 pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>> {
@@ -93,23 +93,25 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>> {
             let tail_start = size_of::<SocketDataHead>();
             let tail_len = head.tail_len as usize;
             if tail_len > TAIL_CAPTURE {
-                return Err(Error::Decode(format!(
+                return Err(malformed(format_args!(
                     "tail of {tail_len} bytes exceeds {TAIL_CAPTURE}"
                 )));
             }
             let tail = bytes
                 .get(tail_start..tail_start + tail_len)
-                .ok_or_else(|| Error::Decode("socket data record shorter than its tail".into()))?;
+                .ok_or_else(|| {
+                    malformed(format_args!("socket data record shorter than its tail"))
+                })?;
             let start = tail_start + TAIL_CAPTURE;
             let captured = head.captured as usize;
             let payload = bytes.get(start..start + captured).ok_or_else(|| {
-                Error::Decode(format!(
+                malformed(format_args!(
                     "socket data claims {captured} bytes, record has {}",
                     bytes.len() - start
                 ))
             })?;
             if (captured + tail_len) as u64 > head.total_len {
-                return Err(Error::Decode(format!(
+                return Err(malformed(format_args!(
                     "captured {captured} > moved {}",
                     head.total_len
                 )));
@@ -138,7 +140,7 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>> {
                 timestamp_ns: e.header.timestamp_ns,
             })
         }
-        _ => Err(Error::Decode(format!(
+        _ => Err(malformed(format_args!(
             "event kind {} on the socket ring buffer",
             header.kind
         ))),
