@@ -218,39 +218,49 @@ impl PgSession {
     /// As [`Self::on_frontend`], appending to `out`: a caller reusing one vector allocates
     /// nothing per chunk. Messages are decoded where they lie in the chunk.
     pub fn on_frontend_into(&mut self, chunk: Chunk<'_>, out: &mut Vec<SessionEvent>) {
-        let Self {
-            frontend,
-            backend,
-            calls,
-        } = self;
-        if calls.encrypted {
-            return;
-        }
-        frontend.push_with(chunk, |m| {
-            match m.and_then(|m| Ok((decode_frontend(&m)?, m))) {
-                Ok((msg, m)) => calls.frontend_message(msg, m.timestamp_ns, backend, out),
-                Err(e) => out.push(SessionEvent::Error(e)),
-            }
-        });
+        let framers = (&mut self.frontend, &mut self.backend);
+        on_chunk(
+            framers,
+            &mut self.calls,
+            chunk,
+            out,
+            decode_frontend,
+            Calls::frontend_message,
+        );
     }
 
     /// As [`Self::on_backend`], appending to `out`.
     pub fn on_backend_into(&mut self, chunk: Chunk<'_>, out: &mut Vec<SessionEvent>) {
-        let Self {
-            frontend,
-            backend,
-            calls,
-        } = self;
-        if calls.encrypted {
-            return;
-        }
-        backend.push_with(chunk, |m| {
-            match m.and_then(|m| Ok((decode_backend(&m)?, m))) {
-                Ok((msg, m)) => calls.backend_message(msg, m.timestamp_ns, frontend, out),
-                Err(e) => out.push(SessionEvent::Error(e)),
-            }
-        });
+        let framers = (&mut self.backend, &mut self.frontend);
+        on_chunk(
+            framers,
+            &mut self.calls,
+            chunk,
+            out,
+            decode_backend,
+            Calls::backend_message,
+        );
     }
+}
+
+/// Frames `chunk` with the first of `framers`, decodes each message where it lies and hands
+/// it to `handle`, which may change how the second (the other direction) reads. Nothing is
+/// read once the connection is encrypted.
+fn on_chunk<M>(
+    (reading, other): (&mut Framer, &mut Framer),
+    calls: &mut Calls,
+    chunk: Chunk<'_>,
+    out: &mut Vec<SessionEvent>,
+    decode: impl Fn(&super::framing::Message<'_>) -> Result<M, ProtocolError>,
+    handle: impl Fn(&mut Calls, M, u64, &mut Framer, &mut Vec<SessionEvent>),
+) {
+    if calls.encrypted {
+        return;
+    }
+    reading.push_with(chunk, |m| match m.and_then(|m| Ok((decode(&m)?, m))) {
+        Ok((msg, m)) => handle(calls, msg, m.timestamp_ns, other, out),
+        Err(e) => out.push(SessionEvent::Error(e)),
+    });
 }
 
 impl Calls {
