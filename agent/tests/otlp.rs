@@ -200,7 +200,8 @@ fn latest_metrics(received: &Received) -> Vec<Metric> {
 }
 
 /// Histogram count of `name` over points whose attribute `key` equals `value`.
-fn histogram_count(metrics: &[Metric], name: &str, key: &str, value: &str) -> u64 {
+/// Observations in histogram `name`'s points that carry every one of `attrs`.
+fn histogram_count(metrics: &[Metric], name: &str, attrs: &[(&str, &str)]) -> u64 {
     metrics
         .iter()
         .filter(|m| m.name == name)
@@ -210,9 +211,11 @@ fn histogram_count(metrics: &[Metric], name: &str, key: &str, value: &str) -> u6
         })
         .flat_map(|h| &h.data_points)
         .filter(|p| {
-            p.attributes
-                .iter()
-                .any(|a| a.key == key && text(&a.value) == value)
+            attrs.iter().all(|(key, value)| {
+                p.attributes
+                    .iter()
+                    .any(|a| a.key == *key && text(&a.value) == *value)
+            })
         })
         .map(|p| p.count)
         .sum()
@@ -320,8 +323,8 @@ fn run(protocol: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let metrics = loop {
             let m = latest_metrics(&received);
-            let http = histogram_count(&m, "http.server.request.duration", "http.route", "/orders/{id}");
-            let db = histogram_count(&m, "db.client.operation.duration", "db.query.summary", "SELECT orders");
+            let http = histogram_count(&m, "http.server.request.duration", &[("http.route", "/orders/{id}")]);
+            let db = histogram_count(&m, "db.client.operation.duration", &[("db.query.summary", "SELECT orders")]);
             if http == orders && db == orders {
                 break m;
             }
@@ -332,22 +335,11 @@ fn run(protocol: &str) {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        let broken_500 = metrics
-            .iter()
-            .filter(|m| m.name == "http.server.request.duration")
-            .filter_map(|m| match &m.data {
-                Some(Data::Histogram(h)) => Some(h),
-                _ => None,
-            })
-            .flat_map(|h| &h.data_points)
-            .filter(|p| {
-                p.attributes.iter().any(|a| a.key == "http.route" && text(&a.value) == "/broken")
-                    && p.attributes.iter().any(|a| {
-                        a.key == "http.response.status_code" && text(&a.value) == "500"
-                    })
-            })
-            .map(|p| p.count)
-            .sum::<u64>();
+        let broken_500 = histogram_count(
+            &metrics,
+            "http.server.request.duration",
+            &[("http.route", "/broken"), ("http.response.status_code", "500")],
+        );
         assert_eq!(broken_500, broken, "status codes ride on the HTTP histogram");
         let errors = metrics.iter().any(|m| {
             m.name == "herdwatch.db.client.errors"
@@ -378,7 +370,7 @@ fn run(protocol: &str) {
         assert!(!attr(pool_attrs, "host.name").is_empty());
         let pool_metrics: Vec<Metric> = pool.scope_metrics.iter().flat_map(|sm| sm.metrics.clone()).collect();
         assert_eq!(
-            histogram_count(&pool_metrics, "http.server.request.duration", "http.route", "/orders/{id}"),
+            histogram_count(&pool_metrics, "http.server.request.duration", &[("http.route", "/orders/{id}")]),
             orders,
             "the pool's requests are the pool service's"
         );
@@ -541,8 +533,7 @@ fn collector_down_then_up() {
             let n = histogram_count(
                 &m,
                 "http.server.request.duration",
-                "http.route",
-                "/orders/{id}",
+                &[("http.route", "/orders/{id}")],
             );
             if n == 40 {
                 break;
