@@ -578,11 +578,9 @@ fn parse_request(p: &Parsed) -> Result<(RequestHead, Body), ProtocolError> {
 /// `answers_head`: the response is to a HEAD request (no body, whatever it declares).
 fn parse_response(p: &Parsed, answers_head: bool) -> Result<(u16, Body, bool), ProtocolError> {
     let head = &p.head;
-    let mut parts = head.first_line.splitn(3, |c| *c == b' ');
-    let version = parts.next().unwrap_or_default();
-    let status: u16 = parts
-        .next()
-        .and_then(crate::decimal)
+    let (version, rest) = word(head.first_line);
+    let (status, _) = word(rest);
+    let status: u16 = crate::decimal(status)
         .and_then(|n| u16::try_from(n).ok())
         .ok_or(ProtocolError::HttpMalformed("status line"))?;
     if !version.starts_with(b"HTTP/1.") || !(100..=999).contains(&status) {

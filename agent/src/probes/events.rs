@@ -65,7 +65,7 @@ pub(crate) fn read_record<T: Copy>(bytes: &[u8], what: &str) -> Result<T> {
 pub fn decode(bytes: &[u8]) -> Result<ProcessEvent> {
     let header: EventHeader = read_record(bytes, "event header")?;
     let kind = EventKind::from_u32(header.kind)
-        .ok_or_else(|| Error::Decode(format!("unknown event kind {}", header.kind)))?;
+        .ok_or_else(|| malformed(format_args!("unknown event kind {}", header.kind)))?;
     Ok(match kind {
         EventKind::NewTask => {
             let e: NewTaskEvent = read_record(bytes, "new-task")?;
@@ -91,7 +91,7 @@ pub fn decode(bytes: &[u8]) -> Result<ProcessEvent> {
             }
         }
         EventKind::SocketOpen | EventKind::SocketData | EventKind::SocketClose => {
-            return Err(Error::Decode(format!(
+            return Err(malformed(format_args!(
                 "socket event kind {} on the process ring buffer",
                 header.kind
             )));
