@@ -115,6 +115,126 @@ pub struct SocketDataEvent {
     pub data: [u8; MAX_CAPTURE],
 }
 
+/// Python frames sent with one socket call, innermost first: enough to reach the application
+/// frame that issued a query through a driver (psycopg, asyncpg) and an ORM layer or two.
+pub const MAX_PY_FRAMES: usize = 32;
+/// Frames walked at most per call looking for the running coroutine: an asyncio worker's stack
+/// from the event loop's entry to the socket call (uvicorn under gunicorn is ~40–60 deep).
+pub const MAX_PY_WALK: u32 = 128;
+/// Thread states tried per process when a thread's own is not cached yet.
+pub const MAX_PY_THREADS: u32 = 64;
+/// Bytes read from each `_PyInterpreterFrame` in one go: every field the walk needs lies in
+/// them on CPython 3.11–3.13 (owner is the last, at 69/70).
+pub const PY_FRAME_BLOCK: usize = 72;
+/// `PyOffsets::cframe_current_frame` when the thread state points at the frame directly (3.13).
+pub const PY_NO_CFRAME: u16 = u16::MAX;
+
+/// `PyProcess::flags`.
+pub mod py_flags {
+    /// An asyncio worker: walk its frames on HTTP writes too, so the agent learns which
+    /// coroutine (Task) wrote which response.
+    pub const WALK_HTTP: u32 = 1;
+}
+
+/// `PyStackHead::status` bits.
+pub mod py_status {
+    /// The chain went on past `MAX_PY_WALK` frames: the task may be an inner coroutine.
+    pub const TRUNCATED: u32 = 1;
+    /// No thread state of the interpreter carries this thread's id.
+    pub const NO_THREAD: u32 = 2;
+    /// A thread state or frame could not be read (freed, paged out, garbage pointer).
+    pub const READ_FAILED: u32 = 4;
+}
+
+/// Where CPython keeps what the frame walk reads, per interpreter version (byte offsets). The
+/// agent fills it from its table keyed by version; the kernel side knows no version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyOffsets {
+    /// `PyInterpreterState.threads.head`.
+    pub interp_threads_head: u16,
+    /// `PyThreadState.next`.
+    pub tstate_next: u16,
+    /// `PyThreadState.native_thread_id` (the thread id in the process's pid namespace).
+    pub tstate_native_thread_id: u16,
+    /// `PyThreadState.cframe` (3.11, 3.12) or `.current_frame` (3.13).
+    pub tstate_frame: u16,
+    /// `_PyCFrame.current_frame`, or `PY_NO_CFRAME`.
+    pub cframe_current_frame: u16,
+    /// `_PyInterpreterFrame.f_code` / `.f_executable`.
+    pub frame_code: u16,
+    /// `_PyInterpreterFrame.previous`.
+    pub frame_previous: u16,
+    /// `_PyInterpreterFrame.prev_instr` / `.instr_ptr`.
+    pub frame_instr: u16,
+    /// `_PyInterpreterFrame.owner`.
+    pub frame_owner: u16,
+    /// `FRAME_OWNED_BY_GENERATOR`: the frame lives inside a generator or coroutine object.
+    pub owner_generator: u8,
+    /// `FRAME_OWNED_BY_CSTACK` (3.12+): an entry shim, not Python code (0xff = none).
+    pub owner_cstack: u8,
+    pub _reserved: [u8; 4],
+}
+
+/// A Python process the socket programs walk frames in (`PY_PROCS` map value, key tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProcess {
+    /// Address of `_PyRuntime.interpreters.head` in the process.
+    pub interp_head_addr: u64,
+    /// The process's pid namespace (device and inode of /proc/<pid>/ns/pid): thread states
+    /// carry namespace-local thread ids. 0 = the agent's own namespace.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+    pub offsets: PyOffsets,
+    /// `py_flags` bits.
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+/// One Python frame: its code object and the instruction it is at (the agent turns these into
+/// qualified name, file and line from the process's memory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrameRef {
+    pub code: u64,
+    pub instr: u64,
+}
+
+/// The Python stack of a socket call, sent just before that call's data record (same thread,
+/// same `timestamp_ns`), sized to `n_frames`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyStackHead {
+    pub header: EventHeader,
+    /// Address of the outermost coroutine frame on the stack: in asyncio, the running Task's
+    /// coroutine (its frame lives inside it, so the address names the Task while it lives).
+    /// 0 = no coroutine on the stack (a sync call, or an event-loop callback).
+    pub task: u64,
+    /// Python frames on the stack (walked, up to `MAX_PY_WALK`).
+    pub depth: u32,
+    /// Frames in the record (innermost first, up to `MAX_PY_FRAMES`).
+    pub n_frames: u32,
+    /// `py_status` bits.
+    pub status: u32,
+    pub _reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyStackEvent {
+    pub head: PyStackHead,
+    pub frames: [PyFrameRef; MAX_PY_FRAMES],
+}
+
+/// Scratch for one frame's bytes (per-CPU map value: too large for comfort on the BPF stack
+/// next to the socket program's own state).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PyFrameBlock {
+    pub bytes: [u8; PY_FRAME_BLOCK],
+}
+
 /// `sched_switch.prev_state` bits as the tracepoint reports them (`task_state_index` → `1 << (i-1)`).
 pub mod task_state {
     pub const RUNNING: u64 = 0;
@@ -183,6 +303,8 @@ pub enum EventKind {
     SocketOpen = 4,
     SocketData = 5,
     SocketClose = 6,
+    /// The Python stack of the socket call whose data record follows.
+    PyStack = 7,
 }
 
 impl EventKind {
@@ -194,6 +316,7 @@ impl EventKind {
             4 => Some(Self::SocketOpen),
             5 => Some(Self::SocketData),
             6 => Some(Self::SocketClose),
+            7 => Some(Self::PyStack),
             _ => None,
         }
     }
@@ -325,4 +448,5 @@ mod pod {
     unsafe impl aya::Pod for TracepointOffsets {}
     unsafe impl aya::Pod for CpuCurrent {}
     unsafe impl aya::Pod for SocketInfo {}
+    unsafe impl aya::Pod for PyProcess {}
 }

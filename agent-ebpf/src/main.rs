@@ -5,6 +5,7 @@
 
 mod maps;
 mod process;
+mod python;
 mod sched;
 mod socket;
 

@@ -371,6 +371,10 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         }
     }
     let exit_ns = now();
+    if call.direction == direction::EGRESS {
+        // Before the data record, so the agent has the stack when the bytes arrive.
+        crate::python::send_stack(tgid, tid, exit_ns, call.kind == sock_kind::HTTP_SERVER);
+    }
     let thread_on_cpu_ns = match THREADS.get_ptr(tid) {
         Some(c) => {
             let c = unsafe { &*c };

@@ -199,7 +199,11 @@ fn render_routes_and_queries(s: &Snapshot, out: &mut String) {
             if q.routes.is_empty() {
                 "-".to_string()
             } else {
-                q.routes.join(", ")
+                q.routes
+                    .iter()
+                    .map(|r| format!("{} ×{}", r.route, r.calls))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         );
     }

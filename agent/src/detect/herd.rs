@@ -339,7 +339,7 @@ fn describe(
         .map(|r| r.to_string())
         .collect();
     if let Some(q) = stats {
-        routes.extend(q.routes.iter().cloned());
+        routes.extend(q.routes.iter().map(|r| r.route.clone()));
     }
     routes.extend(known_routes.iter().cloned());
     let routes: Vec<String> = routes.into_iter().collect();
@@ -415,6 +415,7 @@ mod tests {
             finished_ms: start + took,
             route: Some(format!("/api/e{}", conn % 6).into()),
             in_flight_routes: Vec::new(),
+            call_site: None,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct QueryObs {
     pub route: Option<crate::pipeline::aggregates::Label>,
     /// Other requests open on the issuing thread (asyncio): candidates for who issued it.
     pub in_flight_routes: Vec<crate::pipeline::aggregates::Label>,
+    /// The application line that issued it, when its Python stack was read.
+    pub call_site: Option<crate::probes::python_code::CallSite>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -433,6 +433,7 @@ mod tests {
             finished_ms: end,
             route: None,
             in_flight_routes: Vec::new(),
+            call_site: None,
         }
     }
 

@@ -445,6 +445,7 @@ mod tests {
             finished_ms: 1.0,
             route: None,
             in_flight_routes: Vec::new(),
+            call_site: None,
         }
     }
 

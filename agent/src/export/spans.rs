@@ -22,6 +22,8 @@ pub struct QuerySpan {
     pub rows: u64,
     pub sqlstate: Option<String>,
     pub server_port: Option<u16>,
+    /// The application line that issued it (`code.*` attributes).
+    pub call_site: Option<crate::probes::python_code::CallSite>,
     /// The normalised text (literals replaced by `?`), only when `otlp.query_text` is on.
     pub normalized: Option<String>,
 }
@@ -127,6 +129,14 @@ impl SpanRecorder {
             }
             if let Some(text) = &q.normalized {
                 attrs.push(KeyValue::new("db.query.text", text.clone()));
+            }
+            if let Some(site) = &q.call_site {
+                attrs.push(KeyValue::new(
+                    "code.function.name",
+                    site.function.to_string(),
+                ));
+                attrs.push(KeyValue::new("code.file.path", site.file.to_string()));
+                attrs.push(KeyValue::new("code.line.number", i64::from(site.line)));
             }
             let mut client = self
                 .tracer

@@ -14,7 +14,7 @@ use herdwatch_protocol::{
 };
 use serde::Serialize;
 
-use crate::detect::QueryObs;
+use crate::{detect::QueryObs, probes::python_code::CallSite};
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram buckets; one more bucket
 /// counts everything slower. They resolve 1 ms … 30 s, the range the exporters publish.
@@ -167,8 +167,34 @@ pub struct QueryStats {
     pub text_unknown: bool,
     /// Processes that issued it (bounded).
     pub pids: Vec<u32>,
-    /// Routes whose requests issued it (bounded).
-    pub routes: Vec<String>,
+    /// Routes whose requests issued it, with how many calls each (bounded).
+    pub routes: Vec<RouteCalls>,
+    /// The application lines that issued it, with how many calls each (bounded).
+    pub call_sites: Vec<SiteCalls>,
+    /// Calls paired with their request by the thread heuristic on an asyncio worker whose
+    /// interpreter could not be read: their route may be wrong.
+    pub heuristic_calls: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RouteCalls {
+    pub route: String,
+    pub calls: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SiteCalls {
+    pub site: CallSite,
+    pub calls: u64,
+}
+
+/// Who issued a query, as the stitcher knows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub route: Option<&'a Label>,
+    pub site: Option<&'a CallSite>,
+    /// Paired by the thread heuristic: the route is a guess.
+    pub heuristic: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -200,6 +226,7 @@ pub struct RouteStats {
 
 const MAX_PIDS_PER_QUERY: usize = 16;
 const MAX_ROUTES_PER_QUERY: usize = 16;
+const MAX_SITES_PER_QUERY: usize = 8;
 /// Finished queries waiting for the detectors; past this they are counted, not kept.
 const OUTBOX_MAX: usize = 65_536;
 
@@ -319,10 +346,10 @@ impl Aggregates {
         conn: (u32, u32),
         server_port: Option<u16>,
         q: &QueryEvent,
-        calling_route: Option<&Label>,
+        caller: Caller<'_>,
         in_flight_routes: Vec<Label>,
     ) {
-        let id = self.count_query(conn.0, q, calling_route);
+        let id = self.count_query(conn.0, q, caller);
         if self.outbox.len() >= OUTBOX_MAX {
             self.outbox_dropped += 1;
             return;
@@ -336,21 +363,21 @@ impl Aggregates {
             started_ms: ms(q.started_ns),
             first_response_ms: q.first_response_ns.map(ms),
             finished_ms: ms(q.finished_ns.max(q.started_ns)),
-            route: calling_route.cloned(),
+            route: caller.route.cloned(),
             in_flight_routes,
+            call_site: caller.site.cloned(),
         });
     }
 
     /// Counts the query under its fingerprint; returns the fingerprint id it was counted under.
-    fn count_query(&mut self, pid: u32, q: &QueryEvent, calling_route: Option<&Label>) -> Label {
-        let calling_route = calling_route.map(|r| &**r);
+    fn count_query(&mut self, pid: u32, q: &QueryEvent, caller: Caller<'_>) -> Label {
         let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
             (Some(sql), _) => {
                 // Borrowed from the cache: no reference count taken per query.
                 let known = Self::fingerprint_of(&mut self.fingerprints, sql);
                 if let Some(entry) = self.queries.get_mut(&*known.id) {
                     // The common case: a statement seen before. No allocation past the lookup.
-                    Self::count(entry, pid, q, calling_route);
+                    Self::count(entry, pid, q, caller);
                     Self::charge(
                         &mut self.db_wait_by_pid,
                         Self::signals_for(&self.telemetry, &self.pool_of_pid, pid)
@@ -406,7 +433,7 @@ impl Aggregates {
                     ..Default::default()
                 })
         };
-        Self::count(entry, pid, q, calling_route);
+        Self::count(entry, pid, q, caller);
         Self::charge(
             &mut self.db_wait_by_pid,
             Self::signals_for(&self.telemetry, &self.pool_of_pid, pid).map(|s| &s.metrics),
@@ -437,7 +464,7 @@ impl Aggregates {
         *db_wait_by_pid.entry(pid).or_default() += took;
     }
 
-    fn count(entry: &mut QueryStats, pid: u32, q: &QueryEvent, calling_route: Option<&str>) {
+    fn count(entry: &mut QueryStats, pid: u32, q: &QueryEvent, caller: Caller<'_>) {
         let took = q.finished_ns.saturating_sub(q.started_ns);
         entry.calls += 1;
         entry.rows += q.rows;
@@ -456,11 +483,28 @@ impl Aggregates {
             Outcome::Aborted => entry.aborted += 1,
         }
         remember_pid(&mut entry.pids, pid);
-        if let Some(route) = calling_route
-            && entry.routes.len() < MAX_ROUTES_PER_QUERY
-            && !entry.routes.iter().any(|r| r == route)
-        {
-            entry.routes.push(route.to_string());
+        if caller.heuristic {
+            entry.heuristic_calls += 1;
+        }
+        if let Some(route) = caller.route {
+            if let Some(known) = entry.routes.iter_mut().find(|r| *r.route == **route) {
+                known.calls += 1;
+            } else if entry.routes.len() < MAX_ROUTES_PER_QUERY {
+                entry.routes.push(RouteCalls {
+                    route: route.to_string(),
+                    calls: 1,
+                });
+            }
+        }
+        if let Some(site) = caller.site {
+            if let Some(known) = entry.call_sites.iter_mut().find(|s| s.site == *site) {
+                known.calls += 1;
+            } else if entry.call_sites.len() < MAX_SITES_PER_QUERY {
+                entry.call_sites.push(SiteCalls {
+                    site: site.clone(),
+                    calls: 1,
+                });
+            }
         }
     }
 
@@ -576,6 +620,7 @@ impl Aggregates {
         &self,
         q: &QueryEvent,
         server_port: Option<u16>,
+        site: Option<&CallSite>,
     ) -> Option<crate::export::spans::QuerySpan> {
         let id = &self.outbox.last()?.fingerprint;
         let stats = self.queries.get(&**id)?;
@@ -587,6 +632,7 @@ impl Aggregates {
             rows: q.rows,
             sqlstate: q.sqlstate.clone(),
             server_port,
+            call_site: site.cloned(),
             normalized: self
                 .telemetry
                 .as_ref()
@@ -670,25 +716,28 @@ mod tests {
             (1, 3),
             None,
             &by_id(1),
-            Some(&Label::from("/t/{id}")),
+            Caller {
+                route: Some(&Label::from("/t/{id}")),
+                ..Caller::default()
+            },
             Vec::new(),
         );
         let mut failed = by_id(2);
         failed.outcome = Outcome::Error;
         failed.sqlstate = Some("42P01".into());
-        a.record_query((2, 3), None, &failed, None, Vec::new());
+        a.record_query((2, 3), None, &failed, Caller::default(), Vec::new());
         a.record_query(
             (1, 3),
             None,
             &q(None, Some("_pg3_0"), Outcome::Ok),
-            None,
+            Caller::default(),
             Vec::new(),
         );
         a.record_query(
             (1, 3),
             None,
             &q(Some("DELETE FROM x"), None, Outcome::Ok),
-            None,
+            Caller::default(),
             Vec::new(),
         );
         assert_eq!(a.outbox.len(), 4);
@@ -696,7 +745,13 @@ mod tests {
         assert_eq!(v.len(), 3, "two fingerprints + other: {v:?}");
         let t = v.iter().find(|s| s.summary == "SELECT t").expect("grouped");
         assert_eq!((t.calls, t.errors, t.pids.len()), (2, 1, 2));
-        assert_eq!(t.routes, vec!["/t/{id}".to_string()]);
+        assert_eq!(
+            t.routes,
+            vec![RouteCalls {
+                route: "/t/{id}".to_string(),
+                calls: 1
+            }]
+        );
         assert_eq!(t.errors_by_sqlstate.get("42P01"), Some(&1));
         assert!(
             v.iter()

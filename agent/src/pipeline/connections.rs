@@ -7,9 +7,14 @@
 //! known exactly; it is charged to the HTTP request that thread last touched (read its request
 //! or wrote its response). A PostgreSQL query finished on a thread is charged, as DB wait, to
 //! that same request. For a gunicorn sync worker (one request per thread at a time) this is
-//! exact. For an asyncio worker serving many requests on one thread it is an approximation:
-//! CPU between two socket calls goes to the request of the latest call.
-use std::collections::VecDeque;
+//! exact. An asyncio worker serves many requests on one thread: there the kernel side walks
+//! the Python stack at each query and response write, and a query belongs to the request whose
+//! response its Task (coroutine) wrote (`tasks`). Where the stack cannot be read, the old
+//! thread heuristic applies and each such query is counted as heuristic. CPU between two
+//! socket calls of an asyncio thread still goes to the request of the latest call.
+use std::{collections::VecDeque, sync::Arc};
+
+use herdwatch_common::{PyFrameRef, py_status};
 
 use rustc_hash::FxHashMap;
 
@@ -20,8 +25,17 @@ use herdwatch_protocol::{
 };
 use serde::Serialize;
 
-use super::aggregates::Aggregates;
-use crate::probes::socket_events::{SocketEvent, SocketKind};
+use super::{
+    aggregates::Aggregates,
+    tasks::{Placement, TaskBook, WaitingQuery},
+};
+use crate::{
+    probes::{
+        python_code::{CallSite, CodeCache},
+        socket_events::{SocketEvent, SocketKind},
+    },
+    procs::python::CodeLayout,
+};
 
 #[derive(Debug)]
 enum Session {
@@ -40,6 +54,43 @@ struct Conn {
     server_port: Option<u16>,
     /// HTTP: what each open request has cost so far, oldest first (as the session's queue).
     requests: VecDeque<RequestCost>,
+    /// PostgreSQL: who sent the latest writes (Python stack facts), newest last, so a query
+    /// finished later finds the write that started it.
+    sent: VecDeque<Sent>,
+    /// HTTP: the asyncio Task answering the front request (0 = none known).
+    task: u64,
+}
+
+/// What the kernel side said of the stack behind one PostgreSQL write.
+#[derive(Debug, Clone)]
+struct Sent {
+    ts: u64,
+    /// The running coroutine (asyncio Task); 0 = none on the stack.
+    task: u64,
+    /// The whole stack was read: `task` is the truth, not a guess.
+    walked: bool,
+    site: Option<Arc<CallSite>>,
+}
+
+/// Writes remembered per PostgreSQL connection (a pipeline of this many queries still pairs).
+const MAX_SENT: usize = 64;
+
+/// The Python stack a thread's next socket record belongs to.
+#[derive(Debug, Default)]
+struct StackNote {
+    ts: u64,
+    task: u64,
+    status: u32,
+    frames: Vec<PyFrameRef>,
+}
+
+/// How a traced Python process serves requests, and how to name its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PythonProcess {
+    /// Many requests per thread: queries pair with requests by Task, not by thread.
+    pub asyncio: bool,
+    /// None: its interpreter cannot be read (queries of an asyncio worker are then heuristic).
+    pub layout: Option<CodeLayout>,
 }
 
 /// Work charged to one HTTP request while it is open.
@@ -116,8 +167,24 @@ pub struct ConnectionStats {
     pub protocol_errors: u64,
     pub postgres_queries: u64,
     pub http_exchanges: u64,
-    /// Queries finished while their thread served an HTTP request (nested in it).
+    /// Queries charged to an HTTP request.
     pub queries_in_requests: u64,
+    /// Queries of asyncio workers paired with their request through their Task (exact).
+    pub queries_by_task: u64,
+    /// Queries of asyncio workers sent outside any Task (an event-loop callback): no request.
+    pub queries_outside_tasks: u64,
+    /// Queries whose Task never answered a request (a background or child task), recorded
+    /// without a route.
+    pub queries_task_unanswered: u64,
+    /// Queries of asyncio workers whose stack could not be read: paired by the thread
+    /// heuristic, which may name the wrong route. Each is also marked on its query.
+    pub queries_heuristic: u64,
+    /// Python stacks received, and those cut short (chain longer than the walk, no thread
+    /// state for the thread, or a read that failed).
+    pub py_stacks: u64,
+    pub py_stacks_truncated: u64,
+    pub py_stacks_without_thread: u64,
+    pub py_stacks_unreadable: u64,
 }
 
 #[derive(Debug)]
@@ -133,6 +200,11 @@ pub struct Connections {
     pg_events: Vec<SessionEvent>,
     /// Reused for each chunk's HTTP events.
     http_events: Vec<HttpEvent>,
+    /// Python stacks waiting for their thread's next record.
+    stacks: FxHashMap<u32, StackNote>,
+    python: FxHashMap<u32, PythonProcess>,
+    codes: CodeCache,
+    tasks: TaskBook<ConnRef>,
     max: usize,
     pub stats: ConnectionStats,
 }
@@ -147,6 +219,10 @@ impl Connections {
             spares: Spares::default(),
             pg_events: Vec::new(),
             http_events: Vec::new(),
+            stacks: FxHashMap::default(),
+            python: FxHashMap::default(),
+            codes: CodeCache::default(),
+            tasks: TaskBook::default(),
             max,
             stats: ConnectionStats::default(),
         }
@@ -171,6 +247,8 @@ impl Connections {
             last_active_ns: now,
             server_port,
             requests: self.spares.requests.pop().unwrap_or_default(),
+            sent: VecDeque::new(),
+            task: 0,
         };
         if let Some(&slot) = self.index.get(&key)
             && let Some(existing) = self.conns.get_mut(slot as usize)
@@ -355,14 +433,220 @@ impl Connections {
             };
             self.close(tgid, conn, timestamp_ns, aggregates);
         }
+        for waiting in self.tasks.expire(timestamp_ns, Some(tgid)) {
+            self.stats.queries_task_unanswered += 1;
+            self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
+        }
+        self.forget_python(tgid);
         self.stats.open = self.conns.len();
         keys.len()
+    }
+
+    /// Pairs `tgid`'s queries with requests as `process` says, from its next socket call on.
+    pub fn set_python(&mut self, tgid: u32, process: PythonProcess) {
+        self.python.insert(tgid, process);
+    }
+
+    pub fn forget_python(&mut self, tgid: u32) {
+        if self.python.remove(&tgid).is_some() {
+            self.codes.forget_process(tgid);
+        }
+    }
+
+    /// Records, without a route, the queries whose Tasks never answered a request.
+    pub fn expire_tasks(&mut self, now_ns: u64, aggregates: &mut Aggregates) {
+        for waiting in self.tasks.expire(now_ns, None) {
+            self.stats.queries_task_unanswered += 1;
+            self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
+        }
+    }
+
+    /// Tasks tracked and code objects cached (for the agent's own accounting).
+    pub fn python_state(&self) -> (usize, crate::probes::python_code::CodeStats) {
+        (self.tasks.len(), self.codes.stats)
+    }
+
+    /// Keeps a stack for the thread's next record.
+    fn note_stack(
+        &mut self,
+        tid: u32,
+        ts: u64,
+        task: u64,
+        status: u32,
+        frames: impl Iterator<Item = PyFrameRef>,
+    ) {
+        self.stats.py_stacks += 1;
+        if status & py_status::TRUNCATED != 0 {
+            self.stats.py_stacks_truncated += 1;
+        }
+        if status & py_status::NO_THREAD != 0 {
+            self.stats.py_stacks_without_thread += 1;
+        }
+        if status & py_status::READ_FAILED != 0 {
+            self.stats.py_stacks_unreadable += 1;
+        }
+        if self.stacks.len() >= MAX_THREAD_CURSORS && !self.stacks.contains_key(&tid) {
+            self.stacks.clear();
+        }
+        let note = self.stacks.entry(tid).or_default();
+        note.ts = ts;
+        note.task = task;
+        note.status = status;
+        note.frames.clear();
+        note.frames.extend(frames);
+    }
+
+    /// What the stack sent ahead of `tid`'s record at `ts` says: (task, whole stack read,
+    /// call site when `with_site`).
+    fn stack_of(&mut self, tgid: u32, tid: u32, ts: u64, with_site: bool) -> Option<Sent> {
+        let note = self.stacks.get_mut(&tid)?;
+        if note.ts != ts {
+            return None;
+        }
+        note.ts = 0;
+        let site = match (with_site, self.python.get(&tgid).and_then(|p| p.layout)) {
+            (true, Some(layout)) => self.codes.call_site(tgid, &layout, &note.frames),
+            _ => None,
+        };
+        Some(Sent {
+            ts,
+            task: note.task,
+            walked: note.status == 0,
+            site,
+        })
+    }
+
+    /// A query finished: find its request (by thread, or by Task on asyncio workers) and
+    /// record it.
+    fn on_query(
+        &mut self,
+        key: ConnKey,
+        at: ConnRef,
+        server_port: Option<u16>,
+        cursor: &ThreadCursor,
+        query: herdwatch_protocol::postgres::QueryEvent,
+        aggregates: &mut Aggregates,
+    ) {
+        self.stats.postgres_queries += 1;
+        let sent = self
+            .get(at)
+            .and_then(|c| c.sent.iter().rev().find(|s| s.ts <= query.started_ns))
+            .cloned();
+        let finished_ns = query.finished_ns;
+        let waiting = WaitingQuery {
+            conn: key,
+            server_port,
+            query,
+            site: sent.as_ref().and_then(|s| s.site.clone()),
+        };
+        if !self.python.get(&key.0).is_some_and(|p| p.asyncio) {
+            // One request per thread at a time: the thread's request is the query's.
+            self.charge_query(cursor.http_conn, waiting, Vec::new(), false, aggregates);
+            return;
+        }
+        match sent {
+            Some(s) if s.walked && s.task != 0 => {
+                match self.tasks.place((key.0, s.task), waiting, finished_ns) {
+                    Placement::Now(request, w) => {
+                        self.stats.queries_by_task += 1;
+                        self.charge_query(request, w, Vec::new(), false, aggregates);
+                    }
+                    Placement::Waiting => {}
+                    Placement::Unattributed(w) => {
+                        self.stats.queries_task_unanswered += 1;
+                        self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
+                    }
+                }
+            }
+            Some(s) if s.walked => {
+                self.stats.queries_outside_tasks += 1;
+                self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
+            }
+            _ => {
+                self.stats.queries_heuristic += 1;
+                let in_flight = self.routes_open_beside(cursor);
+                self.charge_query(cursor.http_conn, waiting, in_flight, true, aggregates);
+            }
+        }
+    }
+
+    /// The asyncio Task `task` wrote to the HTTP connection at `at`: it answers the request
+    /// in front, and the queries it finished meanwhile are that request's.
+    fn bind_task(&mut self, tgid: u32, at: ConnRef, task: u64, aggregates: &mut Aggregates) {
+        let Some(conn) = self.get_mut(at) else { return };
+        let before = std::mem::replace(&mut conn.task, task);
+        if before == task {
+            return;
+        }
+        if before != 0 {
+            for w in self.tasks.unbind((tgid, before)) {
+                self.stats.queries_task_unanswered += 1;
+                self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
+            }
+        }
+        for w in self.tasks.bind((tgid, task), at) {
+            self.stats.queries_by_task += 1;
+            self.charge_query(at, w, Vec::new(), false, aggregates);
+        }
+    }
+
+    /// The request a Task answered is over: the Task (or a later one at its address) binds
+    /// afresh on its next write.
+    fn unbind_task(&mut self, tgid: u32, task: u64, aggregates: &mut Aggregates) {
+        for w in self.tasks.unbind((tgid, task)) {
+            self.stats.queries_task_unanswered += 1;
+            self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
+        }
+    }
+
+    /// Charges a query to the request open at `request` (none: recorded without a route).
+    fn charge_query(
+        &mut self,
+        request: ConnRef,
+        waiting: WaitingQuery,
+        in_flight: Vec<super::aggregates::Label>,
+        heuristic: bool,
+        aggregates: &mut Aggregates,
+    ) {
+        let WaitingQuery {
+            conn,
+            server_port,
+            query: q,
+            site,
+        } = waiting;
+        if let Some(req) = self.get_mut(request).and_then(|c| c.requests.front_mut()) {
+            req.db_wait_ns += q.finished_ns.saturating_sub(q.started_ns);
+            req.queries += 1;
+            self.stats.queries_in_requests += 1;
+        }
+        // Borrowed, not cloned: the query record takes the one reference it keeps.
+        let route = self
+            .get(request)
+            .and_then(|c| c.requests.front())
+            .map(|req| &req.route);
+        let caller = super::aggregates::Caller {
+            route,
+            site: site.as_deref(),
+            heuristic,
+        };
+        aggregates.record_query(conn, server_port, &q, caller, in_flight);
+        if aggregates.telemetry.is_some()
+            && request.is_some()
+            && let Some(span) = aggregates.query_span(&q, server_port, site.as_deref())
+            && let Some(req) = self.get_mut(request).and_then(|c| c.requests.front_mut())
+            && req.query_spans.len() < MAX_QUERY_SPANS
+        {
+            req.query_spans.push(span);
+        }
     }
 
     /// Ends a connection taken out of the table: an HTTP response that runs until close ends
     /// here, and requests never answered are recorded as such.
     fn close(&mut self, tgid: u32, mut conn: Conn, timestamp_ns: u64, aggregates: &mut Aggregates) {
         self.stats.closed += 1;
+        if conn.task != 0 {
+            self.unbind_task(tgid, conn.task, aggregates);
+        }
         if let Session::Http(http) = &mut conn.session {
             for ev in http.on_close(timestamp_ns) {
                 if let HttpEvent::Exchange(x) = ev {
@@ -399,6 +683,14 @@ impl Connections {
                     self.close(tgid, conn, timestamp_ns, aggregates);
                 }
             }
+            SocketEvent::PyStack {
+                tid,
+                timestamp_ns,
+                task,
+                status,
+                frames,
+                ..
+            } => self.note_stack(tid, timestamp_ns, task, status, frames.iter()),
             SocketEvent::Data {
                 tgid,
                 tid,
@@ -431,6 +723,9 @@ impl Connections {
                     ConnRef::default()
                 };
                 let cursor = self.charge_cpu(tid, thread_on_cpu_ns, serving);
+                if !ingress {
+                    self.on_write_stack(tgid, tid, kind, at, exit_ns, aggregates);
+                }
                 let total = usize::try_from(total_len)
                     .unwrap_or(usize::MAX)
                     .max(payload.len() + tail.len());
@@ -440,93 +735,111 @@ impl Connections {
                     timestamp_ns: exit_ns,
                     tail,
                 };
-                let Some(conn) = self.conns.get_mut(at.slot as usize) else {
-                    return;
-                };
-                let server_port = conn.server_port;
-                conn.last_active_ns = exit_ns;
-                match &mut conn.session {
-                    Session::Pg(pg) => {
-                        let mut events = std::mem::take(&mut self.pg_events);
-                        if ingress {
-                            pg.on_backend_into(chunk, &mut events);
-                        } else {
-                            pg.on_frontend_into(chunk, &mut events);
-                        }
-                        for ev in events.drain(..) {
-                            match ev {
-                                SessionEvent::Query(q) => {
-                                    self.stats.postgres_queries += 1;
-                                    // Nested in the request this thread serves, if any.
-                                    if let Some(req) = self
-                                        .get_mut(cursor.http_conn)
-                                        .and_then(|c| c.requests.front_mut())
-                                    {
-                                        req.db_wait_ns +=
-                                            q.finished_ns.saturating_sub(q.started_ns);
-                                        req.queries += 1;
-                                        self.stats.queries_in_requests += 1;
-                                    }
-                                    let in_flight = self.routes_open_beside(&cursor);
-                                    // Borrowed, not cloned: the query record takes the one
-                                    // reference it keeps.
-                                    let route = self
-                                        .get(cursor.http_conn)
-                                        .and_then(|c| c.requests.front())
-                                        .map(|req| &req.route);
-                                    aggregates.record_query(key, server_port, &q, route, in_flight);
-                                    if aggregates.telemetry.is_some()
-                                        && cursor.http_conn.is_some()
-                                        && let Some(span) = aggregates.query_span(&q, server_port)
-                                        && let Some(req) = self
-                                            .get_mut(cursor.http_conn)
-                                            .and_then(|c| c.requests.front_mut())
-                                        && req.query_spans.len() < MAX_QUERY_SPANS
-                                    {
-                                        req.query_spans.push(span);
-                                    }
-                                }
-                                SessionEvent::Error(_) => self.stats.protocol_errors += 1,
-                                SessionEvent::Startup { .. } | SessionEvent::Encrypted => {}
-                            }
-                        }
-                        self.pg_events = events;
-                    }
-                    Session::Http(http) => {
-                        let mut events = std::mem::take(&mut self.http_events);
-                        if ingress {
-                            http.on_read_into(chunk, &mut events);
-                        } else {
-                            http.on_write_into(chunk, &mut events);
-                        }
-                        for ev in events.drain(..) {
-                            match ev {
-                                HttpEvent::RequestStarted { request, .. } => {
-                                    if conn.requests.len() >= MAX_OPEN_REQUESTS {
-                                        conn.requests.pop_front();
-                                    }
-                                    conn.requests.push_back(RequestCost {
-                                        route: aggregates.route_of(&request.target),
-                                        cpu_ns: 0,
-                                        db_wait_ns: 0,
-                                        queries: 0,
-                                        query_spans: Vec::new(),
-                                    });
-                                }
-                                HttpEvent::Exchange(x) => {
-                                    let cost = conn.requests.pop_front();
-                                    self.stats.http_exchanges += 1;
-                                    aggregates.record_exchange(tgid, &x, cost.as_ref());
-                                }
-                                HttpEvent::Error(_) => self.stats.protocol_errors += 1,
-                            }
-                        }
-                        self.http_events = events;
-                    }
-                }
+                self.on_chunk(key, at, ingress, chunk, &cursor, aggregates);
             }
         }
         self.stats.open = self.conns.len();
+    }
+
+    /// A write's Python stack: remembered for the queries it starts (PostgreSQL), or binding
+    /// its Task to the request it answers (HTTP, asyncio workers).
+    fn on_write_stack(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        kind: SocketKind,
+        at: ConnRef,
+        exit_ns: u64,
+        aggregates: &mut Aggregates,
+    ) {
+        let postgres = kind == SocketKind::Postgres;
+        let Some(sent) = self.stack_of(tgid, tid, exit_ns, postgres) else {
+            return;
+        };
+        if postgres {
+            if let Some(conn) = self.get_mut(at) {
+                if conn.sent.len() >= MAX_SENT {
+                    conn.sent.pop_front();
+                }
+                conn.sent.push_back(sent);
+            }
+        } else if sent.walked && sent.task != 0 {
+            self.bind_task(tgid, at, sent.task, aggregates);
+        }
+    }
+
+    /// Feeds a chunk to the connection's session and acts on what it completes.
+    fn on_chunk(
+        &mut self,
+        key: ConnKey,
+        at: ConnRef,
+        ingress: bool,
+        chunk: Chunk<'_>,
+        cursor: &ThreadCursor,
+        aggregates: &mut Aggregates,
+    ) {
+        let tgid = key.0;
+        let Some(conn) = self.conns.get_mut(at.slot as usize) else {
+            return;
+        };
+        let server_port = conn.server_port;
+        conn.last_active_ns = chunk.timestamp_ns;
+        match &mut conn.session {
+            Session::Pg(pg) => {
+                let mut events = std::mem::take(&mut self.pg_events);
+                if ingress {
+                    pg.on_backend_into(chunk, &mut events);
+                } else {
+                    pg.on_frontend_into(chunk, &mut events);
+                }
+                for ev in events.drain(..) {
+                    match ev {
+                        SessionEvent::Query(q) => {
+                            self.on_query(key, at, server_port, cursor, q, aggregates);
+                        }
+                        SessionEvent::Error(_) => self.stats.protocol_errors += 1,
+                        SessionEvent::Startup { .. } | SessionEvent::Encrypted => {}
+                    }
+                }
+                self.pg_events = events;
+            }
+            Session::Http(http) => {
+                let mut events = std::mem::take(&mut self.http_events);
+                if ingress {
+                    http.on_read_into(chunk, &mut events);
+                } else {
+                    http.on_write_into(chunk, &mut events);
+                }
+                let mut answered_task = 0;
+                for ev in events.drain(..) {
+                    match ev {
+                        HttpEvent::RequestStarted { request, .. } => {
+                            if conn.requests.len() >= MAX_OPEN_REQUESTS {
+                                conn.requests.pop_front();
+                            }
+                            conn.requests.push_back(RequestCost {
+                                route: aggregates.route_of(&request.target),
+                                cpu_ns: 0,
+                                db_wait_ns: 0,
+                                queries: 0,
+                                query_spans: Vec::new(),
+                            });
+                        }
+                        HttpEvent::Exchange(x) => {
+                            let cost = conn.requests.pop_front();
+                            self.stats.http_exchanges += 1;
+                            aggregates.record_exchange(tgid, &x, cost.as_ref());
+                            answered_task = std::mem::take(&mut conn.task);
+                        }
+                        HttpEvent::Error(_) => self.stats.protocol_errors += 1,
+                    }
+                }
+                self.http_events = events;
+                if answered_task != 0 {
+                    self.unbind_task(tgid, answered_task, aggregates);
+                }
+            }
+        }
     }
 }
 

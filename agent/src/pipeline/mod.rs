@@ -5,5 +5,6 @@ pub mod connections;
 pub mod host;
 pub mod snapshot;
 pub mod state;
+pub mod tasks;
 
 pub use snapshot::Snapshot;

@@ -175,5 +175,20 @@ pub struct AgentStats {
     pub socket_events_received: u64,
     pub socket_events_malformed: u64,
     pub connections: ConnectionStats,
+    pub python: PythonStats,
     pub export: crate::export::delivery::ExportDrops,
+}
+
+/// Python processes whose frames the kernel side walks, and what naming them costs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PythonStats {
+    /// Pool workers whose interpreter was found and has a known layout.
+    pub processes_readable: usize,
+    /// Pool workers whose interpreter cannot be read (stripped, unknown version): their
+    /// asyncio queries are paired by the thread heuristic and counted as such.
+    pub processes_unreadable: usize,
+    /// asyncio Tasks tracked (bound to a request or holding finished queries).
+    pub tasks_tracked: usize,
+    pub code_objects: usize,
+    pub code_objects_unreadable: u64,
 }

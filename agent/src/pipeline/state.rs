@@ -64,6 +64,9 @@ pub struct PipelineState {
     finding_logs: Option<crate::export::logs::FindingLogger>,
     /// OTLP export losses, when OTLP is on.
     export_counters: Option<Arc<crate::export::delivery::ExportCounters>>,
+    interpreters: crate::procs::python::Interpreters,
+    /// Pool workers registered for frame walking, and whether their interpreter is readable.
+    python_workers: HashMap<u32, bool>,
 }
 
 /// A pool's cumulative time since the agent started watching it, ns.
@@ -107,6 +110,8 @@ impl PipelineState {
             prev_cgroup_usage: HashMap::new(),
             finding_logs: None,
             export_counters: None,
+            interpreters: Default::default(),
+            python_workers: HashMap::new(),
             table,
             maps,
             reader,
@@ -166,8 +171,83 @@ impl PipelineState {
         }
     }
 
+    /// Registers new pool workers for frame walking (their interpreter found in their memory
+    /// map) and forgets workers that left. A worker whose interpreter cannot be read is still
+    /// registered with the pipeline, so its asyncio queries are counted as heuristic.
+    fn sync_python(&mut self) {
+        let mut current = HashMap::new();
+        for pool in &self.pools {
+            for &w in &pool.workers {
+                current.insert(w, pool.runs_asyncio());
+            }
+        }
+        self.python_workers.retain(|pid, _| {
+            let keep = current.contains_key(pid);
+            if !keep {
+                self.maps.forget_python(*pid);
+                self.connections.forget_python(*pid);
+            }
+            keep
+        });
+        for (pid, asyncio) in current {
+            if self.python_workers.contains_key(&pid) {
+                continue;
+            }
+            let layout = match self.interpreters.discover(pid, asyncio) {
+                Ok(interp) => match self.maps.set_python(pid, &interp.process) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            "pid {pid}: CPython {}.{} ({}), frames walked",
+                            interp.major,
+                            interp.minor,
+                            interp.file.display()
+                        );
+                        Some(interp.layout.code)
+                    }
+                    Err(e) => {
+                        tracing::warn!("pid {pid}: {e}");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::info!(
+                        "pid {pid}: Python frames cannot be read ({e}); its queries are paired with requests by thread{}",
+                        if asyncio {
+                            ", a guess on asyncio workers (counted as heuristic)"
+                        } else {
+                            ""
+                        }
+                    );
+                    None
+                }
+            };
+            self.connections.set_python(
+                pid,
+                crate::pipeline::connections::PythonProcess { asyncio, layout },
+            );
+            self.python_workers.insert(pid, layout.is_some());
+        }
+    }
+
+    fn python_stats(&self) -> super::snapshot::PythonStats {
+        let readable = self.python_workers.values().filter(|r| **r).count();
+        let (tasks, codes) = self.connections.python_state();
+        super::snapshot::PythonStats {
+            processes_readable: readable,
+            processes_unreadable: self.python_workers.len() - readable,
+            tasks_tracked: tasks,
+            code_objects: codes.code_objects,
+            code_objects_unreadable: codes.unreadable,
+        }
+    }
+
     pub fn apply_socket(&mut self, event: SocketEvent<'_>) {
         self.connections.apply(event, &mut self.aggregates);
+        self.feed_detectors();
+    }
+
+    /// Hands the queries finished since the last call to the detectors.
+    fn feed_detectors(&mut self) {
         if !self.aggregates.outbox.is_empty() {
             let table = &self.table;
             for q in self.aggregates.outbox.drain(..) {
@@ -361,8 +441,12 @@ impl PipelineState {
                 .flat_map(|p| p.workers.iter().copied())
                 .collect();
             self.maps.sync_http_servers(&workers);
+            self.sync_python();
             self.name_pools();
         }
+        self.connections
+            .expire_tasks(now_mono, &mut self.aggregates);
+        self.feed_detectors();
         let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
         let serving = self.connections.open_requests_by_pid();
         let mut pool_views: Vec<PoolView> = self
@@ -495,6 +579,7 @@ impl PipelineState {
             socket_events_received: self.socket_reader.received.load(Ordering::Relaxed),
             socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
             connections: self.connections.stats,
+            python: self.python_stats(),
             export: self
                 .export_counters
                 .as_ref()

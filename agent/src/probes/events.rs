@@ -90,7 +90,10 @@ pub fn decode(bytes: &[u8]) -> Result<ProcessEvent> {
                 timestamp_ns: e.header.timestamp_ns,
             }
         }
-        EventKind::SocketOpen | EventKind::SocketData | EventKind::SocketClose => {
+        EventKind::SocketOpen
+        | EventKind::SocketData
+        | EventKind::SocketClose
+        | EventKind::PyStack => {
             return Err(malformed(format_args!(
                 "socket event kind {} on the process ring buffer",
                 header.kind

@@ -5,7 +5,7 @@ use aya::{
 };
 use std::collections::HashSet;
 
-use herdwatch_common::{CpuCurrent, SocketInfo, ThreadCounters, socket_key, stat};
+use herdwatch_common::{CpuCurrent, PyProcess, SocketInfo, ThreadCounters, socket_key, stat};
 
 use super::socket_events::SocketKind;
 
@@ -30,6 +30,7 @@ pub struct KernelMaps {
     sockets: HashMap<MapData, u64, SocketInfo>,
     pg_ports: HashMap<MapData, u16, u8>,
     http_servers: HashMap<MapData, u32, u8>,
+    py_procs: HashMap<MapData, u32, PyProcess>,
     /// What was last written to HTTP_SERVERS, to sync by difference.
     http_server_set: HashSet<u32>,
 }
@@ -64,6 +65,7 @@ impl KernelMaps {
         let pg_ports = HashMap::try_from(take(ebpf, "PG_PORTS")?).map_err(map_err("PG_PORTS"))?;
         let http_servers =
             HashMap::try_from(take(ebpf, "HTTP_SERVERS")?).map_err(map_err("HTTP_SERVERS"))?;
+        let py_procs = HashMap::try_from(take(ebpf, "PY_PROCS")?).map_err(map_err("PY_PROCS"))?;
         Ok(Self {
             threads,
             stats,
@@ -71,6 +73,7 @@ impl KernelMaps {
             sockets,
             pg_ports,
             http_servers,
+            py_procs,
             http_server_set: HashSet::new(),
         })
     }
@@ -111,6 +114,20 @@ impl KernelMaps {
             }
         }
         self.http_server_set = tgids.clone();
+    }
+
+    /// Walks `tgid`'s Python frames at its socket calls from now on.
+    pub fn set_python(&mut self, tgid: u32, process: &PyProcess) -> Result<()> {
+        self.py_procs
+            .insert(tgid, process, 0)
+            .map_err(|e| Error::Map {
+                name: "PY_PROCS",
+                detail: e.to_string(),
+            })
+    }
+
+    pub fn forget_python(&mut self, tgid: u32) {
+        let _ = self.py_procs.remove(&tgid);
     }
 
     /// Starts tracing an existing socket (found in /proc at start).

@@ -4,6 +4,7 @@ pub mod btf;
 pub mod events;
 pub mod loader;
 pub mod maps;
+pub mod python_code;
 pub mod reader;
 pub mod socket_events;
 pub mod tracefs;

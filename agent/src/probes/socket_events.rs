@@ -1,7 +1,7 @@
 //! Decoding of socket ring-buffer records. Pure; malformed records are errors to count.
 use herdwatch_common::{
-    EventHeader, EventKind, SocketCloseEvent, SocketDataHead, SocketOpenEvent, TAIL_CAPTURE,
-    direction, sock_kind,
+    EventHeader, EventKind, MAX_PY_FRAMES, PyFrameRef, PyStackHead, SocketCloseEvent,
+    SocketDataHead, SocketOpenEvent, TAIL_CAPTURE, direction, sock_kind,
 };
 
 use super::events::{malformed, read_record};
@@ -67,6 +67,40 @@ pub enum SocketEvent<'a> {
         kind: SocketKind,
         timestamp_ns: u64,
     },
+    /// The Python stack of the thread's next data record (same `timestamp_ns`).
+    PyStack {
+        tgid: u32,
+        tid: u32,
+        timestamp_ns: u64,
+        /// The running coroutine's frame address (asyncio Task), 0 = none.
+        task: u64,
+        /// `py_status` bits.
+        status: u32,
+        frames: PyFrames<'a>,
+    },
+}
+
+/// Frames of a stack record, innermost first, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PyFrames<'a>(&'a [u8]);
+
+impl<'a> PyFrames<'a> {
+    pub fn iter(self) -> impl Iterator<Item = PyFrameRef> + 'a {
+        self.0
+            .chunks_exact(size_of::<PyFrameRef>())
+            .map(|c| PyFrameRef {
+                code: u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
+                instr: u64::from_le_bytes(c[8..16].try_into().unwrap_or_default()),
+            })
+    }
+
+    pub fn len(self) -> usize {
+        self.0.len() / size_of::<PyFrameRef>()
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 fn kind(raw: u32) -> Result<SocketKind> {
@@ -138,6 +172,27 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>> {
                 fd: e.fd,
                 kind: kind(e.kind)?,
                 timestamp_ns: e.header.timestamp_ns,
+            })
+        }
+        Some(EventKind::PyStack) => {
+            let head: PyStackHead = read_record(bytes, "python stack")?;
+            let n = head.n_frames as usize;
+            if n > MAX_PY_FRAMES {
+                return Err(malformed(format_args!(
+                    "python stack of {n} frames exceeds {MAX_PY_FRAMES}"
+                )));
+            }
+            let start = size_of::<PyStackHead>();
+            let frames = bytes
+                .get(start..start + n * size_of::<PyFrameRef>())
+                .ok_or_else(|| malformed(format_args!("python stack shorter than its frames")))?;
+            Ok(SocketEvent::PyStack {
+                tgid: head.header.tgid,
+                tid: head.header.tid,
+                timestamp_ns: head.header.timestamp_ns,
+                task: head.task,
+                status: head.status,
+                frames: PyFrames(frames),
             })
         }
         _ => Err(malformed(format_args!(

@@ -2,7 +2,9 @@
 //! of gunicorn/uvicorn worker pools in it.
 pub mod cgroup;
 pub mod cmdline;
+pub mod memory;
 pub mod pools;
+pub mod python;
 pub mod table;
 pub mod worker_state;
 

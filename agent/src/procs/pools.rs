@@ -37,6 +37,20 @@ impl Pool {
             .chain(self.workers.iter().copied().filter(|w| *w != self.master))
     }
 
+    /// Whether its workers serve many requests per thread on an asyncio event loop (uvicorn,
+    /// or gunicorn with an ASGI worker class) rather than one per thread (sync, gthread).
+    pub fn runs_asyncio(&self) -> bool {
+        match self.kind {
+            PoolKind::Uvicorn => true,
+            PoolKind::Gunicorn => {
+                let class = self.worker_class.to_ascii_lowercase();
+                ["uvicorn", "asgi", "aiohttp"]
+                    .iter()
+                    .any(|w| class.contains(w))
+            }
+        }
+    }
+
     /// A stable, human name: `gunicorn shop.app:app (pid 123)`.
     pub fn name(&self) -> String {
         let kind = match self.kind {

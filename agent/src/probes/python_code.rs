@@ -1,0 +1,327 @@
+//! Naming the frames the kernel side sent: code object → qualified name, file, line table,
+//! read from the process's memory once and cached; instruction → line number; and the call
+//! site of a stack (its innermost frame outside the standard library and site-packages).
+use std::sync::Arc;
+
+use herdwatch_common::PyFrameRef;
+use rustc_hash::FxHashMap;
+
+use crate::procs::{memory, python::CodeLayout};
+
+/// Longest name or path kept from a code object (a bound on memory and on labels).
+const MAX_NAME: usize = 200;
+/// Longest line table read (a function of a few thousand lines).
+const MAX_LINETABLE: usize = 64 * 1024;
+/// Code objects cached across all processes; past this the cache starts again.
+const MAX_CODES: usize = 65_536;
+
+/// Where a query was issued from: the application's line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct CallSite {
+    /// `co_filename`, as the process has it.
+    pub file: Arc<str>,
+    pub line: u32,
+    /// `co_qualname`, e.g. `OrderService.create`.
+    pub function: Arc<str>,
+}
+
+impl std::fmt::Display for CallSite {
+    /// `shop/checkout.py:88 in create_order()`: the file's last two path parts.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = self.file.rsplitn(3, '/');
+        let name = parts.next().unwrap_or_default();
+        let short = match parts.next() {
+            Some(dir) if !dir.is_empty() => format!("{dir}/{name}"),
+            _ => name.to_string(),
+        };
+        write!(f, "{short}:{} in {}()", self.line, self.function)
+    }
+}
+
+#[derive(Debug)]
+struct Code {
+    file: Arc<str>,
+    function: Arc<str>,
+    first_line: u32,
+    linetable: Box<[u8]>,
+    /// The standard library, site-packages or a frozen module: not where a person fixes it.
+    library: bool,
+}
+
+/// Code objects per (tgid, address), bounded; a process's entries go when it exits.
+#[derive(Debug, Default)]
+pub struct CodeCache {
+    codes: FxHashMap<(u32, u64), Option<Arc<Code>>>,
+    /// Call sites by the (tgid, code, instruction) of their frame.
+    sites: FxHashMap<(u32, u64, u64), Arc<CallSite>>,
+    pub stats: CodeStats,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct CodeStats {
+    pub code_objects: usize,
+    /// Code objects that could not be read (freed, or a garbage pointer).
+    pub unreadable: u64,
+}
+
+impl CodeCache {
+    /// The call site of a stack (innermost first): the innermost frame whose code is the
+    /// application's. None when every frame is library code or unreadable. Shared: the same
+    /// line is one allocation however often it queries.
+    pub fn call_site(
+        &mut self,
+        tgid: u32,
+        layout: &CodeLayout,
+        frames: &[PyFrameRef],
+    ) -> Option<Arc<CallSite>> {
+        for f in frames {
+            if let Some(site) = self.sites.get(&(tgid, f.code, f.instr)) {
+                return Some(site.clone());
+            }
+            let Some(code) = self.code(tgid, layout, f.code) else {
+                continue;
+            };
+            if code.library {
+                continue;
+            }
+            let line = instruction_line(layout, f, &code).unwrap_or(code.first_line);
+            let site = Arc::new(CallSite {
+                file: code.file.clone(),
+                line,
+                function: code.function.clone(),
+            });
+            if self.sites.len() >= MAX_CODES {
+                self.sites.clear();
+            }
+            self.sites.insert((tgid, f.code, f.instr), site.clone());
+            return Some(site);
+        }
+        None
+    }
+
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.codes.retain(|(t, _), _| *t != tgid);
+        self.sites.retain(|(t, _, _), _| *t != tgid);
+        self.stats.code_objects = self.codes.len();
+    }
+
+    fn code(&mut self, tgid: u32, layout: &CodeLayout, addr: u64) -> Option<Arc<Code>> {
+        if let Some(known) = self.codes.get(&(tgid, addr)) {
+            return known.clone();
+        }
+        let code = read_code(tgid, layout, addr).map(Arc::new);
+        if code.is_none() {
+            self.stats.unreadable += 1;
+        }
+        if self.codes.len() >= MAX_CODES {
+            self.codes.clear();
+        }
+        self.codes.insert((tgid, addr), code.clone());
+        self.stats.code_objects = self.codes.len();
+        code
+    }
+}
+
+fn read_code(pid: u32, layout: &CodeLayout, addr: u64) -> Option<Code> {
+    let file = read_str(
+        pid,
+        layout,
+        memory::read_u64(pid, addr + layout.co_filename)?,
+    )?;
+    let function = read_str(
+        pid,
+        layout,
+        memory::read_u64(pid, addr + layout.co_qualname)?,
+    )?;
+    let first_line = memory::read_u32(pid, addr + layout.co_firstlineno)?;
+    let table = memory::read_u64(pid, addr + layout.co_linetable)?;
+    // PyBytesObject: ob_size at 16, bytes at 32.
+    let len = usize::try_from(memory::read_u64(pid, table + 16)?).ok()?;
+    let mut linetable = vec![0u8; len.min(MAX_LINETABLE)];
+    if !memory::read(pid, table + 32, &mut linetable) {
+        return None;
+    }
+    Some(Code {
+        library: is_library(&file),
+        file: file.into(),
+        function: function.into(),
+        first_line,
+        linetable: linetable.into_boxed_slice(),
+    })
+}
+
+/// A `str` object's text, bounded. Compact strings only (every code object's are).
+fn read_str(pid: u32, layout: &CodeLayout, addr: u64) -> Option<String> {
+    // PyASCIIObject: length at 16, state bit-field at 32 (interned:2, kind:3, compact:1, ascii:1).
+    let len = usize::try_from(memory::read_u64(pid, addr + 16)?).ok()?;
+    let state = memory::read_u32(pid, addr + 32)?;
+    let (kind, compact, ascii) = ((state >> 2) & 7, state >> 5 & 1 == 1, state >> 6 & 1 == 1);
+    if !compact {
+        return None;
+    }
+    let chars = len.min(MAX_NAME);
+    let data = addr
+        + if ascii {
+            layout.ascii_data
+        } else {
+            layout.compact_data
+        };
+    let width = match kind {
+        1 => 1,
+        2 => 2,
+        4 => 4,
+        _ => return None,
+    };
+    let mut raw = vec![0u8; chars * width];
+    if !memory::read(pid, data, &mut raw) {
+        return None;
+    }
+    let text = raw
+        .chunks_exact(width)
+        .map(|c| {
+            let mut v = [0u8; 4];
+            v[..width].copy_from_slice(c);
+            char::from_u32(u32::from_le_bytes(v)).unwrap_or(char::REPLACEMENT_CHARACTER)
+        })
+        .collect();
+    Some(text)
+}
+
+/// Standard library, installed packages, frozen or generated code.
+pub fn is_library(file: &str) -> bool {
+    file.starts_with('<')
+        || file.contains("/site-packages/")
+        || file.contains("/dist-packages/")
+        || stdlib_dir(file)
+}
+
+/// `…/lib/python3.11/asyncio/base_events.py` (but not its site-packages).
+fn stdlib_dir(file: &str) -> bool {
+    file.match_indices("/lib/python").any(|(at, m)| {
+        let rest = &file[at + m.len()..];
+        let version_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        version_end > 0 && rest[version_end..].starts_with('/')
+    })
+}
+
+/// The line a frame is at, from the code object's location table.
+fn instruction_line(layout: &CodeLayout, frame: &PyFrameRef, code: &Code) -> Option<u32> {
+    let start = frame.code.checked_add(layout.co_code_adaptive)?;
+    // `prev_instr` sits one code unit before the first instruction until the frame starts.
+    let units = frame.instr.checked_sub(start)? / 2;
+    line_at(&code.linetable, code.first_line, units)
+}
+
+/// CPython 3.11+ location table (Objects/locations.md): entries of `(first & 7) + 1` code
+/// units; bits 3–6 of the first byte say how the line changes.
+pub fn line_at(table: &[u8], first_line: u32, target_unit: u64) -> Option<u32> {
+    let mut line = i64::from(first_line);
+    let mut unit = 0u64;
+    let mut at = 0usize;
+    while at < table.len() {
+        let first = table[at];
+        let code = (first >> 3) & 15;
+        let len = u64::from(first & 7) + 1;
+        let delta = match code {
+            13 | 14 => signed_varint(table, at + 1)?,
+            11 => 1,
+            12 => 2,
+            _ => 0,
+        };
+        line += delta;
+        if target_unit < unit + len {
+            return (code != 15).then(|| u32::try_from(line).ok()).flatten();
+        }
+        unit += len;
+        at += 1;
+        while at < table.len() && table[at] & 0x80 == 0 {
+            at += 1;
+        }
+    }
+    None
+}
+
+fn signed_varint(table: &[u8], mut at: usize) -> Option<i64> {
+    let mut byte = *table.get(at)?;
+    let mut value = u64::from(byte & 63);
+    let mut shift = 0;
+    while byte & 64 != 0 && shift < 56 {
+        at += 1;
+        byte = *table.get(at)?;
+        shift += 6;
+        value |= u64::from(byte & 63) << shift;
+    }
+    let magnitude = (value >> 1) as i64;
+    Some(if value & 1 == 1 {
+        -magnitude
+    } else {
+        magnitude
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_paths() {
+        for lib in [
+            "/usr/lib/python3.11/asyncio/base_events.py",
+            "/root/.pyenv/versions/3.11.7/lib/python3.11/socket.py",
+            "/srv/venv/lib/python3.11/site-packages/psycopg/cursor.py",
+            "/usr/lib/python3/dist-packages/flask/app.py",
+            "<frozen importlib._bootstrap>",
+        ] {
+            assert!(is_library(lib), "{lib}");
+        }
+        for app in [
+            "/srv/shop/checkout.py",
+            "/work/agent/tests/apps/attribution/app.py",
+            "/home/u/lib/pythonic/app.py",
+        ] {
+            assert!(!is_library(app), "{app}");
+        }
+    }
+
+    #[test]
+    fn call_sites_read_as_file_line_function() {
+        let site = CallSite {
+            file: "/srv/shop/checkout.py".into(),
+            line: 88,
+            function: "create_order".into(),
+        };
+        assert_eq!(site.to_string(), "shop/checkout.py:88 in create_order()");
+    }
+
+    #[test]
+    fn location_table_lines() {
+        // first line 10: 2 units on line 10 (short form), 3 units one line down (code 11),
+        // 1 unit with no location (code 15), 4 units 5 lines up then… (code 13, svarint 5→-? )
+        let table = [
+            0x80 | (0 << 3) | 1, // 2 units, same line, 1 column byte follows
+            0x05,
+            0x80 | (11 << 3) | 2, // 3 units, line + 1, two column bytes follow
+            0x01,
+            0x02,
+            0x80 | (15 << 3),     // 1 unit, no location
+            0x80 | (13 << 3) | 3, // 4 units, line delta svarint 6 → +3
+            6,
+        ];
+        assert_eq!(line_at(&table, 10, 0), Some(10));
+        assert_eq!(line_at(&table, 10, 1), Some(10));
+        assert_eq!(line_at(&table, 10, 2), Some(11));
+        assert_eq!(line_at(&table, 10, 4), Some(11));
+        assert_eq!(line_at(&table, 10, 5), None, "no location");
+        assert_eq!(line_at(&table, 10, 6), Some(14));
+        assert_eq!(line_at(&table, 10, 9), Some(14));
+        assert_eq!(line_at(&table, 10, 10), None, "past the end");
+        assert_eq!(signed_varint(&[7], 0), Some(-3));
+        assert_eq!(
+            line_at(&[0x80 | (13 << 3), 0x40], 1, 0),
+            None,
+            "truncated varint"
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! Attribution you can trust: every query is charged to the route whose request issued it —
+//! on asyncio workers (uvicorn), gthread and sync workers alike — and names the line of the
+//! app that issued it.
+//!
+//! The apps (agent/tests/apps/attribution) serve mixed traffic: five routes share one
+//! aggregate behind caches that expire together (a herd), others run other statements on the
+//! same table (same `db.query.summary`) or none. Each response says which statements it ran
+//! (`x-statements`); the load sums that truth per (route, statement) and the test compares the
+//! agent's per-route call counts with it.
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{postgres::Postgres, *};
+use herdwatch::{
+    Config,
+    detect::FindingKind,
+    pipeline::Snapshot,
+    protocol::{fingerprint::fingerprint, route::RouteGrouper},
+};
+
+/// Statement keys the apps run (agent/tests/apps/attribution/statements.py).
+const KEYS: [&str; 5] = ["totals", "by_id", "customer_sum", "insert", "customer"];
+const SHARING: [&str; 5] = ["/dashboard", "/summary", "/kpi", "/overview", "/stats"];
+/// Seconds between cache expiries (the app's `CACHE_PERIOD_S`).
+const PERIOD_S: u64 = 4;
+
+fn app_dir() -> PathBuf {
+    apps_dir().join("attribution")
+}
+
+fn schema(pg: &Postgres) {
+    pg.sql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO customers SELECT i, 'customer ' || i FROM generate_series(1, 50) i;
+         CREATE TABLE invoices (id serial PRIMARY KEY, customer_id int NOT NULL,
+                                amount numeric NOT NULL, status text NOT NULL);
+         INSERT INTO invoices (customer_id, amount, status)
+           SELECT 1 + i % 50, (i % 1000) / 10.0, CASE WHEN i % 3 = 0 THEN 'open' ELSE 'paid' END
+           FROM generate_series(1, 300000) i;
+         CREATE INDEX ON invoices (customer_id);
+         ANALYZE;",
+    );
+}
+
+/// (route label as the agent groups it, statement key) → calls.
+type Tally = BTreeMap<(String, String), u64>;
+
+/// Clients on keep-alive connections, round-robin over the endpoints, summing each
+/// response's `x-statements` per (route, statement).
+struct TruthLoad {
+    stop: Arc<AtomicBool>,
+    truth: Arc<Mutex<(Tally, u64)>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+const ENDPOINTS: [&str; 9] = [
+    "GET /dashboard",
+    "GET /invoices/{n}",
+    "GET /summary",
+    "POST /invoices",
+    "GET /kpi",
+    "GET /customers/{n}",
+    "GET /overview",
+    "GET /health",
+    "GET /stats",
+];
+
+impl TruthLoad {
+    fn start(port: u16, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let truth = Arc::new(Mutex::new((Tally::new(), 0u64)));
+        let threads = (0..clients)
+            .map(|i| {
+                let (stop, truth) = (stop.clone(), truth.clone());
+                std::thread::spawn(move || {
+                    let grouper = RouteGrouper::default();
+                    let mut conn: Option<BufReader<TcpStream>> = None;
+                    let mut n = i;
+                    while !stop.load(Ordering::Relaxed) {
+                        let endpoint = ENDPOINTS[n % ENDPOINTS.len()]
+                            .replace("{n}", &(1 + n * 7 % 50).to_string());
+                        n += 1;
+                        let (method, path) = endpoint.split_once(' ').expect("method path");
+                        let Some(ran) = exchange(&mut conn, port, method, path) else {
+                            continue;
+                        };
+                        let mut route = String::new();
+                        grouper.route_into(path, &mut route);
+                        let mut t = truth.lock().expect("lock");
+                        t.1 += 1;
+                        for key in ran {
+                            *t.0.entry((route.clone(), key)).or_default() += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        TruthLoad {
+            stop,
+            truth,
+            threads,
+        }
+    }
+
+    /// Stops the clients (each finishes its request in flight): the truth and the requests.
+    fn stop(mut self) -> (Tally, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.truth.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for TruthLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One request; the statement keys of a 2xx response, None when it failed.
+fn exchange(
+    conn: &mut Option<BufReader<TcpStream>>,
+    port: u16,
+    method: &str,
+    path: &str,
+) -> Option<Vec<String>> {
+    if conn.is_none() {
+        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        *conn = Some(BufReader::new(s));
+    }
+    let c = conn.as_mut()?;
+    let sent = write!(
+        c.get_mut(),
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+    );
+    let answer = sent.ok().and_then(|()| read_answer(c));
+    if answer.is_none() {
+        *conn = None;
+    }
+    let (status, ran) = answer?;
+    (200..300).contains(&status).then_some(ran)
+}
+
+fn read_answer(c: &mut BufReader<TcpStream>) -> Option<(u16, Vec<String>)> {
+    let mut line = String::new();
+    c.read_line(&mut line).ok().filter(|n| *n > 0)?;
+    let status = line.split(' ').nth(1)?.parse().ok()?;
+    let (mut length, mut ran) = (0usize, Vec::new());
+    loop {
+        line.clear();
+        c.read_line(&mut line).ok().filter(|n| *n > 0)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (name, value) = l.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().ok()?,
+            "x-statements" => {
+                ran = value
+                    .split(',')
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty())
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    c.read_exact(&mut body).ok()?;
+    Some((status, ran))
+}
+
+/// Statement key → fingerprint id, from the app's own SQL (`GET /statements`).
+fn fingerprints(port: u16) -> BTreeMap<String, String> {
+    let response = http_get(port, "/statements");
+    let body = response.split("\r\n\r\n").nth(1).expect("a body");
+    let sql: BTreeMap<String, String> = serde_json::from_str(body).expect("statements JSON");
+    sql.into_iter()
+        .map(|(key, text)| (fingerprint(&text).hex_id(), key))
+        .map(|(id, key)| (key, id))
+        .collect()
+}
+
+/// The agent's calls per (route, statement) for the app's statements.
+fn charged(snap: &Snapshot, ids: &BTreeMap<String, String>) -> Tally {
+    let mut out = Tally::new();
+    for (key, id) in ids {
+        let Some(q) = snap.queries.iter().find(|q| &q.id == id) else {
+            continue;
+        };
+        for r in &q.routes {
+            out.insert((r.route.clone(), key.clone()), r.calls);
+        }
+    }
+    out
+}
+
+/// The line of the app marked `# site:<key>`.
+fn marked_line(file: &str, key: &str) -> u32 {
+    let text = std::fs::read_to_string(app_dir().join(file)).expect("app source");
+    let mark = format!("# site:{key}");
+    let at = text
+        .lines()
+        .position(|l| l.trim_end().ends_with(&mark))
+        .unwrap_or_else(|| panic!("{file} marks no {mark}"));
+    at as u32 + 1
+}
+
+fn config() -> Config {
+    let mut c = test_config();
+    // A small table on a 2-core machine: fewer, cheaper copies than a production herd.
+    c.detect.herd.min_wasted_ms = 100.0;
+    c.detect.herd.baseline_s = 2 * PERIOD_S;
+    c
+}
+
+/// Runs the attribution check against a pool whose master is `server`, listening on `port`.
+fn check_pool(name: &str, app_file: &str, server: Proc, port: u16, workers: usize, asyncio: bool) {
+    let rt = runtime();
+    rt.block_on(async {
+        let agent = start_agent_with(config()).await;
+        wait_http(port);
+        pool_ready(&agent, server.pid(), workers).await;
+        wait_for(&agent, Duration::from_secs(30), "workers registered for frame walking", |s| {
+            (s.agent.python.processes_readable >= workers).then_some(())
+        })
+        .await;
+        let ids = fingerprints(port);
+        let load = TruthLoad::start(port, 16);
+        tokio::time::sleep(Duration::from_secs(4 * PERIOD_S + 1)).await;
+        let (truth, requests) = load.stop();
+        // Queries wait for their Task's response: every response was read, so all are in.
+        let snap = agent.snapshot_now().await.expect("snapshot");
+        let got = charged(&snap, &ids);
+        let c = &snap.agent.connections;
+        eprintln!(
+            "── {name}: {requests} requests; by task {}, outside tasks {}, task unanswered {}, heuristic {}; stacks {} (truncated {}, no thread {}, unreadable {})",
+            c.queries_by_task,
+            c.queries_outside_tasks,
+            c.queries_task_unanswered,
+            c.queries_heuristic,
+            c.py_stacks,
+            c.py_stacks_truncated,
+            c.py_stacks_without_thread,
+            c.py_stacks_unreadable
+        );
+        let pairs: BTreeSet<_> = truth.keys().chain(got.keys()).cloned().collect();
+        let (mut off, mut total) = (0u64, 0u64);
+        for pair in &pairs {
+            let (t, g) = (truth.get(pair).copied().unwrap_or(0), got.get(pair).copied().unwrap_or(0));
+            eprintln!("  {:<18} {:<13} issued {t:>5}  charged {g:>5}", pair.0, pair.1);
+            assert!(
+                t > 0 || g == 0,
+                "{name}: {} charged to {} which never runs it ({g} calls)",
+                pair.1,
+                pair.0
+            );
+            off += t.abs_diff(g);
+            total += t;
+        }
+        assert!(requests > 200 && total > 200, "{name}: too little load ({requests} requests, {total} queries)");
+        let error = off as f64 / total as f64;
+        eprintln!("  {name}: {:.2} % of queries charged to the wrong route", 100.0 * error);
+        assert!(error <= 0.02, "{name}: {:.1} % misattributed", 100.0 * error);
+        assert_eq!(c.queries_heuristic, 0, "{name}: no query may be a guess here");
+        if asyncio {
+            assert!(c.queries_by_task > 0, "{name}: queries paired by Task");
+        }
+
+        // Call sites: the marked line of the app, for every statement.
+        for key in KEYS {
+            let q = snap
+                .queries
+                .iter()
+                .find(|q| q.id == ids[key])
+                .unwrap_or_else(|| panic!("{name}: no calls of {key}"));
+            let top = q.call_sites.iter().max_by_key(|s| s.calls).unwrap_or_else(|| panic!("{name}: {key} has no call site"));
+            let with_site: u64 = q.call_sites.iter().map(|s| s.calls).sum();
+            eprintln!("  {key}: {} ({} of {} calls)", top.site, top.calls, q.calls);
+            assert!(top.site.file.ends_with(app_file), "{name}: {key} issued at {}", top.site);
+            assert_eq!(top.site.line, marked_line(app_file, key), "{name}: {key} issued at {}", top.site);
+            assert_eq!(with_site, top.calls, "{name}: {key} has one call site");
+            assert!(top.calls as f64 >= 0.98 * q.calls as f64, "{name}: {key}: {} of {} calls have a call site", top.calls, q.calls);
+        }
+
+        // The herd: the shared aggregate, named with exactly the routes that issue it.
+        let herd = snap.findings.iter().find(|f| f.kind == FindingKind::ThunderingHerd && f.subject.fingerprint.as_deref() == Some(ids["totals"].as_str()));
+        if let Some(h) = herd {
+            let routes: BTreeSet<&str> = h.subject.routes.iter().map(String::as_str).collect();
+            eprintln!("  herd: {} occurrence(s), routes {routes:?}", h.occurrences);
+            assert_eq!(routes, SHARING.into_iter().collect(), "{name}: the herd names exactly the sharing routes");
+        } else {
+            eprintln!("  herd: none reported in this window");
+        }
+    });
+}
+
+#[test]
+fn asyncio_workers_pair_queries_with_requests_by_task() {
+    if !kernel_available("asyncio_workers_pair_queries_with_requests_by_task") {
+        return;
+    }
+    let pg = Postgres::start();
+    schema(&pg);
+    let port = free_port();
+    let mut cmd = Command::new(venv().join("bin/uvicorn"));
+    cmd.args([
+        "asgi:app",
+        "--workers",
+        "4",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--log-level",
+        "warning",
+    ])
+    .arg("--app-dir")
+    .arg(app_dir())
+    .env("PG_DSN", pg.tcp_url())
+    .env("CACHE_PERIOD_S", PERIOD_S.to_string());
+    let server = Proc::spawn(&mut cmd);
+    check_pool("uvicorn asyncio", "asgi.py", server, port, 4, true);
+}
+
+fn gunicorn(pg: &Postgres, port: u16, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(venv().join("bin/gunicorn"));
+    cmd.args([
+        "wsgi:app",
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--log-level",
+        "warning",
+    ])
+    .args(extra)
+    .arg("--chdir")
+    .arg(app_dir())
+    .env("PG_DSN", pg.tcp_dsn())
+    .env("CACHE_PERIOD_S", PERIOD_S.to_string());
+    Proc::spawn(&mut cmd)
+}
+
+#[test]
+fn gthread_workers_pair_queries_with_requests_by_thread() {
+    if !kernel_available("gthread_workers_pair_queries_with_requests_by_thread") {
+        return;
+    }
+    let pg = Postgres::start();
+    schema(&pg);
+    let port = free_port();
+    let server = gunicorn(
+        &pg,
+        port,
+        &[
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--worker-class",
+            "gthread",
+        ],
+    );
+    check_pool("gunicorn gthread", "wsgi.py", server, port, 2, false);
+}
+
+#[test]
+fn sync_workers_pair_queries_with_requests_by_thread() {
+    if !kernel_available("sync_workers_pair_queries_with_requests_by_thread") {
+        return;
+    }
+    let pg = Postgres::start();
+    schema(&pg);
+    let port = free_port();
+    let server = gunicorn(&pg, port, &["--workers", "5"]);
+    check_pool("gunicorn sync", "wsgi.py", server, port, 5, false);
+}
