@@ -55,7 +55,7 @@ impl Default for HerdConfig {
             burst_factor: 4.0,
             baseline_s: 30,
             min_wasted_ms: 1000.0,
-            settle_ms: 500,
+            settle_ms: 300,
         }
     }
 }
@@ -87,8 +87,8 @@ struct Track {
     decided_until_ms: Option<u64>,
     active: bool,
     last_seen_ms: u64,
-    /// Copies per route over every reported burst (bounded): the routes the finding names
-    /// are exactly those whose requests issued a copy.
+    /// Copies per route over every reported burst but the latest (bounded): the routes the
+    /// finding names are exactly those whose requests issued a copy.
     route_copies: BTreeMap<String, u64>,
 }
 
@@ -200,39 +200,84 @@ impl HerdDetector {
             track.fresh = false;
             track.starts.make_contiguous().sort_by_key(|s| s.at_ms);
             let (starts, _) = track.starts.as_slices();
+            // Copies of the latest burst reported after it was decided (slow copies finish
+            // late): they belong to it, not to a new cluster or the next baseline.
+            if let Some(b) = track.bursts.back_mut() {
+                let from = starts.partition_point(|s| s.at_ms <= b.last_ms);
+                let mut grew = false;
+                for s in &starts[from..] {
+                    if s.at_ms >= b.last_ms + self.config.settle_ms {
+                        break;
+                    }
+                    b.last_ms = s.at_ms;
+                    grew = true;
+                }
+                track.decided_until_ms = track.decided_until_ms.max(Some(b.last_ms));
+                if grew && track.active {
+                    let span = *b;
+                    let copies = in_span(starts, span);
+                    let stats = queries.iter().find(|q| *q.id == **fp);
+                    let all = with_copies(&track.route_copies, copies);
+                    let report = describe(fp, copies, stats, &all, host, &to_unix);
+                    signals.push(Signal::Ongoing(Box::new(report)));
+                }
+            }
             for cluster in closed_clusters(starts, track.decided_until_ms, &self.config, now_ms) {
                 let (_, last) = cluster;
-                track.decided_until_ms = Some(starts[last].at_ms);
                 let Some(first) =
                     herd_begins(starts, cluster, &track.bursts, &self.config, watching_since)
                 else {
+                    // Not (yet) a herd. Copies still running may join it until no copy can
+                    // be pending any more; only then is the verdict final.
+                    if now_ms >= starts[last].at_ms + self.config.settle_ms + LATE_MS {
+                        track.decided_until_ms = Some(starts[last].at_ms);
+                    }
                     continue;
                 };
+                track.decided_until_ms = Some(starts[last].at_ms);
                 let span = Span {
                     first_ms: starts[first].at_ms,
                     last_ms: starts[last].at_ms,
                 };
+                // The previous burst is complete: its copies join the finding's totals.
+                if let Some(prev) = track.bursts.back().copied() {
+                    track.route_copies = with_copies(&track.route_copies, in_span(starts, prev));
+                }
                 if track.bursts.len() == MAX_BURSTS {
                     track.bursts.pop_front();
                 }
                 track.bursts.push_back(span);
                 let copies = &starts[first..=last];
-                for s in copies {
-                    let route = s.route.as_deref().unwrap_or(NO_ROUTE);
-                    if let Some(n) = track.route_copies.get_mut(route) {
-                        *n += 1;
-                    } else if track.route_copies.len() < MAX_ROUTES {
-                        track.route_copies.insert(route.to_string(), 1);
-                    }
-                }
                 let stats = queries.iter().find(|q| *q.id == **fp);
-                let report = describe(fp, copies, stats, &track.route_copies, host, &to_unix);
+                let all = with_copies(&track.route_copies, copies);
+                let report = describe(fp, copies, stats, &all, host, &to_unix);
                 signals.push(Signal::Onset(Box::new(report)));
                 track.active = true;
             }
         }
         signals
     }
+}
+
+/// The starts within a burst's span.
+fn in_span(starts: &[Start], span: Span) -> &[Start] {
+    let a = starts.partition_point(|s| s.at_ms < span.first_ms);
+    let b = starts.partition_point(|s| s.at_ms <= span.last_ms);
+    &starts[a..b.max(a)]
+}
+
+/// `totals` plus one per copy under its route (bounded to `MAX_ROUTES` routes).
+fn with_copies(totals: &BTreeMap<String, u64>, copies: &[Start]) -> BTreeMap<String, u64> {
+    let mut out = totals.clone();
+    for s in copies {
+        let route = s.route.as_deref().unwrap_or(NO_ROUTE);
+        if let Some(n) = out.get_mut(route) {
+            *n += 1;
+        } else if out.len() < MAX_ROUTES {
+            out.insert(route.to_string(), 1);
+        }
+    }
+    out
 }
 
 /// Index ranges `[first, last]` of the clusters of `starts` (sorted by start time) that begin
