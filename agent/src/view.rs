@@ -3,7 +3,11 @@
 //! exactly what the live view shows.
 use std::fmt::Write as _;
 
-use crate::{pipeline::Snapshot, procs::worker_state::WorkerState};
+use crate::{
+    detect::naming::{QUERY_TEXT_CHARS, bounded},
+    pipeline::Snapshot,
+    procs::worker_state::WorkerState,
+};
 
 const TOP: usize = 10;
 
@@ -187,11 +191,11 @@ fn render_routes_and_queries(s: &Snapshot, out: &mut String) {
         let _ = writeln!(out, "  (no PostgreSQL queries traced yet)");
     }
     for q in s.queries.iter().take(TOP) {
+        // The statement's own (normalised, bounded) text: many statements share a summary.
         let _ = writeln!(
             out,
-            "  {} {:<28} {:>7} calls  {:>7.1} s total  {:>6.1} ms mean  {} errors  from {}",
+            "  {} {:>7} calls  {:>7.1} s total  {:>6.1} ms mean  {} errors  from {}\n    {}",
             q.id,
-            q.summary,
             q.calls,
             q.total_ns as f64 / 1e9,
             per_request_ms(q.total_ns, q.calls),
@@ -204,7 +208,8 @@ fn render_routes_and_queries(s: &Snapshot, out: &mut String) {
                     .map(|r| format!("{} ×{}", r.route, r.calls))
                     .collect::<Vec<_>>()
                     .join(", ")
-            }
+            },
+            bounded(&q.normalized, QUERY_TEXT_CHARS)
         );
     }
 }

@@ -52,6 +52,10 @@ pub struct Subject {
     pub query_summary: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The statement's normalised text, bounded (`naming::bounded`): what a person reads,
+    /// since many statements share one summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_text: Option<String>,
     /// A PostgreSQL or PgBouncer endpoint, `port 6432 (pgbouncer)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -60,6 +64,20 @@ pub struct Subject {
     pub tasks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
+    /// Per route, how many copies of the query its requests issued in the latest occurrence
+    /// (herd), most first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_copies: Vec<RouteCopies>,
+}
+
+/// Copies of a query issued by one route's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteCopies {
+    pub route: String,
+    pub copies: u64,
+    /// The application line the route's copies were issued from (`file:line in function()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_site: Option<String>,
 }
 
 /// One number the finding rests on, with its unit.

@@ -2,21 +2,32 @@
 //! out against that fingerprint's own recent rate.
 //!
 //! Steady load also runs the same query on several workers at once; what makes a herd is the
-//! burst: ≥ `min_copies` distinct connections within `window_ms`, at least `burst_factor` times
-//! the fingerprint's start rate over the preceding `baseline_s` (earlier bursts excluded, so a
-//! herd that recurs every cache expiry keeps qualifying). Queries faster than `min_query_ms`,
-//! and bursts whose duplicate copies cost less than `min_wasted_ms` of database time, are
-//! ignored: duplicated cheap work is not what pegs a database.
-use crate::pipeline::aggregates::Label;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+//! burst. The starts of one fingerprint are grouped into clusters separated by quiet gaps of
+//! at least `settle_ms` (the cache is filled: nobody runs it any more). A closed cluster is a
+//! herd when its densest `window_ms` holds ≥ `min_copies` distinct connections, at least
+//! `burst_factor` times the fingerprint's start rate over the preceding `baseline_s` (earlier
+//! bursts excluded, so a herd that recurs every cache expiry keeps qualifying), and the whole
+//! cluster is short — about as long as the copies take, since the stragglers are requests that
+//! arrived while the refill ran. A stream that never falls quiet (every worker running the
+//! same slow query back to back) never closes, or closes far too long to be a burst. Queries
+//! faster than `min_query_ms`, and bursts whose duplicate copies cost less than
+//! `min_wasted_ms` of database time, are ignored: duplicated cheap work is not what pegs a
+//! database.
+//!
+//! Each burst is one occurrence of the fingerprint's finding, decided as soon as the quiet gap
+//! has passed: no full baseline is needed first (a burst right after the agent starts is
+//! judged against what was seen so far), so the first burst is reported within about
+//! `settle_ms` plus the copies' duration of its last copy.
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use rustc_hash::FxHashMap;
 
 use super::{
     QueryObs,
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    finding::{Evidence, FindingKind, Report, RouteCopies, Severity, Signal, Subject},
+    naming::{QUERY_TEXT_CHARS, bounded, query_name},
 };
-use crate::pipeline::aggregates::QueryStats;
+use crate::pipeline::aggregates::{Label, QueryStats};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,9 +39,10 @@ pub struct HerdConfig {
     pub baseline_s: u64,
     /// Database time a burst must spend on duplicate copies to be worth a finding.
     pub min_wasted_ms: f64,
-    /// After a burst the rate must fall back (the cache is filled): its start rate over this
-    /// long after the window stays below the burst's by `burst_factor`. Steady saturation —
-    /// every worker running the same slow query back to back — never falls back.
+    /// The quiet gap (no start of the fingerprint) that ends a burst: the cache is filled.
+    /// Steady saturation — every worker running the same slow query back to back — never
+    /// falls quiet, so it is never a burst. Also how long a finding waits after a burst's last
+    /// copy before it is reported.
     pub settle_ms: u64,
 }
 
@@ -43,7 +55,7 @@ impl Default for HerdConfig {
             burst_factor: 4.0,
             baseline_s: 30,
             min_wasted_ms: 1000.0,
-            settle_ms: 2000,
+            settle_ms: 300,
         }
     }
 }
@@ -54,10 +66,12 @@ struct Start {
     took_ms: f64,
     conn: (u32, u32),
     pid: u32,
+    /// The route whose request issued the copy, as the pipeline attributed it.
     route: Option<Label>,
-    in_flight_routes: Vec<Label>,
+    call_site: Option<crate::probes::python_code::CallSite>,
 }
 
+/// A reported burst: its first and last start.
 #[derive(Debug, Clone, Copy)]
 struct Span {
     first_ms: u64,
@@ -68,22 +82,29 @@ struct Span {
 struct Track {
     starts: VecDeque<Start>,
     fresh: bool,
-    /// Bursts already reported, newest last.
+    /// Bursts already reported, newest last: excluded from later baselines.
     bursts: VecDeque<Span>,
+    /// Starts at or before this were in a cluster already decided (herd or not).
+    decided_until_ms: Option<u64>,
     active: bool,
     last_seen_ms: u64,
-    /// Every route seen issuing (or waiting beside) a copy, across bursts (bounded): a
-    /// burst's own copies need not touch every endpoint that issues the query.
-    routes: BTreeSet<String>,
+    /// Copies per route over every reported burst but the latest (bounded): the routes the
+    /// finding names are exactly those whose requests issued a copy.
+    route_copies: BTreeMap<String, u64>,
 }
 
 const MAX_ROUTES: usize = 32;
 
 const MAX_STARTS: usize = 4096;
-/// How long after a start its query may still be reported (it is seen when it finishes).
+/// Longest a start may wait to be reported (queries are seen when they finish): a cluster is
+/// decided once a copy as slow as its slowest (capped here) would have been reported.
 const LATE_MS: u64 = 3_000;
+/// Scheduling and delivery jitter between a query's end and the detector seeing it.
+const LATE_SLACK_MS: u64 = 100;
 const MAX_BURSTS: usize = 16;
 const MAX_TRACKS: usize = 1024;
+/// Copies without a route: outside any traced request, or not attributed.
+const NO_ROUTE: &str = "(no traced request)";
 
 #[derive(Debug)]
 pub struct HerdDetector {
@@ -138,15 +159,10 @@ impl HerdDetector {
             conn: q.conn,
             pid: q.pid,
             route: q.route.clone(),
-            in_flight_routes: q.in_flight_routes.clone(),
+            call_site: q.call_site.clone(),
         });
         track.fresh = true;
         track.last_seen_ms = track.last_seen_ms.max(at_ms);
-        for r in q.route.iter().chain(&q.in_flight_routes) {
-            if track.routes.len() < MAX_ROUTES && !track.routes.contains(&**r) {
-                track.routes.insert(r.to_string());
-            }
-        }
     }
 
     /// Evaluates fingerprints with new queries. `now_ms` is on the queries' clock; `to_unix`
@@ -160,22 +176,20 @@ impl HerdDetector {
     ) -> Vec<Signal> {
         let watching_since = *self.watching_since_ms.get_or_insert(now_ms);
         let baseline_ms = self.config.baseline_s * 1000;
-        // Queries are seen when they finish: leave slow ones time to report their starts.
-        let settled = now_ms.saturating_sub(LATE_MS);
         let mut signals = Vec::new();
         for (fp, track) in &mut self.tracks {
             let horizon = now_ms.saturating_sub(baseline_ms + 60_000);
             while track.starts.front().is_some_and(|s| s.at_ms < horizon) {
                 track.starts.pop_front();
             }
-            // Windows become decidable settle + LATE after they end: keep evaluating a
-            // fingerprint that long after its latest start, then leave it alone.
-            let decidable_until = track.last_seen_ms
+            // An occurrence ends once its fingerprint has been quiet long enough that no burst
+            // can still be pending; then the fingerprint is left alone until it runs again.
+            let quiet_until = track.last_seen_ms
                 + self.config.window_ms
                 + self.config.settle_ms
                 + LATE_MS
                 + 2_000;
-            if !track.fresh && now_ms > decidable_until {
+            if !track.fresh && now_ms > quiet_until {
                 if track.active {
                     track.active = false;
                     signals.push(Signal::Ended {
@@ -188,171 +202,239 @@ impl HerdDetector {
             track.fresh = false;
             track.starts.make_contiguous().sort_by_key(|s| s.at_ms);
             let (starts, _) = track.starts.as_slices();
-            let mut extended_latest = false;
-            for (first, last) in
-                qualifying_windows(starts, &track.bursts, &self.config, watching_since, settled)
-            {
+            // Copies of the latest burst reported after it was decided (slow copies finish
+            // late): they belong to it, not to a new cluster or the next baseline.
+            if let Some(b) = track.bursts.back_mut() {
+                let from = starts.partition_point(|s| s.at_ms <= b.last_ms);
+                let mut grew = false;
+                for s in &starts[from..] {
+                    if s.at_ms >= b.last_ms + self.config.settle_ms {
+                        break;
+                    }
+                    b.last_ms = s.at_ms;
+                    grew = true;
+                }
+                track.decided_until_ms = track.decided_until_ms.max(Some(b.last_ms));
+                if grew && track.active {
+                    let span = *b;
+                    let copies = in_span(starts, span);
+                    let stats = queries.iter().find(|q| *q.id == **fp);
+                    let all = with_copies(&track.route_copies, copies);
+                    let report = describe(fp, copies, stats, &all, host, &to_unix);
+                    signals.push(Signal::Ongoing(Box::new(report)));
+                }
+            }
+            for cluster in closed_clusters(starts, track.decided_until_ms, &self.config, now_ms) {
+                let (_, last) = cluster;
+                let Some(first) =
+                    herd_begins(starts, cluster, &track.bursts, &self.config, watching_since)
+                else {
+                    // Not (yet) a herd. Copies still running may join it until no copy can
+                    // be pending any more; only then is the verdict final.
+                    if now_ms >= starts[last].at_ms + self.config.settle_ms + LATE_MS {
+                        track.decided_until_ms = Some(starts[last].at_ms);
+                    }
+                    continue;
+                };
+                track.decided_until_ms = Some(starts[last].at_ms);
                 let span = Span {
                     first_ms: starts[first].at_ms,
                     last_ms: starts[last].at_ms,
                 };
-                let w = self.config.window_ms;
-                match track
-                    .bursts
-                    .iter_mut()
-                    .rposition(|b| span.first_ms <= b.last_ms + w && span.last_ms + w >= b.first_ms)
-                {
-                    Some(i) => {
-                        let b = &mut track.bursts[i];
-                        b.first_ms = b.first_ms.min(span.first_ms);
-                        b.last_ms = b.last_ms.max(span.last_ms);
-                        if i + 1 == track.bursts.len() {
-                            extended_latest = true;
-                        }
-                    }
-                    None => {
-                        if track.bursts.len() == MAX_BURSTS {
-                            track.bursts.pop_front();
-                        }
-                        track.bursts.push_back(span);
-                        let stats = queries.iter().find(|q| *q.id == **fp);
-                        let report =
-                            describe(fp, starts, span, stats, &track.routes, host, &to_unix);
-                        signals.push(Signal::Onset(Box::new(report)));
-                        track.active = true;
-                    }
+                // The previous burst is complete: its copies join the finding's totals.
+                if let Some(prev) = track.bursts.back().copied() {
+                    track.route_copies = with_copies(&track.route_copies, in_span(starts, prev));
                 }
-            }
-            if extended_latest
-                && track.active
-                && let Some(span) = track.bursts.back().copied()
-            {
+                if track.bursts.len() == MAX_BURSTS {
+                    track.bursts.pop_front();
+                }
+                track.bursts.push_back(span);
+                let copies = &starts[first..=last];
                 let stats = queries.iter().find(|q| *q.id == **fp);
-                let report = describe(fp, starts, span, stats, &track.routes, host, &to_unix);
-                signals.push(Signal::Ongoing(Box::new(report)));
+                let all = with_copies(&track.route_copies, copies);
+                let report = describe(fp, copies, stats, &all, host, &to_unix);
+                signals.push(Signal::Onset(Box::new(report)));
+                track.active = true;
             }
         }
         signals
     }
 }
 
-/// Index ranges `[first, last]` of windows that qualify as a burst, outside known bursts'
-/// baselines. `starts` is sorted by start time.
-fn qualifying_windows(
+/// The starts within a burst's span.
+fn in_span(starts: &[Start], span: Span) -> &[Start] {
+    let a = starts.partition_point(|s| s.at_ms < span.first_ms);
+    let b = starts.partition_point(|s| s.at_ms <= span.last_ms);
+    &starts[a..b.max(a)]
+}
+
+/// `totals` plus one per copy under its route (bounded to `MAX_ROUTES` routes).
+fn with_copies(totals: &BTreeMap<String, u64>, copies: &[Start]) -> BTreeMap<String, u64> {
+    let mut out = totals.clone();
+    for s in copies {
+        let route = s.route.as_deref().unwrap_or(NO_ROUTE);
+        if let Some(n) = out.get_mut(route) {
+            *n += 1;
+        } else if out.len() < MAX_ROUTES {
+            out.insert(route.to_string(), 1);
+        }
+    }
+    out
+}
+
+/// Index ranges `[first, last]` of the clusters of `starts` (sorted by start time) that begin
+/// after `decided_until_ms` and have closed by `now_ms`: the next start is `settle_ms` or more
+/// later, or none has been reported by the time a copy as slow as the cluster's slowest would
+/// have been.
+fn closed_clusters(
     starts: &[Start],
+    decided_until_ms: Option<u64>,
+    config: &HerdConfig,
+    now_ms: u64,
+) -> Vec<(usize, usize)> {
+    let begin = match decided_until_ms {
+        Some(t) => starts.partition_point(|s| s.at_ms <= t),
+        None => 0,
+    };
+    let mut out = Vec::new();
+    let mut first = begin;
+    while first < starts.len() {
+        let mut last = first;
+        let mut slowest = starts[first].took_ms;
+        while last + 1 < starts.len()
+            && starts[last + 1].at_ms < starts[last].at_ms + config.settle_ms
+        {
+            last += 1;
+            slowest = slowest.max(starts[last].took_ms);
+        }
+        let followed = last + 1 < starts.len();
+        let late = (slowest.ceil() as u64).min(LATE_MS) + LATE_SLACK_MS;
+        if !followed && now_ms < starts[last].at_ms + config.settle_ms + late {
+            // Still open: a straggler may yet be reported.
+            break;
+        }
+        out.push((first, last));
+        first = last + 1;
+    }
+    out
+}
+
+/// Whether the closed cluster `[first, last]` is a herd, and if so where it begins: at its
+/// first window with `min_copies` connections, so a start of the ordinary trickle just before
+/// the copies is not its onset.
+fn herd_begins(
+    starts: &[Start],
+    (first, last): (usize, usize),
     known: &VecDeque<Span>,
     config: &HerdConfig,
     watching_since_ms: u64,
-    evaluate_until_ms: u64,
-) -> Vec<(usize, usize)> {
-    let baseline_ms = config.baseline_s * 1000;
-    let in_known = |at: u64| known.iter().any(|b| at >= b.first_ms && at <= b.last_ms);
-    // known_before[i]: how many of starts[..i] belong to earlier bursts.
-    let mut known_before = Vec::with_capacity(starts.len() + 1);
-    known_before.push(0usize);
-    for s in starts {
-        let n = known_before.last().copied().unwrap_or(0);
-        known_before.push(n + usize::from(in_known(s.at_ms)));
+) -> Option<usize> {
+    let cluster = &starts[first..=last];
+    let slowest = cluster.iter().map(|s| s.took_ms).fold(0.0, f64::max);
+    // A burst's stragglers are requests that arrived while the first copies ran; a stream
+    // lasting much longer than its queries is load, not a burst.
+    let span_ms = cluster[cluster.len() - 1].at_ms - cluster[0].at_ms;
+    if span_ms as f64 > config.window_ms as f64 + 2.0 * slowest {
+        return None;
     }
-    let mut found: Vec<(usize, usize)> = Vec::new();
+    // The densest window: most distinct connections starting within `window_ms`.
+    let mut densest = (0usize, 0usize);
+    // The burst begins at the first window crowded enough to be one.
+    let mut begin = None;
     let mut end = 0;
-    let mut lo = 0;
-    let mut after_end = 0;
-    for first in 0..starts.len() {
-        let w0 = starts[first].at_ms;
-        // Without a full baseline behind it, steady load that began before we watched would
-        // look like a burst.
-        if w0 < watching_since_ms + baseline_ms {
-            continue;
-        }
-        end = end.max(first);
-        while end + 1 < starts.len() && starts[end + 1].at_ms <= w0 + config.window_ms {
+    for w in 0..cluster.len() {
+        end = end.max(w);
+        while end + 1 < cluster.len()
+            && cluster[end + 1].at_ms <= cluster[w].at_ms + config.window_ms
+        {
             end += 1;
         }
-        let copies = end + 1 - first;
-        if copies < config.min_copies {
-            continue;
+        let conns: HashSet<(u32, u32)> = cluster[w..=end].iter().map(|s| s.conn).collect();
+        if begin.is_none() && conns.len() >= config.min_copies {
+            begin = Some(w);
         }
-        while starts[lo].at_ms + baseline_ms < w0 {
-            lo += 1;
-        }
-        let before = (first - lo) - (known_before[first] - known_before[lo]);
-        let per_window = before as f64 * config.window_ms as f64 / baseline_ms.max(1) as f64;
-        if (copies as f64) < config.burst_factor * per_window {
-            continue;
-        }
-        let window_end = starts[end].at_ms;
-        if window_end + config.settle_ms > evaluate_until_ms {
-            // Too early to know whether the rate falls back; the next tick decides.
-            continue;
-        }
-        after_end = after_end.max(end);
-        while after_end + 1 < starts.len()
-            && starts[after_end + 1].at_ms <= window_end + config.settle_ms
-        {
-            after_end += 1;
-        }
-        let after_per_window =
-            (after_end - end) as f64 * config.window_ms as f64 / config.settle_ms.max(1) as f64;
-        if after_per_window * config.burst_factor > copies as f64 {
-            continue;
-        }
-        let conns: HashSet<(u32, u32)> = starts[first..=end].iter().map(|s| s.conn).collect();
-        if conns.len() < config.min_copies {
-            continue;
-        }
-        let wasted: f64 = starts[first + 1..=end].iter().map(|s| s.took_ms).sum();
-        if wasted < config.min_wasted_ms {
-            continue;
-        }
-        match found.last_mut() {
-            Some(prev) if first <= prev.1 => prev.1 = end,
-            _ => found.push((first, end)),
-        }
+        densest = densest.max((conns.len(), end + 1 - w));
     }
-    found
+    let (conns, copies) = densest;
+    let begin = begin?;
+    if conns < config.min_copies {
+        return None;
+    }
+    // Baseline: the fingerprint's other starts over the preceding `baseline_s`, or over what
+    // was watched of it (steady load that began before the agent shows in any stretch of it).
+    let t0 = cluster[0].at_ms;
+    let baseline_ms = config.baseline_s * 1000;
+    let observed_ms = t0
+        .saturating_sub(watching_since_ms)
+        .clamp(config.window_ms, baseline_ms.max(config.window_ms));
+    let in_known = |at: u64| known.iter().any(|b| at >= b.first_ms && at <= b.last_ms);
+    let before = starts[..first]
+        .iter()
+        .rev()
+        .take_while(|s| s.at_ms + observed_ms >= t0)
+        .filter(|s| !in_known(s.at_ms))
+        .count();
+    let per_window = before as f64 * config.window_ms as f64 / observed_ms as f64;
+    if (copies as f64) < config.burst_factor * per_window {
+        return None;
+    }
+    let wasted: f64 = cluster[begin + 1..].iter().map(|s| s.took_ms).sum();
+    (wasted >= config.min_wasted_ms).then_some(first + begin)
 }
 
 fn describe(
     fp: &str,
-    starts: &[Start],
-    span: Span,
+    copies: &[Start],
     stats: Option<&QueryStats>,
-    known_routes: &BTreeSet<String>,
+    all_route_copies: &BTreeMap<String, u64>,
     host: &str,
     to_unix: &impl Fn(u64) -> u64,
 ) -> Report {
-    let copies: Vec<&Start> = starts
-        .iter()
-        .filter(|s| s.at_ms >= span.first_ms && s.at_ms <= span.last_ms)
-        .collect();
     let conns: HashSet<(u32, u32)> = copies.iter().map(|s| s.conn).collect();
     let pids: HashSet<u32> = copies.iter().map(|s| s.pid).collect();
     let total_ms: f64 = copies.iter().map(|s| s.took_ms).sum();
     let first_took = copies.first().map(|s| s.took_ms).unwrap_or(0.0);
     let duplicates_ms = total_ms - first_took;
-    // The copies' own routes, and on asyncio workers every request open beside them: in a
-    // herd those requests are all waiting for the same refill.
-    let mut routes: BTreeSet<String> = copies
-        .iter()
-        .flat_map(|s| s.route.iter().chain(&s.in_flight_routes))
-        .map(|r| r.to_string())
-        .collect();
-    if let Some(q) = stats {
-        routes.extend(q.routes.iter().map(|r| r.route.clone()));
+    // This burst's copies per route: the route whose request issued each copy.
+    // and the line it was issued from (the first copy's that has one).
+    let mut per_route: BTreeMap<&str, (u64, Option<String>)> = BTreeMap::new();
+    for s in copies {
+        let entry = per_route
+            .entry(s.route.as_deref().unwrap_or(NO_ROUTE))
+            .or_default();
+        entry.0 += 1;
+        if entry.1.is_none() {
+            entry.1 = s.call_site.as_ref().map(|c| c.to_string());
+        }
     }
-    routes.extend(known_routes.iter().cloned());
-    let routes: Vec<String> = routes.into_iter().collect();
-    let summary = stats
-        .map(|q| q.summary.clone())
-        .unwrap_or_else(|| format!("fingerprint {fp}"));
+    let mut by_count: Vec<(&str, (u64, Option<String>))> = per_route.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+    let route_copies: Vec<RouteCopies> = by_count
+        .iter()
+        .map(|(route, (n, site))| RouteCopies {
+            route: route.to_string(),
+            copies: *n,
+            call_site: site.clone(),
+        })
+        .collect();
+    let routes: Vec<String> = all_route_copies
+        .keys()
+        .filter(|r| *r != NO_ROUTE)
+        .cloned()
+        .collect();
+    // A person reads the statement's text and id; the summary stays a label only.
+    let name = query_name(fp, stats.map_or("", |q| q.normalized.as_str()));
+    let first_ms = copies.first().map_or(0, |s| s.at_ms);
+    let span_ms = copies.last().map_or(0, |s| s.at_ms) - first_ms;
     let mean_ms = total_ms / copies.len().max(1) as f64;
-    let span_ms = span.last_ms - span.first_ms;
-    let route_text = if routes.is_empty() {
-        "outside any traced HTTP request".to_string()
-    } else {
-        format!("from {} route(s): {}", routes.len(), routes.join(", "))
-    };
+    let route_text = by_count
+        .iter()
+        .map(|(r, (n, site))| match site {
+            Some(site) => format!("{r} ×{n} (issued at {site})"),
+            None => format!("{r} ×{n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     Report {
         kind: FindingKind::ThunderingHerd,
         pattern: fp.to_string(),
@@ -363,9 +445,11 @@ fn describe(
         },
         subject: Subject {
             host: host.to_string(),
-            query_summary: Some(summary.clone()),
+            query_summary: stats.map(|q| q.summary.clone()),
+            query_text: stats.map(|q| bounded(&q.normalized, QUERY_TEXT_CHARS)),
             fingerprint: Some(fp.to_string()),
             routes: routes.clone(),
+            route_copies,
             ..Subject::default()
         },
         evidence: vec![
@@ -378,9 +462,10 @@ fn describe(
             Evidence::new("routes_issuing", routes.len() as f64, "routes"),
         ],
         root_cause: format!(
-            "{} copies of `{summary}` started within {span_ms} ms on {} connections in {} \
-             processes, {route_text}: every worker missed the same cache entry at once and \
-             ran the same query ({mean_ms:.0} ms each, {:.1} s of database time on duplicates).",
+            "{} copies of {name} started within {span_ms} ms on {} connections in {} \
+             processes (copies by route: {route_text}): every worker missed the same cache \
+             entry at once and ran the same query ({mean_ms:.0} ms each, {:.1} s of database \
+             time on duplicates).",
             copies.len(),
             conns.len(),
             pids.len(),
@@ -388,7 +473,7 @@ fn describe(
         ),
         prevention: format!(
             "Single-flight the cache refill: one lock per cache key so one worker runs \
-             `{summary}` while the others wait for (or are served the stale) result; add jitter \
+             {name} while the others wait for (or are served the stale) result; add jitter \
              to the expiry so workers do not miss together."
         ),
         remediation: "Put the refill behind a per-key lock (advisory lock, Redis SET NX, or an \
@@ -396,7 +481,7 @@ fn describe(
              query only hides it until the next expiry."
             .to_string(),
         annotations: Vec::new(),
-        onset_unix_ms: to_unix(span.first_ms),
+        onset_unix_ms: to_unix(first_ms),
     }
 }
 
@@ -453,14 +538,23 @@ mod tests {
             for c in 0..12u32 {
                 d.on_query(&obs("herd", c, at + f64::from(c) * 3.0, 400.0));
             }
-            // Undecided until the rate has had time to fall back.
-            assert!(run(&mut d, at as u64 + 2_000).is_empty());
-            let signals = run(&mut d, at as u64 + 6_000);
+            // Undecided until the fingerprint has been quiet for `settle_ms` after a copy as
+            // slow as the slowest could have been reported (400 ms + slack)...
+            assert!(run(&mut d, at as u64 + 600).is_empty());
+            // ...and decided right after: well within 2 s of the first copy.
+            let signals = run(&mut d, at as u64 + 1_100);
             for s in &signals {
                 match s {
                     Signal::Onset(r) => {
                         assert_eq!(r.pattern, "herd", "{r:?}");
                         assert_eq!(r.subject.routes.len(), 6);
+                        // 12 copies from conns 0..12, route e(conn % 6): two per route.
+                        assert_eq!(r.subject.route_copies.len(), 6, "{r:?}");
+                        assert!(
+                            r.subject.route_copies.iter().all(|c| c.copies == 2),
+                            "{r:?}"
+                        );
+                        assert_eq!(r.onset_unix_ms, at as u64);
                         onsets += 1;
                     }
                     Signal::Ongoing(r) => assert_eq!(r.pattern, "herd"),
@@ -490,5 +584,50 @@ mod tests {
             d.on_query(&obs("fast", i, 5_000.0 + f64::from(i), 1.0));
         }
         assert!(run(&mut d, 12_000).is_empty());
+    }
+
+    /// The incident a user saw: caches expiring together every 10 s, the agent started just
+    /// before the load. Every burst — the first included, with no baseline behind it — is an
+    /// occurrence, decided within 2 s of its first copy, while a steady trickle of the same
+    /// statement (one copy every 700 ms) and stragglers arriving during each refill go on.
+    #[test]
+    fn every_burst_from_the_first_counts_and_is_decided_within_two_seconds() {
+        let mut d = HerdDetector::new(HerdConfig::default());
+        run(&mut d, 1_000);
+        let mut reported = Vec::new();
+        let mut t = 1_000;
+        let bursts: Vec<u64> = (0..5).map(|k| 1_200 + k * 10_000).collect();
+        let mut trickle = 1_000.0;
+        while t < 52_000 {
+            // Feed what finished by `t`.
+            for &at in &bursts {
+                if (t..t + 100).contains(&(at + 600)) {
+                    for c in 0..16u32 {
+                        // 16 copies over 450 ms: the refill is slow, stragglers keep missing.
+                        d.on_query(&obs("herd", c, at as f64 + f64::from(c) * 30.0, 300.0));
+                    }
+                }
+            }
+            while trickle + 150.0 <= t as f64 {
+                d.on_query(&obs("herd", 40, trickle, 150.0));
+                trickle += 700.0;
+            }
+            for s in run(&mut d, t) {
+                if let Signal::Onset(r) = s {
+                    reported.push((r.onset_unix_ms, t));
+                }
+            }
+            t += 100;
+        }
+        assert_eq!(reported.len(), bursts.len(), "{reported:?}");
+        for ((onset, at), burst) in reported.iter().zip(&bursts) {
+            // A trickle copy just before the crowd may open the burst: never more than one
+            // window early, never late.
+            assert!(
+                *onset <= *burst && onset + 250 >= *burst,
+                "{onset} for {burst}"
+            );
+            assert!(at - burst <= 2_000, "burst at {burst} reported at {at}");
+        }
     }
 }

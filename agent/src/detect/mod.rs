@@ -3,6 +3,7 @@
 pub mod finding;
 pub mod herd;
 pub mod lifecycle;
+pub mod naming;
 pub mod pool;
 pub mod saturation;
 pub mod schedule;
@@ -278,10 +279,16 @@ impl Detectors {
             not_tasks.insert(p.pool.master);
             not_tasks.extend(p.pool.workers.iter().copied());
         }
-        let summaries: HashMap<&str, &str> = input
+        // Cron tasks name their top statements by text and id, never by summary alone: three
+        // statements on one table would all read `SELECT invoices`.
+        let query_names: Vec<(&str, String)> = input
             .queries
             .iter()
-            .map(|q| (q.id.as_str(), q.summary.as_str()))
+            .map(|q| (q.id.as_str(), naming::query_name(&q.id, &q.normalized)))
+            .collect();
+        let summaries: HashMap<&str, &str> = query_names
+            .iter()
+            .map(|(id, name)| (*id, name.as_str()))
             .collect();
         let pool = &self.pool;
         signals.extend(self.schedule.tick(

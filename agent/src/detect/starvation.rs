@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use super::{
     finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
     lifecycle::LifecycleLog,
+    naming::{QUERY_TEXT_CHARS, bounded, query_name},
     sustain::{Phase, Sustain},
     window::{QueryWindow, RouteWindow, bound_text, merge},
 };
@@ -62,7 +63,8 @@ const SMOOTHING_MS: u64 = 5_000;
 #[derive(Debug, Default)]
 struct Episode {
     routes: HashMap<String, (u64, Histogram)>,
-    queries: HashMap<String, (String, u64, u64)>,
+    /// Fingerprint id → ((summary, normalised text), time ns, calls).
+    queries: HashMap<String, ((String, String), u64, u64)>,
     on_cpu: f64,
     db_wait: f64,
     shares: u32,
@@ -178,7 +180,7 @@ impl StarvationDetector {
             }
             for q in input.queries.iter().filter(|q| mine(&q.pids)) {
                 let e = ep.queries.entry(q.id.clone()).or_default();
-                e.0 = q.summary.clone();
+                e.0 = (q.summary.clone(), q.normalized.clone());
                 e.1 += q.total_ns;
                 e.2 += q.calls;
             }
@@ -313,20 +315,23 @@ fn describe(
         sentence.push('.');
         subject.route = Some(label.clone());
     }
-    if let Some((id, (summary, time, calls))) = top_query {
+    if let Some((id, ((summary, normalized), time, calls))) = top_query {
         let per_call = *time as f64 / 1e6 / (*calls).max(1) as f64;
         evidence.push(Evidence::new("top_query_time", *time as f64 / 1e6, "ms"));
         evidence.push(Evidence::new("top_query_mean", per_call, "ms"));
+        // Named by text and id: the summary alone (`SELECT`) names no statement.
+        let name = query_name(id, normalized);
         sentence.push_str(&format!(
-            " Most of it was spent in `{summary}` ({calls} calls, {per_call:.0} ms each)."
+            " Most of it was spent in {name} ({calls} calls, {per_call:.0} ms each)."
         ));
         prevention = format!(
-            "Take `{summary}` off the synchronous path of {}: run it in a background job, give \
+            "Take {name} off the synchronous path of {}: run it in a background job, give \
              it the index it lacks, or bound it with statement_timeout; workers blocked on the \
              database cannot accept requests.",
             subject.route.as_deref().unwrap_or("the request")
         );
         subject.query_summary = Some(summary.clone());
+        subject.query_text = Some(bounded(normalized, QUERY_TEXT_CHARS));
         subject.fingerprint = Some(id.clone());
     }
     let lookback = config.lifecycle_lookback_s * 1000;

@@ -27,6 +27,8 @@ impl RouteWindow {
 pub struct QueryWindow {
     pub id: String,
     pub summary: String,
+    /// Normalised text (literals stripped), for naming the statement to a person.
+    pub normalized: String,
     pub calls: u64,
     pub total_ns: u64,
     pub pids: Vec<u32>,
@@ -83,6 +85,7 @@ impl Windows {
                 qw.push(QueryWindow {
                     id: q.id.clone(),
                     summary: q.summary.clone(),
+                    normalized: q.normalized.clone(),
                     calls: q.calls - calls,
                     total_ns: q.total_ns.saturating_sub(total),
                     pids: q.pids.clone(),

@@ -48,6 +48,10 @@ impl FindingLogger {
             ("service.name", &f.subject.pool),
             ("http.route", &f.subject.route),
             ("db.query.summary", &f.subject.query_summary),
+            // The statement's normalised (literal-free, bounded) text and id, which tell apart
+            // statements sharing a summary.
+            ("db.query.text", &f.subject.query_text),
+            ("herdwatch.query.id", &f.subject.fingerprint),
             ("server.endpoint", &f.subject.endpoint),
         ] {
             if let Some(v) = value {

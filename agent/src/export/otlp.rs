@@ -620,7 +620,7 @@ fn observable(
     let latest = latest.clone();
     let callback = move |observer: &dyn opentelemetry::metrics::AsyncInstrument<f64>| {
         let snap = latest.borrow().clone();
-        for (value, attrs) in read(&snap) {
+        for (value, attrs) in merge_observations(read(&snap)) {
             observer.observe(value, &attrs);
         }
     };
@@ -642,6 +642,31 @@ fn observable(
                 .build();
         }
     }
+}
+
+/// Sums observations with the same attribute set. The SDK keeps only the last of several
+/// observations of one set in a callback (observable instruments are precomputed values), so
+/// two fingerprints sharing a `db.query.summary` would lose all but one count; `/metrics`
+/// sums them the same way, so both paths agree. Order of first appearance is kept.
+fn merge_observations(observations: Vec<Observation>) -> Vec<Observation> {
+    let mut merged: Vec<Observation> = Vec::with_capacity(observations.len());
+    let mut index: std::collections::HashMap<Vec<(String, String)>, usize> =
+        std::collections::HashMap::with_capacity(observations.len());
+    for (value, attrs) in observations {
+        let mut key: Vec<(String, String)> = attrs
+            .iter()
+            .map(|kv| (kv.key.as_str().to_string(), kv.value.as_str().into_owned()))
+            .collect();
+        key.sort();
+        match index.get(&key) {
+            Some(i) => merged[*i].0 += value,
+            None => {
+                index.insert(key, merged.len());
+                merged.push((value, attrs));
+            }
+        }
+    }
+    merged
 }
 
 fn kv(k: &'static str, v: &str) -> KeyValue {
@@ -692,22 +717,27 @@ fn observe_pool(meter: &Meter, latest: &watch::Receiver<Arc<Snapshot>>, pool: &s
     for (def, value) in gauges {
         let pool = pool.to_string();
         observable(meter, def, latest, move |s| {
-            s.pools
+            // Pools with one name are one service: their values add up, as on `/metrics`.
+            let values: Vec<f64> = s
+                .pools
                 .iter()
-                .find(|p| p.name == pool)
-                .and_then(value)
-                .map(|v| vec![(v, Vec::new())])
-                .unwrap_or_default()
+                .filter(|p| p.name == pool)
+                .filter_map(value)
+                .collect();
+            if values.is_empty() {
+                Vec::new()
+            } else {
+                vec![(values.iter().sum(), Vec::new())]
+            }
         });
     }
     for (def, samples) in names::POOL_TIMES {
         let pool = pool.to_string();
         observable(meter, def, latest, move |s| {
-            let Some(p) = s.pools.iter().find(|p| p.name == pool) else {
-                return Vec::new();
-            };
-            samples(p)
-                .into_iter()
+            s.pools
+                .iter()
+                .filter(|p| p.name == pool)
+                .flat_map(samples)
                 .map(|(mode, ns)| {
                     let attrs = mode.map(|m| kv("cpu.mode", m)).into_iter().collect();
                     (ns as f64 / 1e9, attrs)
@@ -812,5 +842,23 @@ mod tests {
             ..OtlpConfig::default()
         };
         assert!(bad.resolve(none).is_err_and(|e| e.contains("http/json")));
+    }
+
+    #[test]
+    fn observations_with_one_attribute_set_are_summed_in_any_attribute_order() {
+        let a = vec![
+            kv("db.query.summary", "SELECT invoices"),
+            kv("db.response.status_code", "57014"),
+        ];
+        let b = vec![
+            kv("db.response.status_code", "57014"),
+            kv("db.query.summary", "SELECT invoices"),
+        ];
+        let c = vec![
+            kv("db.query.summary", "SELECT orders"),
+            kv("db.response.status_code", "57014"),
+        ];
+        let merged = merge_observations(vec![(2.0, a.clone()), (5.0, c.clone()), (1.0, b)]);
+        assert_eq!(merged, vec![(3.0, a), (5.0, c)]);
     }
 }

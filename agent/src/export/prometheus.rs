@@ -1,7 +1,7 @@
 //! The Prometheus endpoint: `/metrics` in the text exposition format, rendered from the latest
 //! snapshot with the names `names.rs` defines (OTLP→Prometheus translation), so one set of
 //! dashboards and rules serves the OTLP and the scrape path.
-use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use tokio::sync::watch;
 
@@ -47,10 +47,27 @@ pub async fn serve(
     }))
 }
 
-/// A metric family being written: HELP and TYPE once, then samples.
+/// One series' value while its family is being assembled.
+enum Value {
+    Scalar(f64),
+    /// Per-bucket counts (not cumulative) and the sum in ns.
+    Histogram(Vec<u64>, u64),
+}
+
+/// A metric family being assembled: series keyed by their exact label set, written (HELP and
+/// TYPE once, then samples) when the family is dropped.
+///
+/// Several sources can produce one label set — fingerprints that share a `db.query.summary`,
+/// two pools with one name — and the text format must never carry a series twice (Prometheus
+/// keeps one and drops the rest). Series with identical labels are merged by summing, as the
+/// OpenTelemetry SDK aggregates identical attribute sets on the OTLP path, so both paths
+/// report the same totals. Every family written here is additive (counters, histograms,
+/// counts of workers or requests); a family whose values must not add has unique labels.
 struct Family<'a> {
     out: &'a mut String,
     name: String,
+    series: Vec<(Vec<(&'static str, String)>, Value)>,
+    index: HashMap<Vec<(&'static str, String)>, usize>,
 }
 
 impl<'a> Family<'a> {
@@ -63,31 +80,98 @@ impl<'a> Family<'a> {
         };
         let _ = writeln!(out, "# HELP {name} {}", def.help);
         let _ = writeln!(out, "# TYPE {name} {kind}");
-        Self { out, name }
-    }
-
-    fn sample(&mut self, suffix: &str, labels: &[(&str, &str)], value: f64) {
-        let _ = write!(self.out, "{}{suffix}", self.name);
-        write_labels(self.out, labels);
-        let _ = writeln!(self.out, " {}", number(value));
-    }
-
-    fn histogram(&mut self, labels: &[(&str, &str)], h: &Histogram, sum_ns: u64) {
-        let mut cumulative = 0u64;
-        for (i, bound_ms) in LATENCY_BUCKETS_MS.iter().enumerate() {
-            cumulative += h.0.get(i).copied().unwrap_or(0);
-            let le = number(*bound_ms as f64 / 1000.0);
-            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
-            with_le.push(("le", &le));
-            self.sample("_bucket", &with_le, cumulative as f64);
+        Self {
+            out,
+            name,
+            series: Vec::new(),
+            index: HashMap::new(),
         }
-        let mut with_le: Vec<(&str, &str)> = labels.to_vec();
-        let count: u64 = h.0.iter().sum();
-        with_le.push(("le", "+Inf"));
-        self.sample("_bucket", &with_le, count as f64);
-        self.sample("_sum", labels, sum_ns as f64 / 1e9);
-        self.sample("_count", labels, count as f64);
     }
+
+    /// The slot of `labels`, created with `empty` on first sight.
+    fn slot(
+        &mut self,
+        labels: &[(&'static str, &str)],
+        empty: impl FnOnce() -> Value,
+    ) -> &mut Value {
+        let key: Vec<(&'static str, String)> =
+            labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let i = match self.index.get(&key) {
+            Some(i) => *i,
+            None => {
+                self.series.push((key.clone(), empty()));
+                self.index.insert(key, self.series.len() - 1);
+                self.series.len() - 1
+            }
+        };
+        &mut self.series[i].1
+    }
+
+    fn sample(&mut self, labels: &[(&'static str, &str)], value: f64) {
+        match self.slot(labels, || Value::Scalar(0.0)) {
+            Value::Scalar(v) => *v += value,
+            Value::Histogram(..) => debug_assert!(false, "{} mixes kinds", self.name),
+        }
+    }
+
+    fn histogram(&mut self, labels: &[(&'static str, &str)], h: &Histogram, sum_ns: u64) {
+        let empty = || Value::Histogram(vec![0; LATENCY_BUCKETS_MS.len() + 1], 0);
+        match self.slot(labels, empty) {
+            Value::Histogram(buckets, sum) => {
+                // Counts past the last bound land in the +Inf bucket.
+                for (i, n) in h.0.iter().enumerate() {
+                    let last = buckets.len() - 1;
+                    buckets[i.min(last)] += n;
+                }
+                *sum += sum_ns;
+            }
+            Value::Scalar(_) => debug_assert!(false, "{} mixes kinds", self.name),
+        }
+    }
+}
+
+impl Drop for Family<'_> {
+    fn drop(&mut self) {
+        for (labels, value) in std::mem::take(&mut self.series) {
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            match value {
+                Value::Scalar(v) => write_sample(self.out, &self.name, "", &labels, v),
+                Value::Histogram(buckets, sum_ns) => {
+                    write_histogram(self.out, &self.name, &labels, &buckets, sum_ns)
+                }
+            }
+        }
+    }
+}
+
+fn write_sample(out: &mut String, name: &str, suffix: &str, labels: &[(&str, &str)], value: f64) {
+    let _ = write!(out, "{name}{suffix}");
+    write_labels(out, labels);
+    let _ = writeln!(out, " {}", number(value));
+}
+
+/// `buckets` holds one count per bound of `LATENCY_BUCKETS_MS` and one past the last.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    buckets: &[u64],
+    sum_ns: u64,
+) {
+    let mut cumulative = 0u64;
+    for (i, bound_ms) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        cumulative += buckets.get(i).copied().unwrap_or(0);
+        let le = number(*bound_ms as f64 / 1000.0);
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &le));
+        write_sample(out, name, "_bucket", &with_le, cumulative as f64);
+    }
+    let count: u64 = buckets.iter().sum();
+    let mut with_le = labels.to_vec();
+    with_le.push(("le", "+Inf"));
+    write_sample(out, name, "_bucket", &with_le, count as f64);
+    write_sample(out, name, "_sum", labels, sum_ns as f64 / 1e9);
+    write_sample(out, name, "_count", labels, count as f64);
 }
 
 fn number(v: f64) -> String {
@@ -161,7 +245,7 @@ pub fn render(s: &Snapshot) -> String {
     for (def, ns) in names::ROUTE_TIMES {
         let mut f = Family::new(&mut out, def);
         for r in &s.routes {
-            f.sample("", &route_labels(r), ns(r) as f64 / 1e9);
+            f.sample(&route_labels(r), ns(r) as f64 / 1e9);
         }
     }
     {
@@ -183,7 +267,6 @@ pub fn render(s: &Snapshot) -> String {
         for q in &s.queries {
             for (state, n) in &q.errors_by_sqlstate {
                 f.sample(
-                    "",
                     &[
                         ("db.system.name", "postgresql"),
                         ("db.query.summary", &q.summary),
@@ -211,7 +294,7 @@ pub fn render(s: &Snapshot) -> String {
                     None => continue,
                 },
             };
-            f.sample("", &[("service.name", &p.name)], v);
+            f.sample(&[("service.name", &p.name)], v);
         }
     }
     for (def, samples) in names::POOL_TIMES {
@@ -220,30 +303,29 @@ pub fn render(s: &Snapshot) -> String {
             for (mode, ns) in samples(p) {
                 let mut labels = vec![("service.name", p.name.as_str())];
                 labels.extend(mode.map(|m| ("cpu.mode", m)));
-                f.sample("", &labels, ns as f64 / 1e9);
+                f.sample(&labels, ns as f64 / 1e9);
             }
         }
     }
     if let Some(u) = s.host.cpu_utilization {
-        Family::new(&mut out, &names::HOST_CPU).sample("", &[], u);
+        Family::new(&mut out, &names::HOST_CPU).sample(&[], u);
     }
     {
         let mut active = Family::new(&mut out, &names::FINDING_ACTIVE);
         for f in &s.findings {
-            active.sample("", &finding_labels(f), if f.active { 1.0 } else { 0.0 });
+            active.sample(&finding_labels(f), if f.active { 1.0 } else { 0.0 });
         }
     }
     {
         let mut occ = Family::new(&mut out, &names::FINDING_OCCURRENCES);
         for f in &s.findings {
-            occ.sample("", &finding_labels(f), f.occurrences as f64);
+            occ.sample(&finding_labels(f), f.occurrences as f64);
         }
     }
     {
         let mut info = Family::new(&mut out, &names::FINDING_INFO);
         for f in &s.findings {
             info.sample(
-                "",
                 &[
                     ("finding.id", &f.id),
                     ("root_cause", &f.root_cause),
@@ -257,7 +339,7 @@ pub fn render(s: &Snapshot) -> String {
     {
         let mut drops = Family::new(&mut out, &names::AGENT_DROPS);
         for (reason, n) in s.agent.drops() {
-            drops.sample("", &[("reason", reason)], n as f64);
+            drops.sample(&[("reason", reason)], n as f64);
         }
     }
     out
@@ -289,7 +371,7 @@ pub(crate) fn finding_labels(f: &crate::detect::Finding) -> Vec<(&'static str, &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::aggregates::RouteStats;
+    use crate::pipeline::aggregates::{Latency, QueryStats, RouteStats};
 
     #[test]
     fn renders_histograms_cumulatively_and_escapes_labels() {
@@ -328,5 +410,124 @@ mod tests {
         );
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+
+    /// `name{labels}` of every sample line; panics on a line without a value.
+    fn series(text: &str) -> Vec<(String, f64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (key, value) = l.rsplit_once(' ').expect("a value");
+                (key.to_string(), value.parse().expect("a number"))
+            })
+            .collect()
+    }
+
+    fn query(id: &str, normalized: &str, calls: &[u64], errors: &[(&str, u64)]) -> QueryStats {
+        let mut latency = Latency::default();
+        for ms in calls {
+            latency.record(ms * 1_000_000);
+        }
+        QueryStats {
+            id: id.into(),
+            summary: "SELECT invoices".into(),
+            operation: "SELECT".into(),
+            normalized: normalized.into(),
+            calls: calls.len() as u64,
+            total_ns: latency.total_ns,
+            latency: latency.histogram,
+            errors_by_sqlstate: errors.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn series_with_one_label_set_are_merged_never_written_twice() {
+        let mut route = RouteStats {
+            method: "GET".into(),
+            route: "/a".into(),
+            cpu_ns: 2_000_000_000,
+            ..Default::default()
+        };
+        let mut ok = Latency::default();
+        ok.record(3_000_000);
+        route.latency_by_status = [(200, ok)].into();
+        let snap = Snapshot {
+            // The same route seen twice outside any pool: its labels are identical.
+            routes: vec![route.clone(), route],
+            queries: vec![
+                query(
+                    "00000000000000a1",
+                    "select count(*) from invoices where id = ?",
+                    &[3, 40],
+                    &[("57014", 2)],
+                ),
+                query(
+                    "00000000000000a2",
+                    "select id from invoices where id = ?",
+                    &[1, 1, 700],
+                    &[("57014", 1), ("23505", 4)],
+                ),
+                query("00000000000000a3", "select 1 from invoices", &[60_000], &[]),
+            ],
+            ..Default::default()
+        };
+        let text = render(&snap);
+        let all = series(&text);
+        let mut seen = std::collections::HashSet::new();
+        for (key, _) in &all {
+            assert!(seen.insert(key.clone()), "{key} written twice:\n{text}");
+        }
+        let value = |key: &str| {
+            all.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+        };
+        let db = "db_operation_name=\"SELECT\",db_query_summary=\"SELECT invoices\",db_system_name=\"postgresql\"";
+        // Labels are written in the order given; find the series whatever the order.
+        let db_count = all
+            .iter()
+            .find(|(k, _)| k.starts_with("db_client_operation_duration_seconds_count{"))
+            .map(|(_, v)| *v);
+        assert_eq!(db_count, Some(6.0), "{db}\n{text}");
+        let over = all
+            .iter()
+            .find(|(k, _)| {
+                k.starts_with("db_client_operation_duration_seconds_bucket{")
+                    && k.contains("le=\"30\"")
+            })
+            .map(|(_, v)| *v);
+        assert_eq!(over, Some(5.0), "the 60 s call is only in +Inf: {text}");
+        let sum = all
+            .iter()
+            .find(|(k, _)| k.starts_with("db_client_operation_duration_seconds_sum{"))
+            .map(|(_, v)| *v)
+            .expect("sum");
+        assert!((sum - 60.745).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            value(
+                "herdwatch_db_client_errors_total{db_system_name=\"postgresql\",db_query_summary=\"SELECT invoices\",db_response_status_code=\"57014\"}"
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                "herdwatch_db_client_errors_total{db_system_name=\"postgresql\",db_query_summary=\"SELECT invoices\",db_response_status_code=\"23505\"}"
+            ),
+            4.0
+        );
+        assert_eq!(
+            value(
+                "herdwatch_route_cpu_time_seconds_total{http_request_method=\"GET\",http_route=\"/a\"}"
+            ),
+            4.0
+        );
+        assert_eq!(
+            value(
+                "http_server_request_duration_seconds_count{http_request_method=\"GET\",http_route=\"/a\",http_response_status_code=\"200\"}"
+            ),
+            2.0
+        );
     }
 }
