@@ -20,6 +20,9 @@ pub struct Config {
     /// Trace sockets (PostgreSQL queries, HTTP requests). Off = CPU, run-queue and process
     /// accounting only: no syscall tracepoints, no payloads captured.
     pub socket_tracing: bool,
+    /// Walk Python workers' frames at their socket writes: exact query ↔ request pairing on
+    /// asyncio workers and each query's call site. Off = the thread heuristic (counted as such).
+    pub python_frames: bool,
     /// Destination ports whose TCP connections are PostgreSQL or PgBouncer.
     pub postgres_ports: Vec<u16>,
     /// Payload prefix captured per socket call, bytes (16..=4096).
@@ -66,6 +69,7 @@ impl Default for Config {
             event_ring_bytes: herdwatch_common::EVENT_RING_BYTES,
             event_channel_capacity: 8192,
             socket_tracing: true,
+            python_frames: true,
             postgres_ports: vec![5432, 6432],
             capture_bytes: herdwatch_common::DEFAULT_CAPTURE,
             socket_ring_bytes: herdwatch_common::SOCKET_RING_BYTES,

@@ -303,11 +303,48 @@ fn check_pool(name: &str, app_file: &str, server: Proc, port: u16, workers: usiz
         if let Some(h) = herd {
             let routes: BTreeSet<&str> = h.subject.routes.iter().map(String::as_str).collect();
             eprintln!("  herd: {} occurrence(s), routes {routes:?}", h.occurrences);
-            assert_eq!(routes, SHARING.into_iter().collect(), "{name}: the herd names exactly the sharing routes");
+            // Only routes whose requests issued a copy in a burst (each copy's route is
+            // exact, so a route that never runs the aggregate can never appear).
+            let sharing: BTreeSet<&str> = SHARING.into_iter().collect();
+            assert!(!routes.is_empty() && routes.is_subset(&sharing), "{name}: the herd names {routes:?}, not only routes issuing it");
+            for rc in &h.subject.route_copies {
+                eprintln!("    {} ×{} at {:?}", rc.route, rc.copies, rc.call_site);
+                let site = rc.call_site.as_deref().unwrap_or_default();
+                assert!(site.ends_with(&format!("{app_file}:{} in totals()", marked_line(app_file, "totals"))), "{name}: copies of {} issued at {site}", rc.route);
+            }
         } else {
             eprintln!("  herd: none reported in this window");
         }
     });
+}
+
+/// `python -m uvicorn` serving the asyncio app with 4 workers; `python` None = the venv's
+/// (pyenv's CPython: `_PyRuntime` in libpython3.11.so).
+fn uvicorn(pg: &Postgres, port: u16, python: Option<&std::path::Path>) -> Command {
+    let mut cmd = match python {
+        Some(p) => {
+            // Another CPython 3.11 build using the venv's packages (same ABI).
+            let mut c = Command::new(p);
+            c.env("PYTHONPATH", venv().join("lib/python3.11/site-packages"));
+            c
+        }
+        None => Command::new(venv().join("bin/python")),
+    };
+    cmd.args([
+        "-m",
+        "uvicorn",
+        "asgi:app",
+        "--workers",
+        "4",
+        "--host",
+        "127.0.0.1",
+    ])
+    .args(["--port", &port.to_string(), "--log-level", "warning"])
+    .arg("--app-dir")
+    .arg(app_dir())
+    .env("PG_DSN", pg.tcp_url())
+    .env("CACHE_PERIOD_S", PERIOD_S.to_string());
+    cmd
 }
 
 #[test]
@@ -318,24 +355,107 @@ fn asyncio_workers_pair_queries_with_requests_by_task() {
     let pg = Postgres::start();
     schema(&pg);
     let port = free_port();
-    let mut cmd = Command::new(venv().join("bin/uvicorn"));
-    cmd.args([
-        "asgi:app",
-        "--workers",
-        "4",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--log-level",
-        "warning",
-    ])
-    .arg("--app-dir")
-    .arg(app_dir())
-    .env("PG_DSN", pg.tcp_url())
-    .env("CACHE_PERIOD_S", PERIOD_S.to_string());
-    let server = Proc::spawn(&mut cmd);
+    let server = Proc::spawn(&mut uvicorn(&pg, port, None));
     check_pool("uvicorn asyncio", "asgi.py", server, port, 4, true);
+}
+
+/// Debian's python3.11 is a static build: `_PyRuntime` is in the executable itself.
+const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
+
+#[test]
+fn asyncio_pairing_on_a_static_python_build() {
+    let test = "asyncio_pairing_on_a_static_python_build";
+    if !kernel_available(test) {
+        return;
+    }
+    if !std::path::Path::new(DEBIAN_PYTHON).exists() {
+        skip(test, "no /usr/bin/python3.11 (Debian's python3.11)");
+        return;
+    }
+    let pg = Postgres::start();
+    schema(&pg);
+    let port = free_port();
+    let python = std::path::Path::new(DEBIAN_PYTHON);
+    let server = Proc::spawn(&mut uvicorn(&pg, port, Some(python)));
+    check_pool(
+        "uvicorn on Debian's python3.11",
+        "asgi.py",
+        server,
+        port,
+        4,
+        true,
+    );
+}
+
+/// A copy of Debian's python3.11 whose `_PyRuntime` is no longer among its dynamic symbols:
+/// an interpreter the agent cannot read. Its asyncio queries are paired by the thread
+/// heuristic and every one is counted and marked as such; nothing crashes.
+#[test]
+fn an_unreadable_interpreter_falls_back_to_the_heuristic_and_says_so() {
+    let test = "an_unreadable_interpreter_falls_back_to_the_heuristic_and_says_so";
+    if !kernel_available(test) {
+        return;
+    }
+    if !std::path::Path::new(DEBIAN_PYTHON).exists() {
+        skip(test, "no /usr/bin/python3.11 (Debian's python3.11) to copy");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("python3.11");
+    let mut binary = std::fs::read(DEBIAN_PYTHON).expect("read python3.11");
+    let name = b"_PyRuntime\0";
+    let mut renamed = 0;
+    for at in 0..binary.len().saturating_sub(name.len()) {
+        if &binary[at..at + name.len()] == name {
+            binary[at + name.len() - 2] = b'X';
+            renamed += 1;
+        }
+    }
+    assert!(renamed > 0, "python3.11 exports _PyRuntime");
+    std::fs::write(&copy, &binary).expect("write the copy");
+    let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&copy, exec).expect("chmod");
+
+    let pg = Postgres::start();
+    schema(&pg);
+    let port = free_port();
+    let mut cmd = uvicorn(&pg, port, Some(&copy));
+    // The copy is outside /usr: tell it where its standard library is.
+    cmd.env("PYTHONHOME", "/usr");
+    let server = Proc::spawn(&mut cmd);
+    let rt = runtime();
+    rt.block_on(async {
+        let agent = start_agent_with(config()).await;
+        wait_http(port);
+        pool_ready(&agent, server.pid(), 4).await;
+        wait_for(&agent, Duration::from_secs(30), "workers known as unreadable", |s| {
+            (s.agent.python.processes_unreadable >= 4).then_some(())
+        })
+        .await;
+        let ids = fingerprints(port);
+        let load = TruthLoad::start(port, 8);
+        tokio::time::sleep(Duration::from_secs(PERIOD_S + 1)).await;
+        let (_, requests) = load.stop();
+        let snap = agent.snapshot_now().await.expect("snapshot");
+        let c = &snap.agent.connections;
+        let app_calls: u64 = snap
+            .queries
+            .iter()
+            .filter(|q| ids.values().any(|id| *id == q.id))
+            .map(|q| q.calls)
+            .sum();
+        let marked: u64 = snap.queries.iter().map(|q| q.heuristic_calls).sum();
+        eprintln!(
+            "── unreadable interpreter: {requests} requests, {app_calls} app queries, heuristic {} (marked {marked}), by task {}, stacks {}",
+            c.queries_heuristic, c.queries_by_task, c.py_stacks
+        );
+        assert!(requests > 100 && app_calls > 100, "too little load");
+        assert_eq!(snap.agent.python.processes_readable, 0);
+        assert_eq!(c.py_stacks, 0, "no frames are walked in a process the agent cannot read");
+        assert_eq!(c.queries_by_task, 0);
+        assert!(c.queries_heuristic >= app_calls, "every app query is counted as heuristic");
+        assert_eq!(marked, c.queries_heuristic, "and marked on its statement");
+    });
 }
 
 fn gunicorn(pg: &Postgres, port: u16, extra: &[&str]) -> Proc {

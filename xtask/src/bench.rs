@@ -227,3 +227,17 @@ pub fn pipeline() -> anyhow::Result<()> {
             .current_dir(&root),
     )
 }
+
+/// Runs one `#[ignore]`d test of the agent as a benchmark (it needs the suite's real services
+/// and apps), in release mode when `release` (timings of the agent itself matter).
+pub fn ignored_test(file: &str, test: &str, release: bool) -> anyhow::Result<()> {
+    let venv = setup::test_prerequisites()?;
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--package", "herdwatch", "--test", file]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["--", "--ignored", "--exact", test, "--nocapture"])
+        .env("HERDWATCH_TEST_VENV", venv);
+    setup::run_checked(&mut cmd)
+}

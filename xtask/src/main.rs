@@ -47,8 +47,9 @@ enum Cmd {
     },
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
-        /// Which benchmark: `sched` (tracing overhead), `pipeline` (decode+parse+stitch rate) or
-        /// `otlp-down` (peak RSS with the OTLP collector down vs. OTLP off).
+        /// Which benchmark: `sched` (tracing overhead), `pipeline` (decode+parse+stitch rate),
+        /// `otlp-down` (peak RSS with the OTLP collector down vs. OTLP off) or `frames` (kernel
+        /// time per socket record with and without Python frame walking).
         name: String,
         /// Rounds of the interleaved measurement.
         #[arg(long, default_value_t = 5)]
@@ -95,23 +96,13 @@ fn main() -> anyhow::Result<()> {
             match name.as_str() {
                 "sched" => bench::sched(rounds),
                 "pipeline" => bench::pipeline(),
-                "otlp-down" => {
-                    // Peak RSS with OTLP off vs. the collector down, side by side.
-                    let venv = setup::test_prerequisites()?;
-                    let mut cmd = std::process::Command::new("cargo");
-                    cmd.args(["test", "--package", "herdwatch", "--test", "otlp", "--"])
-                        .args([
-                            "--ignored",
-                            "--exact",
-                            "collector_down_peak_rss",
-                            "--nocapture",
-                        ])
-                        .env("HERDWATCH_TEST_VENV", venv);
-                    setup::run_checked(&mut cmd)
-                }
-                other => {
-                    anyhow::bail!("unknown benchmark {other:?}; known: sched, pipeline, otlp-down")
-                }
+                // Peak RSS with OTLP off vs. the collector down, side by side.
+                "otlp-down" => bench::ignored_test("otlp", "collector_down_peak_rss", false),
+                // Kernel time per socket record with and without Python frame walking.
+                "frames" => bench::ignored_test("frame_walk_cost", "frame_walk_cost", true),
+                other => anyhow::bail!(
+                    "unknown benchmark {other:?}; known: sched, pipeline, otlp-down, frames"
+                ),
             }
         }
     }

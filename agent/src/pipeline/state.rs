@@ -67,6 +67,8 @@ pub struct PipelineState {
     interpreters: crate::procs::python::Interpreters,
     /// Pool workers registered for frame walking, and whether their interpreter is readable.
     python_workers: HashMap<u32, bool>,
+    /// `python_frames`: off = no worker is registered with the kernel side.
+    walk_python: bool,
 }
 
 /// A pool's cumulative time since the agent started watching it, ns.
@@ -112,6 +114,7 @@ impl PipelineState {
             export_counters: None,
             interpreters: Default::default(),
             python_workers: HashMap::new(),
+            walk_python: config.python_frames,
             table,
             maps,
             reader,
@@ -193,7 +196,12 @@ impl PipelineState {
             if self.python_workers.contains_key(&pid) {
                 continue;
             }
-            let layout = match self.interpreters.discover(pid, asyncio) {
+            let found = if self.walk_python {
+                self.interpreters.discover(pid, asyncio)
+            } else {
+                Err(crate::procs::python::Unreadable::Off)
+            };
+            let layout = match found {
                 Ok(interp) => match self.maps.set_python(pid, &interp.process) {
                     Ok(()) => {
                         tracing::debug!(

@@ -129,6 +129,8 @@ pub fn layout(major: u8, minor: u8) -> Option<Layout> {
 /// Why a process's frames cannot be walked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unreadable {
+    #[error("frame walking is off (python_frames = false)")]
+    Off,
     #[error("no python executable or libpython mapped")]
     NotPython,
     #[error("{0}: no _PyRuntime among its dynamic symbols (stripped or not CPython)")]
