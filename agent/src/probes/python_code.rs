@@ -298,9 +298,9 @@ mod tests {
     #[test]
     fn location_table_lines() {
         // first line 10: 2 units on line 10 (short form), 3 units one line down (code 11),
-        // 1 unit with no location (code 15), 4 units 5 lines up then… (code 13, svarint 5→-? )
+        // 1 unit with no location (code 15), then 4 units three lines down (code 13, svarint 6).
         let table = [
-            0x80 | (0 << 3) | 1, // 2 units, same line, 1 column byte follows
+            0x80 | 1, // code 0: 2 units, same line, 1 column byte follows
             0x05,
             0x80 | (11 << 3) | 2, // 3 units, line + 1, two column bytes follow
             0x01,
