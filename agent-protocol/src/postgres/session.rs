@@ -230,6 +230,23 @@ impl PgSession {
     }
 
     /// As [`Self::on_backend`], appending to `out`.
+    /// The queries the frontend chunk stamped `ts` sent (text, or statement name when the
+    /// text is not known): their starts, known before their answers.
+    pub fn started_at(&self, ts: u64) -> impl Iterator<Item = (Option<&Arc<str>>, Option<&Name>)> {
+        self.calls
+            .pending
+            .iter()
+            .rev()
+            .take_while(move |p| match p {
+                Pending::Op(op) | Pending::Parse(op) => op.query.started_ns == ts,
+                Pending::SyncPoint => true,
+            })
+            .filter_map(|p| match p {
+                Pending::Op(op) => Some((op.query.sql.as_ref(), op.query.statement.as_ref())),
+                _ => None,
+            })
+    }
+
     pub fn on_backend_into(&mut self, chunk: Chunk<'_>, out: &mut Vec<SessionEvent>) {
         let framers = (&mut self.backend, &mut self.frontend);
         on_chunk(

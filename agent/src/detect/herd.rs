@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use rustc_hash::FxHashMap;
 
 use super::{
-    QueryObs,
+    QueryObs, QueryStart,
     finding::{Evidence, FindingKind, Report, RouteCopies, Severity, Signal, Subject},
     naming::{QUERY_TEXT_CHARS, bounded, query_name},
 };
@@ -63,7 +63,10 @@ impl Default for HerdConfig {
 #[derive(Debug, Clone)]
 struct Start {
     at_ms: u64,
+    /// How long it took; while it runs, how long it has run so far (a lower bound).
     took_ms: f64,
+    /// Still waiting for its answer (seen sent, not yet finished).
+    running: bool,
     conn: (u32, u32),
     pid: u32,
     /// The route whose request issued the copy, as the pipeline attributed it.
@@ -91,6 +94,10 @@ struct Track {
     /// Copies per route over every reported burst but the latest (bounded): the routes the
     /// finding names are exactly those whose requests issued a copy.
     route_copies: BTreeMap<String, u64>,
+    /// Its starts arrive as they are sent: no copy can be reported late.
+    live: bool,
+    /// A copy finished since the last tick (its duration, route and call site are known now).
+    finished: bool,
 }
 
 const MAX_ROUTES: usize = 32;
@@ -129,15 +136,81 @@ impl HerdDetector {
         self.proxies = pids.collect();
     }
 
+    /// A query was sent: it counts as a copy from now on, running, so a herd is seen while
+    /// its copies still run rather than after the slowest has finished.
+    pub fn on_query_start(&mut self, q: &QueryStart) {
+        if self.proxies.contains(&q.pid) {
+            return;
+        }
+        let track = self.track(&q.fingerprint);
+        if track.starts.len() == MAX_STARTS {
+            track.starts.pop_front();
+        }
+        let at_ms = q.started_ms as u64;
+        track.starts.push_back(Start {
+            at_ms,
+            took_ms: 0.0,
+            running: true,
+            conn: q.conn,
+            pid: q.pid,
+            route: None,
+            call_site: None,
+        });
+        track.live = true;
+        track.fresh = true;
+        track.last_seen_ms = track.last_seen_ms.max(at_ms);
+    }
+
     pub fn on_query(&mut self, q: &QueryObs) {
         if self.proxies.contains(&q.pid) {
             return;
         }
         let took_ms = q.finished_ms - q.started_ms;
-        if took_ms < self.config.min_query_ms {
+        let at_ms = q.started_ms as u64;
+        let min_query_ms = self.config.min_query_ms;
+        if let Some(track) = self.tracks.get_mut(&q.fingerprint) {
+            // Its start was seen: it ends here (too fast to matter: it was never a copy).
+            let sent = track
+                .starts
+                .iter()
+                .rposition(|s| s.running && s.conn == q.conn && s.at_ms == at_ms);
+            if let Some(i) = sent {
+                if took_ms < min_query_ms {
+                    track.starts.remove(i);
+                } else if let Some(s) = track.starts.get_mut(i) {
+                    s.running = false;
+                    s.took_ms = took_ms;
+                    s.route = q.route.clone();
+                    s.call_site = q.call_site.clone();
+                    track.finished = true;
+                    track.fresh = true;
+                }
+                return;
+            }
+        }
+        if took_ms < min_query_ms {
             return;
         }
-        if self.tracks.len() >= MAX_TRACKS && !self.tracks.contains_key(&q.fingerprint) {
+        let track = self.track(&q.fingerprint);
+        if track.starts.len() == MAX_STARTS {
+            track.starts.pop_front();
+        }
+        track.starts.push_back(Start {
+            at_ms,
+            took_ms,
+            running: false,
+            conn: q.conn,
+            pid: q.pid,
+            route: q.route.clone(),
+            call_site: q.call_site.clone(),
+        });
+        track.fresh = true;
+        track.last_seen_ms = track.last_seen_ms.max(at_ms);
+    }
+
+    /// The fingerprint's track, made room for within `MAX_TRACKS`.
+    fn track(&mut self, fingerprint: &Label) -> &mut Track {
+        if self.tracks.len() >= MAX_TRACKS && !self.tracks.contains_key(fingerprint) {
             // Keep the bound: forget the fingerprint quiet the longest.
             if let Some(k) = self
                 .tracks
@@ -148,21 +221,7 @@ impl HerdDetector {
                 self.tracks.remove(&k);
             }
         }
-        let track = self.tracks.entry(q.fingerprint.clone()).or_default();
-        if track.starts.len() == MAX_STARTS {
-            track.starts.pop_front();
-        }
-        let at_ms = q.started_ms as u64;
-        track.starts.push_back(Start {
-            at_ms,
-            took_ms,
-            conn: q.conn,
-            pid: q.pid,
-            route: q.route.clone(),
-            call_site: q.call_site.clone(),
-        });
-        track.fresh = true;
-        track.last_seen_ms = track.last_seen_ms.max(at_ms);
+        self.tracks.entry(fingerprint.clone()).or_default()
     }
 
     /// Evaluates fingerprints with new queries. `now_ms` is on the queries' clock; `to_unix`
@@ -200,6 +259,10 @@ impl HerdDetector {
                 continue;
             }
             track.fresh = false;
+            let finished = std::mem::take(&mut track.finished);
+            for s in track.starts.iter_mut().filter(|s| s.running) {
+                s.took_ms = now_ms.saturating_sub(s.at_ms) as f64;
+            }
             track.starts.make_contiguous().sort_by_key(|s| s.at_ms);
             let (starts, _) = track.starts.as_slices();
             // Copies of the latest burst reported after it was decided (slow copies finish
@@ -215,7 +278,7 @@ impl HerdDetector {
                     grew = true;
                 }
                 track.decided_until_ms = track.decided_until_ms.max(Some(b.last_ms));
-                if grew && track.active {
+                if (grew || finished) && track.active {
                     let span = *b;
                     let copies = in_span(starts, span);
                     let stats = queries.iter().find(|q| *q.id == **fp);
@@ -224,7 +287,10 @@ impl HerdDetector {
                     signals.push(Signal::Ongoing(Box::new(report)));
                 }
             }
-            for cluster in closed_clusters(starts, track.decided_until_ms, &self.config, now_ms) {
+            let late = !track.live;
+            for cluster in
+                closed_clusters(starts, track.decided_until_ms, &self.config, now_ms, late)
+            {
                 let (_, last) = cluster;
                 let Some(first) =
                     herd_begins(starts, cluster, &track.bursts, &self.config, watching_since)
@@ -291,6 +357,7 @@ fn closed_clusters(
     decided_until_ms: Option<u64>,
     config: &HerdConfig,
     now_ms: u64,
+    reported_late: bool,
 ) -> Vec<(usize, usize)> {
     let begin = match decided_until_ms {
         Some(t) => starts.partition_point(|s| s.at_ms <= t),
@@ -308,7 +375,13 @@ fn closed_clusters(
             slowest = slowest.max(starts[last].took_ms);
         }
         let followed = last + 1 < starts.len();
-        let late = (slowest.ceil() as u64).min(LATE_MS) + LATE_SLACK_MS;
+        // Starts seen as they are sent leave nothing to wait for; starts learnt from answers
+        // may still be reported as late as the slowest copy takes.
+        let late = if reported_late {
+            (slowest.ceil() as u64).min(LATE_MS) + LATE_SLACK_MS
+        } else {
+            LATE_SLACK_MS
+        };
         if !followed && now_ms < starts[last].at_ms + config.settle_ms + late {
             // Still open: a straggler may yet be reported.
             break;
@@ -570,6 +643,77 @@ mod tests {
                     .all(|s| matches!(s, Signal::Ended { pattern, .. } if pattern == "herd"))
             );
         }
+    }
+
+    fn start(fp: &str, conn: u32, at: f64) -> QueryStart {
+        QueryStart {
+            fingerprint: fp.into(),
+            pid: 100 + conn / 2,
+            conn: (100 + conn / 2, conn),
+            started_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_herd_is_seen_in_its_starts_while_its_copies_still_run() {
+        let mut d = HerdDetector::new(HerdConfig::default());
+        run(&mut d, 1_000);
+        // A trickle of the statement, fast ones among it (never copies).
+        for i in 0..20u32 {
+            let at = 2_000.0 + 400.0 * f64::from(i);
+            d.on_query_start(&start("agg", 50 + i % 3, at));
+            d.on_query(&obs(
+                "agg",
+                50 + i % 3,
+                at,
+                if i % 2 == 0 { 2.0 } else { 40.0 },
+            ));
+        }
+        // The burst: 12 connections send it within 60 ms; none has answered yet.
+        for c in 0..12u32 {
+            d.on_query_start(&start("agg", c, 12_000.0 + 5.0 * f64::from(c)));
+        }
+        let quiet = 12_055 + HerdConfig::default().settle_ms + LATE_SLACK_MS;
+        assert!(
+            !run(&mut d, quiet - 50)
+                .iter()
+                .any(|s| matches!(s, Signal::Onset(_))),
+            "not before the burst has settled"
+        );
+        let signals = run(&mut d, quiet + 10);
+        let onset = signals
+            .iter()
+            .find_map(|s| match s {
+                Signal::Onset(r) => Some(r),
+                _ => None,
+            })
+            .expect("a herd from starts alone, ~0.4 s after the burst");
+        assert_eq!(
+            onset
+                .evidence
+                .iter()
+                .find(|e| e.name == "concurrent_copies")
+                .map(|e| e.value),
+            Some(12.0)
+        );
+        // The copies answer later: their routes reach the finding as they come.
+        for c in 0..12u32 {
+            d.on_query(&obs("agg", c, 12_000.0 + 5.0 * f64::from(c), 900.0));
+        }
+        let later = run(&mut d, quiet + 1_500);
+        let ongoing = later
+            .iter()
+            .find_map(|s| match s {
+                Signal::Ongoing(r) => Some(r),
+                _ => None,
+            })
+            .expect("updated once the copies answered");
+        assert_eq!(
+            ongoing.subject.routes.len(),
+            6,
+            "{:?}",
+            ongoing.subject.routes
+        );
     }
 
     #[test]

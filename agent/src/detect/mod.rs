@@ -24,8 +24,18 @@ use crate::pipeline::{
     snapshot::{HostView, PoolView, ProcessView},
 };
 
-/// One finished PostgreSQL query as the detectors see it. Times are milliseconds on the
+/// One PostgreSQL query just sent, its answer still to come. Times are milliseconds on the
 /// kernel's monotonic clock.
+#[derive(Debug, Clone)]
+pub struct QueryStart {
+    pub fingerprint: crate::pipeline::aggregates::Label,
+    pub pid: u32,
+    /// (process, fd) of the client connection.
+    pub conn: (u32, u32),
+    pub started_ms: f64,
+}
+
+/// One finished PostgreSQL query as the detectors see it (times as for [`QueryStart`]).
 #[derive(Debug, Clone)]
 pub struct QueryObs {
     pub fingerprint: crate::pipeline::aggregates::Label,
@@ -163,6 +173,11 @@ impl Detectors {
             self.schedule
                 .on_cpu_burst(pid, &comm, &cmdline, start, cpu_ns);
         }
+    }
+
+    /// Feeds one query just sent: a herd shows in its starts, long before its copies end.
+    pub fn on_query_start(&mut self, q: &QueryStart) {
+        self.herd.on_query_start(q);
     }
 
     /// Feeds one finished query; `name` resolves a pid to (comm, command line) and is called

@@ -14,7 +14,10 @@ use herdwatch_protocol::{
 };
 use serde::Serialize;
 
-use crate::{detect::QueryObs, probes::python_code::CallSite};
+use crate::{
+    detect::{QueryObs, QueryStart},
+    probes::python_code::CallSite,
+};
 
 /// Upper bounds (inclusive, milliseconds) of the latency histogram buckets; one more bucket
 /// counts everything slower. They resolve 1 ms … 30 s, the range the exporters publish.
@@ -230,6 +233,11 @@ const MAX_SITES_PER_QUERY: usize = 8;
 /// Finished queries waiting for the detectors; past this they are counted, not kept.
 const OUTBOX_MAX: usize = 65_536;
 
+/// The id of a statement known only by name (prepared before the agent saw its text).
+fn prepared_id(name: &str) -> String {
+    format!("{:016x}", fnv1a64(format!("prepared:{name}").as_bytes()))
+}
+
 /// Remembers `pid` among the most recent ones (workers get replaced; the new ones matter).
 fn remember_pid(pids: &mut Vec<u32>, pid: u32) {
     if pids.last() == Some(&pid) {
@@ -277,6 +285,8 @@ pub struct Aggregates {
     grouper: RouteGrouper,
     /// Finished queries for the detectors, drained by the pipeline after each event.
     pub outbox: Vec<QueryObs>,
+    /// Queries just sent (answers still to come), for the detectors likewise.
+    pub starts: Vec<QueryStart>,
     pub outbox_dropped: u64,
     /// OTLP latency histograms, when OTLP export is on.
     pub telemetry: Option<crate::export::otlp::Telemetry>,
@@ -297,6 +307,7 @@ impl Aggregates {
             max_routes,
             grouper,
             outbox: Vec::new(),
+            starts: Vec::new(),
             outbox_dropped: 0,
             telemetry: None,
         }
@@ -398,9 +409,8 @@ impl Aggregates {
             }
             (None, name) => {
                 let name = name.clone().unwrap_or_default();
-                let key = format!("prepared:{name}");
                 (
-                    format!("{:016x}", fnv1a64(key.as_bytes())),
+                    prepared_id(&name),
                     format!("EXECUTE {name}"),
                     "EXECUTE".to_string(),
                     format!(
@@ -592,6 +602,32 @@ impl Aggregates {
     }
 
     /// The fingerprint of `sql`, computed once per distinct text (one probe on a hit).
+    /// A query of connection `conn` was sent at `started_ns`: its start goes to the
+    /// detectors now, under the fingerprint its answer will be counted under.
+    pub fn note_start(
+        &mut self,
+        conn: (u32, u32),
+        sql: Option<&std::sync::Arc<str>>,
+        statement: Option<&str>,
+        started_ns: u64,
+    ) {
+        if self.starts.len() >= OUTBOX_MAX {
+            self.outbox_dropped += 1;
+            return;
+        }
+        let id = match sql {
+            Some(sql) => Self::fingerprint_of(&mut self.fingerprints, sql).id.clone(),
+            None => Label::from(prepared_id(statement.unwrap_or_default()).as_str()),
+        };
+        let counted = self.queries.contains_key(&*id) || self.queries.len() < self.max_queries;
+        self.starts.push(QueryStart {
+            fingerprint: if counted { id } else { Label::from(OTHER_ID) },
+            pid: conn.0,
+            conn,
+            started_ms: started_ns as f64 / 1e6,
+        });
+    }
+
     fn fingerprint_of<'a>(
         cache: &'a mut hashbrown::HashMap<std::sync::Arc<str>, Known, rustc_hash::FxBuildHasher>,
         sql: &std::sync::Arc<str>,

@@ -790,7 +790,11 @@ impl Connections {
                 if ingress {
                     pg.on_backend_into(chunk, &mut events);
                 } else {
+                    let ts = chunk.timestamp_ns;
                     pg.on_frontend_into(chunk, &mut events);
+                    for (sql, statement) in pg.started_at(ts) {
+                        aggregates.note_start(key, sql, statement.map(|n| n.as_str()), ts);
+                    }
                 }
                 for ev in events.drain(..) {
                     match ev {

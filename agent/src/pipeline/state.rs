@@ -256,6 +256,9 @@ impl PipelineState {
 
     /// Hands the queries finished since the last call to the detectors.
     fn feed_detectors(&mut self) {
+        for q in self.aggregates.starts.drain(..) {
+            self.detectors.on_query_start(&q);
+        }
         if !self.aggregates.outbox.is_empty() {
             let table = &self.table;
             for q in self.aggregates.outbox.drain(..) {
