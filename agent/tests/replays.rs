@@ -353,6 +353,23 @@ fn starvation() {
         );
         assert!(p99_before < p99_during, "{starved:#?}");
         assert!(starved.root_cause.contains("POST /api/checkout"));
+        // The statement by its text, and the line of the app that issued it.
+        assert!(
+            starved
+                .subject
+                .query_text
+                .as_deref()
+                .is_some_and(|t| t.contains("order_lines") && starved.root_cause.contains(t)),
+            "{starved:#?}"
+        );
+        let source = std::fs::read_to_string(apps_dir().join("checkout/app.py")).expect("app");
+        let line = source
+            .lines()
+            .position(|l| l.trim_end().ends_with("# site:scan"))
+            .expect("the scan's line is marked")
+            + 1;
+        let site = format!("issued at checkout/app.py:{line} in checkout()");
+        assert!(starved.root_cause.contains(&site), "{site}: {starved:#?}");
         assert!(saturated.root_cause.contains("Host CPU"));
         // After the load stops the pool recovers and the finding resolves.
         let id = starved.id.clone();

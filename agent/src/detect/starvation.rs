@@ -64,7 +64,8 @@ const SMOOTHING_MS: u64 = 5_000;
 struct Episode {
     routes: HashMap<String, (u64, Histogram)>,
     /// Fingerprint id → ((summary, normalised text), time ns, calls).
-    queries: HashMap<String, ((String, String), u64, u64)>,
+    /// Per statement id: ((summary, normalized text, call site), time, calls).
+    queries: HashMap<String, ((String, String, Option<String>), u64, u64)>,
     on_cpu: f64,
     db_wait: f64,
     shares: u32,
@@ -180,7 +181,7 @@ impl StarvationDetector {
             }
             for q in input.queries.iter().filter(|q| mine(&q.pids)) {
                 let e = ep.queries.entry(q.id.clone()).or_default();
-                e.0 = (q.summary.clone(), q.normalized.clone());
+                e.0 = (q.summary.clone(), q.normalized.clone(), q.call_site.clone());
                 e.1 += q.total_ns;
                 e.2 += q.calls;
             }
@@ -315,14 +316,18 @@ fn describe(
         sentence.push('.');
         subject.route = Some(label.clone());
     }
-    if let Some((id, ((summary, normalized), time, calls))) = top_query {
+    if let Some((id, ((summary, normalized, site), time, calls))) = top_query {
         let per_call = *time as f64 / 1e6 / (*calls).max(1) as f64;
         evidence.push(Evidence::new("top_query_time", *time as f64 / 1e6, "ms"));
         evidence.push(Evidence::new("top_query_mean", per_call, "ms"));
         // Named by text and id: the summary alone (`SELECT`) names no statement.
         let name = query_name(id, normalized);
+        let issued = site
+            .as_deref()
+            .map(|s| format!(", issued at {s}"))
+            .unwrap_or_default();
         sentence.push_str(&format!(
-            " Most of it was spent in {name} ({calls} calls, {per_call:.0} ms each)."
+            " Most of it was spent in {name}{issued} ({calls} calls, {per_call:.0} ms each)."
         ));
         prevention = format!(
             "Take {name} off the synchronous path of {}: run it in a background job, give \

@@ -29,6 +29,8 @@ pub struct QueryWindow {
     pub summary: String,
     /// Normalised text (literals stripped), for naming the statement to a person.
     pub normalized: String,
+    /// The application line issuing most of its calls (`file:line in function()`).
+    pub call_site: Option<String>,
     pub calls: u64,
     pub total_ns: u64,
     pub pids: Vec<u32>,
@@ -86,6 +88,11 @@ impl Windows {
                     id: q.id.clone(),
                     summary: q.summary.clone(),
                     normalized: q.normalized.clone(),
+                    call_site: q
+                        .call_sites
+                        .iter()
+                        .max_by_key(|s| s.calls)
+                        .map(|s| s.site.to_string()),
                     calls: q.calls - calls,
                     total_ns: q.total_ns.saturating_sub(total),
                     pids: q.pids.clone(),

@@ -44,7 +44,7 @@ def checkout():
     conn = db()
     if VERSION == "v2":
         # The deploy's change: a synchronous check on the request path.
-        (lines,) = conn.execute(
+        (lines,) = conn.execute(  # site:scan
             "SELECT count(*) FROM order_lines WHERE customer_id = %s", (customer,)
         ).fetchone()
     else:
