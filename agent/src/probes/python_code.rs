@@ -295,6 +295,56 @@ mod tests {
         assert_eq!(site.to_string(), "shop/checkout.py:88 in create_order()");
     }
 
+    /// A compact ASCII `str` object as CPython 3.11 lays it out, in our own memory.
+    fn fake_str(text: &[u8]) -> Vec<u8> {
+        let layout = crate::procs::python::layout(3, 11).expect("3.11").code;
+        let mut obj = vec![0u8; layout.ascii_data as usize + text.len() + 1];
+        obj[16..24].copy_from_slice(&(text.len() as u64).to_le_bytes());
+        // kind 1 (1 byte per char), compact, ascii.
+        let state: u32 = (1 << 2) | (1 << 5) | (1 << 6);
+        obj[32..36].copy_from_slice(&state.to_le_bytes());
+        obj[layout.ascii_data as usize..][..text.len()].copy_from_slice(text);
+        obj
+    }
+
+    #[test]
+    fn code_objects_from_memory_bounded_and_garbage_refused() {
+        let layout = crate::procs::python::layout(3, 11).expect("3.11").code;
+        let file = fake_str(b"/srv/shop/checkout.py");
+        let huge = fake_str(&vec![b'q'; 100_000]);
+        let mut table = vec![0u8; 32 + 2];
+        table[16..24].copy_from_slice(&2u64.to_le_bytes());
+        table[32] = 0x80 | (11 << 3); // 1 unit, one line down
+        table[33] = 0x80 | (11 << 3) | 1; // 2 units, one more line down
+        let mut code = vec![0u8; layout.co_code_adaptive as usize + 16];
+        let put = |code: &mut Vec<u8>, at: u64, v: u64| {
+            code[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(&mut code, layout.co_filename, file.as_ptr() as u64);
+        put(&mut code, layout.co_qualname, huge.as_ptr() as u64);
+        put(&mut code, layout.co_linetable, table.as_ptr() as u64);
+        code[layout.co_firstlineno as usize..][..4].copy_from_slice(&87u32.to_le_bytes());
+        let code_at = code.as_ptr() as u64;
+        let me = std::process::id();
+        let mut cache = CodeCache::default();
+        let frames = [
+            // Garbage first: an unmapped code object is skipped, counted, never a panic.
+            PyFrameRef { code: 8, instr: 16 },
+            // The second instruction (unit 1): line 87 + 1 + 1.
+            PyFrameRef {
+                code: code_at,
+                instr: code_at + layout.co_code_adaptive + 2,
+            },
+        ];
+        let site = cache.call_site(me, &layout, &frames).expect("a call site");
+        assert_eq!((&*site.file, site.line), ("/srv/shop/checkout.py", 89));
+        assert_eq!(site.function.len(), MAX_NAME, "a huge qualname is cut");
+        assert_eq!(cache.stats.unreadable, 1);
+        cache.forget_process(me);
+        assert_eq!(cache.stats.code_objects, 0, "freed with its process");
+        drop((file, huge, table, code));
+    }
+
     #[test]
     fn location_table_lines() {
         // first line 10: 2 units on line 10 (short form), 3 units one line down (code 11),
