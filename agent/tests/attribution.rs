@@ -48,7 +48,7 @@ fn schema(pg: &Postgres) {
                                 amount numeric NOT NULL, status text NOT NULL);
          INSERT INTO invoices (customer_id, amount, status)
            SELECT 1 + i % 50, (i % 1000) / 10.0, CASE WHEN i % 3 = 0 THEN 'open' ELSE 'paid' END
-           FROM generate_series(1, 300000) i;
+           FROM generate_series(1, 1000000) i;
          CREATE INDEX ON invoices (customer_id);
          ANALYZE;",
     );
@@ -57,11 +57,20 @@ fn schema(pg: &Postgres) {
 /// (route label as the agent groups it, statement key) → calls.
 type Tally = BTreeMap<(String, String), u64>;
 
+/// What the load saw: calls per (route, statement), requests answered, and refills of the
+/// shared aggregate per cache period (epoch).
+#[derive(Debug, Default, Clone)]
+struct Truth {
+    calls: Tally,
+    requests: u64,
+    refills: BTreeMap<u64, u64>,
+}
+
 /// Clients on keep-alive connections, round-robin over the endpoints, summing each
 /// response's `x-statements` per (route, statement).
 struct TruthLoad {
     stop: Arc<AtomicBool>,
-    truth: Arc<Mutex<(Tally, u64)>>,
+    truth: Arc<Mutex<Truth>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -80,7 +89,7 @@ const ENDPOINTS: [&str; 9] = [
 impl TruthLoad {
     fn start(port: u16, clients: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let truth = Arc::new(Mutex::new((Tally::new(), 0u64)));
+        let truth = Arc::new(Mutex::new(Truth::default()));
         let threads = (0..clients)
             .map(|i| {
                 let (stop, truth) = (stop.clone(), truth.clone());
@@ -93,15 +102,18 @@ impl TruthLoad {
                             .replace("{n}", &(1 + n * 7 % 50).to_string());
                         n += 1;
                         let (method, path) = endpoint.split_once(' ').expect("method path");
-                        let Some(ran) = exchange(&mut conn, port, method, path) else {
+                        let Some((ran, refill)) = exchange(&mut conn, port, method, path) else {
                             continue;
                         };
                         let mut route = String::new();
                         grouper.route_into(path, &mut route);
                         let mut t = truth.lock().expect("lock");
-                        t.1 += 1;
+                        t.requests += 1;
                         for key in ran {
-                            *t.0.entry((route.clone(), key)).or_default() += 1;
+                            *t.calls.entry((route.clone(), key)).or_default() += 1;
+                        }
+                        if let Some(epoch) = refill {
+                            *t.refills.entry(epoch).or_default() += 1;
                         }
                     }
                 })
@@ -114,8 +126,8 @@ impl TruthLoad {
         }
     }
 
-    /// Stops the clients (each finishes its request in flight): the truth and the requests.
-    fn stop(mut self) -> (Tally, u64) {
+    /// Stops the clients (each finishes its request in flight): what they saw.
+    fn stop(mut self) -> Truth {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -130,13 +142,16 @@ impl Drop for TruthLoad {
     }
 }
 
-/// One request; the statement keys of a 2xx response, None when it failed.
+/// The statement keys a response says its request ran, and the cache period it refilled.
+type Ran = (Vec<String>, Option<u64>);
+
+/// One request; what a 2xx response says it ran, None when it failed.
 fn exchange(
     conn: &mut Option<BufReader<TcpStream>>,
     port: u16,
     method: &str,
     path: &str,
-) -> Option<Vec<String>> {
+) -> Option<Ran> {
     if conn.is_none() {
         let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
@@ -155,11 +170,11 @@ fn exchange(
     (200..300).contains(&status).then_some(ran)
 }
 
-fn read_answer(c: &mut BufReader<TcpStream>) -> Option<(u16, Vec<String>)> {
+fn read_answer(c: &mut BufReader<TcpStream>) -> Option<(u16, Ran)> {
     let mut line = String::new();
     c.read_line(&mut line).ok().filter(|n| *n > 0)?;
     let status = line.split(' ').nth(1)?.parse().ok()?;
-    let (mut length, mut ran) = (0usize, Vec::new());
+    let (mut length, mut ran, mut refill) = (0usize, Vec::new(), None);
     loop {
         line.clear();
         c.read_line(&mut line).ok().filter(|n| *n > 0)?;
@@ -177,12 +192,13 @@ fn read_answer(c: &mut BufReader<TcpStream>) -> Option<(u16, Vec<String>)> {
                     .filter(|k| !k.is_empty())
                     .collect()
             }
+            "x-refill-epoch" => refill = value.trim().parse().ok(),
             _ => {}
         }
     }
     let mut body = vec![0; length];
     c.read_exact(&mut body).ok()?;
-    Some((status, ran))
+    Some((status, (ran, refill)))
 }
 
 /// Statement key → fingerprint id, from the app's own SQL (`GET /statements`).
@@ -208,6 +224,19 @@ fn charged(snap: &Snapshot, ids: &BTreeMap<String, String>) -> Tally {
         }
     }
     out
+}
+
+/// The herd finding on the statement `id`.
+fn herd_of<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a herdwatch::detect::Finding> {
+    snap.findings.iter().find(|f| {
+        f.kind == FindingKind::ThunderingHerd && f.subject.fingerprint.as_deref() == Some(id)
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The line of the app marked `# site:<key>`.
@@ -241,10 +270,24 @@ fn check_pool(name: &str, app_file: &str, server: Proc, port: u16, workers: usiz
         })
         .await;
         let ids = fingerprints(port);
+        let load_started_ms = unix_ms();
         let load = TruthLoad::start(port, 16);
-        tokio::time::sleep(Duration::from_secs(4 * PERIOD_S + 1)).await;
-        let (truth, requests) = load.stop();
-        // Queries wait for their Task's response: every response was read, so all are in.
+        // Each time the herd's occurrences grow, as the agent published it (its periodic
+        // snapshots, not ones forced by the test): (occurrences, onset, reported), unix ms.
+        let mut seen: Vec<(u64, u64, u64)> = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(5 * PERIOD_S + 1);
+        while std::time::Instant::now() < until {
+            if let Some(h) = herd_of(&agent.latest(), &ids["totals"])
+                && seen.last().is_none_or(|(n, _, _)| *n < h.occurrences)
+            {
+                seen.push((h.occurrences, h.onset_unix_ms, h.reported_unix_ms));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Truth { calls: truth, requests, refills } = load.stop();
+        // Let the last burst be decided. Queries wait for their Task's response: every
+        // response was read, so all are in.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let snap = agent.snapshot_now().await.expect("snapshot");
         let got = charged(&snap, &ids);
         let c = &snap.agent.connections;
@@ -298,22 +341,38 @@ fn check_pool(name: &str, app_file: &str, server: Proc, port: u16, workers: usiz
             assert!(top.calls as f64 >= 0.98 * q.calls as f64, "{name}: {key}: {} of {} calls have a call site", top.calls, q.calls);
         }
 
-        // The herd: the shared aggregate, named with exactly the routes that issue it.
-        let herd = snap.findings.iter().find(|f| f.kind == FindingKind::ThunderingHerd && f.subject.fingerprint.as_deref() == Some(ids["totals"].as_str()));
-        if let Some(h) = herd {
-            let routes: BTreeSet<&str> = h.subject.routes.iter().map(String::as_str).collect();
-            eprintln!("  herd: {} occurrence(s), routes {routes:?}", h.occurrences);
-            // Only routes whose requests issued a copy in a burst (each copy's route is
-            // exact, so a route that never runs the aggregate can never appear).
-            let sharing: BTreeSet<&str> = SHARING.into_iter().collect();
-            assert!(!routes.is_empty() && routes.is_subset(&sharing), "{name}: the herd names {routes:?}, not only routes issuing it");
-            for rc in &h.subject.route_copies {
-                eprintln!("    {} ×{} at {:?}", rc.route, rc.copies, rc.call_site);
-                let site = rc.call_site.as_deref().unwrap_or_default();
-                assert!(site.ends_with(&format!("{app_file}:{} in totals()", marked_line(app_file, "totals"))), "{name}: copies of {} issued at {site}", rc.route);
-            }
-        } else {
-            eprintln!("  herd: none reported in this window");
+        // The herd: the shared aggregate, one occurrence per burst (a cache period whose
+        // refills are enough copies to be one), each named with exactly the routes whose
+        // requests issued copies and the line they were issued from.
+        let bursts: Vec<u64> = refills
+            .iter()
+            .filter(|(_, n)| **n >= 4)
+            .map(|(epoch, _)| (epoch * PERIOD_S * 1000).max(load_started_ms))
+            .collect();
+        let h = herd_of(&snap, &ids["totals"]).unwrap_or_else(|| panic!("{name}: no herd finding for {} bursts", bursts.len()));
+        let routes: BTreeSet<&str> = h.subject.routes.iter().map(String::as_str).collect();
+        eprintln!("  herd: {} occurrence(s) for {} bursts (refills per period {refills:?}), routes {routes:?}", h.occurrences, bursts.len());
+        for (n, onset, reported) in &seen {
+            let app = bursts.iter().copied().filter(|b| *b <= onset + 1_000).max();
+            eprintln!(
+                "    occurrence {n}: burst began {app:?} → agent onset +{} ms → reported +{} ms",
+                app.map_or(0, |a| onset.saturating_sub(a)),
+                app.map_or(0, |a| reported.saturating_sub(a)),
+            );
+        }
+        let k = bursts.len() as u64;
+        assert!(h.occurrences + 1 >= k && h.occurrences <= k + 1, "{name}: {} occurrences for {k} bursts", h.occurrences);
+        let (_, first_onset, first_reported) = seen.first().copied().expect("the herd was published while the load ran");
+        let first_burst = bursts.iter().copied().filter(|b| *b <= first_onset + 1_000).max().expect("a burst before the agent's onset");
+        assert!(first_reported.saturating_sub(first_burst) <= 2_000, "{name}: first reported {} ms after the burst began", first_reported - first_burst);
+        // Only routes whose requests issued a copy (each copy's route is exact, so a route
+        // that never runs the aggregate can never appear), each with the aggregate's line.
+        let sharing: BTreeSet<&str> = SHARING.into_iter().collect();
+        assert_eq!(routes, sharing, "{name}: the herd names exactly the routes issuing it");
+        for rc in &h.subject.route_copies {
+            eprintln!("    {} ×{} at {:?}", rc.route, rc.copies, rc.call_site);
+            let site = rc.call_site.as_deref().unwrap_or_default();
+            assert!(site.ends_with(&format!("{app_file}:{} in totals()", marked_line(app_file, "totals"))), "{name}: copies of {} issued at {site}", rc.route);
         }
     });
 }
@@ -435,7 +494,7 @@ fn an_unreadable_interpreter_falls_back_to_the_heuristic_and_says_so() {
         let ids = fingerprints(port);
         let load = TruthLoad::start(port, 8);
         tokio::time::sleep(Duration::from_secs(PERIOD_S + 1)).await;
-        let (_, requests) = load.stop();
+        let requests = load.stop().requests;
         let snap = agent.snapshot_now().await.expect("snapshot");
         let c = &snap.agent.connections;
         let app_calls: u64 = snap

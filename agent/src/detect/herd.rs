@@ -266,15 +266,20 @@ impl HerdDetector {
             track.starts.make_contiguous().sort_by_key(|s| s.at_ms);
             let (starts, _) = track.starts.as_slices();
             // Copies of the latest burst reported after it was decided (slow copies finish
-            // late): they belong to it, not to a new cluster or the next baseline.
+            // late), and copies started while its copies still ran (caches per worker and
+            // route refill as each gets its next request): they belong to it, not to a new
+            // cluster or the next baseline. The burst is over once the database has been
+            // done with it for `settle_ms`.
             if let Some(b) = track.bursts.back_mut() {
                 let from = starts.partition_point(|s| s.at_ms <= b.last_ms);
+                let mut busy_until = busy_until(starts, *b);
                 let mut grew = false;
                 for s in &starts[from..] {
-                    if s.at_ms >= b.last_ms + self.config.settle_ms {
+                    if !joins(s.at_ms, *b, busy_until, &self.config) {
                         break;
                     }
                     b.last_ms = s.at_ms;
+                    busy_until = busy_until.max(s.at_ms + s.took_ms as u64);
                     grew = true;
                 }
                 track.decided_until_ms = track.decided_until_ms.max(Some(b.last_ms));
@@ -291,7 +296,21 @@ impl HerdDetector {
             for cluster in
                 closed_clusters(starts, track.decided_until_ms, &self.config, now_ms, late)
             {
-                let (_, last) = cluster;
+                let (first, last) = cluster;
+                // A wave decided in the same tick as the burst before it, started while that
+                // burst's copies still ran: the same burst.
+                if let Some(b) = track.bursts.back_mut()
+                    && joins(
+                        starts[first].at_ms,
+                        *b,
+                        busy_until(starts, *b),
+                        &self.config,
+                    )
+                {
+                    b.last_ms = b.last_ms.max(starts[last].at_ms);
+                    track.decided_until_ms = Some(starts[last].at_ms);
+                    continue;
+                }
                 let Some(first) =
                     herd_begins(starts, cluster, &track.bursts, &self.config, watching_since)
                 else {
@@ -325,6 +344,23 @@ impl HerdDetector {
         }
         signals
     }
+}
+
+/// Whether a copy started at `at_ms` belongs to burst `b`: it started while the burst's
+/// copies still ran or within `settle_ms` of the last one, and the burst stays a burst — no
+/// longer than `LATE_MS` from its first copy (a database slow enough to keep every copy
+/// running must not chain the next cache expiry's burst onto this one).
+fn joins(at_ms: u64, b: Span, busy_until: u64, config: &HerdConfig) -> bool {
+    at_ms < b.last_ms.max(busy_until) + config.settle_ms && at_ms < b.first_ms + LATE_MS
+}
+
+/// When the database was last busy with a burst's copies (running ones count so far).
+fn busy_until(starts: &[Start], span: Span) -> u64 {
+    in_span(starts, span)
+        .iter()
+        .map(|s| s.at_ms + s.took_ms as u64)
+        .max()
+        .unwrap_or(span.last_ms)
 }
 
 /// The starts within a burst's span.
@@ -714,6 +750,32 @@ mod tests {
             "{:?}",
             ongoing.subject.routes
         );
+    }
+
+    #[test]
+    fn waves_started_while_the_copies_still_run_are_one_burst() {
+        let mut d = HerdDetector::new(HerdConfig::default());
+        run(&mut d, 1_000);
+        let mut onsets = 0;
+        // Per-worker caches refill as each worker gets its next request: three waves of
+        // copies 500 ms apart, each while the 900 ms copies before it still run.
+        for wave in 0..3u32 {
+            for c in 0..6u32 {
+                let at = 5_000.0 + 500.0 * f64::from(wave) + 10.0 * f64::from(c);
+                d.on_query_start(&start("agg", wave * 10 + c, at));
+            }
+            onsets += run(&mut d, 5_450 + 500 * u64::from(wave))
+                .iter()
+                .filter(|s| matches!(s, Signal::Onset(_)))
+                .count();
+        }
+        for t in (7_000..12_000).step_by(500) {
+            onsets += run(&mut d, t)
+                .iter()
+                .filter(|s| matches!(s, Signal::Onset(_)))
+                .count();
+        }
+        assert_eq!(onsets, 1, "one burst, one occurrence");
     }
 
     #[test]

@@ -29,8 +29,12 @@ def db():
     return conn
 
 
-def answer(body, ran, status=200):
-    return f"{body}\n", status, {"x-statements": ",".join(ran)}
+def answer(body, ran, status=200, refill=None):
+    headers = {"x-statements": ",".join(ran)}
+    if refill is not None:
+        # Which cache period this request refilled: the test counts the bursts from it.
+        headers["x-refill-epoch"] = str(refill)
+    return f"{body}\n", status, headers
 
 
 def totals(route, ran):
@@ -38,19 +42,19 @@ def totals(route, ran):
     with _cache_lock:
         hit = _cache.get(route)
     if hit is not None and hit[0] == epoch:
-        return hit[1]
+        return hit[1], None
     value = db().execute(psycopg_sql("totals"), (0,)).fetchone()  # site:totals
     with _cache_lock:
         _cache[route] = (epoch, value)
     ran.append("totals")
-    return value
+    return value, epoch
 
 
 def shared_route(name):
     def handler():
         ran = []
-        value = totals(name, ran)
-        return answer(f"{name} {value}", ran)
+        value, refill = totals(name, ran)
+        return answer(f"{name} {value}", ran, refill=refill)
 
     handler.__name__ = f"shared_{name}"
     return handler
