@@ -96,11 +96,56 @@ struct Track {
     route_copies: BTreeMap<String, u64>,
     /// Its starts arrive as they are sent: no copy can be reported late.
     live: bool,
+    /// Every start of the statement, fast ones included: its ordinary rate. A statement
+    /// slowed down by someone else's herd keeps its rate; a herd's copies raise it.
+    rate: StartRate,
     /// A copy finished since the last tick (its duration, route and call site are known now).
     finished: bool,
 }
 
 const MAX_ROUTES: usize = 32;
+
+/// Starts counted per `RATE_BUCKET_MS`, kept as (bucket, count) for buckets with starts.
+#[derive(Debug, Default)]
+struct StartRate {
+    buckets: VecDeque<(u64, u32)>,
+}
+
+const RATE_BUCKET_MS: u64 = 50;
+
+impl StartRate {
+    fn add(&mut self, at_ms: u64) {
+        let bucket = at_ms / RATE_BUCKET_MS;
+        // Starts arrive nearly in order: the bucket is at the back, or close to it.
+        match self.buckets.iter().rposition(|(b, _)| *b <= bucket) {
+            Some(i) if self.buckets[i].0 == bucket => self.buckets[i].1 += 1,
+            Some(i) => self.buckets.insert(i + 1, (bucket, 1)),
+            None => self.buckets.push_front((bucket, 1)),
+        }
+    }
+
+    fn forget_before(&mut self, ms: u64) {
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(b, _)| b * RATE_BUCKET_MS < ms)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Starts in `[from_ms, to_ms)` outside the buckets `skip` says are a burst's.
+    fn count(&self, from_ms: u64, to_ms: u64, skip: impl Fn(u64) -> bool) -> u64 {
+        self.buckets
+            .iter()
+            .filter(|(b, _)| {
+                let at = b * RATE_BUCKET_MS;
+                at >= from_ms && at + RATE_BUCKET_MS <= to_ms && !skip(at)
+            })
+            .map(|(_, n)| u64::from(*n))
+            .sum()
+    }
+}
 
 const MAX_STARTS: usize = 4096;
 /// Longest a start may wait to be reported (queries are seen when they finish): a cluster is
@@ -157,6 +202,7 @@ impl HerdDetector {
             call_site: None,
         });
         track.live = true;
+        track.rate.add(at_ms);
         track.fresh = true;
         track.last_seen_ms = track.last_seen_ms.max(at_ms);
     }
@@ -189,9 +235,14 @@ impl HerdDetector {
             }
         }
         if took_ms < min_query_ms {
+            // Not a copy, but part of the statement's ordinary rate.
+            if let Some(track) = self.tracks.get_mut(&q.fingerprint) {
+                track.rate.add(at_ms);
+            }
             return;
         }
         let track = self.track(&q.fingerprint);
+        track.rate.add(at_ms);
         if track.starts.len() == MAX_STARTS {
             track.starts.pop_front();
         }
@@ -241,6 +292,7 @@ impl HerdDetector {
             while track.starts.front().is_some_and(|s| s.at_ms < horizon) {
                 track.starts.pop_front();
             }
+            track.rate.forget_before(horizon);
             // An occurrence ends once its fingerprint has been quiet long enough that no burst
             // can still be pending; then the fingerprint is left alone until it runs again.
             let quiet_until = track.last_seen_ms
@@ -311,8 +363,7 @@ impl HerdDetector {
                     track.decided_until_ms = Some(starts[last].at_ms);
                     continue;
                 }
-                let Some(first) =
-                    herd_begins(starts, cluster, &track.bursts, &self.config, watching_since)
+                let Some(first) = herd_begins(starts, cluster, track, &self.config, watching_since)
                 else {
                     // Not (yet) a herd. Copies still running may join it until no copy can
                     // be pending any more; only then is the verdict final.
@@ -434,7 +485,7 @@ fn closed_clusters(
 fn herd_begins(
     starts: &[Start],
     (first, last): (usize, usize),
-    known: &VecDeque<Span>,
+    track: &Track,
     config: &HerdConfig,
     watching_since_ms: u64,
 ) -> Option<usize> {
@@ -476,13 +527,16 @@ fn herd_begins(
     let observed_ms = t0
         .saturating_sub(watching_since_ms)
         .clamp(config.window_ms, baseline_ms.max(config.window_ms));
-    let in_known = |at: u64| known.iter().any(|b| at >= b.first_ms && at <= b.last_ms);
-    let before = starts[..first]
-        .iter()
-        .rev()
-        .take_while(|s| s.at_ms + observed_ms >= t0)
-        .filter(|s| !in_known(s.at_ms))
-        .count();
+    // Every start counts, fast ones included (a statement that only got slow keeps its rate).
+    let in_known = |at: u64| {
+        track
+            .bursts
+            .iter()
+            .any(|b| at + RATE_BUCKET_MS > b.first_ms && at <= b.last_ms)
+    };
+    let before = track
+        .rate
+        .count(t0.saturating_sub(observed_ms), t0, in_known);
     let per_window = before as f64 * config.window_ms as f64 / observed_ms as f64;
     if (copies as f64) < config.burst_factor * per_window {
         return None;
@@ -776,6 +830,32 @@ mod tests {
                 .count();
         }
         assert_eq!(onsets, 1, "one burst, one occurrence");
+    }
+
+    #[test]
+    fn a_statement_slowed_by_someone_elses_herd_is_not_one() {
+        let mut d = HerdDetector::new(HerdConfig::default());
+        run(&mut d, 1_000);
+        // A lookup at a steady 200/s from 6 connections, fast (2 ms) except during a 300 ms
+        // database stall (60 ms each): its rate never changes, only its duration.
+        let mut onsets = 0;
+        for i in 0..2_000u32 {
+            let at = 2_000.0 + 5.0 * f64::from(i);
+            let took = if (6_000.0..6_300.0).contains(&at) {
+                60.0
+            } else {
+                2.0
+            };
+            d.on_query_start(&start("lookup", i % 6, at));
+            d.on_query(&obs("lookup", i % 6, at, took));
+            if i % 50 == 0 {
+                onsets += run(&mut d, at as u64)
+                    .iter()
+                    .filter(|s| matches!(s, Signal::Onset(_)))
+                    .count();
+            }
+        }
+        assert_eq!(onsets, 0, "a victim, not a herd");
     }
 
     #[test]
