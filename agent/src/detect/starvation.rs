@@ -60,12 +60,22 @@ const BASELINE_LAG_MS: u64 = 15_000;
 /// and its next accept() reads idle for that instant. Judge them over this much time.
 const SMOOTHING_MS: u64 = 5_000;
 
+/// A statement over a starvation episode: how a person reads it, and what it cost.
+#[derive(Debug, Default)]
+struct EpisodeQuery {
+    summary: String,
+    normalized: String,
+    /// The application line issuing most of its calls.
+    call_site: Option<String>,
+    time_ns: u64,
+    calls: u64,
+}
+
 #[derive(Debug, Default)]
 struct Episode {
     routes: HashMap<String, (u64, Histogram)>,
-    /// Fingerprint id → ((summary, normalised text), time ns, calls).
-    /// Per statement id: ((summary, normalized text, call site), time, calls).
-    queries: HashMap<String, ((String, String, Option<String>), u64, u64)>,
+    /// Per statement id: its names, time and calls over the episode.
+    queries: HashMap<String, EpisodeQuery>,
     on_cpu: f64,
     db_wait: f64,
     shares: u32,
@@ -181,9 +191,11 @@ impl StarvationDetector {
             }
             for q in input.queries.iter().filter(|q| mine(&q.pids)) {
                 let e = ep.queries.entry(q.id.clone()).or_default();
-                e.0 = (q.summary.clone(), q.normalized.clone(), q.call_site.clone());
-                e.1 += q.total_ns;
-                e.2 += q.calls;
+                e.summary.clone_from(&q.summary);
+                e.normalized.clone_from(&q.normalized);
+                e.call_site.clone_from(&q.call_site);
+                e.time_ns += q.total_ns;
+                e.calls += q.calls;
             }
             if let Some(s) = view.time_share {
                 ep.on_cpu += s.on_cpu;
@@ -235,7 +247,7 @@ fn describe(
     let top_query = ep
         .queries
         .iter()
-        .max_by(|a, b| a.1.1.cmp(&b.1.1).then(b.0.cmp(a.0)));
+        .max_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(b.0.cmp(a.0)));
     let mut evidence = vec![
         Evidence::new("workers", workers as f64, "workers"),
         Evidence::new(
@@ -316,13 +328,15 @@ fn describe(
         sentence.push('.');
         subject.route = Some(label.clone());
     }
-    if let Some((id, ((summary, normalized, site), time, calls))) = top_query {
-        let per_call = *time as f64 / 1e6 / (*calls).max(1) as f64;
-        evidence.push(Evidence::new("top_query_time", *time as f64 / 1e6, "ms"));
+    if let Some((id, q)) = top_query {
+        let (time, calls) = (q.time_ns, q.calls);
+        let per_call = time as f64 / 1e6 / calls.max(1) as f64;
+        evidence.push(Evidence::new("top_query_time", time as f64 / 1e6, "ms"));
         evidence.push(Evidence::new("top_query_mean", per_call, "ms"));
         // Named by text and id: the summary alone (`SELECT`) names no statement.
-        let name = query_name(id, normalized);
-        let issued = site
+        let name = query_name(id, &q.normalized);
+        let issued = q
+            .call_site
             .as_deref()
             .map(|s| format!(", issued at {s}"))
             .unwrap_or_default();
@@ -335,8 +349,8 @@ fn describe(
              database cannot accept requests.",
             subject.route.as_deref().unwrap_or("the request")
         );
-        subject.query_summary = Some(summary.clone());
-        subject.query_text = Some(bounded(normalized, QUERY_TEXT_CHARS));
+        subject.query_summary = Some(q.summary.clone());
+        subject.query_text = Some(bounded(&q.normalized, QUERY_TEXT_CHARS));
         subject.fingerprint = Some(id.clone());
     }
     let lookback = config.lifecycle_lookback_s * 1000;
