@@ -287,7 +287,37 @@ impl HerdDetector {
         let watching_since = *self.watching_since_ms.get_or_insert(now_ms);
         let baseline_ms = self.config.baseline_s * 1000;
         let mut signals = Vec::new();
+        // The copies of every burst known, by connection: what a herd's requests run right
+        // after their copy (a pool's reset, a second statement) bursts with it and is its
+        // echo, not a herd of its own. Statements are judged oldest undecided start first, so
+        // a burst is known before its echo is judged.
+        let mut herd_copies: FxHashMap<(u32, u32), (u64, Label)> = FxHashMap::default();
         for (fp, track) in &mut self.tracks {
+            let starts = track.starts.make_contiguous();
+            starts.sort_by_key(|s| s.at_ms);
+            if let Some(b) = track.bursts.back() {
+                note_copies(&mut herd_copies, fp, in_span(starts, *b));
+            }
+        }
+        let mut order: Vec<(u64, Label)> = self
+            .tracks
+            .iter()
+            .map(|(fp, t)| {
+                let undecided = t
+                    .starts
+                    .iter()
+                    .map(|s| s.at_ms)
+                    .filter(|at| t.decided_until_ms.is_none_or(|d| *at > d))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                (undecided, fp.clone())
+            })
+            .collect();
+        order.sort();
+        for (_, fp) in &order {
+            let Some(track) = self.tracks.get_mut(fp) else {
+                continue;
+            };
             let horizon = now_ms.saturating_sub(baseline_ms + 60_000);
             while track.starts.front().is_some_and(|s| s.at_ms < horizon) {
                 track.starts.pop_front();
@@ -373,6 +403,11 @@ impl HerdDetector {
                     continue;
                 };
                 track.decided_until_ms = Some(starts[last].at_ms);
+                let copies = &starts[first..=last];
+                if is_echo(&herd_copies, fp, copies) {
+                    continue;
+                }
+                note_copies(&mut herd_copies, fp, copies);
                 let span = Span {
                     first_ms: starts[first].at_ms,
                     last_ms: starts[last].at_ms,
@@ -385,7 +420,6 @@ impl HerdDetector {
                     track.bursts.pop_front();
                 }
                 track.bursts.push_back(span);
-                let copies = &starts[first..=last];
                 let stats = queries.iter().find(|q| *q.id == **fp);
                 let all = with_copies(&track.route_copies, copies);
                 let report = describe(fp, copies, stats, &all, host, &to_unix);
@@ -395,6 +429,38 @@ impl HerdDetector {
         }
         signals
     }
+}
+
+/// Remembers a burst's copies by connection (the latest start on each).
+fn note_copies(
+    herd_copies: &mut FxHashMap<(u32, u32), (u64, Label)>,
+    fp: &Label,
+    copies: &[Start],
+) {
+    for c in copies {
+        let e = herd_copies.entry(c.conn).or_insert((c.at_ms, fp.clone()));
+        if c.at_ms >= e.0 {
+            *e = (c.at_ms, fp.clone());
+        }
+    }
+}
+
+/// Whether most `copies` of `fp` ran on connections right after (within `LATE_MS`) a copy
+/// of another statement's burst: that burst's requests going on, not a herd of their own.
+fn is_echo(
+    herd_copies: &FxHashMap<(u32, u32), (u64, Label)>,
+    fp: &Label,
+    copies: &[Start],
+) -> bool {
+    let following = copies
+        .iter()
+        .filter(|s| {
+            herd_copies
+                .get(&s.conn)
+                .is_some_and(|(at, other)| other != fp && *at <= s.at_ms && s.at_ms <= at + LATE_MS)
+        })
+        .count();
+    2 * following >= copies.len()
 }
 
 /// Whether a copy started at `at_ms` belongs to burst `b`: it started while the burst's
@@ -856,6 +922,30 @@ mod tests {
             }
         }
         assert_eq!(onsets, 0, "a victim, not a herd");
+    }
+
+    #[test]
+    fn what_a_herds_requests_run_next_is_its_echo_not_a_herd() {
+        let mut d = HerdDetector::new(HerdConfig::default());
+        run(&mut d, 1_000);
+        let mut herds = BTreeMap::new();
+        // 12 requests run the aggregate at once; each then releases its pooled connection,
+        // whose reset query (slow: the database is still busy) bursts on the same 12.
+        for c in 0..12u32 {
+            let at = 5_000.0 + 5.0 * f64::from(c);
+            d.on_query_start(&start("aggregate", c, at));
+            d.on_query(&obs("aggregate", c, at, 700.0));
+            d.on_query_start(&start("reset", c, at + 705.0));
+            d.on_query(&obs("reset", c, at + 705.0, 300.0));
+        }
+        for t in (5_000..9_000).step_by(250) {
+            for s in run(&mut d, t) {
+                if let Signal::Onset(r) = s {
+                    *herds.entry(r.pattern.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        assert_eq!(herds, BTreeMap::from([("aggregate".to_string(), 1)]));
     }
 
     #[test]
