@@ -462,10 +462,26 @@ fn cron() {
         )
         .await;
         print_findings("cron", &agent.snapshot_now().await.expect("snapshot"));
+        // Named by their short names (the script and the word that tells them apart, not the
+        // interpreter or the venv path), the whole command line kept beside each.
+        let mut named: Vec<String> = aligned.subject.tasks.clone();
+        named.sort();
+        let mut expected: Vec<String> = CRON_TASKS.iter().map(|t| format!("task.py {t}")).collect();
+        expected.sort();
+        assert_eq!(named, expected, "{aligned:#?}");
+        assert_eq!(aligned.subject.commands.len(), CRON_TASKS.len());
+        for (name, command) in aligned.subject.tasks.iter().zip(&aligned.subject.commands) {
+            let task = name.trim_start_matches("task.py ");
+            assert!(
+                command.contains("python") && command.ends_with(&format!("cron/task.py {task}")),
+                "{name} ↔ {command}"
+            );
+        }
         for task in CRON_TASKS {
             assert!(
-                aligned.subject.tasks.iter().any(|t| t.ends_with(task)),
-                "{task} missing: {aligned:#?}"
+                aligned.root_cause.contains(&format!("task.py {task} (")),
+                "the root cause names {task} by its short name: {}",
+                aligned.root_cause
             );
         }
         let offset = aligned.evidence("shared_offset").unwrap_or(-1.0);
