@@ -20,6 +20,8 @@ use crate::{
 enum Command {
     /// Take a snapshot now (after applying every queued event) and send it back.
     Snapshot(oneshot::Sender<Arc<Snapshot>>),
+    /// Apply what is queued, write the state that survives a restart, stop the pipeline.
+    Stop(oneshot::Sender<()>),
 }
 
 pub struct Agent {
@@ -147,6 +149,12 @@ impl Agent {
                             snap_tx.send_replace(snap.clone());
                             let _ = reply.send(snap);
                         }
+                        Some(Command::Stop(reply)) => {
+                            drain(&mut event_rx, &mut socket_ring, &mut state);
+                            state.persist();
+                            let _ = reply.send(());
+                            return;
+                        }
                         None => return,
                     },
                     _ = ticker.tick() => {
@@ -170,6 +178,17 @@ impl Agent {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Snapshot(tx))
+            .await
+            .map_err(|_| Error::PipelineStopped)?;
+        rx.await.map_err(|_| Error::PipelineStopped)
+    }
+
+    /// Stops the agent in order: the events received so far are applied and the state that
+    /// survives a restart (the statement book) is written before the programs detach.
+    pub async fn stop(self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Stop(tx))
             .await
             .map_err(|_| Error::PipelineStopped)?;
         rx.await.map_err(|_| Error::PipelineStopped)

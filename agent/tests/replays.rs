@@ -32,6 +32,7 @@ fn replay_config() -> Config {
         interval_ms: 1000,
         api_socket: None,
         prometheus_listen: None,
+        state_dir: None,
         ..Config::default()
     };
     c.detect.herd.baseline_s = 10;

@@ -115,6 +115,8 @@ struct Calls {
     encrypted: bool,
     /// Operations dropped because the FIFO was full (responses never seen).
     pending_overflow: u64,
+    /// Named statements parsed since [`PgSession::take_prepared`] last ran (bounded).
+    prepared: Vec<Name>,
 }
 
 impl PgSession {
@@ -196,6 +198,41 @@ impl PgSession {
             .iter()
             .filter(|p| matches!(p, Pending::Op(_)))
             .count()
+    }
+
+    /// Teaches the session the text of a statement prepared before it was watched (kept by
+    /// the agent across its restarts, or read from PostgreSQL), so its Executes carry the
+    /// text. A name the session has seen parsed keeps its own text. Returns whether it was
+    /// learned.
+    pub fn learn_statement(&mut self, name: &str, sql: Arc<str>, truncated: bool) -> bool {
+        if name.is_empty() || self.calls.statements.contains_key(name) {
+            return false;
+        }
+        self.calls
+            .remember_statement(Name::from(name), sql, truncated);
+        true
+    }
+
+    /// Whether named statements were parsed since [`Self::take_prepared`] last ran: a check
+    /// that costs nothing on the hot path.
+    pub fn has_prepared(&self) -> bool {
+        !self.calls.prepared.is_empty()
+    }
+
+    /// Hands each named statement parsed since the last call (name, text, truncated) to
+    /// `each`, for a caller that keeps statements beyond the connection. Unnamed statements
+    /// are parsed again for every use and never handed over.
+    pub fn take_prepared(&mut self, mut each: impl FnMut(&str, &Arc<str>, bool)) {
+        let Calls {
+            prepared,
+            statements,
+            ..
+        } = &mut self.calls;
+        for name in prepared.drain(..) {
+            if let Some((sql, truncated)) = statements.get(&name) {
+                each(&name, sql, *truncated);
+            }
+        }
     }
 
     /// Chunks either framer skipped while resynchronising.
@@ -361,6 +398,11 @@ impl Calls {
                 );
                 if let Pending::Op(op) = op {
                     self.push_pending(Pending::Parse(op));
+                }
+                // Bounded like the statement table: a caller that never takes them loses the
+                // newest, never memory.
+                if !statement.is_empty() && self.prepared.len() < MAX_STATEMENTS {
+                    self.prepared.push(statement.clone());
                 }
                 self.remember_statement(statement, sql, truncated);
             }

@@ -5,6 +5,7 @@ pub mod connections;
 pub mod host;
 pub mod snapshot;
 pub mod state;
+pub mod statement_book;
 pub mod tasks;
 
 pub use snapshot::Snapshot;

@@ -94,8 +94,12 @@ impl PipelineState {
         config: &Config,
     ) -> crate::error::Result<Self> {
         maps.set_pg_ports(&config.postgres_ports)?;
+        let mut connections = Connections::new(config.max_connections);
+        if let Some(dir) = config.state_dir() {
+            connections.statement_book = super::statement_book::StatementBook::open(dir);
+        }
         Ok(Self {
-            connections: Connections::new(config.max_connections),
+            connections,
             aggregates: Aggregates::new(
                 config.max_fingerprints,
                 config.max_routes,
@@ -392,7 +396,15 @@ impl PipelineState {
         (per_process, count)
     }
 
+    /// Writes what must survive a restart (the statement book) now: at shutdown.
+    pub fn persist(&mut self) {
+        self.connections.statement_book.save();
+    }
+
     pub fn snapshot(&mut self) -> Snapshot {
+        self.connections
+            .statement_book
+            .save_if_due(std::time::Instant::now());
         let now_mono = host::monotonic_ns();
         let interval_ns = if self.prev_taken_mono_ns == 0 {
             0
