@@ -124,6 +124,16 @@ impl Agent {
                 tasks.push(crate::export::prometheus::serve(addr, latest.clone()).await?);
             }
         }
+        // Statement texts from PostgreSQL itself, when a monitoring DSN is configured.
+        let mut answers = match &config.postgres.monitor_dsn {
+            Some(dsn) => {
+                let (link, answers, task) = crate::pipeline::statement_monitor::start(dsn.clone());
+                state.set_statement_monitor(link);
+                tasks.push(task);
+                Some(answers)
+            }
+            None => None,
+        };
         let (commands, mut command_rx) = mpsc::channel::<Command>(16);
         let interval = config.interval();
         tasks.push(tokio::spawn(async move {
@@ -142,6 +152,9 @@ impl Agent {
                         tracing::error!("{err}; socket events stop");
                         return;
                     },
+                    Some(answer) = next_answer(&mut answers) => {
+                        state.apply_statement_answer(&answer);
+                    }
                     command = command_rx.recv() => match command {
                         Some(Command::Snapshot(reply)) => {
                             drain(&mut event_rx, &mut socket_ring, &mut state);
@@ -202,6 +215,16 @@ impl Agent {
     /// Resolves when a new periodic snapshot is published.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.latest.clone()
+    }
+}
+
+/// The statement monitor's next answer; never resolves when there is no monitor.
+async fn next_answer(
+    answers: &mut Option<mpsc::Receiver<crate::pipeline::statement_monitor::Answer>>,
+) -> Option<crate::pipeline::statement_monitor::Answer> {
+    match answers {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

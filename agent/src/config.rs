@@ -51,6 +51,8 @@ pub struct Config {
     /// Directory for state kept across restarts (the statement book: texts of statements
     /// prepared before a restart), created if missing. None or "" = nothing persisted.
     pub state_dir: Option<std::path::PathBuf>,
+    /// PostgreSQL access of the agent's own (`[postgres]`); nothing unless configured.
+    pub postgres: PostgresConfig,
     /// OTLP export (`[otlp]`); off unless an endpoint is configured here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub otlp: crate::export::otlp::OtlpConfig,
@@ -60,6 +62,17 @@ pub struct Config {
 
 /// Where the agent serves its local API unless configured otherwise.
 pub const DEFAULT_API_SOCKET: &str = "/run/herdwatch/api.sock";
+/// `[postgres]`: what the agent may ask PostgreSQL itself.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// A connection string (`host=… user=… dbname=…` or `postgresql://…`) for a role with
+    /// `pg_monitor`. When set, the text of a statement prepared before the agent watched its
+    /// connection is read from `pg_stat_activity.query` of the backend serving that
+    /// connection (matched by client address and port), literals stripped. Off by default.
+    pub monitor_dsn: Option<String>,
+}
+
 /// Where state kept across restarts lives unless configured otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/herdwatch";
 /// Where `/metrics` is served unless configured otherwise (loopback only: no exposure by
@@ -88,6 +101,7 @@ impl Default for Config {
             api_socket: Some(std::path::PathBuf::from(DEFAULT_API_SOCKET)),
             prometheus_listen: Some(DEFAULT_PROMETHEUS_LISTEN.to_string()),
             state_dir: Some(std::path::PathBuf::from(DEFAULT_STATE_DIR)),
+            postgres: PostgresConfig::default(),
             otlp: crate::export::otlp::OtlpConfig::default(),
         }
     }
@@ -225,6 +239,16 @@ impl Config {
                 message,
             })?;
         }
+        // The parse error may quote the DSN, password included: not repeated.
+        if let Some(dsn) = &self.postgres.monitor_dsn
+            && dsn.parse::<tokio_postgres::Config>().is_err()
+        {
+            return fail(
+                "postgres.monitor_dsn is not a valid connection string (key=value pairs or \
+                 a postgresql:// URL)"
+                    .to_string(),
+            );
+        }
         if let Some(addr) = &self.prometheus_listen {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| Error::Config {
@@ -297,6 +321,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("HERDWATCH_INTERVAL_MS"), "{err}");
+    }
+
+    #[test]
+    fn monitor_dsn_is_off_by_default_and_a_bad_one_is_refused_without_echoing_it() {
+        assert_eq!(Config::default().postgres.monitor_dsn, None);
+        let c = Config::from_toml(
+            "[postgres]\nmonitor_dsn = \"host=db user=mon password=s3cret\"\n",
+            "t",
+        )
+        .expect("valid");
+        assert!(c.postgres.monitor_dsn.is_some());
+        let err = Config::from_toml(
+            "[postgres]\nmonitor_dsn = \"host=db password='s3cret\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("monitor_dsn") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The statement book across agent restarts, on real PostgreSQL with real drivers: psycopg
 //! (`prepare=True`) and asyncpg (its statement cache) prepare each statement once per
 //! connection and execute it by name for as long as the connection lives. An agent restarted
-//! with the same state directory still knows their text; one without the book does not.
+//! with the same state directory still knows their text; one without the book does not. And
+//! an agent that never saw the Parse reads the text from PostgreSQL (`monitor_dsn`).
 mod common;
 
 use std::{io::Write as _, path::Path, process::Command, time::Duration};
@@ -137,6 +138,80 @@ fn a_restarted_agent_knows_statements_prepared_before_it_started() {
             "without the book: {:#?}",
             third.queries
         );
+        agent.stop().await.expect("orderly stop");
+    });
+}
+
+/// Calls per statement: (with text, by name only), for the clients' pid.
+fn calls(snap: &herdwatch::pipeline::Snapshot, pid: u32) -> (u64, u64) {
+    let mine = snap.queries.iter().filter(|q| q.pids.contains(&pid));
+    let (known, unknown): (Vec<_>, Vec<_>) = mine.partition(|q| !q.text_unknown);
+    (
+        known.iter().map(|q| q.calls).sum(),
+        unknown.iter().map(|q| q.calls).sum(),
+    )
+}
+
+#[test]
+fn an_agent_that_never_saw_the_parse_reads_the_text_from_postgres() {
+    if !kernel_available("an_agent_that_never_saw_the_parse_reads_the_text_from_postgres") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.shop_schema();
+    pg.sql("CREATE ROLE hw_monitor LOGIN");
+    pg.sql("GRANT pg_monitor TO hw_monitor");
+    // 20 ms between statements: a connection idles between requests.
+    let mut clients = Proc::spawn(
+        Command::new(venv().join("bin/python"))
+            .arg(apps_dir().join("prepared_clients.py"))
+            .args([&pg.tcp_dsn(), &pg.tcp_url(), &N.to_string(), "20"]),
+    );
+    clients.wait_line("ready");
+    let pid = clients.pid();
+    // Every statement prepared (and executed) before the agent starts.
+    round(&mut clients);
+    runtime().block_on(async {
+        let agent = start_agent_with(Config {
+            postgres_ports: vec![pg.port],
+            postgres: herdwatch::config::PostgresConfig {
+                monitor_dsn: Some(format!(
+                    "host=127.0.0.1 port={} user=hw_monitor dbname=postgres",
+                    pg.port
+                )),
+            },
+            ..test_config()
+        })
+        .await;
+        // The first executions are by name only; each is looked up in pg_stat_activity.
+        round(&mut clients);
+        let first = round_seen(&agent, pid).await;
+        let (known_before, unknown_before) = calls(&first, pid);
+        eprintln!("round seen first: {known_before} calls with text, {unknown_before} by name");
+        round(&mut clients);
+        let second = wait_for(&agent, Duration::from_secs(30), "the second round", |s| {
+            let (k, u) = calls(s, pid);
+            (k + u >= known_before + unknown_before + N * STATEMENTS.len() as u64)
+                .then(|| s.clone())
+        })
+        .await;
+        let (known_after, unknown_after) = calls(&second, pid);
+        eprintln!("after the second round: {known_after} with text, {unknown_after} by name");
+        assert_eq!(
+            unknown_after, unknown_before,
+            "every call of the second round has its text: {:#?}",
+            second.queries
+        );
+        for sql in STATEMENTS {
+            let q = second
+                .query_like(sql)
+                .unwrap_or_else(|| panic!("{sql}: text never recovered"));
+            eprintln!(
+                "recovered from PostgreSQL: {:<52} {} calls",
+                q.normalized, q.calls
+            );
+            assert!(q.calls >= N, "{sql}: {} calls with text", q.calls);
+        }
         agent.stop().await.expect("orderly stop");
     });
 }

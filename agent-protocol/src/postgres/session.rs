@@ -117,6 +117,19 @@ struct Calls {
     pending_overflow: u64,
     /// Named statements parsed since [`PgSession::take_prepared`] last ran (bounded).
     prepared: Vec<Name>,
+    /// The latest operation sent (Query, Parse or Execute) and the one before it.
+    latest: LatestOps,
+}
+
+/// When the latest two operations were sent, and whether the latest executed a statement
+/// whose text is unknown: what a lookup of the server's own view of the connection
+/// (`pg_stat_activity`) is matched against.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LatestOps {
+    pub started_ns: u64,
+    pub previous_started_ns: u64,
+    /// The latest operation executed this named statement, whose text the session lacks.
+    pub unknown_statement: Option<Name>,
 }
 
 impl PgSession {
@@ -235,6 +248,11 @@ impl PgSession {
         }
     }
 
+    /// The latest operations sent on this connection (see [`LatestOps`]).
+    pub fn latest_ops(&self) -> &LatestOps {
+        &self.calls.latest
+    }
+
     /// Chunks either framer skipped while resynchronising.
     pub fn skipped_chunks(&self) -> u64 {
         self.frontend.skipped_chunks + self.backend.skipped_chunks
@@ -330,6 +348,18 @@ impl Calls {
         self.statements.insert(name, (sql, truncated));
     }
 
+    /// An operation was sent at `ts` (several in one chunk share its time: one operation).
+    fn note_sent(&mut self, ts: u64, unknown_statement: Option<Name>) {
+        if ts != self.latest.started_ns {
+            self.latest.previous_started_ns = self.latest.started_ns;
+            self.latest.started_ns = ts;
+            self.latest.unknown_statement = None;
+        }
+        if unknown_statement.is_some() {
+            self.latest.unknown_statement = unknown_statement;
+        }
+    }
+
     fn push_pending(&mut self, p: Pending) {
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
@@ -381,6 +411,7 @@ impl Calls {
                 backend.expect_single_byte();
             }
             Frontend::Query { sql, truncated } => {
+                self.note_sent(ts, None);
                 let op = self.new_op(Some(sql), truncated, None, QueryProtocol::Simple, ts);
                 self.push_pending(op);
             }
@@ -389,6 +420,7 @@ impl Calls {
                 sql,
                 truncated,
             } => {
+                self.note_sent(ts, None);
                 let op = self.new_op(
                     Some(sql.clone()),
                     truncated,
@@ -427,6 +459,11 @@ impl Calls {
                     Some((sql, t)) => (Some(sql.clone()), *t),
                     None => (None, false),
                 };
+                let unknown = match &statement {
+                    Some(name) if sql.is_none() && !name.is_empty() => Some(name.clone()),
+                    _ => None,
+                };
+                self.note_sent(ts, unknown);
                 // An unknown portal still names something: the portal itself.
                 let statement = statement.or(Some(portal));
                 let op = self.new_op(sql, truncated, statement, QueryProtocol::Extended, ts);

@@ -318,6 +318,28 @@ fn a_learned_statement_gives_its_text_to_executes_and_a_parse_overrides_it() {
 }
 
 #[test]
+fn the_latest_operations_name_an_unknown_statement_until_another_is_sent() {
+    let mut s = PgSession::mid_stream();
+    assert_eq!(*s.latest_ops(), LatestOps::default());
+    s.on_frontend(Chunk::whole(&cat(&[query("SELECT 1")]), 10));
+    s.on_frontend(Chunk::whole(
+        &cat(&[bind("", "_pg3_9"), execute(""), sync()]),
+        20,
+    ));
+    let latest = s.latest_ops().clone();
+    assert_eq!((latest.started_ns, latest.previous_started_ns), (20, 10));
+    assert_eq!(latest.unknown_statement.as_deref(), Some("_pg3_9"));
+    // A statement whose text is known is not "unknown"; nor is the next operation.
+    s.learn_statement("_pg3_9", "select ?".into(), false);
+    s.on_frontend(Chunk::whole(
+        &cat(&[bind("", "_pg3_9"), execute(""), sync()]),
+        30,
+    ));
+    assert_eq!(s.latest_ops().unknown_statement, None);
+    assert_eq!(s.latest_ops().previous_started_ns, 20);
+}
+
+#[test]
 fn byte_at_a_time_delivery_gives_the_same_result() {
     // Wire order: startup, auth + ReadyForQuery, query, result.
     let turns = [

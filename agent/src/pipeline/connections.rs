@@ -662,6 +662,16 @@ impl Connections {
         self.recycle(conn);
     }
 
+    /// statement book: PostgreSQL's answer about one traced connection (monitoring DSN).
+    pub fn apply_statement_answer(&mut self, answer: &super::statement_monitor::Answer) {
+        let slot = self.index.get(&(answer.pid, answer.fd)).copied();
+        if let Some(conn) = slot.and_then(|s| self.conns.get_mut(s as usize))
+            && let Session::Pg(pg) = &mut conn.session
+        {
+            self.statement_book.apply_answer(answer, pg);
+        }
+    }
+
     pub fn apply(&mut self, event: SocketEvent<'_>, aggregates: &mut Aggregates) {
         match event {
             SocketEvent::Open {

@@ -396,6 +396,25 @@ impl PipelineState {
         (per_process, count)
     }
 
+    /// Looks up unknown statement texts in PostgreSQL from now on (`monitor_dsn`).
+    pub fn set_statement_monitor(&mut self, link: super::statement_monitor::MonitorLink) {
+        self.connections.statement_book.monitor = Some(link);
+    }
+
+    /// An answer of the statement monitor.
+    pub fn apply_statement_answer(&mut self, answer: &super::statement_monitor::Answer) {
+        self.connections.apply_statement_answer(answer);
+    }
+
+    /// Statement-monitor counters, when it runs.
+    pub fn statement_monitor_stats(&self) -> Option<super::statement_monitor::MonitorStats> {
+        self.connections
+            .statement_book
+            .monitor
+            .as_ref()
+            .map(|m| m.stats)
+    }
+
     /// Writes what must survive a restart (the statement book) now: at shutdown.
     pub fn persist(&mut self) {
         self.connections.statement_book.save();

@@ -102,6 +102,8 @@ pub struct StatementBook {
     clock: u64,
     dirty: bool,
     last_save: Option<Instant>,
+    /// Asks PostgreSQL for texts the book lacks (`[postgres] monitor_dsn`), when configured.
+    pub monitor: Option<super::statement_monitor::MonitorLink>,
     /// Statements learned and seeded into sessions since the start (for tests and logs).
     pub learned: u64,
     pub seeded: u64,
@@ -121,6 +123,7 @@ impl Default for StatementBook {
             clock: 0,
             dirty: false,
             last_save: None,
+            monitor: None,
             learned: 0,
             seeded: 0,
         }
@@ -198,7 +201,16 @@ impl StatementBook {
 
     /// Keeps the statements `session` parsed since the last call, for the connection `fd` of
     /// process `pid`. Costs nothing unless the connection parsed a named statement.
+    /// When a monitoring DSN is configured, an Execute of a statement whose text is unknown
+    /// is looked up in PostgreSQL (once per operation; the answer comes back through
+    /// [`Self::apply_answer`]).
     pub fn learn(&mut self, pid: u32, fd: u32, session: &mut PgSession) {
+        if let Some(monitor) = &mut self.monitor {
+            let latest = session.latest_ops();
+            if latest.unknown_statement.is_some() {
+                monitor.ask(pid, fd, latest.started_ns);
+            }
+        }
         if !session.has_prepared() {
             return;
         }
@@ -239,6 +251,44 @@ impl StatementBook {
             if session.learn_statement(name, sql.clone(), *truncated) {
                 self.seeded += 1;
             }
+        }
+    }
+
+    /// PostgreSQL's answer about the connection `session` belongs to: its text is learned
+    /// (by the session, and by the book to survive a restart) when the answer can belong
+    /// only to the latest operation, an Execute of a statement of unknown text.
+    pub fn apply_answer(
+        &mut self,
+        answer: &super::statement_monitor::Answer,
+        session: &mut PgSession,
+    ) {
+        use super::statement_monitor::{belongs_to_latest, normalised};
+        let latest = session.latest_ops();
+        let Some(name) = latest.unknown_statement.clone() else {
+            return;
+        };
+        let matched = belongs_to_latest(
+            answer.query_start_unix_us,
+            super::host::unix_minus_monotonic_ns(),
+            latest.started_ns,
+            latest.previous_started_ns,
+        );
+        let Some(monitor) = &mut self.monitor else {
+            return;
+        };
+        if !matched {
+            monitor.stats.unmatched += 1;
+            return;
+        }
+        let (text, truncated) = normalised(answer);
+        let sql: Arc<str> = Arc::from(text);
+        if session.learn_statement(&name, sql.clone(), truncated) {
+            monitor.stats.learned += 1;
+        }
+        if self.enabled
+            && let Some(id) = self.conn_id(answer.pid, answer.fd)
+        {
+            self.insert(id, &name, sql, truncated);
         }
     }
 
