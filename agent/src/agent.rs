@@ -20,6 +20,8 @@ use crate::{
 enum Command {
     /// Take a snapshot now (after applying every queued event) and send it back.
     Snapshot(oneshot::Sender<Arc<Snapshot>>),
+    /// Apply what is queued, write the state that survives a restart, stop the pipeline.
+    Stop(oneshot::Sender<()>),
 }
 
 pub struct Agent {
@@ -122,6 +124,16 @@ impl Agent {
                 tasks.push(crate::export::prometheus::serve(addr, latest.clone()).await?);
             }
         }
+        // Statement texts from PostgreSQL itself, when a monitoring DSN is configured.
+        let mut answers = match &config.postgres.monitor_dsn {
+            Some(dsn) => {
+                let (link, answers, task) = crate::pipeline::statement_monitor::start(dsn.clone());
+                state.set_statement_monitor(link);
+                tasks.push(task);
+                Some(answers)
+            }
+            None => None,
+        };
         let (commands, mut command_rx) = mpsc::channel::<Command>(16);
         let interval = config.interval();
         tasks.push(tokio::spawn(async move {
@@ -140,12 +152,21 @@ impl Agent {
                         tracing::error!("{err}; socket events stop");
                         return;
                     },
+                    Some(answer) = next_answer(&mut answers) => {
+                        state.apply_statement_answer(&answer);
+                    }
                     command = command_rx.recv() => match command {
                         Some(Command::Snapshot(reply)) => {
                             drain(&mut event_rx, &mut socket_ring, &mut state);
                             let snap = Arc::new(state.snapshot());
                             snap_tx.send_replace(snap.clone());
                             let _ = reply.send(snap);
+                        }
+                        Some(Command::Stop(reply)) => {
+                            drain(&mut event_rx, &mut socket_ring, &mut state);
+                            state.persist();
+                            let _ = reply.send(());
+                            return;
                         }
                         None => return,
                     },
@@ -175,6 +196,17 @@ impl Agent {
         rx.await.map_err(|_| Error::PipelineStopped)
     }
 
+    /// Stops the agent in order: the events received so far are applied and the state that
+    /// survives a restart (the statement book) is written before the programs detach.
+    pub async fn stop(self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Stop(tx))
+            .await
+            .map_err(|_| Error::PipelineStopped)?;
+        rx.await.map_err(|_| Error::PipelineStopped)
+    }
+
     /// The most recent periodic snapshot.
     pub fn latest(&self) -> Arc<Snapshot> {
         self.latest.borrow().clone()
@@ -183,6 +215,16 @@ impl Agent {
     /// Resolves when a new periodic snapshot is published.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.latest.clone()
+    }
+}
+
+/// The statement monitor's next answer; never resolves when there is no monitor.
+async fn next_answer(
+    answers: &mut Option<mpsc::Receiver<crate::pipeline::statement_monitor::Answer>>,
+) -> Option<crate::pipeline::statement_monitor::Answer> {
+    match answers {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -48,6 +48,11 @@ pub struct Config {
     pub api_socket: Option<std::path::PathBuf>,
     /// Where `/metrics` is served for Prometheus (`host:port`). None = no endpoint.
     pub prometheus_listen: Option<String>,
+    /// Directory for state kept across restarts (the statement book: texts of statements
+    /// prepared before a restart), created if missing. None or "" = nothing persisted.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// PostgreSQL access of the agent's own (`[postgres]`); nothing unless configured.
+    pub postgres: PostgresConfig,
     /// OTLP export (`[otlp]`); off unless an endpoint is configured here or in
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub otlp: crate::export::otlp::OtlpConfig,
@@ -57,6 +62,19 @@ pub struct Config {
 
 /// Where the agent serves its local API unless configured otherwise.
 pub const DEFAULT_API_SOCKET: &str = "/run/herdwatch/api.sock";
+/// `[postgres]`: what the agent may ask PostgreSQL itself.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// A connection string (`host=… user=… dbname=…` or `postgresql://…`) for a role with
+    /// `pg_monitor`. When set, the text of a statement prepared before the agent watched its
+    /// connection is read from `pg_stat_activity.query` of the backend serving that
+    /// connection (matched by client address and port), literals stripped. Off by default.
+    pub monitor_dsn: Option<String>,
+}
+
+/// Where state kept across restarts lives unless configured otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/herdwatch";
 /// Where `/metrics` is served unless configured otherwise (loopback only: no exposure by
 /// default).
 pub const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
@@ -82,6 +100,8 @@ impl Default for Config {
             detect: crate::detect::DetectConfig::default(),
             api_socket: Some(std::path::PathBuf::from(DEFAULT_API_SOCKET)),
             prometheus_listen: Some(DEFAULT_PROMETHEUS_LISTEN.to_string()),
+            state_dir: Some(std::path::PathBuf::from(DEFAULT_STATE_DIR)),
+            postgres: PostgresConfig::default(),
             otlp: crate::export::otlp::OtlpConfig::default(),
         }
     }
@@ -96,6 +116,13 @@ impl Config {
             .filter_map(|p| herdwatch_protocol::route::RoutePattern::parse(p).ok())
             .collect();
         herdwatch_protocol::route::RouteGrouper::new(patterns)
+    }
+
+    /// The state directory, unless persistence is off (unset or empty).
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state_dir
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
     }
 
     pub fn interval(&self) -> Duration {
@@ -146,6 +173,7 @@ impl Config {
                         u32::try_from(parse_u64(&value)?).map_err(|e| bad(e.to_string()))?
                 }
                 "API_SOCKET" => self.api_socket = (!value.is_empty()).then(|| value.clone().into()),
+                "STATE_DIR" => self.state_dir = (!value.is_empty()).then(|| value.clone().into()),
                 "EVENT_CHANNEL_CAPACITY" => {
                     self.event_channel_capacity = parse_u64(&value)? as usize
                 }
@@ -210,6 +238,16 @@ impl Config {
                 origin: origin.to_string(),
                 message,
             })?;
+        }
+        // The parse error may quote the DSN, password included: not repeated.
+        if let Some(dsn) = &self.postgres.monitor_dsn
+            && dsn.parse::<tokio_postgres::Config>().is_err()
+        {
+            return fail(
+                "postgres.monitor_dsn is not a valid connection string (key=value pairs or \
+                 a postgresql:// URL)"
+                    .to_string(),
+            );
         }
         if let Some(addr) = &self.prometheus_listen {
             addr.parse::<std::net::SocketAddr>()
@@ -283,5 +321,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("HERDWATCH_INTERVAL_MS"), "{err}");
+    }
+
+    #[test]
+    fn monitor_dsn_is_off_by_default_and_a_bad_one_is_refused_without_echoing_it() {
+        assert_eq!(Config::default().postgres.monitor_dsn, None);
+        let c = Config::from_toml(
+            "[postgres]\nmonitor_dsn = \"host=db user=mon password=s3cret\"\n",
+            "t",
+        )
+        .expect("valid");
+        assert!(c.postgres.monitor_dsn.is_some());
+        let err = Config::from_toml(
+            "[postgres]\nmonitor_dsn = \"host=db password='s3cret\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("monitor_dsn") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn state_dir_defaults_on_and_empty_turns_it_off() {
+        let c = Config::default();
+        assert_eq!(c.state_dir(), Some(Path::new(DEFAULT_STATE_DIR)));
+        let c = Config::from_toml("state_dir = \"/tmp/hw\"\n", "t").expect("valid");
+        assert_eq!(c.state_dir(), Some(Path::new("/tmp/hw")));
+        let c = Config::from_toml("state_dir = \"\"\n", "t").expect("valid");
+        assert_eq!(c.state_dir(), None);
+        let mut c = Config::default();
+        c.apply_env([("HERDWATCH_STATE_DIR".to_string(), String::new())].into_iter())
+            .expect("valid");
+        assert_eq!(c.state_dir(), None);
     }
 }

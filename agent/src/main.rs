@@ -185,7 +185,10 @@ fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
                     let snap = updates.borrow_and_update().clone();
                     print(&snap)?;
                 }
-                _ = tokio::signal::ctrl_c() => return Ok(true),
+                _ = tokio::signal::ctrl_c() => {
+                    agent.stop().await?;
+                    return Ok(true);
+                }
             }
         }
     })

@@ -211,6 +211,7 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
         interval_ms: 1000,
         api_socket: None,
         prometheus_listen: Some(format!("127.0.0.1:{metrics_port}")),
+        state_dir: None,
         ..Config::default()
     };
     config.otlp.endpoint = Some(format!("http://127.0.0.1:{otlp_port}"));

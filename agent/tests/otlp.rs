@@ -294,6 +294,7 @@ fn run(protocol: &str) {
         interval_ms: 500,
         api_socket: None,
         prometheus_listen: Some(format!("127.0.0.1:{metrics_port}")),
+        state_dir: None,
         ..Config::default()
     };
     config.otlp.endpoint = Some(format!("http://127.0.0.1:{receiver_port}"));
@@ -488,6 +489,7 @@ fn collector_down_then_up() {
         interval_ms: 500,
         api_socket: None,
         prometheus_listen: None,
+        state_dir: None,
         ..Config::default()
     };
     config.otlp.endpoint = Some(format!("http://127.0.0.1:{receiver_port}"));

@@ -154,6 +154,7 @@ fn statements_sharing_a_summary_reach_a_real_prometheus_whole() {
         interval_ms: 1000,
         api_socket: None,
         prometheus_listen: Some(format!("127.0.0.1:{metrics_port}")),
+        state_dir: None,
         ..Config::default()
     };
     runtime().block_on(async {
@@ -277,6 +278,7 @@ fn every_herd_burst_is_an_occurrence_reported_within_two_seconds() {
         interval_ms: 1000,
         api_socket: None,
         prometheus_listen: None,
+        state_dir: None,
         ..Config::default()
     };
     runtime().block_on(async {

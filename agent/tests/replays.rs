@@ -32,6 +32,7 @@ fn replay_config() -> Config {
         interval_ms: 1000,
         api_socket: None,
         prometheus_listen: None,
+        state_dir: None,
         ..Config::default()
     };
     c.detect.herd.baseline_s = 10;
@@ -462,10 +463,26 @@ fn cron() {
         )
         .await;
         print_findings("cron", &agent.snapshot_now().await.expect("snapshot"));
+        // Named by their short names (the script and the word that tells them apart, not the
+        // interpreter or the venv path), the whole command line kept beside each.
+        let mut named: Vec<String> = aligned.subject.tasks.clone();
+        named.sort();
+        let mut expected: Vec<String> = CRON_TASKS.iter().map(|t| format!("task.py {t}")).collect();
+        expected.sort();
+        assert_eq!(named, expected, "{aligned:#?}");
+        assert_eq!(aligned.subject.commands.len(), CRON_TASKS.len());
+        for (name, command) in aligned.subject.tasks.iter().zip(&aligned.subject.commands) {
+            let task = name.trim_start_matches("task.py ");
+            assert!(
+                command.contains("python") && command.ends_with(&format!("cron/task.py {task}")),
+                "{name} ↔ {command}"
+            );
+        }
         for task in CRON_TASKS {
             assert!(
-                aligned.subject.tasks.iter().any(|t| t.ends_with(task)),
-                "{task} missing: {aligned:#?}"
+                aligned.root_cause.contains(&format!("task.py {task} (")),
+                "the root cause names {task} by its short name: {}",
+                aligned.root_cause
             );
         }
         let offset = aligned.evidence("shared_offset").unwrap_or(-1.0);
@@ -489,9 +506,13 @@ fn cron() {
         std::fs::write(&schedule, staggered).expect("schedule");
         tokio::time::sleep(Duration::from_secs(25)).await;
         let settled = agent.snapshot_now().await.expect("snapshot");
+        // Only this replay's tasks: the agent watches the whole host, where other test runs
+        // and compilers (CPU bursts) may line up on their own.
+        let ours = apps_dir().join("cron/task.py").display().to_string();
         let count = |s: &Snapshot| -> u64 {
             findings_of(s, FindingKind::CronAlignment)
                 .iter()
+                .filter(|f| f.subject.commands.iter().any(|c| c.contains(&ours)))
                 .map(|f| f.occurrences)
                 .sum()
         };

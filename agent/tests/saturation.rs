@@ -91,6 +91,7 @@ fn a_pool_at_its_cgroup_quota_is_a_saturation_finding() {
         interval_ms: 1000,
         api_socket: None,
         prometheus_listen: None,
+        state_dir: None,
         ..Config::default()
     };
     config.detect.saturation.for_s = 10;

@@ -7,4 +7,4 @@ pub mod session;
 mod tests;
 
 pub use framing::{Direction, Framer, Message, RawMessage};
-pub use session::{Outcome, PgSession, QueryEvent, QueryProtocol, SessionEvent};
+pub use session::{LatestOps, Outcome, PgSession, QueryEvent, QueryProtocol, SessionEvent};

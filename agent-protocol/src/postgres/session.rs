@@ -115,6 +115,21 @@ struct Calls {
     encrypted: bool,
     /// Operations dropped because the FIFO was full (responses never seen).
     pending_overflow: u64,
+    /// Named statements parsed since [`PgSession::take_prepared`] last ran (bounded).
+    prepared: Vec<Name>,
+    /// The latest operation sent (Query, Parse or Execute) and the one before it.
+    latest: LatestOps,
+}
+
+/// When the latest two operations were sent, and whether the latest executed a statement
+/// whose text is unknown: what a lookup of the server's own view of the connection
+/// (`pg_stat_activity`) is matched against.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LatestOps {
+    pub started_ns: u64,
+    pub previous_started_ns: u64,
+    /// The latest operation executed this named statement, whose text the session lacks.
+    pub unknown_statement: Option<Name>,
 }
 
 impl PgSession {
@@ -196,6 +211,46 @@ impl PgSession {
             .iter()
             .filter(|p| matches!(p, Pending::Op(_)))
             .count()
+    }
+
+    /// Teaches the session the text of a statement prepared before it was watched (kept by
+    /// the agent across its restarts, or read from PostgreSQL), so its Executes carry the
+    /// text. A name the session has seen parsed keeps its own text. Returns whether it was
+    /// learned.
+    pub fn learn_statement(&mut self, name: &str, sql: Arc<str>, truncated: bool) -> bool {
+        if name.is_empty() || self.calls.statements.contains_key(name) {
+            return false;
+        }
+        self.calls
+            .remember_statement(Name::from(name), sql, truncated);
+        true
+    }
+
+    /// Whether named statements were parsed since [`Self::take_prepared`] last ran: a check
+    /// that costs nothing on the hot path.
+    pub fn has_prepared(&self) -> bool {
+        !self.calls.prepared.is_empty()
+    }
+
+    /// Hands each named statement parsed since the last call (name, text, truncated) to
+    /// `each`, for a caller that keeps statements beyond the connection. Unnamed statements
+    /// are parsed again for every use and never handed over.
+    pub fn take_prepared(&mut self, mut each: impl FnMut(&str, &Arc<str>, bool)) {
+        let Calls {
+            prepared,
+            statements,
+            ..
+        } = &mut self.calls;
+        for name in prepared.drain(..) {
+            if let Some((sql, truncated)) = statements.get(&name) {
+                each(&name, sql, *truncated);
+            }
+        }
+    }
+
+    /// The latest operations sent on this connection (see [`LatestOps`]).
+    pub fn latest_ops(&self) -> &LatestOps {
+        &self.calls.latest
     }
 
     /// Chunks either framer skipped while resynchronising.
@@ -293,6 +348,18 @@ impl Calls {
         self.statements.insert(name, (sql, truncated));
     }
 
+    /// An operation was sent at `ts` (several in one chunk share its time: one operation).
+    fn note_sent(&mut self, ts: u64, unknown_statement: Option<Name>) {
+        if ts != self.latest.started_ns {
+            self.latest.previous_started_ns = self.latest.started_ns;
+            self.latest.started_ns = ts;
+            self.latest.unknown_statement = None;
+        }
+        if unknown_statement.is_some() {
+            self.latest.unknown_statement = unknown_statement;
+        }
+    }
+
     fn push_pending(&mut self, p: Pending) {
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
@@ -344,6 +411,7 @@ impl Calls {
                 backend.expect_single_byte();
             }
             Frontend::Query { sql, truncated } => {
+                self.note_sent(ts, None);
                 let op = self.new_op(Some(sql), truncated, None, QueryProtocol::Simple, ts);
                 self.push_pending(op);
             }
@@ -352,6 +420,7 @@ impl Calls {
                 sql,
                 truncated,
             } => {
+                self.note_sent(ts, None);
                 let op = self.new_op(
                     Some(sql.clone()),
                     truncated,
@@ -361,6 +430,11 @@ impl Calls {
                 );
                 if let Pending::Op(op) = op {
                     self.push_pending(Pending::Parse(op));
+                }
+                // Bounded like the statement table: a caller that never takes them loses the
+                // newest, never memory.
+                if !statement.is_empty() && self.prepared.len() < MAX_STATEMENTS {
+                    self.prepared.push(statement.clone());
                 }
                 self.remember_statement(statement, sql, truncated);
             }
@@ -385,6 +459,11 @@ impl Calls {
                     Some((sql, t)) => (Some(sql.clone()), *t),
                     None => (None, false),
                 };
+                let unknown = match &statement {
+                    Some(name) if sql.is_none() && !name.is_empty() => Some(name.clone()),
+                    _ => None,
+                };
+                self.note_sent(ts, unknown);
                 // An unknown portal still names something: the portal itself.
                 let statement = statement.or(Some(portal));
                 let op = self.new_op(sql, truncated, statement, QueryProtocol::Extended, ts);

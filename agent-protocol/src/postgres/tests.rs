@@ -252,6 +252,94 @@ fn statements_prepared_before_we_started_are_attributed_by_name_then_by_text() {
 }
 
 #[test]
+fn a_learned_statement_gives_its_text_to_executes_and_a_parse_overrides_it() {
+    let mut s = PgSession::mid_stream();
+    assert!(s.learn_statement("_pg3_4", "select * from orders where id = ?".into(), false));
+    assert!(
+        !s.learn_statement("", "select 1".into(), false),
+        "unnamed: never learned"
+    );
+    s.on_frontend(Chunk::whole(
+        &cat(&[bind("", "_pg3_4"), execute(""), sync()]),
+        1,
+    ));
+    let q = queries(s.on_backend(Chunk::whole(
+        &cat(&[typed(b'2', b""), complete("SELECT 1"), ready()]),
+        2,
+    )));
+    assert_eq!(
+        (q[0].sql.as_deref(), q[0].statement.as_deref()),
+        (Some("select * from orders where id = ?"), Some("_pg3_4"))
+    );
+    assert!(
+        !s.has_prepared(),
+        "learned statements are not handed back as new"
+    );
+    // The connection's own Parse is the truth, and is handed over once.
+    s.on_frontend(Chunk::whole(
+        &cat(&[
+            parse("_pg3_4", "SELECT 2"),
+            parse("", "SELECT 3"),
+            bind("", "_pg3_4"),
+            execute(""),
+            sync(),
+        ]),
+        3,
+    ));
+    assert!(s.has_prepared());
+    let mut taken = Vec::new();
+    s.take_prepared(|name, sql, truncated| {
+        taken.push((name.to_string(), sql.to_string(), truncated))
+    });
+    assert_eq!(
+        taken,
+        [("_pg3_4".to_string(), "SELECT 2".to_string(), false)]
+    );
+    assert!(!s.has_prepared());
+    assert!(
+        !s.learn_statement("_pg3_4", "stale".into(), false),
+        "a parsed name keeps its text"
+    );
+    let q = queries(s.on_backend(Chunk::whole(
+        &cat(&[
+            typed(b'1', b""),
+            typed(b'1', b""),
+            typed(b'2', b""),
+            complete("SELECT 1"),
+            ready(),
+        ]),
+        4,
+    )));
+    assert_eq!(q[0].sql.as_deref(), Some("SELECT 2"));
+    // A reused session forgets both.
+    s.reuse(false);
+    assert!(!s.has_prepared());
+    assert!(s.learn_statement("_pg3_4", "x".into(), false));
+}
+
+#[test]
+fn the_latest_operations_name_an_unknown_statement_until_another_is_sent() {
+    let mut s = PgSession::mid_stream();
+    assert_eq!(*s.latest_ops(), LatestOps::default());
+    s.on_frontend(Chunk::whole(&cat(&[query("SELECT 1")]), 10));
+    s.on_frontend(Chunk::whole(
+        &cat(&[bind("", "_pg3_9"), execute(""), sync()]),
+        20,
+    ));
+    let latest = s.latest_ops().clone();
+    assert_eq!((latest.started_ns, latest.previous_started_ns), (20, 10));
+    assert_eq!(latest.unknown_statement.as_deref(), Some("_pg3_9"));
+    // A statement whose text is known is not "unknown"; nor is the next operation.
+    s.learn_statement("_pg3_9", "select ?".into(), false);
+    s.on_frontend(Chunk::whole(
+        &cat(&[bind("", "_pg3_9"), execute(""), sync()]),
+        30,
+    ));
+    assert_eq!(s.latest_ops().unknown_statement, None);
+    assert_eq!(s.latest_ops().previous_started_ns, 20);
+}
+
+#[test]
 fn byte_at_a_time_delivery_gives_the_same_result() {
     // Wire order: startup, auth + ReadyForQuery, query, result.
     let turns = [

@@ -59,9 +59,13 @@ pub struct Subject {
     /// A PostgreSQL or PgBouncer endpoint, `port 6432 (pgbouncer)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Periodic tasks (command lines) or routes that share the pattern.
+    /// Periodic tasks (short names, see `commands`) or routes that share the pattern.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<String>,
+    /// The whole command line of each of `tasks`, in the same order, when `tasks` are short
+    /// names (cron findings): what exactly runs, for the person who reschedules it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
     /// Per route, how many copies of the query its requests issued in the latest occurrence

@@ -9,6 +9,7 @@ pub mod saturation;
 pub mod schedule;
 pub mod starvation;
 pub mod sustain;
+pub mod task_name;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};

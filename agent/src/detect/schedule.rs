@@ -45,7 +45,6 @@ impl Default for CronConfig {
 
 #[derive(Debug, Default)]
 struct Task {
-    comm: String,
     onsets: VecDeque<u64>,
     fingerprints: HashMap<String, u64>,
     last_seen_ms: u64,
@@ -129,7 +128,7 @@ impl ScheduleDetector {
                 {
                     self.tasks.remove(&k);
                 }
-                self.tasks.entry(cmdline.clone()).or_default().comm = comm;
+                self.tasks.entry(cmdline.clone()).or_default();
                 (true, cmdline)
             }
         };
@@ -188,7 +187,7 @@ impl ScheduleDetector {
         if self.tasks.len() >= MAX_TASKS && !self.tasks.contains_key(cmdline) {
             return;
         }
-        self.tasks.entry(cmdline.to_string()).or_default().comm = comm.to_string();
+        self.tasks.entry(cmdline.to_string()).or_default();
         self.record_onset(cmdline, start_unix_ms);
     }
 
@@ -338,11 +337,15 @@ impl ScheduleDetector {
         pressure: &impl Fn(u64, u64) -> Option<(usize, f64, u16)>,
     ) -> Report {
         let mut tasks_text = Vec::new();
-        let mut tasks = Vec::new();
-        for m in members {
-            let Some(t) = self.tasks.get(m.3) else {
-                continue;
-            };
+        let mut commands = Vec::new();
+        let present: Vec<(&String, &Task)> = members
+            .iter()
+            .filter_map(|m| Some((m.3, self.tasks.get(m.3)?)))
+            .collect();
+        // Named against each other: the words that tell this group's tasks apart.
+        let keys: Vec<&str> = present.iter().map(|(k, _)| k.as_str()).collect();
+        let tasks = super::task_name::short_names(&keys);
+        for ((key, t), name) in present.iter().zip(&tasks) {
             let mut fps: Vec<(&String, &u64)> = t.fingerprints.iter().collect();
             fps.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             let top: Vec<String> = fps
@@ -355,8 +358,8 @@ impl ScheduleDetector {
                     )
                 })
                 .collect();
-            tasks_text.push(format!("{} [{}] ({})", m.3, t.comm, top.join(", ")));
-            tasks.push(m.3.to_string());
+            tasks_text.push(format!("{name} ({})", top.join(", ")));
+            commands.push(key.to_string());
         }
         let offset_s = offset as f64 / 1000.0;
         let period_text = if period.is_multiple_of(60) {
@@ -416,6 +419,7 @@ impl ScheduleDetector {
             subject: Subject {
                 host: host.to_string(),
                 tasks,
+                commands,
                 ..Subject::default()
             },
             evidence,
@@ -476,7 +480,29 @@ mod tests {
             let now = 1_000_000 + firing * 20_000 + 12_000;
             for s in d.tick(now, &none, &summaries, "h", |_, _| None) {
                 if let Signal::Onset(r) = s {
-                    assert_eq!(r.subject.tasks.len(), 3, "{r:?}");
+                    // Named by the words that differ, the whole command lines beside.
+                    let mut named: Vec<(&str, &str)> = r
+                        .subject
+                        .tasks
+                        .iter()
+                        .zip(&r.subject.commands)
+                        .map(|(t, c)| (t.as_str(), c.as_str()))
+                        .collect();
+                    named.sort();
+                    assert_eq!(
+                        named,
+                        [
+                            ("task.py job0", "python3 task.py job0"),
+                            ("task.py job1", "python3 task.py job1"),
+                            ("task.py job2", "python3 task.py job2"),
+                        ],
+                        "{r:?}"
+                    );
+                    assert!(
+                        r.root_cause.contains("task.py job1 (f ×"),
+                        "{}",
+                        r.root_cause
+                    );
                     assert!(
                         r.root_cause.contains("+0.0 s into every 20 s"),
                         "{}",
@@ -521,7 +547,9 @@ mod tests {
                 None
             }) {
                 if let Signal::Onset(r) = s {
-                    assert_eq!(r.subject.tasks.len(), 2, "{r:?}");
+                    let mut tasks = r.subject.tasks.clone();
+                    tasks.sort();
+                    assert_eq!(tasks, ["export.py", "render.py"], "{r:?}");
                     onsets += 1;
                 }
             }

@@ -207,6 +207,8 @@ pub struct Connections {
     tasks: TaskBook<ConnRef>,
     max: usize,
     pub stats: ConnectionStats,
+    /// Statement texts kept across agent restarts (see `statement_book`).
+    pub statement_book: super::statement_book::StatementBook,
 }
 
 impl Connections {
@@ -225,6 +227,7 @@ impl Connections {
             tasks: TaskBook::default(),
             max,
             stats: ConnectionStats::default(),
+            statement_book: Default::default(),
         }
     }
 
@@ -659,6 +662,16 @@ impl Connections {
         self.recycle(conn);
     }
 
+    /// statement book: PostgreSQL's answer about one traced connection (monitoring DSN).
+    pub fn apply_statement_answer(&mut self, answer: &super::statement_monitor::Answer) {
+        let slot = self.index.get(&(answer.pid, answer.fd)).copied();
+        if let Some(conn) = slot.and_then(|s| self.conns.get_mut(s as usize))
+            && let Session::Pg(pg) = &mut conn.session
+        {
+            self.statement_book.apply_answer(answer, pg);
+        }
+    }
+
     pub fn apply(&mut self, event: SocketEvent<'_>, aggregates: &mut Aggregates) {
         match event {
             SocketEvent::Open {
@@ -735,6 +748,11 @@ impl Connections {
                     timestamp_ns: exit_ns,
                     tail,
                 };
+                // statement book: a connection first seen mid-stream learns the statements an
+                // earlier run of the agent saw it prepare.
+                if known.is_none() {
+                    self.seed_statements(key, at);
+                }
                 self.on_chunk(key, at, ingress, chunk, &cursor, aggregates);
             }
         }
@@ -768,6 +786,15 @@ impl Connections {
         }
     }
 
+    /// statement book: teaches a connection's session what the book knows of it.
+    fn seed_statements(&mut self, key: ConnKey, at: ConnRef) {
+        if let Some(conn) = self.conns.get_mut(at.slot as usize)
+            && let Session::Pg(pg) = &mut conn.session
+        {
+            self.statement_book.seed(key.0, key.1, pg);
+        }
+    }
+
     /// Feeds a chunk to the connection's session and acts on what it completes.
     fn on_chunk(
         &mut self,
@@ -795,6 +822,8 @@ impl Connections {
                     for (sql, statement) in pg.started_at(ts) {
                         aggregates.note_start(key, sql, statement.map(|n| n.as_str()), ts);
                     }
+                    // statement book: keeps the named statements just parsed.
+                    self.statement_book.learn(tgid, key.1, pg);
                 }
                 for ev in events.drain(..) {
                     match ev {

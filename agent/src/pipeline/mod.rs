@@ -5,6 +5,8 @@ pub mod connections;
 pub mod host;
 pub mod snapshot;
 pub mod state;
+pub mod statement_book;
+pub mod statement_monitor;
 pub mod tasks;
 
 pub use snapshot::Snapshot;

@@ -94,8 +94,12 @@ impl PipelineState {
         config: &Config,
     ) -> crate::error::Result<Self> {
         maps.set_pg_ports(&config.postgres_ports)?;
+        let mut connections = Connections::new(config.max_connections);
+        if let Some(dir) = config.state_dir() {
+            connections.statement_book = super::statement_book::StatementBook::open(dir);
+        }
         Ok(Self {
-            connections: Connections::new(config.max_connections),
+            connections,
             aggregates: Aggregates::new(
                 config.max_fingerprints,
                 config.max_routes,
@@ -392,7 +396,34 @@ impl PipelineState {
         (per_process, count)
     }
 
+    /// Looks up unknown statement texts in PostgreSQL from now on (`monitor_dsn`).
+    pub fn set_statement_monitor(&mut self, link: super::statement_monitor::MonitorLink) {
+        self.connections.statement_book.monitor = Some(link);
+    }
+
+    /// An answer of the statement monitor.
+    pub fn apply_statement_answer(&mut self, answer: &super::statement_monitor::Answer) {
+        self.connections.apply_statement_answer(answer);
+    }
+
+    /// Statement-monitor counters, when it runs.
+    pub fn statement_monitor_stats(&self) -> Option<super::statement_monitor::MonitorStats> {
+        self.connections
+            .statement_book
+            .monitor
+            .as_ref()
+            .map(|m| m.stats)
+    }
+
+    /// Writes what must survive a restart (the statement book) now: at shutdown.
+    pub fn persist(&mut self) {
+        self.connections.statement_book.save();
+    }
+
     pub fn snapshot(&mut self) -> Snapshot {
+        self.connections
+            .statement_book
+            .save_if_due(std::time::Instant::now());
         let now_mono = host::monotonic_ns();
         let interval_ns = if self.prev_taken_mono_ns == 0 {
             0

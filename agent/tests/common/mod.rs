@@ -228,6 +228,8 @@ pub fn test_config() -> Config {
         interval_ms: 500,
         api_socket: None,
         prometheus_listen: None,
+        // Tests that persist state say where (a temporary directory).
+        state_dir: None,
         ..Config::default()
     }
 }
