@@ -502,10 +502,16 @@ fn an_unreadable_interpreter_falls_back_to_the_heuristic_and_says_so() {
     });
 }
 
-fn gunicorn(pg: &Postgres, port: u16, extra: &[&str]) -> Proc {
+/// gunicorn serving `app` (`wsgi:app` with psycopg, or `asgi:app` with asyncpg).
+fn gunicorn(pg: &Postgres, port: u16, app: &str, extra: &[&str]) -> Proc {
+    let dsn = if app.starts_with("asgi") {
+        pg.tcp_url()
+    } else {
+        pg.tcp_dsn()
+    };
     let mut cmd = Command::new(venv().join("bin/gunicorn"));
     cmd.args([
-        "wsgi:app",
+        app,
         "--bind",
         &format!("127.0.0.1:{port}"),
         "--log-level",
@@ -514,9 +520,27 @@ fn gunicorn(pg: &Postgres, port: u16, extra: &[&str]) -> Proc {
     .args(extra)
     .arg("--chdir")
     .arg(app_dir())
-    .env("PG_DSN", pg.tcp_dsn())
+    .env("PG_DSN", dsn)
     .env("CACHE_PERIOD_S", PERIOD_S.to_string());
     Proc::spawn(&mut cmd)
+}
+
+#[test]
+fn gunicorn_uvicorn_workers_pair_queries_with_requests_by_task() {
+    if !kernel_available("gunicorn_uvicorn_workers_pair_queries_with_requests_by_task") {
+        return;
+    }
+    let pg = Postgres::start();
+    schema(&pg);
+    let port = free_port();
+    let worker = [
+        "--workers",
+        "3",
+        "--worker-class",
+        "uvicorn.workers.UvicornWorker",
+    ];
+    let server = gunicorn(&pg, port, "asgi:app", &worker);
+    check_pool("gunicorn UvicornWorker", "asgi.py", server, port, 3, true);
 }
 
 #[test]
@@ -530,6 +554,7 @@ fn gthread_workers_pair_queries_with_requests_by_thread() {
     let server = gunicorn(
         &pg,
         port,
+        "wsgi:app",
         &[
             "--workers",
             "2",
@@ -550,6 +575,6 @@ fn sync_workers_pair_queries_with_requests_by_thread() {
     let pg = Postgres::start();
     schema(&pg);
     let port = free_port();
-    let server = gunicorn(&pg, port, &["--workers", "5"]);
+    let server = gunicorn(&pg, port, "wsgi:app", &["--workers", "5"]);
     check_pool("gunicorn sync", "wsgi.py", server, port, 5, false);
 }
