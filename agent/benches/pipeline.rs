@@ -102,12 +102,13 @@ fn rate(records: &[&[u8]], mut pass: impl FnMut(&[&[u8]])) -> Rate {
 }
 
 /// What the agent does with the records: the pipeline reads each in place from the ring
-/// buffer, decodes and applies it, then hands finished queries to the detectors (here they
-/// are dropped, so the outbox costs what it costs in the agent).
+/// buffer, decodes and applies it, then hands started and finished queries to the detectors
+/// (here they are dropped, so the outboxes cost what they cost in the agent).
 fn full_pass(records: &[&[u8]], connections: &mut Connections, aggregates: &mut Aggregates) {
     for record in records {
         if let Ok(ev) = decode(record) {
             connections.apply(ev, aggregates);
+            aggregates.starts.clear();
             aggregates.outbox.clear();
         }
     }
