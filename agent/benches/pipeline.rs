@@ -109,6 +109,7 @@ fn full_pass(records: &[&[u8]], connections: &mut Connections, aggregates: &mut 
         if let Ok(ev) = decode(record) {
             connections.apply(ev, aggregates);
             aggregates.starts.clear();
+            aggregates.ends.clear();
             aggregates.outbox.clear();
         }
     }

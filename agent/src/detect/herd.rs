@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use rustc_hash::FxHashMap;
 
 use super::{
-    QueryObs, QueryStart,
+    QueryEnd, QueryObs, QueryStart,
     finding::{Evidence, FindingKind, Report, RouteCopies, Severity, Signal, Subject},
     naming::{QUERY_TEXT_CHARS, bounded, query_name},
 };
@@ -207,6 +207,36 @@ impl HerdDetector {
         track.last_seen_ms = track.last_seen_ms.max(at_ms);
     }
 
+    /// A query answered (its request may not be known yet): a copy's duration is known from
+    /// here on, and a start that answered faster than `min_query_ms` was never a copy.
+    pub fn on_query_end(&mut self, q: &QueryEnd) {
+        if self.proxies.contains(&q.pid) {
+            return;
+        }
+        let Some(track) = self.tracks.get_mut(&q.fingerprint) else {
+            return;
+        };
+        let at_ms = q.started_ms as u64;
+        let Some(i) = track
+            .starts
+            .iter()
+            .rposition(|s| s.running && s.conn == q.conn && s.at_ms == at_ms)
+        else {
+            return;
+        };
+        let took_ms = q.finished_ms - q.started_ms;
+        if took_ms < self.config.min_query_ms {
+            track.starts.remove(i);
+        } else if let Some(s) = track.starts.get_mut(i) {
+            s.running = false;
+            s.took_ms = took_ms;
+            track.finished = true;
+            track.fresh = true;
+        }
+    }
+
+    /// A query with its request: the copy learns its route and call site. For statements
+    /// whose starts were not seen, the copy is known from here.
     pub fn on_query(&mut self, q: &QueryObs) {
         if self.proxies.contains(&q.pid) {
             return;
@@ -214,25 +244,27 @@ impl HerdDetector {
         let took_ms = q.finished_ms - q.started_ms;
         let at_ms = q.started_ms as u64;
         let min_query_ms = self.config.min_query_ms;
-        if let Some(track) = self.tracks.get_mut(&q.fingerprint) {
-            // Its start was seen: it ends here (too fast to matter: it was never a copy).
-            let sent = track
+        if let Some(track) = self.tracks.get_mut(&q.fingerprint)
+            && track.live
+        {
+            // Seen sent (and maybe answered): only who issued it is news.
+            let seen = track
                 .starts
                 .iter()
-                .rposition(|s| s.running && s.conn == q.conn && s.at_ms == at_ms);
-            if let Some(i) = sent {
-                if took_ms < min_query_ms {
+                .rposition(|s| s.conn == q.conn && s.at_ms == at_ms);
+            if took_ms < min_query_ms {
+                if let Some(i) = seen {
                     track.starts.remove(i);
-                } else if let Some(s) = track.starts.get_mut(i) {
-                    s.running = false;
-                    s.took_ms = took_ms;
-                    s.route = q.route.clone();
-                    s.call_site = q.call_site.clone();
-                    track.finished = true;
-                    track.fresh = true;
                 }
-                return;
+            } else if let Some(s) = seen.and_then(|i| track.starts.get_mut(i)) {
+                s.running = false;
+                s.took_ms = took_ms;
+                s.route = q.route.clone();
+                s.call_site = q.call_site.clone();
+                track.finished = true;
+                track.fresh = true;
             }
+            return;
         }
         if took_ms < min_query_ms {
             // Not a copy, but part of the statement's ordinary rate.
@@ -291,7 +323,7 @@ impl HerdDetector {
         // after their copy (a pool's reset, a second statement) bursts with it and is its
         // echo, not a herd of its own. Statements are judged oldest undecided start first, so
         // a burst is known before its echo is judged.
-        let mut herd_copies: FxHashMap<(u32, u32), (u64, Label)> = FxHashMap::default();
+        let mut herd_copies = HerdCopies::default();
         for (fp, track) in &mut self.tracks {
             let starts = track.starts.make_contiguous();
             starts.sort_by_key(|s| s.at_ms);
@@ -432,36 +464,38 @@ impl HerdDetector {
 }
 
 /// Remembers a burst's copies by connection (the latest start on each).
-fn note_copies(
-    herd_copies: &mut FxHashMap<(u32, u32), (u64, Label)>,
-    fp: &Label,
-    copies: &[Start],
-) {
-    for c in copies {
-        let e = herd_copies.entry(c.conn).or_insert((c.at_ms, fp.clone()));
+fn note_copies(herd_copies: &mut HerdCopies, fp: &Label, copies: &[Start]) {
+    for c in copies.iter().filter(|c| !c.running) {
+        let end = c.at_ms + c.took_ms as u64;
+        let e = herd_copies
+            .entry(c.conn)
+            .or_insert((c.at_ms, end, fp.clone()));
         if c.at_ms >= e.0 {
-            *e = (c.at_ms, fp.clone());
+            *e = (c.at_ms, end, fp.clone());
         }
     }
 }
 
-/// Whether most `copies` of `fp` ran on connections right after (within `LATE_MS`) a copy
-/// of another statement's burst: that burst's requests going on, not a herd of their own.
-fn is_echo(
-    herd_copies: &FxHashMap<(u32, u32), (u64, Label)>,
-    fp: &Label,
-    copies: &[Start],
-) -> bool {
+/// Whether most `copies` of `fp` started on their connections as a copy of another
+/// statement's burst had just answered there (within `ECHO_GAP_MS`): the same requests going
+/// on (a pool's reset, the handler's next statement), not a herd of their own.
+fn is_echo(herd_copies: &HerdCopies, fp: &Label, copies: &[Start]) -> bool {
     let following = copies
         .iter()
         .filter(|s| {
-            herd_copies
-                .get(&s.conn)
-                .is_some_and(|(at, other)| other != fp && *at <= s.at_ms && s.at_ms <= at + LATE_MS)
+            herd_copies.get(&s.conn).is_some_and(|(_, end, other)| {
+                other != fp && *end <= s.at_ms + 1 && s.at_ms <= end + ECHO_GAP_MS
+            })
         })
         .count();
     2 * following >= copies.len()
 }
+
+/// The latest answered copy of any burst on each connection: (start, end, statement).
+type HerdCopies = FxHashMap<(u32, u32), (u64, u64, Label)>;
+
+/// How soon after a burst copy answers the same request's next statement starts.
+const ECHO_GAP_MS: u64 = 100;
 
 /// Whether a copy started at `at_ms` belongs to burst `b`: it started while the burst's
 /// copies still ran or within `settle_ms` of the last one, and the burst stays a burst — no

@@ -36,6 +36,16 @@ pub struct QueryStart {
     pub started_ms: f64,
 }
 
+/// One PostgreSQL query answered, as soon as it is (its request may be known only later).
+#[derive(Debug, Clone)]
+pub struct QueryEnd {
+    pub fingerprint: crate::pipeline::aggregates::Label,
+    pub pid: u32,
+    pub conn: (u32, u32),
+    pub started_ms: f64,
+    pub finished_ms: f64,
+}
+
 /// One finished PostgreSQL query as the detectors see it (times as for [`QueryStart`]).
 #[derive(Debug, Clone)]
 pub struct QueryObs {
@@ -179,6 +189,11 @@ impl Detectors {
     /// Feeds one query just sent: a herd shows in its starts, long before its copies end.
     pub fn on_query_start(&mut self, q: &QueryStart) {
         self.herd.on_query_start(q);
+    }
+
+    /// Feeds one query answered, before its request is known.
+    pub fn on_query_end(&mut self, q: &QueryEnd) {
+        self.herd.on_query_end(q);
     }
 
     /// Feeds one finished query; `name` resolves a pid to (comm, command line) and is called

@@ -15,7 +15,7 @@ use herdwatch_protocol::{
 use serde::Serialize;
 
 use crate::{
-    detect::{QueryObs, QueryStart},
+    detect::{QueryEnd, QueryObs, QueryStart},
     probes::python_code::CallSite,
 };
 
@@ -287,6 +287,8 @@ pub struct Aggregates {
     pub outbox: Vec<QueryObs>,
     /// Queries just sent (answers still to come), for the detectors likewise.
     pub starts: Vec<QueryStart>,
+    /// Queries just answered (their requests maybe still to come), likewise.
+    pub ends: Vec<QueryEnd>,
     pub outbox_dropped: u64,
     /// OTLP latency histograms, when OTLP export is on.
     pub telemetry: Option<crate::export::otlp::Telemetry>,
@@ -308,6 +310,7 @@ impl Aggregates {
             grouper,
             outbox: Vec::new(),
             starts: Vec::new(),
+            ends: Vec::new(),
             outbox_dropped: 0,
             telemetry: None,
         }
@@ -615,17 +618,47 @@ impl Aggregates {
             self.outbox_dropped += 1;
             return;
         }
-        let id = match sql {
-            Some(sql) => Self::fingerprint_of(&mut self.fingerprints, sql).id.clone(),
-            None => Label::from(prepared_id(statement.unwrap_or_default()).as_str()),
-        };
-        let counted = self.queries.contains_key(&*id) || self.queries.len() < self.max_queries;
+        let fingerprint = self.counted_under(sql, statement);
         self.starts.push(QueryStart {
-            fingerprint: if counted { id } else { Label::from(OTHER_ID) },
+            fingerprint,
             pid: conn.0,
             conn,
             started_ms: started_ns as f64 / 1e6,
         });
+    }
+
+    /// A query of connection `conn` was answered: its end goes to the detectors now, even
+    /// when its request is known only later (asyncio Tasks answer after their queries).
+    pub fn note_end(&mut self, conn: (u32, u32), q: &QueryEvent) {
+        if self.ends.len() >= OUTBOX_MAX {
+            self.outbox_dropped += 1;
+            return;
+        }
+        let fingerprint = self.counted_under(q.sql.as_ref(), q.statement.as_deref());
+        self.ends.push(QueryEnd {
+            fingerprint,
+            pid: conn.0,
+            conn,
+            started_ms: q.started_ns as f64 / 1e6,
+            finished_ms: q.finished_ns.max(q.started_ns) as f64 / 1e6,
+        });
+    }
+
+    /// The fingerprint a statement's calls are counted under (`other` past the limit).
+    fn counted_under(
+        &mut self,
+        sql: Option<&std::sync::Arc<str>>,
+        statement: Option<&str>,
+    ) -> Label {
+        let id = match sql {
+            Some(sql) => Self::fingerprint_of(&mut self.fingerprints, sql).id.clone(),
+            None => Label::from(prepared_id(statement.unwrap_or_default()).as_str()),
+        };
+        if self.queries.contains_key(&*id) || self.queries.len() < self.max_queries {
+            id
+        } else {
+            Label::from(OTHER_ID)
+        }
     }
 
     fn fingerprint_of<'a>(

@@ -531,6 +531,7 @@ impl Connections {
         aggregates: &mut Aggregates,
     ) {
         self.stats.postgres_queries += 1;
+        aggregates.note_end(key, &query);
         let sent = self
             .get(at)
             .and_then(|c| c.sent.iter().rev().find(|s| s.ts <= query.started_ns))

@@ -263,6 +263,9 @@ impl PipelineState {
         for q in self.aggregates.starts.drain(..) {
             self.detectors.on_query_start(&q);
         }
+        for q in self.aggregates.ends.drain(..) {
+            self.detectors.on_query_end(&q);
+        }
         if !self.aggregates.outbox.is_empty() {
             let table = &self.table;
             for q in self.aggregates.outbox.drain(..) {
