@@ -14,7 +14,9 @@
 //! socket calls of an asyncio thread still goes to the request of the latest call.
 use std::{collections::VecDeque, sync::Arc};
 
-use herdwatch_common::{PyFrameRef, py_status};
+mod attribution;
+
+use herdwatch_common::PyFrameRef;
 
 use rustc_hash::FxHashMap;
 
@@ -25,10 +27,7 @@ use herdwatch_protocol::{
 };
 use serde::Serialize;
 
-use super::{
-    aggregates::Aggregates,
-    tasks::{Placement, TaskBook, WaitingQuery},
-};
+use super::{aggregates::Aggregates, tasks::TaskBook};
 use crate::{
     probes::{
         python_code::{CallSite, CodeCache},
@@ -445,205 +444,6 @@ impl Connections {
         keys.len()
     }
 
-    /// Pairs `tgid`'s queries with requests as `process` says, from its next socket call on.
-    pub fn set_python(&mut self, tgid: u32, process: PythonProcess) {
-        self.python.insert(tgid, process);
-    }
-
-    pub fn forget_python(&mut self, tgid: u32) {
-        if self.python.remove(&tgid).is_some() {
-            self.codes.forget_process(tgid);
-        }
-    }
-
-    /// Records, without a route, the queries whose Tasks never answered a request.
-    pub fn expire_tasks(&mut self, now_ns: u64, aggregates: &mut Aggregates) {
-        for waiting in self.tasks.expire(now_ns, None) {
-            self.stats.queries_task_unanswered += 1;
-            self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
-        }
-    }
-
-    /// Tasks tracked and code objects cached (for the agent's own accounting).
-    pub fn python_state(&self) -> (usize, crate::probes::python_code::CodeStats) {
-        (self.tasks.len(), self.codes.stats)
-    }
-
-    /// Keeps a stack for the thread's next record.
-    fn note_stack(
-        &mut self,
-        tid: u32,
-        ts: u64,
-        task: u64,
-        status: u32,
-        frames: impl Iterator<Item = PyFrameRef>,
-    ) {
-        self.stats.py_stacks += 1;
-        if status & py_status::TRUNCATED != 0 {
-            self.stats.py_stacks_truncated += 1;
-        }
-        if status & py_status::NO_THREAD != 0 {
-            self.stats.py_stacks_without_thread += 1;
-        }
-        if status & py_status::READ_FAILED != 0 {
-            self.stats.py_stacks_unreadable += 1;
-        }
-        if self.stacks.len() >= MAX_THREAD_CURSORS && !self.stacks.contains_key(&tid) {
-            self.stacks.clear();
-        }
-        let note = self.stacks.entry(tid).or_default();
-        note.ts = ts;
-        note.task = task;
-        note.status = status;
-        note.frames.clear();
-        note.frames.extend(frames);
-    }
-
-    /// What the stack sent ahead of `tid`'s record at `ts` says: (task, whole stack read,
-    /// call site when `with_site`).
-    fn stack_of(&mut self, tgid: u32, tid: u32, ts: u64, with_site: bool) -> Option<Sent> {
-        let note = self.stacks.get_mut(&tid)?;
-        if note.ts != ts {
-            return None;
-        }
-        note.ts = 0;
-        let site = match (with_site, self.python.get(&tgid).and_then(|p| p.layout)) {
-            (true, Some(layout)) => self.codes.call_site(tgid, &layout, &note.frames),
-            _ => None,
-        };
-        Some(Sent {
-            ts,
-            task: note.task,
-            walked: note.status == 0,
-            site,
-        })
-    }
-
-    /// A query finished: find its request (by thread, or by Task on asyncio workers) and
-    /// record it.
-    fn on_query(
-        &mut self,
-        key: ConnKey,
-        at: ConnRef,
-        server_port: Option<u16>,
-        cursor: &ThreadCursor,
-        query: herdwatch_protocol::postgres::QueryEvent,
-        aggregates: &mut Aggregates,
-    ) {
-        self.stats.postgres_queries += 1;
-        aggregates.note_end(key, &query);
-        let sent = self
-            .get(at)
-            .and_then(|c| c.sent.iter().rev().find(|s| s.ts <= query.started_ns))
-            .cloned();
-        let finished_ns = query.finished_ns;
-        let waiting = WaitingQuery {
-            conn: key,
-            server_port,
-            query,
-            site: sent.as_ref().and_then(|s| s.site.clone()),
-        };
-        if !self.python.get(&key.0).is_some_and(|p| p.asyncio) {
-            // One request per thread at a time: the thread's request is the query's.
-            self.charge_query(cursor.http_conn, waiting, Vec::new(), false, aggregates);
-            return;
-        }
-        match sent {
-            Some(s) if s.walked && s.task != 0 => {
-                match self.tasks.place((key.0, s.task), waiting, finished_ns) {
-                    Placement::Now(request, w) => {
-                        self.stats.queries_by_task += 1;
-                        self.charge_query(request, w, Vec::new(), false, aggregates);
-                    }
-                    Placement::Waiting => {}
-                    Placement::Unattributed(w) => {
-                        self.stats.queries_task_unanswered += 1;
-                        self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
-                    }
-                }
-            }
-            Some(s) if s.walked => {
-                self.stats.queries_outside_tasks += 1;
-                self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
-            }
-            _ => {
-                self.stats.queries_heuristic += 1;
-                let in_flight = self.routes_open_beside(cursor);
-                self.charge_query(cursor.http_conn, waiting, in_flight, true, aggregates);
-            }
-        }
-    }
-
-    /// The asyncio Task `task` wrote to the HTTP connection at `at`: it answers the request
-    /// in front, and the queries it finished meanwhile are that request's.
-    fn bind_task(&mut self, tgid: u32, at: ConnRef, task: u64, aggregates: &mut Aggregates) {
-        let Some(conn) = self.get_mut(at) else { return };
-        let before = std::mem::replace(&mut conn.task, task);
-        if before == task {
-            return;
-        }
-        if before != 0 {
-            for w in self.tasks.unbind((tgid, before)) {
-                self.stats.queries_task_unanswered += 1;
-                self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
-            }
-        }
-        for w in self.tasks.bind((tgid, task), at) {
-            self.stats.queries_by_task += 1;
-            self.charge_query(at, w, Vec::new(), false, aggregates);
-        }
-    }
-
-    /// The request a Task answered is over: the Task (or a later one at its address) binds
-    /// afresh on its next write.
-    fn unbind_task(&mut self, tgid: u32, task: u64, aggregates: &mut Aggregates) {
-        for w in self.tasks.unbind((tgid, task)) {
-            self.stats.queries_task_unanswered += 1;
-            self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
-        }
-    }
-
-    /// Charges a query to the request open at `request` (none: recorded without a route).
-    fn charge_query(
-        &mut self,
-        request: ConnRef,
-        waiting: WaitingQuery,
-        in_flight: Vec<super::aggregates::Label>,
-        heuristic: bool,
-        aggregates: &mut Aggregates,
-    ) {
-        let WaitingQuery {
-            conn,
-            server_port,
-            query: q,
-            site,
-        } = waiting;
-        if let Some(req) = self.get_mut(request).and_then(|c| c.requests.front_mut()) {
-            req.db_wait_ns += q.finished_ns.saturating_sub(q.started_ns);
-            req.queries += 1;
-            self.stats.queries_in_requests += 1;
-        }
-        // Borrowed, not cloned: the query record takes the one reference it keeps.
-        let route = self
-            .get(request)
-            .and_then(|c| c.requests.front())
-            .map(|req| &req.route);
-        let caller = super::aggregates::Caller {
-            route,
-            site: site.as_deref(),
-            heuristic,
-        };
-        aggregates.record_query(conn, server_port, &q, caller, in_flight);
-        if aggregates.telemetry.is_some()
-            && request.is_some()
-            && let Some(span) = aggregates.query_span(&q, server_port, site.as_deref())
-            && let Some(req) = self.get_mut(request).and_then(|c| c.requests.front_mut())
-            && req.query_spans.len() < MAX_QUERY_SPANS
-        {
-            req.query_spans.push(span);
-        }
-    }
-
     /// Ends a connection taken out of the table: an HTTP response that runs until close ends
     /// here, and requests never answered are recorded as such.
     fn close(&mut self, tgid: u32, mut conn: Conn, timestamp_ns: u64, aggregates: &mut Aggregates) {
@@ -760,33 +560,6 @@ impl Connections {
         self.stats.open = self.conns.len();
     }
 
-    /// A write's Python stack: remembered for the queries it starts (PostgreSQL), or binding
-    /// its Task to the request it answers (HTTP, asyncio workers).
-    fn on_write_stack(
-        &mut self,
-        tgid: u32,
-        tid: u32,
-        kind: SocketKind,
-        at: ConnRef,
-        exit_ns: u64,
-        aggregates: &mut Aggregates,
-    ) {
-        let postgres = kind == SocketKind::Postgres;
-        let Some(sent) = self.stack_of(tgid, tid, exit_ns, postgres) else {
-            return;
-        };
-        if postgres {
-            if let Some(conn) = self.get_mut(at) {
-                if conn.sent.len() >= MAX_SENT {
-                    conn.sent.pop_front();
-                }
-                conn.sent.push_back(sent);
-            }
-        } else if sent.walked && sent.task != 0 {
-            self.bind_task(tgid, at, sent.task, aggregates);
-        }
-    }
-
     /// statement book: teaches a connection's session what the book knows of it.
     fn seed_statements(&mut self, key: ConnKey, at: ConnRef) {
         if let Some(conn) = self.conns.get_mut(at.slot as usize)
@@ -878,92 +651,4 @@ impl Connections {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use herdwatch_protocol::route::RouteGrouper;
-
-    fn data(
-        tgid: u32,
-        fd: u32,
-        ingress: bool,
-        payload: &[u8],
-        cpu: u64,
-        ts: u64,
-    ) -> SocketEvent<'_> {
-        SocketEvent::Data {
-            tgid,
-            tid: tgid,
-            fd,
-            kind: SocketKind::HttpServer,
-            ingress,
-            enter_ns: ts,
-            exit_ns: ts,
-            total_len: payload.len() as u64,
-            thread_on_cpu_ns: cpu,
-            payload,
-            tail: &[],
-        }
-    }
-
-    #[test]
-    fn cpu_between_calls_is_charged_to_the_request() {
-        let mut c = Connections::new(16);
-        let mut a = Aggregates::new(10, 10, RouteGrouper::default());
-        c.apply(
-            data(1, 5, true, b"GET /orders/3 HTTP/1.1\r\n\r\n", 1_000, 10),
-            &mut a,
-        );
-        c.apply(
-            data(
-                1,
-                5,
-                false,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-                51_000,
-                20,
-            ),
-            &mut a,
-        );
-        let r = a.routes();
-        assert_eq!(
-            (r[0].route.as_str(), r[0].requests, r[0].cpu_ns),
-            ("/orders/{id}", 1, 50_000)
-        );
-    }
-
-    #[test]
-    fn a_process_exit_ends_its_connections_and_open_requests() {
-        let mut c = Connections::new(16);
-        let mut a = Aggregates::new(10, 10, RouteGrouper::default());
-        c.apply(
-            data(7, 5, true, b"GET /slow HTTP/1.1\r\n\r\n", 1, 10),
-            &mut a,
-        );
-        c.apply(
-            data(8, 5, true, b"GET /other HTTP/1.1\r\n\r\n", 1, 10),
-            &mut a,
-        );
-        assert_eq!(c.drop_process(7, 99, &mut a), 1);
-        assert_eq!(c.stats.open, 1, "the other process's connection stays");
-        let slow = a
-            .routes()
-            .into_iter()
-            .find(|r| r.route == "/slow")
-            .expect("recorded");
-        assert_eq!((slow.requests, slow.unanswered), (1, 1));
-    }
-
-    #[test]
-    fn the_table_is_bounded() {
-        let mut c = Connections::new(4);
-        let mut a = Aggregates::new(10, 10, RouteGrouper::default());
-        for fd in 0..10 {
-            c.apply(
-                data(1, fd, true, b"GET / HTTP/1.1\r\n\r\n", 1, u64::from(fd)),
-                &mut a,
-            );
-        }
-        assert_eq!(c.stats.open, 4);
-        assert_eq!(c.stats.evicted, 6);
-    }
-}
+mod tests;
