@@ -48,7 +48,7 @@ fn schema(pg: &Postgres) {
                                 amount numeric NOT NULL, status text NOT NULL);
          INSERT INTO invoices (customer_id, amount, status)
            SELECT 1 + i % 50, (i % 1000) / 10.0, CASE WHEN i % 3 = 0 THEN 'open' ELSE 'paid' END
-           FROM generate_series(1, 1000000) i;
+           FROM generate_series(1, 500000) i;
          CREATE INDEX ON invoices (customer_id);
          ANALYZE;",
     );
