@@ -71,6 +71,8 @@ struct Start {
     pid: u32,
     /// The route whose request issued the copy, as the pipeline attributed it.
     route: Option<Label>,
+    /// The pipeline has said which request issued it (`route` None then means none).
+    attributed: bool,
     call_site: Option<crate::probes::python_code::CallSite>,
 }
 
@@ -157,6 +159,9 @@ const MAX_BURSTS: usize = 16;
 const MAX_TRACKS: usize = 1024;
 /// Copies without a route: outside any traced request, or not attributed.
 const NO_ROUTE: &str = "(no traced request)";
+/// Copies whose request is not known yet (still running, or their asyncio Task has not
+/// answered yet): the finding is updated as they are.
+const PENDING_ROUTE: &str = "(request not known yet)";
 
 #[derive(Debug)]
 pub struct HerdDetector {
@@ -199,6 +204,7 @@ impl HerdDetector {
             conn: q.conn,
             pid: q.pid,
             route: None,
+            attributed: false,
             call_site: None,
         });
         track.live = true;
@@ -260,6 +266,7 @@ impl HerdDetector {
                 s.running = false;
                 s.took_ms = took_ms;
                 s.route = q.route.clone();
+                s.attributed = true;
                 s.call_site = q.call_site.clone();
                 track.finished = true;
                 track.fresh = true;
@@ -285,6 +292,7 @@ impl HerdDetector {
             conn: q.conn,
             pid: q.pid,
             route: q.route.clone(),
+            attributed: true,
             call_site: q.call_site.clone(),
         });
         track.fresh = true;
@@ -521,11 +529,20 @@ fn in_span(starts: &[Start], span: Span) -> &[Start] {
     &starts[a..b.max(a)]
 }
 
+/// The route a copy is counted under.
+fn route_label(s: &Start) -> &str {
+    match (&s.route, s.attributed) {
+        (Some(r), _) => r,
+        (None, true) => NO_ROUTE,
+        (None, false) => PENDING_ROUTE,
+    }
+}
+
 /// `totals` plus one per copy under its route (bounded to `MAX_ROUTES` routes).
 fn with_copies(totals: &BTreeMap<String, u64>, copies: &[Start]) -> BTreeMap<String, u64> {
     let mut out = totals.clone();
     for s in copies {
-        let route = s.route.as_deref().unwrap_or(NO_ROUTE);
+        let route = route_label(s);
         if let Some(n) = out.get_mut(route) {
             *n += 1;
         } else if out.len() < MAX_ROUTES {
@@ -667,9 +684,7 @@ fn describe(
     // and the line it was issued from (the first copy's that has one).
     let mut per_route: BTreeMap<&str, (u64, Option<String>)> = BTreeMap::new();
     for s in copies {
-        let entry = per_route
-            .entry(s.route.as_deref().unwrap_or(NO_ROUTE))
-            .or_default();
+        let entry = per_route.entry(route_label(s)).or_default();
         entry.0 += 1;
         if entry.1.is_none() {
             entry.1 = s.call_site.as_ref().map(|c| c.to_string());
@@ -687,7 +702,7 @@ fn describe(
         .collect();
     let routes: Vec<String> = all_route_copies
         .keys()
-        .filter(|r| *r != NO_ROUTE)
+        .filter(|r| *r != NO_ROUTE && *r != PENDING_ROUTE)
         .cloned()
         .collect();
     // A person reads the statement's text and id; the summary stays a label only.
