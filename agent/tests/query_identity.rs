@@ -8,7 +8,7 @@
 //! route with no statement.
 mod common;
 
-use std::{collections::BTreeMap, collections::HashSet, process::Command, time::Duration};
+use std::{collections::BTreeMap, collections::HashSet, time::Duration};
 
 use common::{load::Load, postgres::Postgres, *};
 use herdwatch::{
@@ -59,13 +59,8 @@ fn gunicorn(
     ttl_s: u32,
     herd_log: &std::path::Path,
 ) -> Proc {
-    let mut cmd = Command::new(venv().join("bin/gunicorn"));
-    cmd.args(["--workers", &workers.to_string()])
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .arg("--chdir")
-        .arg(apps_dir())
-        .args(["--timeout", "120", "invoices.app:app"])
-        .env("PG_DSN", pg.tcp_dsn())
+    let mut cmd = gunicorn_command("invoices.app:app", workers, port);
+    cmd.env("PG_DSN", pg.tcp_dsn())
         .env("HERD_TTL_S", ttl_s.to_string())
         .env("HERD_LOG", herd_log);
     Proc::spawn(&mut cmd)

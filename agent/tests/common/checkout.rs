@@ -1,8 +1,8 @@
 //! The checkout shop of the starvation incident (apps/checkout): its schema and its gunicorn,
 //! shared by the starvation replay and the alerting end-to-end test.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use super::{Proc, apps_dir, postgres::Postgres, venv};
+use super::{Proc, postgres::Postgres};
 
 /// Products, orders, and 1.5 M order lines with no index on customer_id (the v2 scan).
 pub fn schema(pg: &Postgres, order_lines: u32) {
@@ -25,13 +25,8 @@ pub fn gunicorn(
     version_file: &Path,
     env: &[(&str, &str)],
 ) -> Proc {
-    let mut cmd = Command::new(venv().join("bin/gunicorn"));
-    cmd.args(["--workers", &workers.to_string()])
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .arg("--chdir")
-        .arg(apps_dir())
-        .args(["--timeout", "120", "checkout.app:app"])
-        .env("PG_DSN", dsn)
+    let mut cmd = super::gunicorn_command("checkout.app:app", workers, port);
+    cmd.env("PG_DSN", dsn)
         .env("CHECKOUT_VERSION_FILE", version_file);
     for (k, v) in env {
         cmd.env(k, v);

@@ -115,6 +115,18 @@ pub fn uvicorn_api(workers: u32, port: u16, pg_dsn: Option<&str>) -> Proc {
     Proc::spawn(&mut cmd)
 }
 
+/// gunicorn serving `app` (a module under the test apps) with `workers` sync workers on
+/// 127.0.0.1:`port`; the caller adds the app's environment.
+pub fn gunicorn_command(app: &str, workers: u32, port: u16) -> Command {
+    let mut cmd = Command::new(venv().join("bin/gunicorn"));
+    cmd.args(["--workers", &workers.to_string()])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .arg("--chdir")
+        .arg(apps_dir())
+        .args(["--timeout", "120", app]);
+    cmd
+}
+
 /// A real Prometheus on 127.0.0.1:`port` with `dir/prometheus.yml`, its data under `dir`.
 pub fn prometheus(dir: &std::path::Path, port: u16) -> Proc {
     Proc::spawn(
