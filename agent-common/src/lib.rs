@@ -391,7 +391,10 @@ pub mod stat {
     pub const SOCKET_INSERT_FAILED: u32 = 5;
     /// A payload could not be read from user memory (counted, event sent without bytes).
     pub const PAYLOAD_READ_FAILED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Python stacks walked, and the kernel time the walks took (ns): what attribution costs.
+    pub const PY_WALKS: u32 = 7;
+    pub const PY_WALK_NS: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken by the agent from

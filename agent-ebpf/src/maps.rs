@@ -37,8 +37,13 @@ pub fn offsets() -> TracepointOffsets {
 
 #[inline(always)]
 pub fn count(index: u32) {
+    add(index, 1);
+}
+
+#[inline(always)]
+pub fn add(index: u32, value: u64) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
         // Per-CPU slot: no other writer while this program runs on this CPU.
-        unsafe { *slot += 1 };
+        unsafe { *slot += value };
     }
 }

@@ -20,7 +20,10 @@ use herdwatch_common::{
     PyFrameRef, PyProcess, PyStackEvent, PyStackHead, py_status, stat,
 };
 
-use crate::{maps::count, socket::SOCKET_EVENTS};
+use crate::{
+    maps::{add, count},
+    socket::SOCKET_EVENTS,
+};
 
 /// Python processes whose frames are walked, by tgid; written by the agent.
 #[map]
@@ -120,6 +123,8 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
     let (Some(scratch), Some(block)) = (PY_SCRATCH.get_ptr_mut(0), PY_BLOCK.get_ptr_mut(0)) else {
         return;
     };
+    // What the walk costs, measured where it runs (`cargo xtask bench frames` reports it).
+    let began = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let ev = unsafe { &mut *scratch };
     let block = unsafe { &mut *block };
     let off = py.offsets;
@@ -202,4 +207,9 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
     if SOCKET_EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count(stat::SOCKET_EVENTS_DROPPED);
     }
+    count(stat::PY_WALKS);
+    add(
+        stat::PY_WALK_NS,
+        unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } - began,
+    );
 }

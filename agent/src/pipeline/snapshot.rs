@@ -191,4 +191,7 @@ pub struct PythonStats {
     pub tasks_tracked: usize,
     pub code_objects: usize,
     pub code_objects_unreadable: u64,
+    /// Python stacks the kernel side walked, and the kernel time they took in all (ns).
+    pub stacks_walked: u64,
+    pub walk_ns: u64,
 }

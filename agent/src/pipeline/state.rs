@@ -244,7 +244,10 @@ impl PipelineState {
     fn python_stats(&self) -> super::snapshot::PythonStats {
         let readable = self.python_workers.values().filter(|r| **r).count();
         let (tasks, codes) = self.connections.python_state();
+        let (stacks_walked, walk_ns) = self.maps.python_walks();
         super::snapshot::PythonStats {
+            stacks_walked,
+            walk_ns,
             processes_readable: readable,
             processes_unreadable: self.python_workers.len() - readable,
             tasks_tracked: tasks,

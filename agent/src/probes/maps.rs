@@ -160,13 +160,21 @@ impl KernelMaps {
         }
     }
 
+    /// Python stacks walked since the programs were loaded, and their total kernel time (ns).
+    pub fn python_walks(&self) -> (u64, u64) {
+        (self.stat(stat::PY_WALKS), self.stat(stat::PY_WALK_NS))
+    }
+
+    /// One `STATS` counter summed over the CPUs.
+    fn stat(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
     pub fn drops(&self) -> KernelDrops {
-        let sum = |index: u32| -> u64 {
-            self.stats
-                .get(&index, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |index: u32| self.stat(index);
         KernelDrops {
             events_dropped: sum(stat::EVENTS_DROPPED),
             thread_insert_failed: sum(stat::THREAD_INSERT_FAILED),
