@@ -385,7 +385,9 @@ impl HerdDetector {
             for s in track.starts.iter_mut().filter(|s| s.running) {
                 s.took_ms = now_ms.saturating_sub(s.at_ms) as f64;
             }
-            track.starts.make_contiguous().sort_by_key(|s| s.at_ms);
+            // Sorted by start in this tick's first pass; a running copy's elapsed time moves
+            // no start.
+            track.starts.make_contiguous();
             let (starts, _) = track.starts.as_slices();
             // Copies of the latest burst reported after it was decided (slow copies finish
             // late), and copies started while its copies still ran (caches per worker and

@@ -436,8 +436,7 @@ impl Connections {
             self.close(tgid, conn, timestamp_ns, aggregates);
         }
         for waiting in self.tasks.expire(timestamp_ns, Some(tgid)) {
-            self.stats.queries_task_unanswered += 1;
-            self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
+            self.record_unanswered(waiting, aggregates);
         }
         self.forget_python(tgid);
         self.stats.open = self.conns.len();

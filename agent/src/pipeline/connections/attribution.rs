@@ -27,8 +27,7 @@ impl Connections {
     /// Records, without a route, the queries whose Tasks never answered a request.
     pub fn expire_tasks(&mut self, now_ns: u64, aggregates: &mut Aggregates) {
         for waiting in self.tasks.expire(now_ns, None) {
-            self.stats.queries_task_unanswered += 1;
-            self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
+            self.record_unanswered(waiting, aggregates);
         }
     }
 
@@ -131,8 +130,7 @@ impl Connections {
                     }
                     Placement::Waiting => {}
                     Placement::Unattributed(w) => {
-                        self.stats.queries_task_unanswered += 1;
-                        self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
+                        self.record_unanswered(w, aggregates);
                     }
                 }
             }
@@ -163,10 +161,7 @@ impl Connections {
             return;
         }
         if before != 0 {
-            for w in self.tasks.unbind((tgid, before)) {
-                self.stats.queries_task_unanswered += 1;
-                self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
-            }
+            self.unbind_task(tgid, before, aggregates);
         }
         for w in self.tasks.bind((tgid, task), at) {
             self.stats.queries_by_task += 1;
@@ -178,9 +173,15 @@ impl Connections {
     /// afresh on its next write.
     pub(super) fn unbind_task(&mut self, tgid: u32, task: u64, aggregates: &mut Aggregates) {
         for w in self.tasks.unbind((tgid, task)) {
-            self.stats.queries_task_unanswered += 1;
-            self.charge_query(ConnRef::default(), w, Vec::new(), false, aggregates);
+            self.record_unanswered(w, aggregates);
         }
+    }
+
+    /// Records, without a route, a query whose Task answered no request (or had no room to
+    /// wait for it).
+    pub(super) fn record_unanswered(&mut self, waiting: WaitingQuery, aggregates: &mut Aggregates) {
+        self.stats.queries_task_unanswered += 1;
+        self.charge_query(ConnRef::default(), waiting, Vec::new(), false, aggregates);
     }
 
     /// Charges a query to the request open at `request` (none: recorded without a route).
