@@ -204,7 +204,10 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
         return;
     }
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, len) };
-    if SOCKET_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if SOCKET_EVENTS
+        .output::<[u8]>(bytes, crate::socket::ring_flags())
+        .is_err()
+    {
         count(stat::SOCKET_EVENTS_DROPPED);
     }
     count(stat::PY_WALKS);

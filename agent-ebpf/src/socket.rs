@@ -44,6 +44,27 @@ pub static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_RING_BYTES, 0
 #[unsafe(no_mangle)]
 static CAPTURE_BYTES: Global<u32> = Global::new(herdwatch_common::DEFAULT_CAPTURE);
 
+/// Unread bytes in `SOCKET_EVENTS` at which a record wakes the agent; the agent patches it
+/// (a fraction of the ring's size). Below it records are written without a wakeup and the
+/// agent drains the ring on its own short timer: one wakeup (a context switch of the agent,
+/// on the CPU the traced service wants) per record was the largest cost of tracing.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(herdwatch_common::SOCKET_RING_BYTES as u64 / 4);
+
+/// The ring-buffer flags for the next socket record: wake the reader only once enough is
+/// waiting that its timer might not come soon enough.
+#[inline(always)]
+pub fn ring_flags() -> u64 {
+    if SOCKET_EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -227,7 +248,7 @@ fn announce(tgid: u32, tid: u32, fd: u32, kind: u32, family: u32, port: u32) {
         family,
         port,
     });
-    entry.submit(0);
+    entry.submit(ring_flags());
 }
 
 #[inline(always)]
@@ -404,7 +425,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, len) };
-    if SOCKET_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if SOCKET_EVENTS.output::<[u8]>(bytes, ring_flags()).is_err() {
         count(stat::SOCKET_EVENTS_DROPPED);
     }
     0
@@ -481,6 +502,6 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         fd: fd as u32,
         kind: info.kind,
     });
-    entry.submit(0);
+    entry.submit(ring_flags());
     0
 }

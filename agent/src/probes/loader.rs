@@ -95,6 +95,12 @@ fn hint_for(err: &(dyn std::error::Error + 'static)) -> &'static str {
 
 /// Loads the object with this kernel's tracepoint offsets, without attaching anything. The
 /// flag says whether task_struct offsets were found in BTF (the raw `sched_switch` can run).
+/// Unread bytes in the socket ring at which the kernel side wakes the agent: a quarter of
+/// the ring, so a burst between two drain timer ticks never has to fill it.
+fn socket_wakeup_bytes(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 4).max(1)
+}
+
 pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     raise_memlock_limit();
     let tracefs = tracefs::ensure_mounted()?;
@@ -114,9 +120,11 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     }
     let level = opts.kernel_log_level;
     let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
+    let wakeup_bytes = socket_wakeup_bytes(opts.socket_ring_bytes);
     EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .override_global("CAPTURE_BYTES", &capture, true)
+        .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
         .override_global(aya_log::LEVEL, &level, false)
         .map_max_entries("THREADS", opts.thread_map_entries)
         .map_max_entries("EVENTS", opts.event_ring_bytes)

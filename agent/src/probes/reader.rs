@@ -163,7 +163,17 @@ pub struct SocketRing {
     fd: AsyncFd<RingBuf<MapData>>,
     recorder: Option<Recorder>,
     counters: Arc<RingCounters>,
+    /// The kernel side writes most records without waking us (`BPF_RB_NO_WAKEUP` below
+    /// `WAKEUP_BYTES` unread): this timer is what reads them.
+    drain_timer: tokio::time::Interval,
+    /// The last read stopped at its budget with records still waiting.
+    backlog: bool,
 }
+
+/// How often the ring is drained when the kernel side did not wake us. Short enough that a
+/// record waits at most this long (and the ring's wakeup threshold is rarely reached), long
+/// enough that an idle agent wakes only this often.
+pub const SOCKET_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl SocketRing {
     pub fn open(
@@ -171,31 +181,64 @@ impl SocketRing {
         counters: Arc<RingCounters>,
         record_to: Option<&std::path::Path>,
     ) -> Result<Self> {
+        let mut drain_timer = tokio::time::interval(SOCKET_DRAIN_INTERVAL);
+        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             fd: open_ring(ebpf, "SOCKET_EVENTS")?,
             recorder: record_to.map(Recorder::create).transpose()?,
             counters,
+            drain_timer,
+            backlog: false,
         })
     }
 
-    /// Waits until records are waiting (epoll), then hands up to `budget` of them to `apply`.
+    /// Waits until records are waiting — the drain timer, or the kernel's wakeup once the
+    /// ring fills past its threshold (epoll) — then hands up to `budget` of them to `apply`.
     /// The budget lets the pipeline's other work (process events, snapshots) in between when
     /// the kernel writes records as fast as they are read.
     pub async fn apply_ready(&mut self, budget: usize, apply: impl FnMut(&[u8])) -> Result<()> {
-        let mut guard = self.fd.readable_mut().await.map_err(|e| Error::Io {
-            what: "SOCKET_EVENTS ring buffer fd".into(),
-            source: e,
-        })?;
-        let emptied = Self::take(
-            guard.get_inner_mut(),
-            &mut self.recorder,
-            &self.counters,
-            budget,
-            apply,
-        );
-        if emptied {
-            guard.clear_ready();
+        if self.backlog {
+            // Records were left behind at the budget: read on after the others had a turn.
+            tokio::task::yield_now().await;
+            self.backlog = !Self::take(
+                self.fd.get_mut(),
+                &mut self.recorder,
+                &self.counters,
+                budget,
+                apply,
+            );
+            return Ok(());
         }
+        let woken = tokio::select! {
+            guard = self.fd.readable_mut() => Some(guard.map_err(|e| Error::Io {
+                what: "SOCKET_EVENTS ring buffer fd".into(),
+                source: e,
+            })?),
+            _ = self.drain_timer.tick() => None,
+        };
+        let emptied = match woken {
+            Some(mut guard) => {
+                let emptied = Self::take(
+                    guard.get_inner_mut(),
+                    &mut self.recorder,
+                    &self.counters,
+                    budget,
+                    apply,
+                );
+                if emptied {
+                    guard.clear_ready();
+                }
+                emptied
+            }
+            None => Self::take(
+                self.fd.get_mut(),
+                &mut self.recorder,
+                &self.counters,
+                budget,
+                apply,
+            ),
+        };
+        self.backlog = !emptied;
         Ok(())
     }
 
