@@ -1,5 +1,6 @@
 //! Listen sockets of a set of processes, from their fds matched against their network
-//! namespace's /proc/<pid>/net/{tcp,tcp6,unix}, with the accept-queue length of each.
+//! namespace's listeners (sock_diag for TCP, /proc/<pid>/net/unix), with the accept-queue
+//! length of each.
 use std::collections::{BTreeMap, HashSet};
 
 use procfs::{
@@ -44,6 +45,29 @@ pub fn socket_inodes(pid: u32) -> HashSet<u64> {
         .collect()
 }
 
+/// (inode, local address, accept queue) of every TCP listener in `proc`'s network namespace:
+/// from sock_diag, or — when netlink is refused (no CAP_NET_ADMIN over another namespace, a
+/// kernel without `inet_diag`) — from /proc/<pid>/net/tcp{,6}, which costs far more.
+fn tcp_listeners(proc: &Process) -> Vec<(u64, std::net::SocketAddr, u32)> {
+    match super::sock_diag::tcp_listeners(proc.pid as u32) {
+        Ok(found) => {
+            return found
+                .into_iter()
+                .map(|l| (l.inode, l.local, l.accept_queue))
+                .collect();
+        }
+        Err(err) => tracing::debug!("sock_diag for pid {}: {err}; reading /proc", proc.pid),
+    }
+    proc.tcp()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(proc.tcp6().unwrap_or_default())
+        .filter(|entry| entry.state == TcpState::Listen)
+        // For a LISTEN socket the kernel prints sk_ack_backlog as rx_queue.
+        .map(|entry| (entry.inode, entry.local_address, entry.rx_queue))
+        .collect()
+}
+
 /// Listen sockets a pool serves on, read in the network namespace of the first pid still
 /// alive. When the pool has workers besides the master, only sockets a worker shares count:
 /// workers inherit the app's listeners, while a master-only socket (gunicorn's control socket,
@@ -67,23 +91,16 @@ pub fn listeners_of(master: u32, workers: &[u32]) -> Vec<Listener> {
         return Vec::new();
     };
     let mut found: BTreeMap<u64, Listener> = BTreeMap::new();
-    let tcp = proc
-        .tcp()
-        .unwrap_or_default()
-        .into_iter()
-        .chain(proc.tcp6().unwrap_or_default());
-    for entry in tcp {
-        if entry.state == TcpState::Listen && inodes.contains(&entry.inode) {
-            let address = entry.local_address.to_string();
+    for (inode, local, accept_queue) in tcp_listeners(&proc) {
+        if inodes.contains(&inode) {
             found.insert(
-                entry.inode,
+                inode,
                 Listener {
-                    inode: entry.inode,
+                    inode,
                     transport: Transport::Tcp,
-                    address,
-                    port: Some(entry.local_address.port()),
-                    // For a LISTEN socket the kernel prints sk_ack_backlog as rx_queue.
-                    accept_queue: Some(entry.rx_queue),
+                    address: local.to_string(),
+                    port: Some(local.port()),
+                    accept_queue: Some(accept_queue),
                 },
             );
         }
