@@ -14,6 +14,15 @@ use herdwatch_common::{
 pub static THREADS: LruHashMap<u32, ThreadCounters> =
     LruHashMap::with_max_entries(THREAD_MAP_ENTRIES, 0);
 
+/// Threads that ran their exit program, until the tid is handed out again (`task_newtask`).
+/// An exiting thread still sleeps and wakes (closing files, deferred work) after
+/// `sched_process_exit` removed its counters; without this, the next wakeup would recreate
+/// them and they would stay for good — hundreds per thousand exits, each walked at every
+/// snapshot. LRU: a tid evicted from here is long dead.
+#[map]
+pub static EXITED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(EXITED_ENTRIES, 0);
+const EXITED_ENTRIES: u32 = 8_192;
+
 /// What each CPU is running (index 0 of a per-CPU array).
 #[map]
 pub static CURRENT: PerCpuArray<CpuCurrent> = PerCpuArray::with_max_entries(1, 0);

@@ -13,7 +13,7 @@ use herdwatch_common::{
 
 use aya_log_ebpf::{debug, warn};
 
-use crate::maps::{EVENTS, THREADS, count, offsets};
+use crate::maps::{EVENTS, EXITED, THREADS, count, offsets};
 
 #[inline(always)]
 fn header(kind: EventKind, tid: u32, tgid: u32) -> EventHeader {
@@ -54,6 +54,8 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     } else {
         pid
     };
+    // A reused tid is a new thread: its counters may be created again.
+    let _ = EXITED.remove(&pid);
     let Some(mut entry) = EVENTS.reserve::<NewTaskEvent>(0) else {
         count(stat::EVENTS_DROPPED);
         return 0;
@@ -85,6 +87,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
             return 0;
         }
     };
+    if old_pid != pid {
+        // A thread other than the leader exec'd and took the leader's tid: its old tid is
+        // gone without an exit of its own.
+        let _ = THREADS.remove(old_pid);
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(stat::EVENTS_DROPPED);
         warn!(&ctx, "event ring buffer full: exec of pid {} dropped", pid);
@@ -127,6 +134,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // The final totals, straight from the exiting task.
     crate::sched::read_kernel_totals(&mut counters);
     let _ = THREADS.remove(tid);
+    let _ = EXITED.insert(tid, 1, 0);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count(stat::EVENTS_DROPPED);
         return 0;

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use herdwatch_common::{ThreadCounters, stat, task_state};
 
-use crate::maps::{CURRENT, THREADS, count, offsets};
+use crate::maps::{CURRENT, EXITED, THREADS, count, offsets};
 
 #[inline(always)]
 fn now() -> u64 {
@@ -26,6 +26,9 @@ fn now() -> u64 {
 fn counters_or_insert(tid: u32) -> Option<*mut ThreadCounters> {
     if let Some(ptr) = THREADS.get_ptr_mut(tid) {
         return Some(ptr);
+    }
+    if unsafe { EXITED.get(&tid) }.is_some() {
+        return None; // exiting: its totals were reported, its counters removed
     }
     if THREADS.insert(tid, ThreadCounters::default(), 0).is_err() {
         count(stat::THREAD_INSERT_FAILED);
