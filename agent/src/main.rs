@@ -74,6 +74,10 @@ fn load_config(
 }
 
 fn main() -> ExitCode {
+    // Transparent huge pages make an allocator arena the agent barely touches 2 MiB of
+    // resident memory (idle agent: 40-43 MiB with them, 38 without); pay for what is used.
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HERDWATCH_LOG")
