@@ -48,6 +48,26 @@ pub mod direction {
     pub const EGRESS: u32 = 1;
 }
 
+/// Thread group ids per word of the traced-tgid filters (`TRACED_TGIDS`, `AGENT_TGIDS`): one
+/// byte each, nonzero = may have traced sockets. Bytes rather than bits because the kernel
+/// side can only add atomically on every CPU model (BPF_XADD), not OR: a byte lane takes
+/// concurrent adds without spilling into its neighbours.
+pub const TGIDS_PER_WORD: u32 = 8;
+/// Default (and largest) number of words: covers thread group ids below 4 194 304, the
+/// largest `pid_max`; the loader sizes the maps from this host's `pid_max`.
+pub const TGID_FILTER_WORDS: u32 = 4_194_304 / TGIDS_PER_WORD;
+
+/// The word index and byte shift of `tgid` in a traced-tgid filter of `words` words, or None
+/// beyond it (such ids always take the slow path: a `SOCKETS` lookup).
+pub const fn tgid_lane(tgid: u32, words: u32) -> Option<(u32, u32)> {
+    let word = tgid / TGIDS_PER_WORD;
+    if word >= words {
+        None
+    } else {
+        Some((word, (tgid % TGIDS_PER_WORD) * 8))
+    }
+}
+
 /// The `SOCKETS` map key: thread group and fd.
 pub const fn socket_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64

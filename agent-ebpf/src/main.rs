@@ -2,6 +2,9 @@
 //! events (a task is created, exec'd or exits) — never one record per context switch.
 #![no_std]
 #![no_main]
+// Atomic add on map memory (BPF_XADD): the bpfel target exposes no atomic RMW types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod process;

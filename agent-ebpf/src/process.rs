@@ -135,6 +135,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     crate::sched::read_kernel_totals(&mut counters);
     let _ = THREADS.remove(tid);
     let _ = EXITED.insert(tid, 1, 0);
+    if group_dead != 0 {
+        // Its fds are gone with it; a process reusing the id starts untraced.
+        crate::socket::mark_traced(tgid, false);
+    }
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count(stat::EVENTS_DROPPED);
         return 0;

@@ -11,13 +11,13 @@ use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use herdwatch_common::{
     EventHeader, EventKind, MAX_CAPTURE, SOCKET_MAP_ENTRIES, SOCKET_RING_BYTES, SocketCloseEvent,
-    SocketDataEvent, SocketDataHead, SocketInfo, SocketOpenEvent, TAIL_CAPTURE, direction,
-    sock_kind, socket_key, stat,
+    SocketDataEvent, SocketDataHead, SocketInfo, SocketOpenEvent, TAIL_CAPTURE, TGID_FILTER_WORDS,
+    direction, sock_kind, socket_key, stat, tgid_lane,
 };
 
 use crate::maps::{THREADS, count};
@@ -31,6 +31,19 @@ pub static PG_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 /// Thread groups whose accepted connections are HTTP server connections (pool workers).
 #[map]
 pub static HTTP_SERVERS: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+/// Thread groups this side started tracing a socket of (byte set at `track`, cleared when
+/// the group exits). Every read, write and close on the host runs these programs: a byte test
+/// in an array (inlined by the verifier) turns away the calls of processes with no traced
+/// socket before any hash lookup. Sized by the loader from `pid_max`.
+#[map]
+pub static TRACED_TGIDS: Array<u64> = Array::with_max_entries(TGID_FILTER_WORDS, 0);
+/// The same for the agent's side: pool workers (their accepts are HTTP) and processes whose
+/// sockets the agent seeded from /proc. Written only by the agent.
+#[map]
+pub static AGENT_TGIDS: Array<u64> = Array::with_max_entries(TGID_FILTER_WORDS, 0);
+/// Words in the two filters (the maps' real size, patched by the loader).
+#[unsafe(no_mangle)]
+static TGID_WORDS: Global<u32> = Global::new(TGID_FILTER_WORDS);
 #[map]
 static PENDING_CONNECT: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
 #[map]
@@ -224,12 +237,64 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Whether `tgid` may have a traced socket: false only when neither side marked it.
+#[inline(always)]
+fn maybe_traced(tgid: u32) -> bool {
+    let Some((word, shift)) = tgid_lane(tgid, TGID_WORDS.load()) else {
+        return true;
+    };
+    let marked = |map: &Array<u64>| map.get(word).is_none_or(|w| (w >> shift) & 0xff != 0);
+    marked(&TRACED_TGIDS) || marked(&AGENT_TGIDS)
+}
+
+/// Whether the agent marked `tgid` (a pool worker, or a process with seeded sockets).
+#[inline(always)]
+fn agent_marked(tgid: u32) -> bool {
+    match tgid_lane(tgid, TGID_WORDS.load()) {
+        Some((word, shift)) => AGENT_TGIDS
+            .get(word)
+            .is_none_or(|w| (w >> shift) & 0xff != 0),
+        None => true,
+    }
+}
+
+/// Marks `tgid` in `TRACED_TGIDS` (`on`) or clears its mark. Other CPUs write the other lanes
+/// of the same word at the same time, so only atomic adds touch it: marking adds 1 to the
+/// lane when it reads zero (two CPUs racing make it 2, still "marked", far from overflowing
+/// into the next lane), clearing subtracts whatever the lane holds — only the exiting group
+/// itself clears its lane.
+#[inline(always)]
+pub fn mark_traced(tgid: u32, on: bool) {
+    let Some((word, shift)) = tgid_lane(tgid, TGID_WORDS.load()) else {
+        return;
+    };
+    let Some(ptr) = TRACED_TGIDS.get_ptr_mut(word) else {
+        return;
+    };
+    // SAFETY: an array map value is a live, aligned u64 for the map's lifetime; the plain
+    // read only decides whether to add.
+    let lane = (unsafe { core::ptr::read_volatile(ptr) } >> shift) & 0xff;
+    let delta = match (on, lane) {
+        (true, 0) => 1u64 << shift,
+        (false, held) if held != 0 => (held << shift).wrapping_neg(),
+        _ => return,
+    };
+    // SAFETY: as above. The result is unused, so this is BPF_XADD (any BPF CPU version).
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            ptr, delta,
+        );
+    }
+}
+
+#[inline(always)]
 fn track(tgid: u32, tid: u32, fd: u32, kind: u32, family: u32, port: u32) {
     let info = SocketInfo { kind, _reserved: 0 };
     if SOCKETS.insert(socket_key(tgid, fd), info, 0).is_err() {
         count(stat::SOCKET_INSERT_FAILED);
         return;
     }
+    mark_traced(tgid, true);
     if kind == sock_kind::CANDIDATE {
         return; // announced only if its first write shows PostgreSQL
     }
@@ -255,7 +320,7 @@ fn announce(tgid: u32, tid: u32, fd: u32, kind: u32, family: u32, port: u32) {
 fn accepted(ctx: &TracePointContext) -> u32 {
     let (tid, tgid) = ids();
     let Some(fd) = ret(ctx) else { return 0 };
-    if fd < 0 || unsafe { HTTP_SERVERS.get(&tgid) }.is_none() {
+    if fd < 0 || !agent_marked(tgid) || unsafe { HTTP_SERVERS.get(&tgid) }.is_none() {
         return 0;
     }
     track(tgid, tid, fd as u32, sock_kind::HTTP_SERVER, 0, 0);
@@ -278,6 +343,9 @@ fn enter_io(ctx: &TracePointContext, dir: u32, buf_mode: u32) -> u32 {
         return 0;
     };
     let (tid, tgid) = ids();
+    if !maybe_traced(tgid) {
+        return 0;
+    }
     let Some(info) = (unsafe { SOCKETS.get(&socket_key(tgid, fd as u32)) }).copied() else {
         return 0;
     };
@@ -317,6 +385,9 @@ fn payload_source(call: &ActiveCall) -> Option<(u64, u64)> {
 #[inline(always)]
 fn exit_io(ctx: &TracePointContext) -> u32 {
     let (tid, tgid) = ids();
+    if !maybe_traced(tgid) {
+        return 0; // its enter found nothing to trace either
+    }
     let Some(mut call) = (unsafe { ACTIVE_CALLS.get(&tid) }).copied() else {
         return 0;
     };
@@ -485,6 +556,9 @@ io_programs! {
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let Some(fd) = arg(&ctx, 0) else { return 0 };
     let (tid, tgid) = ids();
+    if !maybe_traced(tgid) {
+        return 0;
+    }
     let key = socket_key(tgid, fd as u32);
     let Some(info) = (unsafe { SOCKETS.get(&key) }).copied() else {
         return 0;

@@ -101,6 +101,18 @@ fn socket_wakeup_bytes(ring_bytes: u32) -> u64 {
     u64::from(ring_bytes / 4).max(1)
 }
 
+/// Words of the traced-tgid filters for this host: one byte per possible thread group id
+/// (`/proc/sys/kernel/pid_max`; 32 KiB at the kernel's default 32768, 4 MiB at most).
+pub fn tgid_filter_words() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(u32::MAX);
+    pid_max
+        .div_ceil(herdwatch_common::TGIDS_PER_WORD)
+        .clamp(1, herdwatch_common::TGID_FILTER_WORDS)
+}
+
 pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     raise_memlock_limit();
     let tracefs = tracefs::ensure_mounted()?;
@@ -121,10 +133,14 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     let level = opts.kernel_log_level;
     let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
     let wakeup_bytes = socket_wakeup_bytes(opts.socket_ring_bytes);
+    let tgid_words = tgid_filter_words();
     EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .override_global("CAPTURE_BYTES", &capture, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+        .override_global("TGID_WORDS", &tgid_words, true)
+        .map_max_entries("TRACED_TGIDS", tgid_words)
+        .map_max_entries("AGENT_TGIDS", tgid_words)
         .override_global(aya_log::LEVEL, &level, false)
         .map_max_entries("THREADS", opts.thread_map_entries)
         .map_max_entries("EVENTS", opts.event_ring_bytes)

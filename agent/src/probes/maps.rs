@@ -1,11 +1,13 @@
 //! Typed access to the kernel side's maps.
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
 };
-use std::collections::HashSet;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
-use herdwatch_common::{CpuCurrent, PyProcess, SocketInfo, ThreadCounters, socket_key, stat};
+use herdwatch_common::{
+    CpuCurrent, PyProcess, SocketInfo, ThreadCounters, socket_key, stat, tgid_lane,
+};
 
 use super::socket_events::SocketKind;
 
@@ -33,6 +35,13 @@ pub struct KernelMaps {
     py_procs: HashMap<MapData, u32, PyProcess>,
     /// What was last written to HTTP_SERVERS, to sync by difference.
     http_server_set: HashSet<u32>,
+    /// The kernel side's filter of thread groups that may have traced sockets, as far as the
+    /// agent marks them: pool workers and processes with sockets seeded from /proc.
+    agent_tgids: Array<MapData, u64>,
+    /// Processes the agent seeded sockets of, and the words of AGENT_TGIDS as last written.
+    seeded_tgids: HashSet<u32>,
+    agent_words: StdHashMap<u32, u64>,
+    tgid_words: u32,
 }
 
 impl KernelMaps {
@@ -66,6 +75,8 @@ impl KernelMaps {
         let http_servers =
             HashMap::try_from(take(ebpf, "HTTP_SERVERS")?).map_err(map_err("HTTP_SERVERS"))?;
         let py_procs = HashMap::try_from(take(ebpf, "PY_PROCS")?).map_err(map_err("PY_PROCS"))?;
+        let agent_tgids =
+            Array::try_from(take(ebpf, "AGENT_TGIDS")?).map_err(map_err("AGENT_TGIDS"))?;
         Ok(Self {
             threads,
             stats,
@@ -75,7 +86,35 @@ impl KernelMaps {
             http_servers,
             py_procs,
             http_server_set: HashSet::new(),
+            agent_tgids,
+            seeded_tgids: HashSet::new(),
+            agent_words: StdHashMap::new(),
+            tgid_words: super::loader::tgid_filter_words(),
         })
+    }
+
+    /// Writes `tgid`'s byte of AGENT_TGIDS: set while it is a pool worker or has seeded
+    /// sockets.
+    fn remark(&mut self, tgid: u32) {
+        let Some((word, shift)) = tgid_lane(tgid, self.tgid_words) else {
+            return; // beyond the filter: the kernel side always looks such ids up
+        };
+        let on = self.http_server_set.contains(&tgid) || self.seeded_tgids.contains(&tgid);
+        let old = self.agent_words.get(&word).copied().unwrap_or(0);
+        let lane = 0xffu64 << shift;
+        let new = if on { old | (1 << shift) } else { old & !lane };
+        if new == old {
+            return;
+        }
+        match self.agent_tgids.set(word, new, 0) {
+            Ok(()) if new == 0 => {
+                self.agent_words.remove(&word);
+            }
+            Ok(()) => {
+                self.agent_words.insert(word, new);
+            }
+            Err(e) => tracing::warn!("AGENT_TGIDS word {word}: {e}"),
+        }
     }
 
     /// All live threads' counters. Entries that vanish while iterating (a thread exiting) are
@@ -113,7 +152,14 @@ impl KernelMaps {
                 tracing::warn!("HTTP_SERVERS insert for {new}: {e}");
             }
         }
+        let changed: Vec<u32> = tgids
+            .symmetric_difference(&self.http_server_set)
+            .copied()
+            .collect();
         self.http_server_set = tgids.clone();
+        for tgid in changed {
+            self.remark(tgid);
+        }
     }
 
     /// Walks `tgid`'s Python frames at its socket calls from now on.
@@ -132,6 +178,9 @@ impl KernelMaps {
 
     /// Starts tracing an existing socket (found in /proc at start).
     pub fn track_socket(&mut self, tgid: u32, fd: u32, kind: SocketKind) -> Result<()> {
+        if self.seeded_tgids.insert(tgid) {
+            self.remark(tgid);
+        }
         self.sockets
             .insert(
                 socket_key(tgid, fd),
@@ -157,6 +206,11 @@ impl KernelMaps {
             .collect();
         for key in stale {
             let _ = self.sockets.remove(&key);
+        }
+        for tgid in tgids {
+            if self.seeded_tgids.remove(tgid) {
+                self.remark(*tgid);
+            }
         }
     }
 
