@@ -10,7 +10,7 @@
 //! the figures with ✓/✗ (ignored in the suite; the bench runs it).
 //!
 //! `HERDWATCH_OVERHEAD_PROFILE=1` adds one traced round on gunicorn `/ping` at the end with
-//! `kernel.bpf_stats_enabled` on (per-program ns per run, from `bpftool`) and, when `perf` is
+//! `kernel.bpf_stats_enabled` on (per-program ns per run of the agent's programs) and, when `perf` is
 //! installed, `perf record --call-graph dwarf` of the agent for 10 s (top symbols printed).
 mod common;
 
@@ -359,6 +359,8 @@ fn overhead() {
         return;
     }
     let begun = Instant::now();
+    let bpf_stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|v| v.trim() == "1");
     let dir = tempfile::tempdir().expect("tempdir");
     let pg = Postgres::start();
     pg.sql(
@@ -453,6 +455,15 @@ fn overhead() {
 
     // Idle: the apps stay up, nothing loads them.
     eprintln!("idle agent, {IDLE_S} s");
+    let time_wait = std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|t| {
+            let tcp = t.lines().find(|l| l.starts_with("TCP:"))?.to_string();
+            let mut f = tcp.split_whitespace();
+            f.find(|w| *w == "tw")?;
+            f.next()?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
     let (idle_pct, idle_rss, idle_hwm, idle_others) = {
         let agent = start_agent(dir.path());
         let others = other_tracers(Some(agent.pid())).len();
@@ -523,6 +534,11 @@ fn overhead() {
     if errors > 0 {
         println!("  (wrk counted {errors} errors or non-2xx responses in all rounds)");
     }
+    if bpf_stats_on {
+        println!(
+            "  ⚠ kernel.bpf_stats_enabled was already 1 (someone else's): every eBPF program run was also timed"
+        );
+    }
     let contaminated = samples
         .iter()
         .flatten()
@@ -550,7 +566,7 @@ fn overhead() {
         println!("  peer: bpftrace not installed, no comparison");
     }
     println!(
-        "  idle agent ({IDLE_S} s, default interval, apps up and unloaded): {idle_pct:.2} % of a core (goal ≤ {GOAL_IDLE} % {}){}",
+        "  idle agent ({IDLE_S} s, default interval, apps up and unloaded, {time_wait} TCP sockets in TIME_WAIT left by the load): {idle_pct:.2} % of a core (goal ≤ {GOAL_IDLE} % {}){}",
         mark(idle_pct <= GOAL_IDLE),
         if idle_others > 0 {
             format!(
@@ -580,9 +596,34 @@ fn overhead() {
     }
 }
 
+/// (program id, run_time_ns, run_cnt) of every eBPF program `pid` holds an fd of.
+fn agent_programs(pid: u32) -> Vec<(u32, u64, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(entry.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(ns), Some(n)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            out.push((id as u32, ns, n));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// One traced round on `target` with the kernel's per-program run time of this agent's
-/// programs (`bpftool prog show`, which names each program's owner, so another agent on the
-/// host is not counted) and, if there is `perf`, where the agent's own CPU goes.
+/// programs and, if there is `perf`, where the agent's own CPU goes.
 fn profile(target: &Target, dir: &Path, script: &Path) {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("bpf_stats_enabled");
     let agent = start_agent(dir);
@@ -610,36 +651,19 @@ fn profile(target: &Target, dir: &Path, script: &Path) {
         "profile: one traced round of {} for 10 s at {rps:.0} req/s, kernel.bpf_stats_enabled on",
         target.name
     );
-    let programs = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .ok()
-        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
-    let mut rows: Vec<(String, u64, u64)> = programs
-        .as_ref()
-        .and_then(|v| v.as_array())
-        .into_iter()
+    // The agent's own programs: the bpf fds it holds (fdinfo has id, run time and count), so
+    // another agent on the host is not counted; names from the kernel's program list.
+    let names: std::collections::HashMap<u32, String> = aya::programs::loaded_programs()
         .flatten()
-        .filter(|p| {
-            p.get("pids")
-                .and_then(|v| v.as_array())
-                .is_some_and(|pids| {
-                    pids.iter().any(|x| {
-                        x.get("pid").and_then(|v| v.as_u64()) == Some(u64::from(agent.pid()))
-                    })
-                })
-        })
-        .filter_map(|p| {
-            Some((
-                p.get("name")?.as_str()?.to_string(),
-                p.get("run_time_ns")?.as_u64()?,
-                p.get("run_cnt")?.as_u64()?,
-            ))
-        })
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_string()))
+        .collect();
+    let mut rows: Vec<(String, u64, u64)> = agent_programs(agent.pid())
+        .into_iter()
+        .map(|(id, ns, n)| (names.get(&id).cloned().unwrap_or(format!("id {id}")), ns, n))
         .filter(|(_, _, n)| *n > 0)
         .collect();
     if rows.is_empty() {
-        println!("  no per-program figures (bpftool missing or no run counts)");
+        println!("  no per-program figures (no run counts in the agent's fdinfo)");
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     println!(
@@ -660,30 +684,54 @@ fn profile(target: &Target, dir: &Path, script: &Path) {
     }
     let keep = PathBuf::from("/tmp/herdwatch-overhead-perf.data");
     let _ = std::fs::copy(&data, &keep);
-    let report = Command::new("perf")
+    let report = |extra: &[&str]| {
+        Command::new("perf")
+            .args(["report", "--no-children", "--stdio", "-g", "none", "-i"])
+            .arg(&keep)
+            .args(extra)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let top = |text: String| {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .take(15)
+        {
+            println!("  {}", line.trim_end());
+        }
+    };
+    println!(
+        "  perf (cpu-clock 999 Hz, dwarf call graphs) of the agent, self time, top 15 of all (data kept at {}):",
+        keep.display()
+    );
+    top(report(&["--sort", "dso,symbol"]));
+    println!("  top 15 in the agent's own code (self, share of all its samples):");
+    top(report(&["--sort", "symbol", "--dsos", "herdwatch"]));
+    println!(
+        "  top 10 agent functions by inclusive time (children: the kernel work they cause too):"
+    );
+    let inclusive = Command::new("perf")
         .args([
             "report",
-            "--no-children",
-            "--sort",
-            "dso,symbol",
+            "--children",
             "--stdio",
             "-g",
             "none",
+            "--sort",
+            "symbol",
+            "-i",
         ])
-        .args(["--percent-limit", "0.5", "-i"])
         .arg(&keep)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    println!(
-        "  perf (cpu-clock, dwarf call graphs) of the agent, self time, top 15 (data kept at {}):",
-        keep.display()
-    );
-    for line in report
+    for line in inclusive
         .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .take(15)
+        .filter(|l| l.contains("herdwatch::") && !l.contains("(inlined)"))
+        .take(10)
     {
-        println!("  {line}");
+        println!("  {}", line.trim_end());
     }
 }
