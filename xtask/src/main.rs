@@ -48,8 +48,10 @@ enum Cmd {
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
         /// Which benchmark: `sched` (tracing overhead), `pipeline` (decode+parse+stitch rate),
-        /// `otlp-down` (peak RSS with the OTLP collector down vs. OTLP off) or `frames` (kernel
-        /// time per socket record with and without Python frame walking).
+        /// `otlp-down` (peak RSS with the OTLP collector down vs. OTLP off), `frames` (kernel
+        /// time per socket record with and without Python frame walking) or `overhead` (the
+        /// release agent's cost to gunicorn and uvicorn apps under wrk: throughput ratio, CPU per
+        /// 1k req/s, idle CPU, RSS, against a bpftrace peer).
         name: String,
         /// Rounds of the interleaved measurement.
         #[arg(long, default_value_t = 5)]
@@ -100,8 +102,10 @@ fn main() -> anyhow::Result<()> {
                 "otlp-down" => bench::ignored_test("otlp", "collector_down_peak_rss", false),
                 // Kernel time per socket record with and without Python frame walking.
                 "frames" => bench::ignored_test("frame_walk_cost", "frame_walk_cost", false),
+                // The release agent's cost to real apps under wrk, rounds alternating.
+                "overhead" => bench::ignored_test("overhead", "overhead", true),
                 other => anyhow::bail!(
-                    "unknown benchmark {other:?}; known: sched, pipeline, otlp-down, frames"
+                    "unknown benchmark {other:?}; known: sched, pipeline, otlp-down, frames, overhead"
                 ),
             }
         }

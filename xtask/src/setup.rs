@@ -170,6 +170,7 @@ const DEBIAN: &[(&str, &str)] = &[
     ("command -v taskset", "util-linux"),
     ("command -v setpriv", "util-linux"),
     ("command -v bpftrace", "bpftrace"),
+    ("command -v wrk", "wrk"),
     ("command -v psql", "postgresql-client"),
     ("ls /usr/lib/postgresql/*/bin/postgres", "postgresql"),
     (
