@@ -164,8 +164,19 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
     // them in registers sees every (frames kept, depth) pair as a new state and gives up
     // long before the walk's end; from memory they are unknown numbers, and paths merge.
     let head = &raw mut ev.head;
+    // Only an asyncio worker needs the chain's far end (its outermost coroutine frame is the
+    // Task); elsewhere the stack serves the call site, which lies among the innermost frames
+    // kept — walking the server's outer frames (gunicorn's arbiter, the worker loop) is waste.
+    let whole_chain = py.flags & herdwatch_common::py_flags::WALK_HTTP != 0;
     for _ in 0..MAX_PY_WALK {
         if frame == 0 {
+            break;
+        }
+        if !whole_chain
+            && unsafe { core::ptr::read_volatile(&raw const (*head).n_frames) } as usize
+                >= MAX_PY_FRAMES
+        {
+            frame = 0; // enough for the call site; not a truncation
             break;
         }
         if unsafe { bpf_probe_read_user_buf(frame as *const u8, &mut block.bytes) }.is_err() {
