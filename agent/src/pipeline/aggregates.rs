@@ -715,6 +715,11 @@ impl Aggregates {
         self.db_wait_by_pid.get(&pid).copied().unwrap_or(0)
     }
 
+    /// Processes with a DB wait total (live ones only, once exits are forgotten).
+    pub fn db_wait_pids(&self) -> usize {
+        self.db_wait_by_pid.len()
+    }
+
     /// Forgets an exited process's DB wait total.
     pub fn forget_pid(&mut self, pid: u32) {
         self.db_wait_by_pid.remove(&pid);

@@ -326,10 +326,12 @@ impl PipelineState {
         {
             self.tid_to_tgid.remove(tid);
             if *group_dead
-                && self
-                    .connections
-                    .drop_process(*tgid, *timestamp_ns, &mut self.aggregates)
-                    > 0
+                && process_exited(
+                    &mut self.connections,
+                    &mut self.aggregates,
+                    *tgid,
+                    *timestamp_ns,
+                )
             {
                 self.exited_with_sockets.insert(*tgid);
             }
@@ -670,6 +672,20 @@ impl PipelineState {
     }
 }
 
+/// A whole process exited: its connections end (their open requests recorded as unanswered)
+/// and its DB wait total is forgotten, so the per-pid totals hold live processes only.
+/// Returns whether it held traced sockets.
+fn process_exited(
+    connections: &mut Connections,
+    aggregates: &mut Aggregates,
+    tgid: u32,
+    timestamp_ns: u64,
+) -> bool {
+    let dropped = connections.drop_process(tgid, timestamp_ns, aggregates);
+    aggregates.forget_pid(tgid);
+    dropped > 0
+}
+
 /// Adds the slice a thread is running right now, so a thread that has not been switched out
 /// for a while still shows its CPU. Only for threads a CPU really runs now: a switch-out the
 /// kernel never reported must not turn into an ever-growing slice.
@@ -764,4 +780,43 @@ fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use herdwatch_protocol::{
+        postgres::{Outcome, QueryEvent, QueryProtocol},
+        route::RouteGrouper,
+    };
+
+    use super::*;
+    use crate::pipeline::aggregates::Caller;
+
+    #[test]
+    fn processes_that_queried_then_exited_leave_no_db_wait_behind() {
+        let mut connections = Connections::new(1024);
+        let mut aggregates = Aggregates::new(16, 16, RouteGrouper::default());
+        let query = QueryEvent {
+            sql: Some("SELECT 1".into()),
+            sql_truncated: false,
+            statement: None,
+            protocol: QueryProtocol::Simple,
+            started_ns: 10,
+            first_response_ns: Some(20),
+            finished_ns: 30,
+            rows: 1,
+            command: None,
+            outcome: Outcome::Ok,
+            sqlstate: None,
+        };
+        for pid in 1..=10_000 {
+            aggregates.record_query((pid, 3), None, &query, Caller::default(), Vec::new());
+            assert_eq!(aggregates.db_wait_of(pid), 20);
+        }
+        assert_eq!(aggregates.db_wait_pids(), 10_000);
+        for pid in 1..=10_000 {
+            process_exited(&mut connections, &mut aggregates, pid, 40);
+        }
+        assert_eq!(aggregates.db_wait_pids(), 0);
+    }
 }
