@@ -442,6 +442,18 @@ mod tests {
     }
 
     #[test]
+    fn query_records_the_detectors_missed_reach_the_drops_family() {
+        let mut snap = Snapshot::default();
+        snap.agent.detector_records_dropped = 5;
+        let text = render(&snap);
+        assert!(
+            text.lines()
+                .any(|l| l.contains("reason=\"detector_queue_full\"") && l.ends_with(" 5")),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn series_with_one_label_set_are_merged_never_written_twice() {
         let mut route = RouteStats {
             method: "GET".into(),

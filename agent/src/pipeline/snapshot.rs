@@ -140,7 +140,7 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 9] {
+    pub fn drops(&self) -> [(&'static str, u64); 10] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
@@ -150,6 +150,7 @@ impl AgentStats {
                 self.events_malformed + self.socket_events_malformed,
             ),
             ("connections_evicted", self.connections.evicted),
+            ("detector_queue_full", self.detector_records_dropped),
             ("otlp_span_queue_full", self.export.spans_queue_full),
             ("otlp_spans_failed", self.export.spans_failed),
             ("otlp_logs_failed", self.export.logs_failed),
@@ -175,6 +176,9 @@ pub struct AgentStats {
     pub socket_events_received: u64,
     pub socket_events_malformed: u64,
     pub connections: ConnectionStats,
+    /// Query records (starts, ends, finished queries) the detectors never saw because
+    /// their queue between two pipeline events was full.
+    pub detector_records_dropped: u64,
     pub python: PythonStats,
     pub export: crate::export::delivery::ExportDrops,
 }
@@ -194,4 +198,19 @@ pub struct PythonStats {
     /// Python stacks the kernel side walked, and the kernel time they took in all (ns).
     pub stacks_walked: u64,
     pub walk_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_records_the_detectors_missed_are_counted_as_drops() {
+        let stats = AgentStats {
+            detector_records_dropped: 7,
+            ..AgentStats::default()
+        };
+        let drops: std::collections::HashMap<_, _> = stats.drops().into_iter().collect();
+        assert_eq!(drops.get("detector_queue_full"), Some(&7));
+    }
 }

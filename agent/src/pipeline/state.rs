@@ -629,6 +629,7 @@ impl PipelineState {
             socket_events_received: self.socket_reader.received.load(Ordering::Relaxed),
             socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
             connections: self.connections.stats,
+            detector_records_dropped: self.aggregates.outbox_dropped,
             python: self.python_stats(),
             export: self
                 .export_counters
