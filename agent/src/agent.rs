@@ -8,7 +8,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     config::Config,
     error::{Error, Result},
-    pipeline::{Snapshot, state::PipelineState},
+    model::Snapshot,
+    pipeline::state::PipelineState,
     probes::{
         LoadOptions, loader,
         maps::KernelMaps,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     detect::naming::{QUERY_TEXT_CHARS, bounded},
-    pipeline::Snapshot,
+    model::Snapshot,
     procs::worker_state::WorkerState,
 };
 
@@ -119,7 +119,7 @@ pub fn render(s: &Snapshot) -> String {
 }
 
 /// The findings panel: active first, each with its cause and what stops it recurring.
-pub fn render_findings(findings: &[crate::detect::Finding], max: usize) -> String {
+pub fn render_findings(findings: &[crate::model::Finding], max: usize) -> String {
     let mut out = String::new();
     let active = findings.iter().filter(|f| f.active).count();
     let _ = writeln!(
@@ -139,8 +139,8 @@ pub fn render_findings(findings: &[crate::detect::Finding], max: usize) -> Strin
             f.kind,
             f.severity,
             f.occurrences,
-            crate::detect::lifecycle::clock_text(f.first_seen_unix_ms),
-            crate::detect::lifecycle::clock_text(f.last_seen_unix_ms),
+            crate::model::pool_event::clock_text(f.first_seen_unix_ms),
+            crate::model::pool_event::clock_text(f.last_seen_unix_ms),
         );
         let _ = writeln!(out, "      cause: {}", f.root_cause);
         let _ = writeln!(out, "      stops it recurring: {}", f.prevention);
@@ -217,7 +217,7 @@ fn render_routes_and_queries(s: &Snapshot, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::snapshot::{HostView, ProcessView};
+    use crate::model::{HostView, ProcessView};
 
     #[test]
     fn renders_processes_and_empty_pools() {

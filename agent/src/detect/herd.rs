@@ -18,16 +18,17 @@
 //! has passed: no full baseline is needed first (a burst right after the agent starts is
 //! judged against what was seen so far), so the first burst is reported within about
 //! `settle_ms` plus the copies' duration of its last copy.
+use crate::model::finding::{Evidence, FindingKind, RouteCopies, Severity, Subject};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use rustc_hash::FxHashMap;
 
 use super::{
     QueryEnd, QueryObs, QueryStart,
-    finding::{Evidence, FindingKind, Report, RouteCopies, Severity, Signal, Subject},
+    finding::{Report, Signal},
     naming::{QUERY_TEXT_CHARS, bounded, query_name},
 };
-use crate::pipeline::aggregates::{Label, QueryStats};
+use crate::model::{Label, QueryStats};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -16,54 +16,13 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use finding::{Finding, FindingKind, Severity};
-pub use lifecycle::PoolEvent;
-
-use crate::pipeline::{
-    aggregates::{QueryStats, RouteStats},
+use crate::{
     host,
-    snapshot::{HostView, PoolView, ProcessView},
+    model::{
+        Finding, HostView, PoolEvent, PoolView, ProcessView, QueryEnd, QueryObs, QueryStart,
+        QueryStats, RouteStats,
+    },
 };
-
-/// One PostgreSQL query just sent, its answer still to come. Times are milliseconds on the
-/// kernel's monotonic clock.
-#[derive(Debug, Clone)]
-pub struct QueryStart {
-    pub fingerprint: crate::pipeline::aggregates::Label,
-    pub pid: u32,
-    /// (process, fd) of the client connection.
-    pub conn: (u32, u32),
-    pub started_ms: f64,
-}
-
-/// One PostgreSQL query answered, as soon as it is (its request may be known only later).
-#[derive(Debug, Clone)]
-pub struct QueryEnd {
-    pub fingerprint: crate::pipeline::aggregates::Label,
-    pub pid: u32,
-    pub conn: (u32, u32),
-    pub started_ms: f64,
-    pub finished_ms: f64,
-}
-
-/// One finished PostgreSQL query as the detectors see it (times as for [`QueryStart`]).
-#[derive(Debug, Clone)]
-pub struct QueryObs {
-    pub fingerprint: crate::pipeline::aggregates::Label,
-    pub pid: u32,
-    /// (process, fd) of the client connection.
-    pub conn: (u32, u32),
-    /// Server port when the connect was seen.
-    pub server_port: Option<u16>,
-    pub started_ms: f64,
-    pub first_response_ms: Option<f64>,
-    pub finished_ms: f64,
-    pub route: Option<crate::pipeline::aggregates::Label>,
-    /// Other requests open on the issuing thread (asyncio): candidates for who issued it.
-    pub in_flight_routes: Vec<crate::pipeline::aggregates::Label>,
-    /// The application line that issued it, when its Python stack was read.
-    pub call_site: Option<crate::probes::python_code::CallSite>,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -157,7 +116,7 @@ impl Detectors {
     }
 
     /// Occurrences and resolutions since the last call (for OTLP logs).
-    pub fn take_transitions(&mut self) -> Vec<(finding::Transition, Finding)> {
+    pub fn take_transitions(&mut self) -> Vec<(crate::model::Transition, Finding)> {
         self.book.take_transitions()
     }
 

@@ -6,14 +6,15 @@
 //! the endpoint, minus what the same fingerprint takes on the proxy's own server connections
 //! (PgBouncer's upstream sockets are traced like any client's). Without upstream samples the
 //! whole time to first byte counts, and the evidence says so.
+use crate::model::finding::{Evidence, FindingKind, Severity, Subject};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::{
     QueryObs,
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    finding::{Report, Signal},
     sustain::{Phase, Sustain},
 };
-use crate::pipeline::snapshot::ProcessView;
+use crate::model::ProcessView;
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,14 +1,15 @@
 //! Sustained saturation: host CPU (or run-queue wait) above a threshold for a sustained time.
 //! The finding names who used the CPU — pools, processes, routes — and which route's request
 //! rate the CPU tracks, because "CPU 91 %" alone names nothing.
+use crate::model::finding::{Evidence, FindingKind, Severity, Subject};
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    finding::{Report, Signal},
     sustain::{Phase, Sustain},
     window::RouteWindow,
 };
-use crate::pipeline::snapshot::{PoolView, ProcessView};
+use crate::model::{PoolView, ProcessView};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]

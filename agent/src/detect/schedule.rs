@@ -7,12 +7,13 @@
 //! period (within the tolerance) is periodic, with an offset = onset mod period. Two or more
 //! periodic tasks sharing a period and an offset are aligned; each time they fire together is
 //! one occurrence of one finding, whose id comes from the period and the task set.
+use crate::model::finding::{Evidence, FindingKind, Severity, Subject};
+use crate::model::pool_event::clock_text;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::{
     QueryObs,
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
-    lifecycle::clock_text,
+    finding::{Report, Signal},
 };
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

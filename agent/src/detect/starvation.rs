@@ -2,16 +2,17 @@
 //! requests queue (accept backlog) or latency climbs. Names the route and the query holding
 //! the workers, compares the route with its own earlier latency, and cites a reload (deploy)
 //! that came just before.
+use crate::model::finding::{Evidence, FindingKind, Severity, Subject};
 use std::collections::{HashMap, VecDeque};
 
 use super::{
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    finding::{Report, Signal},
     lifecycle::LifecycleLog,
     naming::{QUERY_TEXT_CHARS, bounded, query_name},
     sustain::{Phase, Sustain},
     window::{QueryWindow, RouteWindow, bound_text, merge},
 };
-use crate::pipeline::{aggregates::Histogram, snapshot::PoolView};
+use crate::model::{Histogram, PoolView};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -2,7 +2,7 @@
 //! previous snapshot, which is what detectors reason about.
 use std::collections::HashMap;
 
-use crate::pipeline::aggregates::{Histogram, QueryStats, RouteStats};
+use crate::model::{Histogram, QueryStats, RouteStats};
 
 #[derive(Debug, Clone, Default)]
 pub struct RouteWindow {

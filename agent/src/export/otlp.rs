@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    pipeline::{Snapshot, aggregates::LATENCY_BUCKETS_MS},
+    model::{LATENCY_BUCKETS_MS, Snapshot},
 };
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -678,7 +678,7 @@ fn kv(k: &'static str, v: &str) -> KeyValue {
 fn observe_route_times(
     meter: &Meter,
     latest: &watch::Receiver<Arc<Snapshot>>,
-    keep: impl Fn(&crate::pipeline::aggregates::RouteStats) -> bool + Clone + Send + Sync + 'static,
+    keep: impl Fn(&crate::model::RouteStats) -> bool + Clone + Send + Sync + 'static,
 ) {
     for (def, ns) in names::ROUTE_TIMES {
         let keep = keep.clone();
@@ -703,7 +703,7 @@ fn observe_route_times(
 fn observe_pool(meter: &Meter, latest: &watch::Receiver<Arc<Snapshot>>, pool: &str) {
     let owned = pool.to_string();
     observe_route_times(meter, latest, move |r| r.pool == owned);
-    type PoolValue = fn(&crate::pipeline::snapshot::PoolView) -> Option<f64>;
+    type PoolValue = fn(&crate::model::PoolView) -> Option<f64>;
     let gauges: [(&'static MetricDef, PoolValue); 4] = [
         (&names::WORKERS_BUSY, |p| Some(p.busy_workers as f64)),
         (&names::WORKERS_IDLE, |p| {
@@ -812,7 +812,7 @@ fn observe_agent(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
 }
 
 /// The same labels `/metrics` puts on finding series (`prometheus::finding_labels`).
-fn finding_attrs(f: &crate::detect::Finding) -> Vec<KeyValue> {
+fn finding_attrs(f: &crate::model::Finding) -> Vec<KeyValue> {
     super::prometheus::finding_labels(f)
         .into_iter()
         .map(|(k, v)| kv(k, v))

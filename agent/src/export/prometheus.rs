@@ -8,10 +8,7 @@ use tokio::sync::watch;
 use super::names::{self, Kind, MetricDef, prometheus_name};
 use crate::{
     error::{Error, Result},
-    pipeline::{
-        Snapshot,
-        aggregates::{Histogram, LATENCY_BUCKETS_MS},
-    },
+    model::{Histogram, LATENCY_BUCKETS_MS, Snapshot},
 };
 
 /// Serves `/metrics` on `addr` until the task is aborted.
@@ -213,7 +210,7 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
 
 /// A route's labels: the pool that served it (`service_name`, as on the pool's gauges; none
 /// outside a pool), method and route.
-fn route_labels(r: &crate::pipeline::aggregates::RouteStats) -> Vec<(&'static str, &str)> {
+fn route_labels(r: &crate::model::RouteStats) -> Vec<(&'static str, &str)> {
     let mut labels = Vec::with_capacity(3);
     if !r.pool.is_empty() {
         labels.push(("service.name", r.pool.as_str()));
@@ -347,7 +344,7 @@ pub fn render(s: &Snapshot) -> String {
 
 /// Labels alert rules route on: stable for the life of a finding (the sentence lives in
 /// `herdwatch_finding_info`, so a changing number does not make a new alert).
-pub(crate) fn finding_labels(f: &crate::detect::Finding) -> Vec<(&'static str, &str)> {
+pub(crate) fn finding_labels(f: &crate::model::Finding) -> Vec<(&'static str, &str)> {
     let mut labels = vec![
         ("finding.id", f.id.as_str()),
         ("finding.kind", f.kind.label()),
@@ -371,14 +368,14 @@ pub(crate) fn finding_labels(f: &crate::detect::Finding) -> Vec<(&'static str, &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::aggregates::{Latency, QueryStats, RouteStats};
+    use crate::model::{Latency, QueryStats, RouteStats};
 
     #[test]
     fn renders_histograms_cumulatively_and_escapes_labels() {
-        let mut ok = crate::pipeline::aggregates::Latency::default();
+        let mut ok = crate::model::Latency::default();
         ok.record(3_000_000);
         ok.record(40_000_000);
-        let mut unanswered = crate::pipeline::aggregates::Latency::default();
+        let mut unanswered = crate::model::Latency::default();
         unanswered.record(1_000_000_000);
         let snap = Snapshot {
             routes: vec![RouteStats {

@@ -6,27 +6,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herdwatch_protocol::fingerprint::fnv1a64;
+
+use crate::model::QuerySpan;
 use opentelemetry::{
     Context, KeyValue,
     trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
 };
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
-
-/// A query nested in a request, kept until the request completes.
-#[derive(Debug, Clone)]
-pub struct QuerySpan {
-    pub summary: String,
-    pub operation: String,
-    pub started_ns: u64,
-    pub finished_ns: u64,
-    pub rows: u64,
-    pub sqlstate: Option<String>,
-    pub server_port: Option<u16>,
-    /// The application line that issued it (`code.*` attributes).
-    pub call_site: Option<crate::probes::python_code::CallSite>,
-    /// The normalised text (literals replaced by `?`), only when `otlp.query_text` is on.
-    pub normalized: Option<String>,
-}
 
 /// One completed request, as the stitcher saw it (kernel monotonic ns).
 pub struct RequestSpan<'a> {
@@ -65,7 +51,7 @@ impl SpanRecorder {
             ratio: ratio.clamp(0.0, 1.0),
             slow_ns: slow_ms * 1_000_000,
             query_text,
-            unix_minus_mono_ns: crate::pipeline::host::unix_minus_monotonic_ns(),
+            unix_minus_mono_ns: crate::host::unix_minus_monotonic_ns(),
         }
     }
 

@@ -2,7 +2,6 @@
 //! fingerprints or routes, new ones are counted under "other" so a cardinality explosion (a
 //! query built with literals in its text, a crawler walking random URLs) cannot grow memory or
 //! labels.
-use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
@@ -12,63 +11,14 @@ use herdwatch_protocol::{
     postgres::{Outcome, QueryEvent},
     route::RouteGrouper,
 };
-use serde::Serialize;
 
 use crate::{
-    detect::{QueryEnd, QueryObs, QueryStart},
+    model::{
+        Label, OTHER_ID, QueryEnd, QueryObs, QueryStart, QueryStats, RouteCalls, RouteStats,
+        SiteCalls,
+    },
     probes::python_code::CallSite,
 };
-
-/// Upper bounds (inclusive, milliseconds) of the latency histogram buckets; one more bucket
-/// counts everything slower. They resolve 1 ms … 30 s, the range the exporters publish.
-pub const LATENCY_BUCKETS_MS: [u64; 14] = [
-    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
-];
-
-/// Counts per latency bucket (`LATENCY_BUCKETS_MS` + overflow).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Histogram(pub Vec<u64>);
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self(vec![0; LATENCY_BUCKETS_MS.len() + 1])
-    }
-}
-
-impl Histogram {
-    pub fn record(&mut self, ns: u64) {
-        let ms_ceil = ns.div_ceil(1_000_000);
-        let i = LATENCY_BUCKETS_MS
-            .iter()
-            .position(|b| ms_ceil <= *b)
-            .unwrap_or(LATENCY_BUCKETS_MS.len());
-        if let Some(slot) = self.0.get_mut(i) {
-            *slot += 1;
-        }
-    }
-
-    /// The smallest bucket bound below which `q` (0..=1) of the samples fall; None if empty or
-    /// beyond the last bound.
-    pub fn quantile_upper_ms(&self, q: f64) -> Option<u64> {
-        let total: u64 = self.0.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let want = (q * total as f64).ceil() as u64;
-        let mut seen = 0;
-        for (i, n) in self.0.iter().enumerate() {
-            seen += n;
-            if seen >= want {
-                return LATENCY_BUCKETS_MS.get(i).copied();
-            }
-        }
-        None
-    }
-}
-
-/// A route or fingerprint id on the per-event path: shared, so handing it to a request, a
-/// query record and the detectors costs a reference count, not an allocation.
-pub type Label = std::sync::Arc<str>;
 
 /// A route series: the pool that served it, the method and the grouped route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,70 +77,6 @@ impl hashbrown::Equivalent<RouteKey> for RouteKeyRef<'_> {
 /// Route names interned; past this the set starts over (a crawler's random paths).
 const ROUTE_INTERN_MAX: usize = 4096;
 
-/// A latency histogram with its sum.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Latency {
-    pub histogram: Histogram,
-    pub total_ns: u64,
-}
-
-impl Latency {
-    pub fn record(&mut self, ns: u64) {
-        self.histogram.record(ns);
-        self.total_ns += ns;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.histogram.0.iter().sum()
-    }
-}
-
-/// The bucket every fingerprint past the limit is counted in.
-pub const OTHER_ID: &str = "other";
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QueryStats {
-    /// Fingerprint id (16 hex digits), or `other`.
-    pub id: String,
-    /// `db.query.summary`, e.g. `SELECT orders`.
-    pub summary: String,
-    pub operation: String,
-    /// The normalised text: literals replaced by `?` (safe to show; raw text never leaves).
-    pub normalized: String,
-    pub calls: u64,
-    pub errors: u64,
-    pub errors_by_sqlstate: BTreeMap<String, u64>,
-    /// Skipped by the server after an earlier error in the same pipeline.
-    pub aborted: u64,
-    pub rows: u64,
-    pub total_ns: u64,
-    pub max_ns: u64,
-    pub latency: Histogram,
-    /// Attributed by statement name only: prepared before the agent started watching.
-    pub text_unknown: bool,
-    /// Processes that issued it (bounded).
-    pub pids: Vec<u32>,
-    /// Routes whose requests issued it, with how many calls each (bounded).
-    pub routes: Vec<RouteCalls>,
-    /// The application lines that issued it, with how many calls each (bounded).
-    pub call_sites: Vec<SiteCalls>,
-    /// Calls paired with their request by the thread heuristic on an asyncio worker whose
-    /// interpreter could not be read: their route may be wrong.
-    pub heuristic_calls: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct RouteCalls {
-    pub route: String,
-    pub calls: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SiteCalls {
-    pub site: CallSite,
-    pub calls: u64,
-}
-
 /// Who issued a query, as the stitcher knows it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Caller<'a> {
@@ -198,33 +84,6 @@ pub struct Caller<'a> {
     pub site: Option<&'a CallSite>,
     /// Paired by the thread heuristic: the route is a guess.
     pub heuristic: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RouteStats {
-    /// The pool whose workers served it ("" outside any pool).
-    pub pool: String,
-    pub method: String,
-    pub route: String,
-    pub requests: u64,
-    pub by_status: BTreeMap<u16, u64>,
-    /// Closed before a response was written.
-    pub unanswered: u64,
-    pub total_ns: u64,
-    pub max_ns: u64,
-    pub latency: Histogram,
-    /// The same latencies split by response status, so `/metrics` carries
-    /// `http.response.status_code` as OTLP does (statuses are at most 900 values).
-    pub latency_by_status: BTreeMap<u16, Latency>,
-    /// Latencies of requests closed without a response.
-    pub unanswered_latency: Latency,
-    /// CPU the serving threads used for these requests.
-    pub cpu_ns: u64,
-    /// Time the requests waited on PostgreSQL queries they issued.
-    pub db_wait_ns: u64,
-    pub queries: u64,
-    /// Processes that served it, most recent last (bounded).
-    pub pids: Vec<u32>,
 }
 
 const MAX_PIDS_PER_QUERY: usize = 16;
@@ -690,10 +549,10 @@ impl Aggregates {
         q: &QueryEvent,
         server_port: Option<u16>,
         site: Option<&CallSite>,
-    ) -> Option<crate::export::spans::QuerySpan> {
+    ) -> Option<crate::model::QuerySpan> {
         let id = &self.outbox.last()?.fingerprint;
         let stats = self.queries.get(&**id)?;
-        Some(crate::export::spans::QuerySpan {
+        Some(crate::model::QuerySpan {
             summary: stats.summary.clone(),
             operation: stats.operation.clone(),
             started_ns: q.started_ns,
@@ -760,20 +619,6 @@ mod tests {
             outcome,
             sqlstate: (outcome == Outcome::Error).then(|| "42P01".to_string()),
         }
-    }
-
-    #[test]
-    fn histogram_buckets_and_quantiles() {
-        let mut h = Histogram::default();
-        for ms in [0.5, 1.0, 3.0, 40.0, 40.0, 200.0, 1800.0, 60_000.0] {
-            h.record((ms * 1e6) as u64);
-        }
-        assert_eq!(h.0.iter().sum::<u64>(), 8);
-        assert_eq!(h.0[0], 2, "≤ 1 ms");
-        assert_eq!(h.0[LATENCY_BUCKETS_MS.len()], 1, "beyond 30 s");
-        assert_eq!(h.quantile_upper_ms(0.5), Some(50));
-        assert_eq!(h.quantile_upper_ms(0.8), Some(2_500));
-        assert_eq!(Histogram::default().quantile_upper_ms(0.99), None);
     }
 
     #[test]

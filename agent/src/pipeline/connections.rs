@@ -25,9 +25,9 @@ use herdwatch_protocol::{
     http::{HttpEvent, HttpSession},
     postgres::{PgSession, SessionEvent},
 };
-use serde::Serialize;
 
 use super::{aggregates::Aggregates, tasks::TaskBook};
+use crate::model::ConnectionStats;
 use crate::{
     probes::{
         python_code::{CallSite, CodeCache},
@@ -95,12 +95,12 @@ pub struct PythonProcess {
 /// Work charged to one HTTP request while it is open.
 #[derive(Debug, Clone)]
 pub struct RequestCost {
-    pub route: super::aggregates::Label,
+    pub route: crate::model::Label,
     pub cpu_ns: u64,
     pub db_wait_ns: u64,
     pub queries: u64,
     /// The queries themselves, kept only when spans are exported (bounded).
-    pub query_spans: Vec<crate::export::spans::QuerySpan>,
+    pub query_spans: Vec<crate::model::QuerySpan>,
 }
 
 /// Queries kept per request for its span; a request issuing more keeps the first ones.
@@ -152,39 +152,6 @@ struct Spares {
     requests: Vec<VecDeque<RequestCost>>,
 }
 const MAX_OPEN_REQUESTS: usize = 256;
-
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct ConnectionStats {
-    pub open: usize,
-    pub opened: u64,
-    pub closed: u64,
-    /// Dropped to stay within the bound (their close was never seen).
-    pub evicted: u64,
-    pub data_events: u64,
-    pub bytes_seen: u64,
-    pub bytes_captured: u64,
-    pub protocol_errors: u64,
-    pub postgres_queries: u64,
-    pub http_exchanges: u64,
-    /// Queries charged to an HTTP request.
-    pub queries_in_requests: u64,
-    /// Queries of asyncio workers paired with their request through their Task (exact).
-    pub queries_by_task: u64,
-    /// Queries of asyncio workers sent outside any Task (an event-loop callback): no request.
-    pub queries_outside_tasks: u64,
-    /// Queries whose Task never answered a request (a background or child task), recorded
-    /// without a route.
-    pub queries_task_unanswered: u64,
-    /// Queries of asyncio workers whose stack could not be read: paired by the thread
-    /// heuristic, which may name the wrong route. Each is also marked on its query.
-    pub queries_heuristic: u64,
-    /// Python stacks received, and those cut short (chain longer than the walk, no thread
-    /// state for the thread, or a read that failed).
-    pub py_stacks: u64,
-    pub py_stacks_truncated: u64,
-    pub py_stacks_without_thread: u64,
-    pub py_stacks_unreadable: u64,
-}
 
 #[derive(Debug)]
 pub struct Connections {
@@ -377,9 +344,9 @@ impl Connections {
     /// Routes of the requests open on the thread's recent HTTP connections, when there are
     /// two or more different ones (an asyncio worker: any of them may have issued a query).
     /// Empty otherwise, without allocating: a sync worker's one request is the calling route.
-    fn routes_open_beside(&self, cursor: &ThreadCursor) -> Vec<super::aggregates::Label> {
+    fn routes_open_beside(&self, cursor: &ThreadCursor) -> Vec<crate::model::Label> {
         // One lookup per recent connection: this runs for every query.
-        let mut open: [Option<&super::aggregates::Label>; RECENT_HTTP] = [None; RECENT_HTTP];
+        let mut open: [Option<&crate::model::Label>; RECENT_HTTP] = [None; RECENT_HTTP];
         let mut n = 0;
         for &hc in &cursor.recent_http {
             if let Some(req) = self.get(hc).and_then(|c| c.requests.front()) {
@@ -394,7 +361,7 @@ impl Connections {
         if open.iter().flatten().all(|r| r == first) {
             return Vec::new();
         }
-        let mut routes: Vec<super::aggregates::Label> = Vec::new();
+        let mut routes: Vec<crate::model::Label> = Vec::new();
         for r in open.iter().flatten() {
             if !routes.contains(r) {
                 routes.push((*r).clone());

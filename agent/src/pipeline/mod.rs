@@ -2,11 +2,7 @@
 //! publishing snapshots that everything else reads.
 pub mod aggregates;
 pub mod connections;
-pub mod host;
-pub mod snapshot;
 pub mod state;
 pub mod statement_book;
 pub mod statement_monitor;
 pub mod tasks;
-
-pub use snapshot::Snapshot;

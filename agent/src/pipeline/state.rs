@@ -11,6 +11,8 @@ use std::collections::HashSet;
 use crate::{
     config::Config,
     detect::{Detectors, TickInput},
+    host::{self, CpuTicks},
+    model::{AgentStats, HostView, PoolView, ProcessView, Snapshot, WorkerView},
     net::{listen, seed},
     probes::{ProcessEvent, maps::KernelMaps, reader::RingCounters, socket_events::SocketEvent},
     procs::{
@@ -19,12 +21,7 @@ use crate::{
     },
 };
 
-use super::{
-    aggregates::Aggregates,
-    connections::Connections,
-    host::{self, CpuTicks},
-    snapshot::{AgentStats, HostView, PoolView, ProcessView, Snapshot, WorkerView},
-};
+use super::{aggregates::Aggregates, connections::Connections};
 
 /// Bound on the tid → tgid cache for threads not yet seen switching out.
 const TID_CACHE_MAX: usize = 65_536;
@@ -147,7 +144,7 @@ impl PipelineState {
     fn name_pools(&mut self) {
         let mut pool_of_pid = rustc_hash::FxHashMap::default();
         for pool in &self.pools {
-            let name: crate::pipeline::aggregates::Label = pool.name().into();
+            let name: crate::model::Label = pool.name().into();
             pool_of_pid.insert(pool.master, name.clone());
             for w in &pool.workers {
                 pool_of_pid.insert(*w, name.clone());
@@ -241,11 +238,11 @@ impl PipelineState {
         }
     }
 
-    fn python_stats(&self) -> super::snapshot::PythonStats {
+    fn python_stats(&self) -> crate::model::PythonStats {
         let readable = self.python_workers.values().filter(|r| **r).count();
         let (tasks, codes) = self.connections.python_state();
         let (stacks_walked, walk_ns) = self.maps.python_walks();
-        super::snapshot::PythonStats {
+        crate::model::PythonStats {
             stacks_walked,
             walk_ns,
             processes_readable: readable,
@@ -520,7 +517,7 @@ impl PipelineState {
             if wall > 0.0 {
                 let on_cpu = (cpu_ns / wall).clamp(0.0, 1.0);
                 let db_wait = (db_ns as f64 / wall).clamp(0.0, 1.0 - on_cpu);
-                view.time_share = Some(super::snapshot::TimeShare {
+                view.time_share = Some(crate::model::TimeShare {
                     on_cpu,
                     db_wait,
                     other: 1.0 - on_cpu - db_wait,
@@ -599,7 +596,7 @@ impl PipelineState {
                         / capacity.max(0.001)
                 });
             cgroup_usage.insert(cgroup.path.clone(), (reading.usage_ns, now_mono));
-            view.cgroup = Some(super::snapshot::CgroupView {
+            view.cgroup = Some(crate::model::CgroupView {
                 path: cgroup.path.clone(),
                 limit_cpus: reading.limit_cpus,
                 cpu_utilization,

@@ -189,7 +189,7 @@ impl Connections {
         &mut self,
         request: ConnRef,
         waiting: WaitingQuery,
-        in_flight: Vec<crate::pipeline::aggregates::Label>,
+        in_flight: Vec<crate::model::Label>,
         heuristic: bool,
         aggregates: &mut Aggregates,
     ) {

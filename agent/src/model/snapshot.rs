@@ -2,10 +2,7 @@
 //! one thing the terminal view, `--json` and the tests read.
 use serde::Serialize;
 
-use super::{
-    aggregates::{QueryStats, RouteStats},
-    connections::ConnectionStats,
-};
+use super::{ConnectionStats, ExportDrops, Finding, PoolEvent, QueryStats, RouteStats};
 use crate::{
     net::Listener,
     probes::maps::KernelDrops,
@@ -27,9 +24,9 @@ pub struct Snapshot {
     /// HTTP routes since start, most total time first.
     pub routes: Vec<RouteStats>,
     /// Findings, active first (bounded; ids stable per pattern).
-    pub findings: Vec<crate::detect::Finding>,
+    pub findings: Vec<Finding>,
     /// Recent worker exits, starts and reloads per pool, oldest first.
-    pub pool_events: Vec<crate::detect::PoolEvent>,
+    pub pool_events: Vec<PoolEvent>,
     pub agent: AgentStats,
 }
 
@@ -180,7 +177,7 @@ pub struct AgentStats {
     /// their queue between two pipeline events was full.
     pub detector_records_dropped: u64,
     pub python: PythonStats,
-    pub export: crate::export::delivery::ExportDrops,
+    pub export: ExportDrops,
 }
 
 /// Python processes whose frames the kernel side walks, and what naming them costs.
