@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     host,
     model::{
-        Finding, HostView, PoolEvent, PoolView, ProcessView, QueryEnd, QueryObs, QueryStart,
-        QueryStats, RouteStats,
+        ActivityObserver, Finding, HostView, PoolEvent, PoolView, ProcessView, QueryEnd, QueryObs,
+        QueryStart, QueryStats, RouteStats, Snapshot,
     },
 };
 
@@ -97,7 +97,45 @@ pub struct Detectors {
     unix_minus_mono_ms: i128,
 }
 
+/// The detectors follow queries and processes as the pipeline sees them.
+impl ActivityObserver for Detectors {
+    fn query_started(&mut self, q: &QueryStart) {
+        self.on_query_start(q);
+    }
+
+    fn query_ended(&mut self, q: &QueryEnd) {
+        self.on_query_end(q);
+    }
+
+    fn query_finished(&mut self, q: &QueryObs, name: &dyn Fn(u32) -> Option<(String, String)>) {
+        self.on_query(q, name);
+    }
+
+    fn process_exec(&mut self, pid: u32, timestamp_ns: u64, comm: &str, cmdline: &str) {
+        self.on_exec(pid, timestamp_ns, comm, cmdline);
+    }
+
+    fn process_exit(&mut self, pid: u32, cpu_ns: u64) {
+        self.on_exit(pid, cpu_ns);
+    }
+}
+
 impl Detectors {
+    /// Runs every detector on the pipeline's accounting snapshot and stores the findings and
+    /// recent pool lifecycle events in it.
+    pub fn complete(&mut self, snap: &mut Snapshot) {
+        let (findings, pool_events) = self.tick(&TickInput {
+            interval_ms: snap.interval_ms,
+            host: &snap.host,
+            processes: &snap.processes,
+            pools: &snap.pools,
+            routes: &snap.routes,
+            queries: &snap.queries,
+        });
+        snap.findings = findings;
+        snap.pool_events = pool_events;
+    }
+
     pub fn new(config: &DetectConfig) -> Self {
         Self {
             herd: herd::HerdDetector::new(config.herd.clone()),

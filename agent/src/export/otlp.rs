@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    model::{LATENCY_BUCKETS_MS, Snapshot},
+    model::{FinishedExchange, FinishedQuery, LATENCY_BUCKETS_MS, RecordSink, Snapshot},
 };
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -497,6 +497,46 @@ impl std::fmt::Debug for Telemetry {
     }
 }
 
+/// The OTLP recorder subscribes to the pipeline's finished records: latencies go into the
+/// histograms and requests (with their queries) into spans, under the service of the pool
+/// that served or issued them.
+impl RecordSink for Telemetry {
+    fn exchange(&mut self, x: &FinishedExchange<'_>) {
+        let signals = self.signals(x.pool);
+        let seconds = x.finished_ns.saturating_sub(x.started_ns) as f64 / 1e9;
+        signals
+            .metrics
+            .exchange(x.method, x.route, x.status, seconds);
+        signals.spans.record(x);
+    }
+
+    fn query(&mut self, q: &FinishedQuery<'_>) {
+        self.signals(q.pool).metrics.query(
+            q.operation,
+            q.summary,
+            q.sqlstate,
+            q.duration_ns as f64 / 1e9,
+        );
+    }
+
+    fn pool_found(
+        &mut self,
+        name: &str,
+        pool: &crate::procs::Pool,
+        master_cmdline: &dyn Fn() -> Vec<String>,
+    ) {
+        self.add_pool(name, pool, master_cmdline);
+    }
+
+    fn wants_query_spans(&self) -> bool {
+        true
+    }
+
+    fn wants_query_text(&self) -> bool {
+        self.query_text()
+    }
+}
+
 impl Telemetry {
     /// The signals of `pool` (by pool name), or the agent's.
     pub fn signals(&self, pool: Option<&str>) -> &Signals {
@@ -515,7 +555,7 @@ impl Telemetry {
         &mut self,
         pool_name: &str,
         pool: &crate::procs::pools::Pool,
-        master_cmdline: impl FnOnce() -> Vec<String>,
+        master_cmdline: &dyn Fn() -> Vec<String>,
     ) {
         if self.pools.contains_key(pool_name) || self.pools.len() >= MAX_POOL_SERVICES {
             return;

@@ -10,7 +10,10 @@ pub mod stats;
 
 pub use finding::{Finding, FindingKind, Severity, Transition};
 pub use pool_event::{PoolChange, PoolEvent};
-pub use records::{QueryEnd, QueryObs, QuerySpan, QueryStart};
+pub use records::{
+    ActivityObserver, FinishedExchange, FinishedQuery, QueryEnd, QueryObs, QuerySpan, QueryStart,
+    RecordSink,
+};
 pub use snapshot::{
     AgentStats, CgroupView, HostView, PoolView, ProcessView, PythonStats, Snapshot, TimeShare,
     WorkerView,

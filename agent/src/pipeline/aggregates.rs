@@ -14,8 +14,8 @@ use herdwatch_protocol::{
 
 use crate::{
     model::{
-        Label, OTHER_ID, QueryEnd, QueryObs, QueryStart, QueryStats, RouteCalls, RouteStats,
-        SiteCalls,
+        FinishedExchange, FinishedQuery, Label, OTHER_ID, QueryEnd, QueryObs, QueryStart,
+        QueryStats, RecordSink, RouteCalls, RouteStats, SiteCalls,
     },
     probes::python_code::CallSite,
 };
@@ -149,8 +149,8 @@ pub struct Aggregates {
     /// Queries just answered (their requests maybe still to come), likewise.
     pub ends: Vec<QueryEnd>,
     pub outbox_dropped: u64,
-    /// OTLP latency histograms, when OTLP export is on.
-    pub telemetry: Option<crate::export::otlp::Telemetry>,
+    /// Subscribers to finished exchanges and queries (exporters).
+    sinks: Vec<Box<dyn RecordSink>>,
 }
 
 impl Aggregates {
@@ -171,7 +171,7 @@ impl Aggregates {
             starts: Vec::new(),
             ends: Vec::new(),
             outbox_dropped: 0,
-            telemetry: None,
+            sinks: Vec::new(),
         }
     }
 
@@ -185,15 +185,26 @@ impl Aggregates {
         self.pool_of_pid.get(&pid)
     }
 
-    /// The OTLP signals (histograms, spans) of `pid`'s service. An associated function over
-    /// the two fields, so callers can hold other fields mutably meanwhile.
-    fn signals_for<'a>(
-        telemetry: &'a Option<crate::export::otlp::Telemetry>,
-        pool_of_pid: &FxHashMap<u32, Label>,
-        pid: u32,
-    ) -> Option<&'a crate::export::otlp::Signals> {
-        let telemetry = telemetry.as_ref()?;
-        Some(telemetry.signals(pool_of_pid.get(&pid).map(|p| &**p)))
+    /// Hands every finished exchange and query to `sink` from now on.
+    pub fn subscribe(&mut self, sink: Box<dyn RecordSink>) {
+        self.sinks.push(sink);
+    }
+
+    /// Whether a subscriber wants the queries of each exchange (spans).
+    pub fn wants_query_spans(&self) -> bool {
+        self.sinks.iter().any(|s| s.wants_query_spans())
+    }
+
+    /// Tells the subscribers a pool is known under `name`.
+    pub fn pool_found(
+        &mut self,
+        name: &str,
+        pool: &crate::procs::Pool,
+        master_cmdline: &dyn Fn() -> Vec<String>,
+    ) {
+        for sink in &mut self.sinks {
+            sink.pool_found(name, pool, master_cmdline);
+        }
     }
 
     /// The route a request target groups into.
@@ -253,8 +264,8 @@ impl Aggregates {
                     Self::count(entry, pid, q, caller);
                     Self::charge(
                         &mut self.db_wait_by_pid,
-                        Self::signals_for(&self.telemetry, &self.pool_of_pid, pid)
-                            .map(|s| &s.metrics),
+                        &mut self.sinks,
+                        self.pool_of_pid.get(&pid).map(|p| &**p),
                         entry,
                         pid,
                         q,
@@ -308,7 +319,8 @@ impl Aggregates {
         Self::count(entry, pid, q, caller);
         Self::charge(
             &mut self.db_wait_by_pid,
-            Self::signals_for(&self.telemetry, &self.pool_of_pid, pid).map(|s| &s.metrics),
+            &mut self.sinks,
+            self.pool_of_pid.get(&pid).map(|p| &**p),
             entry,
             pid,
             q,
@@ -316,22 +328,26 @@ impl Aggregates {
         Label::from(entry.id.as_str())
     }
 
-    /// The query's time goes to its process's DB wait and, with OTLP on, to the histogram.
+    /// The query's time goes to its process's DB wait, and the query to the subscribers. An
+    /// associated function over the fields it needs, so callers can hold `entry` meanwhile.
     fn charge(
         db_wait_by_pid: &mut FxHashMap<u32, u64>,
-        recorder: Option<&crate::export::otlp::Recorder>,
+        sinks: &mut [Box<dyn RecordSink>],
+        pool: Option<&str>,
         entry: &QueryStats,
         pid: u32,
         q: &QueryEvent,
     ) {
         let took = q.finished_ns.saturating_sub(q.started_ns);
-        if let Some(r) = recorder {
-            r.query(
-                &entry.operation,
-                &entry.summary,
-                q.sqlstate.as_deref(),
-                took as f64 / 1e9,
-            );
+        let finished = FinishedQuery {
+            pool,
+            operation: &entry.operation,
+            summary: &entry.summary,
+            sqlstate: q.sqlstate.as_deref(),
+            duration_ns: took,
+        };
+        for sink in sinks {
+            sink.query(&finished);
         }
         *db_wait_by_pid.entry(pid).or_default() += took;
     }
@@ -423,23 +439,19 @@ impl Aggregates {
             }
         };
         let took = x.finished_ns.saturating_sub(x.started_ns);
-        let signals = Self::signals_for(&self.telemetry, &self.pool_of_pid, pid);
-        if let Some(s) = signals {
-            s.metrics
-                .exchange(&entry.method, &entry.route, x.status, took as f64 / 1e9);
-        }
-        if let Some(spans) = signals.map(|s| &s.spans) {
-            let empty = Vec::new();
-            spans.record(&crate::export::spans::RequestSpan {
-                method: &entry.method,
-                route: &entry.route,
-                status: x.status,
-                started_ns: x.started_ns,
-                finished_ns: x.finished_ns,
-                cpu_ns: cost.map_or(0, |c| c.cpu_ns),
-                db_wait_ns: cost.map_or(0, |c| c.db_wait_ns),
-                queries: cost.map_or(&empty, |c| &c.query_spans),
-            });
+        let finished = FinishedExchange {
+            pool: self.pool_of_pid.get(&pid).map(|p| &**p),
+            method: &entry.method,
+            route: &entry.route,
+            status: x.status,
+            started_ns: x.started_ns,
+            finished_ns: x.finished_ns,
+            cpu_ns: cost.map_or(0, |c| c.cpu_ns),
+            db_wait_ns: cost.map_or(0, |c| c.db_wait_ns),
+            queries: cost.map_or(&[], |c| &c.query_spans),
+        };
+        for sink in &mut self.sinks {
+            sink.exchange(&finished);
         }
         entry.requests += 1;
         remember_pid(&mut entry.pids, pid);
@@ -562,10 +574,10 @@ impl Aggregates {
             server_port,
             call_site: site.cloned(),
             normalized: self
-                .telemetry
-                .as_ref()
-                .filter(|t| t.query_text())
-                .map(|_| stats.normalized.clone()),
+                .sinks
+                .iter()
+                .any(|s| s.wants_query_text())
+                .then(|| stats.normalized.clone()),
         })
     }
 

@@ -10,9 +10,11 @@ use std::collections::HashSet;
 
 use crate::{
     config::Config,
-    detect::{Detectors, TickInput},
     host::{self, CpuTicks},
-    model::{AgentStats, HostView, PoolView, ProcessView, Snapshot, WorkerView},
+    model::{
+        ActivityObserver, AgentStats, HostView, PoolView, ProcessView, RecordSink, Snapshot,
+        WorkerView,
+    },
     net::{listen, seed},
     probes::{ProcessEvent, maps::KernelMaps, reader::RingCounters, socket_events::SocketEvent},
     procs::{
@@ -54,13 +56,9 @@ pub struct PipelineState {
     prev_db_wait: HashMap<u32, u64>,
     /// Busy-worker samples per pool master, newest last.
     busy_history: HashMap<u32, std::collections::VecDeque<usize>>,
-    detectors: Detectors,
     /// CPU cgroup per pool master, and the previous (usage ns, monotonic ns) per cgroup path.
     cgroups: HashMap<u32, Option<crate::procs::cgroup::CpuCgroup>>,
     prev_cgroup_usage: HashMap<String, (u64, u64)>,
-    finding_logs: Option<crate::export::logs::FindingLogger>,
-    /// OTLP export losses, when OTLP is on.
-    export_counters: Option<Arc<crate::export::delivery::ExportCounters>>,
     interpreters: crate::procs::python::Interpreters,
     /// Pool workers registered for frame walking, and whether their interpreter is readable.
     python_workers: HashMap<u32, bool>,
@@ -108,11 +106,8 @@ impl PipelineState {
             exited_with_sockets: HashSet::new(),
             prev_db_wait: HashMap::new(),
             busy_history: HashMap::new(),
-            detectors: Detectors::new(&config.detect),
             cgroups: HashMap::new(),
             prev_cgroup_usage: HashMap::new(),
-            finding_logs: None,
-            export_counters: None,
             interpreters: Default::default(),
             python_workers: HashMap::new(),
             walk_python: config.python_frames,
@@ -130,17 +125,15 @@ impl PipelineState {
         })
     }
 
-    /// Sends request and query latencies to OTLP from now on.
-    pub fn set_recorder(&mut self, exporters: crate::export::otlp::Exporters) {
-        self.aggregates.telemetry = Some(exporters.telemetry);
-        // Pools already known get their services at the next discovery.
+    /// Hands every finished exchange and query to `sink` from now on (an exporter).
+    pub fn subscribe(&mut self, sink: Box<dyn RecordSink>) {
+        self.aggregates.subscribe(sink);
+        // Pools already known are announced to it at the next discovery.
         self.pools_generation = u64::MAX;
-        self.finding_logs = Some(exporters.logs);
-        self.export_counters = Some(exporters.counters);
     }
 
-    /// Tells the aggregates which pool each pool process belongs to, and gives each pool its
-    /// OTLP service (resource: service, master process, container, pod).
+    /// Tells the aggregates which pool each pool process belongs to, and the subscribers
+    /// each pool's name (an exporter gives each pool its own service).
     fn name_pools(&mut self) {
         let mut pool_of_pid = rustc_hash::FxHashMap::default();
         for pool in &self.pools {
@@ -149,11 +142,8 @@ impl PipelineState {
             for w in &pool.workers {
                 pool_of_pid.insert(*w, name.clone());
             }
-            let Some(telemetry) = self.aggregates.telemetry.as_mut() else {
-                continue;
-            };
             let table = &self.table;
-            telemetry.add_pool(&name, pool, || {
+            self.aggregates.pool_found(&name, pool, &|| {
                 table
                     .get(pool.master)
                     .map(|p| p.cmdline.clone())
@@ -165,9 +155,9 @@ impl PipelineState {
 
     /// Decodes a socket record in place and applies it; a malformed one is counted
     /// (`herdwatch.agent.dropped{reason="malformed"}`) and skipped.
-    pub fn apply_socket_record(&mut self, record: &[u8]) {
+    pub fn apply_socket_record(&mut self, record: &[u8], observer: &mut dyn ActivityObserver) {
         match crate::probes::socket_events::decode(record) {
-            Ok(event) => self.apply_socket(event),
+            Ok(event) => self.apply_socket(event, observer),
             Err(err) => {
                 self.socket_reader.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("{err}");
@@ -253,23 +243,23 @@ impl PipelineState {
         }
     }
 
-    pub fn apply_socket(&mut self, event: SocketEvent<'_>) {
+    pub fn apply_socket(&mut self, event: SocketEvent<'_>, observer: &mut dyn ActivityObserver) {
         self.connections.apply(event, &mut self.aggregates);
-        self.feed_detectors();
+        self.hand_over_queries(observer);
     }
 
-    /// Hands the queries finished since the last call to the detectors.
-    fn feed_detectors(&mut self) {
+    /// Hands the queries started, answered and finished since the last call to `observer`.
+    fn hand_over_queries(&mut self, observer: &mut dyn ActivityObserver) {
         for q in self.aggregates.starts.drain(..) {
-            self.detectors.on_query_start(&q);
+            observer.query_started(&q);
         }
         for q in self.aggregates.ends.drain(..) {
-            self.detectors.on_query_end(&q);
+            observer.query_ended(&q);
         }
         if !self.aggregates.outbox.is_empty() {
             let table = &self.table;
             for q in self.aggregates.outbox.drain(..) {
-                self.detectors.on_query(&q, |pid| process_name(table, pid));
+                observer.query_finished(&q, &|pid| process_name(table, pid));
             }
         }
     }
@@ -312,7 +302,7 @@ impl PipelineState {
         tracked
     }
 
-    pub fn apply(&mut self, event: &ProcessEvent) {
+    pub fn apply(&mut self, event: &ProcessEvent, observer: &mut dyn ActivityObserver) {
         if let ProcessEvent::Exit {
             tid,
             tgid,
@@ -340,8 +330,7 @@ impl PipelineState {
             } => {
                 if let Some(p) = self.table.get(*pid) {
                     let cmdline = truncate(&printable(&p.cmdline.join(" ")), CMDLINE_MAX);
-                    self.detectors
-                        .on_exec(*pid, *timestamp_ns, &p.comm, &cmdline);
+                    observer.process_exec(*pid, *timestamp_ns, &p.comm, &cmdline);
                 }
             }
             ProcessEvent::Exit {
@@ -356,7 +345,7 @@ impl PipelineState {
                     .last()
                     .map(|e| e.totals.on_cpu_ns)
                     .unwrap_or(0);
-                self.detectors.on_exit(*tgid, cpu);
+                observer.process_exit(*tgid, cpu);
             }
             _ => {}
         }
@@ -425,7 +414,9 @@ impl PipelineState {
         self.connections.statement_book.save();
     }
 
-    pub fn snapshot(&mut self) -> Snapshot {
+    /// The accounting snapshot: findings and pool events are left empty for the detectors,
+    /// which run on it afterwards (`observer` receives the queries of expired Tasks).
+    pub fn snapshot(&mut self, observer: &mut dyn ActivityObserver) -> Snapshot {
         self.connections
             .statement_book
             .save_if_due(std::time::Instant::now());
@@ -493,7 +484,7 @@ impl PipelineState {
         }
         self.connections
             .expire_tasks(now_mono, &mut self.aggregates);
-        self.feed_detectors();
+        self.hand_over_queries(observer);
         let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
         let serving = self.connections.open_requests_by_pid();
         let mut pool_views: Vec<PoolView> = self
@@ -628,11 +619,8 @@ impl PipelineState {
             connections: self.connections.stats,
             detector_records_dropped: self.aggregates.outbox_dropped,
             python: self.python_stats(),
-            export: self
-                .export_counters
-                .as_ref()
-                .map(|c| c.drops())
-                .unwrap_or_default(),
+            // The exporters' own losses are added by whoever owns the exporters.
+            export: Default::default(),
         };
         let host = HostView {
             cpus: host::cpu_count(),
@@ -640,20 +628,6 @@ impl PipelineState {
         };
         let queries = self.aggregates.queries();
         let routes = self.aggregates.routes();
-        let (findings, pool_events) = self.detectors.tick(&TickInput {
-            interval_ms: interval_ns / 1_000_000,
-            host: &host,
-            processes: &processes,
-            pools: &pool_views,
-            routes: &routes,
-            queries: &queries,
-        });
-        let transitions = self.detectors.take_transitions();
-        if let Some(logs) = &self.finding_logs {
-            for (t, f) in &transitions {
-                logs.emit(*t, f);
-            }
-        }
         Snapshot {
             taken_at_unix_ms: host::unix_ms(),
             interval_ms: interval_ns / 1_000_000,
@@ -663,8 +637,8 @@ impl PipelineState {
             lifecycle: self.table.drain_lifecycle(),
             queries,
             routes,
-            findings,
-            pool_events,
+            findings: Vec::new(),
+            pool_events: Vec::new(),
             agent,
         }
     }
