@@ -1,12 +1,12 @@
 //! Detectors: from the pipeline's queries and snapshots to findings that name the repeating
 //! cause. Each detector has one job and one file; this module feeds them and keeps the book.
+pub mod cron;
+pub mod db_pool;
 pub mod finding;
 pub mod herd;
 pub mod lifecycle;
 pub mod naming;
-pub mod pool;
 pub mod saturation;
-pub mod schedule;
 pub mod starvation;
 pub mod sustain;
 pub mod task_name;
@@ -30,8 +30,9 @@ pub struct DetectConfig {
     pub herd: herd::HerdConfig,
     pub starvation: starvation::StarvationConfig,
     pub saturation: saturation::SaturationConfig,
-    pub pool: pool::PoolConfig,
-    pub cron: schedule::CronConfig,
+    /// The PostgreSQL connection-pool detector (`detect.pool` in the config file).
+    pub pool: db_pool::DbPoolConfig,
+    pub cron: cron::CronConfig,
     /// Findings kept (active ones are never dropped for a resolved one).
     pub max_findings: Option<usize>,
 }
@@ -87,8 +88,8 @@ pub struct Detectors {
     cgroup_saturation: HashMap<String, saturation::SaturationDetector>,
     /// Processes exec'd recently: pid → (start unix ms, comm, command line).
     exec_pending: HashMap<u32, (u64, String, String)>,
-    pool: pool::PoolDetector,
-    schedule: schedule::ScheduleDetector,
+    db_pool: db_pool::DbPoolDetector,
+    cron: cron::CronDetector,
     lifecycle: lifecycle::LifecycleLog,
     windows: window::Windows,
     book: finding::FindingBook,
@@ -143,8 +144,8 @@ impl Detectors {
             saturation: saturation::SaturationDetector::new(config.saturation.clone()),
             cgroup_saturation: HashMap::new(),
             exec_pending: HashMap::new(),
-            pool: pool::PoolDetector::new(config.pool.clone()),
-            schedule: schedule::ScheduleDetector::new(config.cron.clone()),
+            db_pool: db_pool::DbPoolDetector::new(config.pool.clone()),
+            cron: cron::CronDetector::new(config.cron.clone()),
             lifecycle: lifecycle::LifecycleLog::default(),
             windows: window::Windows::default(),
             book: finding::FindingBook::new(config.max_findings.unwrap_or(256)),
@@ -178,8 +179,7 @@ impl Detectors {
     /// A process exited having used `cpu_ns`.
     pub fn on_exit(&mut self, pid: u32, cpu_ns: u64) {
         if let Some((start, comm, cmdline)) = self.exec_pending.remove(&pid) {
-            self.schedule
-                .on_cpu_burst(pid, &comm, &cmdline, start, cpu_ns);
+            self.cron.on_cpu_burst(pid, &comm, &cmdline, start, cpu_ns);
         }
     }
 
@@ -194,12 +194,12 @@ impl Detectors {
     }
 
     /// Feeds one finished query; `name` resolves a pid to (comm, command line) and is called
-    /// only for processes the schedule detector has not met.
+    /// only for processes the cron detector has not met.
     pub fn on_query(&mut self, q: &QueryObs, name: impl FnOnce(u32) -> Option<(String, String)>) {
         self.herd.on_query(q);
-        self.pool.on_query(q);
+        self.db_pool.on_query(q);
         let start_unix = (q.started_ms as i128 + self.unix_minus_mono_ms).max(0) as u64;
-        self.schedule.on_query(q, start_unix, name);
+        self.cron.on_query(q, start_unix, name);
     }
 
     /// Runs every detector on one snapshot's data; returns the findings and recent pool
@@ -279,17 +279,17 @@ impl Detectors {
         self.cgroup_saturation
             .retain(|path, _| limited.contains(path));
         signals.extend(
-            self.pool
+            self.db_pool
                 .tick(now_mono as f64, input.processes, &self.host, to_unix),
         );
-        self.herd.set_proxies(self.pool.proxy_pids());
+        self.herd.set_proxies(self.db_pool.proxy_pids());
         // Processes still running: a burst once they have used enough CPU.
         let cpu_of: HashMap<u32, u64> = input
             .processes
             .iter()
             .map(|p| (p.pid, p.totals.on_cpu_ns))
             .collect();
-        let min_cpu = self.schedule.config.min_cpu_ms * 1_000_000;
+        let min_cpu = self.cron.config.min_cpu_ms * 1_000_000;
         let ripe: Vec<u32> = self
             .exec_pending
             .iter()
@@ -302,7 +302,7 @@ impl Detectors {
             let cpu = cpu_of.get(&pid).copied().unwrap_or(0);
             self.on_exit(pid, cpu);
         }
-        let mut not_tasks: HashSet<u32> = self.pool.proxy_pids().collect();
+        let mut not_tasks: HashSet<u32> = self.db_pool.proxy_pids().collect();
         for p in input.pools {
             not_tasks.insert(p.pool.master);
             not_tasks.extend(p.pool.workers.iter().copied());
@@ -318,14 +318,13 @@ impl Detectors {
             .iter()
             .map(|(id, name)| (*id, name.as_str()))
             .collect();
-        let pool = &self.pool;
-        signals.extend(self.schedule.tick(
-            now_unix,
-            &not_tasks,
-            &summaries,
-            &self.host,
-            |from, to| pool.pressure_between(from, to),
-        ));
+        let db_pool = &self.db_pool;
+        signals.extend(
+            self.cron
+                .tick(now_unix, &not_tasks, &summaries, &self.host, |from, to| {
+                    db_pool.pressure_between(from, to)
+                }),
+        );
         for s in signals {
             self.book.apply(s, now_unix);
         }

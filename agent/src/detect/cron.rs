@@ -66,7 +66,7 @@ const FINGERPRINTS_PER_TASK: usize = 32;
 const PROXIES: [&str; 3] = ["pgbouncer", "pgcat", "odyssey"];
 
 #[derive(Debug, Default)]
-pub struct ScheduleDetector {
+pub struct CronDetector {
     pub config: CronConfig,
     tasks: HashMap<String, Task>,
     /// pid → (last query unix ms, task key); None = not a task (a pool worker or proxy).
@@ -81,7 +81,7 @@ fn offset_distance(a: u64, b: u64, period: u64) -> u64 {
     d.min(period - d)
 }
 
-impl ScheduleDetector {
+impl CronDetector {
     pub fn new(config: CronConfig) -> Self {
         Self {
             config,
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn aligned_tasks_are_one_finding_and_staggered_ones_none() {
-        let mut d = ScheduleDetector::new(CronConfig {
+        let mut d = CronDetector::new(CronConfig {
             periods_s: vec![20, 60],
             quiet_s: 5,
             ..CronConfig::default()
@@ -519,7 +519,7 @@ mod tests {
 
     #[test]
     fn cpu_bursts_of_new_processes_are_task_runs() {
-        let mut d = ScheduleDetector::new(CronConfig {
+        let mut d = CronDetector::new(CronConfig {
             periods_s: vec![60],
             ..CronConfig::default()
         });
@@ -561,7 +561,7 @@ mod tests {
 
     #[test]
     fn pool_workers_and_proxies_are_not_tasks() {
-        let mut d = ScheduleDetector::new(CronConfig {
+        let mut d = CronDetector::new(CronConfig {
             periods_s: vec![20],
             quiet_s: 5,
             ..CronConfig::default()

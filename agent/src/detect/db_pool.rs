@@ -18,7 +18,7 @@ use crate::model::ProcessView;
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PoolConfig {
+pub struct DbPoolConfig {
     /// Client wait (p95 over an interval) that counts as saturated, ms.
     pub client_wait_ms: f64,
     /// Server connections per endpoint port, e.g. { "5432" = 100 }; PgBouncer's pool size is
@@ -28,7 +28,7 @@ pub struct PoolConfig {
     pub clear_s: u64,
 }
 
-impl Default for PoolConfig {
+impl Default for DbPoolConfig {
     fn default() -> Self {
         Self {
             client_wait_ms: 5000.0,
@@ -103,8 +103,8 @@ struct Endpoint {
 }
 
 #[derive(Debug, Default)]
-pub struct PoolDetector {
-    pub config: PoolConfig,
+pub struct DbPoolDetector {
+    pub config: DbPoolConfig,
     endpoints: HashMap<u16, Endpoint>,
     upstream: HashMap<String, VecDeque<f64>>,
     proxies: HashMap<u32, ProxyInfo>,
@@ -113,8 +113,8 @@ pub struct PoolDetector {
     pub pressure: VecDeque<(u64, u16, usize, f64)>,
 }
 
-impl PoolDetector {
-    pub fn new(config: PoolConfig) -> Self {
+impl DbPoolDetector {
+    pub fn new(config: DbPoolConfig) -> Self {
         Self {
             config,
             ..Self::default()
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn waiting_clients_beyond_the_limit_are_saturation() {
-        let mut d = PoolDetector::new(PoolConfig {
+        let mut d = DbPoolDetector::new(DbPoolConfig {
             client_wait_ms: 200.0,
             limits: [("6432".to_string(), 3)].into_iter().collect(),
             clear_s: 5,
