@@ -5,77 +5,22 @@
 
 use rustc_hash::FxHashMap;
 
+mod routes;
+use routes::RouteMap;
+
 use herdwatch_protocol::{
     fingerprint::{fingerprint, fnv1a64},
-    http::Exchange,
     postgres::{Outcome, QueryEvent},
     route::RouteGrouper,
 };
 
 use crate::{
     model::{
-        FinishedExchange, FinishedQuery, Label, OTHER_ID, QueryEnd, QueryObs, QueryStart,
-        QueryStats, RecordSink, RouteCalls, RouteStats, SiteCalls,
+        FinishedQuery, Label, OTHER_ID, QueryEnd, QueryObs, QueryStart, QueryStats, RecordSink,
+        RouteCalls, SiteCalls,
     },
     probes::python_code::CallSite,
 };
-
-/// A route series: the pool that served it, the method and the grouped route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RouteKey {
-    pool: Label,
-    method: herdwatch_protocol::CompactString,
-    route: Label,
-}
-
-/// A [`RouteKey`] borrowed from a finished exchange: looking a series up builds no key (no
-/// reference counts taken and dropped, no method copied) unless the series is new.
-#[derive(Clone, Copy)]
-struct RouteKeyRef<'a> {
-    pool: &'a str,
-    method: &'a str,
-    route: &'a str,
-}
-
-impl std::hash::Hash for RouteKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        RouteKeyRef {
-            pool: &self.pool,
-            method: &self.method,
-            route: &self.route,
-        }
-        .hash(h)
-    }
-}
-
-impl std::hash::Hash for RouteKeyRef<'_> {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.pool.hash(h);
-        self.method.hash(h);
-        self.route.hash(h);
-    }
-}
-
-impl From<&RouteKeyRef<'_>> for RouteKey {
-    fn from(key: &RouteKeyRef<'_>) -> Self {
-        Self {
-            pool: key.pool.into(),
-            method: key.method.into(),
-            route: key.route.into(),
-        }
-    }
-}
-
-impl hashbrown::Equivalent<RouteKey> for RouteKeyRef<'_> {
-    fn equivalent(&self, key: &RouteKey) -> bool {
-        // Pools and routes are interned: usually the very same text.
-        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
-        same(self.pool, &key.pool) && same(self.route, &key.route) && self.method == key.method
-    }
-}
-
-/// Route names interned; past this the set starts over (a crawler's random paths).
-const ROUTE_INTERN_MAX: usize = 4096;
 
 /// Who issued a query, as the stitcher knows it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -130,7 +75,7 @@ pub struct Aggregates {
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
     db_wait_by_pid: FxHashMap<u32, u64>,
     queries: FxHashMap<String, QueryStats>,
-    routes: hashbrown::HashMap<RouteKey, RouteStats, rustc_hash::FxBuildHasher>,
+    routes: RouteMap,
     /// The pool (by name) of each pool process, so requests and queries are told apart by
     /// the service that served or issued them.
     pool_of_pid: FxHashMap<u32, Label>,
@@ -205,23 +150,6 @@ impl Aggregates {
         for sink in &mut self.sinks {
             sink.pool_found(name, pool, master_cmdline);
         }
-    }
-
-    /// The route a request target groups into.
-    pub fn route_of(&mut self, target: &str) -> Label {
-        let mut route = std::mem::take(&mut self.route_scratch);
-        self.grouper.route_into(target, &mut route);
-        let known = self.route_names.get(route.as_str()).cloned();
-        let label = known.unwrap_or_else(|| {
-            if self.route_names.len() >= ROUTE_INTERN_MAX {
-                self.route_names.clear();
-            }
-            let label: Label = route.as_str().into();
-            self.route_names.insert(label.clone());
-            label
-        });
-        self.route_scratch = route;
-        label
     }
 
     /// Counts a finished query of connection `conn` (to `server_port`, if known).
@@ -396,85 +324,6 @@ impl Aggregates {
         }
     }
 
-    pub fn record_exchange(
-        &mut self,
-        pid: u32,
-        x: &Exchange,
-        cost: Option<&super::connections::RequestCost>,
-    ) {
-        let grouped;
-        let route = match cost {
-            Some(c) => &c.route,
-            None => {
-                grouped = self.route_of(&x.request.target);
-                &grouped
-            }
-        };
-        let pool = self.pool_of_pid.get(&pid).unwrap_or(&self.no_pool);
-        let mut key = RouteKeyRef {
-            pool,
-            method: &x.request.method,
-            route,
-        };
-        if self.routes.len() >= self.max_routes && !self.routes.contains_key(&key) {
-            key.method = "*";
-            key.route = "other";
-        }
-        // One hash, one probe: found, or inserted in the slot the probe ended at.
-        let hash = std::hash::BuildHasher::hash_one(self.routes.hasher(), key);
-        let entry = match self
-            .routes
-            .raw_entry_mut()
-            .from_hash(hash, |k| hashbrown::Equivalent::equivalent(&key, k))
-        {
-            hashbrown::hash_map::RawEntryMut::Occupied(e) => e.into_mut(),
-            hashbrown::hash_map::RawEntryMut::Vacant(e) => {
-                let stats = RouteStats {
-                    pool: key.pool.to_string(),
-                    method: key.method.to_string(),
-                    route: key.route.to_string(),
-                    ..Default::default()
-                };
-                e.insert_hashed_nocheck(hash, RouteKey::from(&key), stats).1
-            }
-        };
-        let took = x.finished_ns.saturating_sub(x.started_ns);
-        let finished = FinishedExchange {
-            pool: self.pool_of_pid.get(&pid).map(|p| &**p),
-            method: &entry.method,
-            route: &entry.route,
-            status: x.status,
-            started_ns: x.started_ns,
-            finished_ns: x.finished_ns,
-            cpu_ns: cost.map_or(0, |c| c.cpu_ns),
-            db_wait_ns: cost.map_or(0, |c| c.db_wait_ns),
-            queries: cost.map_or(&[], |c| &c.query_spans),
-        };
-        for sink in &mut self.sinks {
-            sink.exchange(&finished);
-        }
-        entry.requests += 1;
-        remember_pid(&mut entry.pids, pid);
-        entry.total_ns += took;
-        entry.max_ns = entry.max_ns.max(took);
-        entry.latency.record(took);
-        match x.status {
-            Some(s) => {
-                *entry.by_status.entry(s).or_default() += 1;
-                entry.latency_by_status.entry(s).or_default().record(took);
-            }
-            None => {
-                entry.unanswered += 1;
-                entry.unanswered_latency.record(took);
-            }
-        }
-        if let Some(c) = cost {
-            entry.cpu_ns += c.cpu_ns;
-            entry.db_wait_ns += c.db_wait_ns;
-            entry.queries += c.queries;
-        }
-    }
-
     /// The fingerprint of `sql`, computed once per distinct text (one probe on a hit).
     /// A query of connection `conn` was sent at `started_ns`: its start goes to the
     /// detectors now, under the fingerprint its answer will be counted under.
@@ -602,96 +451,7 @@ impl Aggregates {
         v.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.id.cmp(&b.id)));
         v
     }
-
-    /// Routes, most total time first.
-    pub fn routes(&self) -> Vec<RouteStats> {
-        let mut v: Vec<_> = self.routes.values().cloned().collect();
-        v.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.route.cmp(&b.route)));
-        v
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use herdwatch_protocol::postgres::QueryProtocol;
-
-    fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
-        let sql = sql.map(std::sync::Arc::from);
-        QueryEvent {
-            sql,
-            sql_truncated: false,
-            statement: name.map(Into::into),
-            protocol: QueryProtocol::Simple,
-            started_ns: 10,
-            first_response_ns: Some(20),
-            finished_ns: 30,
-            rows: 1,
-            command: None,
-            outcome,
-            sqlstate: (outcome == Outcome::Error).then(|| "42P01".to_string()),
-        }
-    }
-
-    #[test]
-    fn literals_group_and_the_limit_holds() {
-        let mut a = Aggregates::new(2, 2, RouteGrouper::default());
-        let by_id = |n| {
-            q(
-                Some(&format!("SELECT * FROM t WHERE id = {n}")),
-                None,
-                Outcome::Ok,
-            )
-        };
-        a.record_query(
-            (1, 3),
-            None,
-            &by_id(1),
-            Caller {
-                route: Some(&Label::from("/t/{id}")),
-                ..Caller::default()
-            },
-            Vec::new(),
-        );
-        let mut failed = by_id(2);
-        failed.outcome = Outcome::Error;
-        failed.sqlstate = Some("42P01".into());
-        a.record_query((2, 3), None, &failed, Caller::default(), Vec::new());
-        a.record_query(
-            (1, 3),
-            None,
-            &q(None, Some("_pg3_0"), Outcome::Ok),
-            Caller::default(),
-            Vec::new(),
-        );
-        a.record_query(
-            (1, 3),
-            None,
-            &q(Some("DELETE FROM x"), None, Outcome::Ok),
-            Caller::default(),
-            Vec::new(),
-        );
-        assert_eq!(a.outbox.len(), 4);
-        let v = a.queries();
-        assert_eq!(v.len(), 3, "two fingerprints + other: {v:?}");
-        let t = v.iter().find(|s| s.summary == "SELECT t").expect("grouped");
-        assert_eq!((t.calls, t.errors, t.pids.len()), (2, 1, 2));
-        assert_eq!(
-            t.routes,
-            vec![RouteCalls {
-                route: "/t/{id}".to_string(),
-                calls: 1
-            }]
-        );
-        assert_eq!(t.errors_by_sqlstate.get("42P01"), Some(&1));
-        assert!(
-            v.iter()
-                .any(|s| s.text_unknown && s.summary == "EXECUTE _pg3_0")
-        );
-        assert_eq!(
-            v.iter().find(|s| s.id == OTHER_ID).map(|s| s.calls),
-            Some(1)
-        );
-        assert!(v.iter().all(|s| !s.normalized.contains("= 1")));
-    }
-}
+mod tests;
