@@ -15,6 +15,9 @@
 use std::{collections::VecDeque, sync::Arc};
 
 mod attribution;
+mod slots;
+
+use slots::Spares;
 
 use herdwatch_common::PyFrameRef;
 
@@ -138,19 +141,6 @@ const RECENT_HTTP: usize = 8;
 
 const MAX_THREAD_CURSORS: usize = 65_536;
 
-/// Sessions (of each kind) and request queues kept for reuse.
-const SPARE_SESSIONS: usize = 64;
-
-#[derive(Debug, Default)]
-#[expect(
-    clippy::vec_box,
-    reason = "sessions live boxed in `Session`; spares keep the box to hand it back as is"
-)]
-struct Spares {
-    pg: Vec<Box<PgSession>>,
-    http: Vec<Box<HttpSession>>,
-    requests: Vec<VecDeque<RequestCost>>,
-}
 const MAX_OPEN_REQUESTS: usize = 256;
 
 #[derive(Debug)]
@@ -197,59 +187,6 @@ impl Connections {
         }
     }
 
-    /// Opens a connection for `key` (replacing one the socket had: its close was not seen)
-    /// and returns where it is.
-    fn insert(
-        &mut self,
-        key: ConnKey,
-        kind: SocketKind,
-        from_start: bool,
-        now: u64,
-        server_port: Option<u16>,
-    ) -> ConnRef {
-        let serial = self.next_serial;
-        self.next_serial = self.next_serial.checked_add(1).unwrap_or(1);
-        let conn = Conn {
-            key,
-            serial,
-            session: self.new_session(kind, from_start),
-            last_active_ns: now,
-            server_port,
-            requests: self.spares.requests.pop().unwrap_or_default(),
-            sent: VecDeque::new(),
-            task: 0,
-        };
-        if let Some(&slot) = self.index.get(&key)
-            && let Some(existing) = self.conns.get_mut(slot as usize)
-        {
-            let replaced = std::mem::replace(existing, conn);
-            self.recycle(replaced);
-            return ConnRef { slot, serial };
-        }
-        self.make_room();
-        // Slots are reused below `max`, which fits in u32 (a u32 fd per socket).
-        let slot = u32::try_from(self.conns.insert(conn)).unwrap_or(u32::MAX);
-        self.index.insert(key, slot);
-        ConnRef { slot, serial }
-    }
-
-    fn get_mut(&mut self, at: ConnRef) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(at.slot as usize)
-            .filter(|c| c.serial == at.serial)
-    }
-
-    fn get(&self, at: ConnRef) -> Option<&Conn> {
-        self.conns
-            .get(at.slot as usize)
-            .filter(|c| c.serial == at.serial)
-    }
-
-    fn remove(&mut self, key: ConnKey) -> Option<Conn> {
-        let slot = self.index.remove(&key)?;
-        self.conns.try_remove(slot as usize)
-    }
-
     /// Charges the CPU `tid` used since its last socket call to the request it serves, and
     /// returns the thread's cursor as it was before this call.
     /// `serving`: the HTTP connection this call reads or writes, which the thread serves from
@@ -280,65 +217,6 @@ impl Connections {
             req.cpu_ns += thread_on_cpu_ns - previous.last_cpu_ns;
         }
         previous
-    }
-
-    /// A session for a new connection: a closed connection's, renewed, when one is spare
-    /// (many connections live for one request: this saves their allocations).
-    fn new_session(&mut self, kind: SocketKind, from_start: bool) -> Session {
-        match kind {
-            SocketKind::Postgres => match self.spares.pg.pop() {
-                Some(mut pg) => {
-                    pg.reuse(from_start);
-                    Session::Pg(pg)
-                }
-                None if from_start => Session::Pg(Box::new(PgSession::new())),
-                None => Session::Pg(Box::new(PgSession::mid_stream())),
-            },
-            SocketKind::HttpServer => match self.spares.http.pop() {
-                Some(mut http) => {
-                    http.reuse();
-                    Session::Http(http)
-                }
-                None => Session::Http(Box::new(HttpSession::new())),
-            },
-        }
-    }
-
-    /// Keeps a finished connection's session and request queue for a later connection.
-    fn recycle(&mut self, conn: Conn) {
-        let Conn {
-            session,
-            mut requests,
-            ..
-        } = conn;
-        match session {
-            Session::Pg(pg) if self.spares.pg.len() < SPARE_SESSIONS => self.spares.pg.push(pg),
-            Session::Http(http) if self.spares.http.len() < SPARE_SESSIONS => {
-                self.spares.http.push(http)
-            }
-            _ => {}
-        }
-        if self.spares.requests.len() < SPARE_SESSIONS && requests.capacity() <= 16 {
-            requests.clear();
-            self.spares.requests.push(requests);
-        }
-    }
-
-    fn make_room(&mut self) {
-        if self.conns.len() < self.max {
-            return;
-        }
-        if let Some(oldest) = self
-            .conns
-            .iter()
-            .min_by_key(|(_, c)| c.last_active_ns)
-            .map(|(_, c)| c.key)
-        {
-            if let Some(evicted) = self.remove(oldest) {
-                self.recycle(evicted);
-            }
-            self.stats.evicted += 1;
-        }
     }
 
     /// Routes of the requests open on the thread's recent HTTP connections, when there are
@@ -471,59 +349,67 @@ impl Connections {
                 frames,
                 ..
             } => self.note_stack(tid, timestamp_ns, task, status, frames.iter()),
-            SocketEvent::Data {
-                tgid,
-                tid,
-                fd,
-                kind,
-                ingress,
-                exit_ns,
-                total_len,
-                thread_on_cpu_ns,
-                payload,
-                tail,
-                ..
-            } => {
-                self.stats.data_events += 1;
-                self.stats.bytes_seen += total_len;
-                self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
-                let key = (tgid, fd);
-                // A socket open before the agent started is first seen here.
-                let known = self
-                    .index
-                    .get(&key)
-                    .and_then(|&slot| Some((slot, self.conns.get(slot as usize)?.serial)));
-                let at = match known {
-                    Some((slot, serial)) => ConnRef { slot, serial },
-                    None => self.insert(key, kind, false, exit_ns, None),
-                };
-                let serving = if kind == SocketKind::HttpServer {
-                    at
-                } else {
-                    ConnRef::default()
-                };
-                let cursor = self.charge_cpu(tid, thread_on_cpu_ns, serving);
-                if !ingress {
-                    self.on_write_stack(tgid, tid, kind, at, exit_ns, aggregates);
-                }
-                let total = usize::try_from(total_len)
-                    .unwrap_or(usize::MAX)
-                    .max(payload.len() + tail.len());
-                let chunk = Chunk {
-                    data: payload,
-                    total_len: total,
-                    timestamp_ns: exit_ns,
-                    tail,
-                };
-                // statement book: a connection first seen mid-stream learns the statements an
-                // earlier run of the agent saw it prepare.
-                if known.is_none() {
-                    self.seed_statements(key, at);
-                }
-                self.on_chunk(key, at, ingress, chunk, &cursor, aggregates);
-            }
+            data @ SocketEvent::Data { .. } => self.on_data(data, aggregates),
         }
         self.stats.open = self.conns.len();
+    }
+
+    /// A payload read or written on a traced socket: CPU charged to the request the thread
+    /// serves, the Python stack behind a write noted, and the bytes fed to the session.
+    fn on_data(&mut self, event: SocketEvent<'_>, aggregates: &mut Aggregates) {
+        let SocketEvent::Data {
+            tgid,
+            tid,
+            fd,
+            kind,
+            ingress,
+            exit_ns,
+            total_len,
+            thread_on_cpu_ns,
+            payload,
+            tail,
+            ..
+        } = event
+        else {
+            return;
+        };
+        self.stats.data_events += 1;
+        self.stats.bytes_seen += total_len;
+        self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
+        let key = (tgid, fd);
+        // A socket open before the agent started is first seen here.
+        let known = self
+            .index
+            .get(&key)
+            .and_then(|&slot| Some((slot, self.conns.get(slot as usize)?.serial)));
+        let at = match known {
+            Some((slot, serial)) => ConnRef { slot, serial },
+            None => self.insert(key, kind, false, exit_ns, None),
+        };
+        let serving = if kind == SocketKind::HttpServer {
+            at
+        } else {
+            ConnRef::default()
+        };
+        let cursor = self.charge_cpu(tid, thread_on_cpu_ns, serving);
+        if !ingress {
+            self.on_write_stack(tgid, tid, kind, at, exit_ns, aggregates);
+        }
+        let total = usize::try_from(total_len)
+            .unwrap_or(usize::MAX)
+            .max(payload.len() + tail.len());
+        let chunk = Chunk {
+            data: payload,
+            total_len: total,
+            timestamp_ns: exit_ns,
+            tail,
+        };
+        // statement book: a connection first seen mid-stream learns the statements an
+        // earlier run of the agent saw it prepare.
+        if known.is_none() {
+            self.seed_statements(key, at);
+        }
+        self.on_chunk(key, at, ingress, chunk, &cursor, aggregates);
     }
 
     /// statement book: teaches a connection's session what the book knows of it.
