@@ -233,7 +233,28 @@ impl Detectors {
             pools: input.pools,
             routes: &routes,
         }));
-        // A pool whose cgroup has a CPU quota saturates at the quota, whatever the host does.
+        signals.extend(self.cgroup_saturation_tick(input, &routes, now_unix));
+        signals.extend(
+            self.db_pool
+                .tick(now_mono as f64, input.processes, &self.host, to_unix),
+        );
+        self.herd.set_proxies(self.db_pool.proxy_pids());
+        signals.extend(self.cron_tick(input, now_unix));
+        for s in signals {
+            self.book.apply(s, now_unix);
+        }
+        (self.book.list(), self.lifecycle.recent())
+    }
+
+    /// A pool whose cgroup has a CPU quota saturates at the quota, whatever the host does:
+    /// one saturation detector per limited cgroup (bounded).
+    fn cgroup_saturation_tick(
+        &mut self,
+        input: &TickInput,
+        routes: &[window::RouteWindow],
+        now_unix: u64,
+    ) -> Vec<finding::Signal> {
+        let mut signals = Vec::new();
         let mut limited = HashSet::new();
         for pool in input.pools {
             let Some(cg) = &pool.cgroup else { continue };
@@ -278,11 +299,12 @@ impl Detectors {
         }
         self.cgroup_saturation
             .retain(|path, _| limited.contains(path));
-        signals.extend(
-            self.db_pool
-                .tick(now_mono as f64, input.processes, &self.host, to_unix),
-        );
-        self.herd.set_proxies(self.db_pool.proxy_pids());
+        signals
+    }
+
+    /// Execs that used enough CPU become bursts, then the cron detector runs with the pool
+    /// processes and proxies excluded from its tasks.
+    fn cron_tick(&mut self, input: &TickInput, now_unix: u64) -> Vec<finding::Signal> {
         // Processes still running: a burst once they have used enough CPU.
         let cpu_of: HashMap<u32, u64> = input
             .processes
@@ -319,15 +341,9 @@ impl Detectors {
             .map(|(id, name)| (*id, name.as_str()))
             .collect();
         let db_pool = &self.db_pool;
-        signals.extend(
-            self.cron
-                .tick(now_unix, &not_tasks, &summaries, &self.host, |from, to| {
-                    db_pool.pressure_between(from, to)
-                }),
-        );
-        for s in signals {
-            self.book.apply(s, now_unix);
-        }
-        (self.book.list(), self.lifecycle.recent())
+        self.cron
+            .tick(now_unix, &not_tasks, &summaries, &self.host, |from, to| {
+                db_pool.pressure_between(from, to)
+            })
     }
 }
