@@ -256,34 +256,31 @@ impl Episode {
     }
 }
 
-fn describe(
-    view: &PoolView,
-    track: &PoolTrack,
-    since: u64,
-    input: &StarvationInput,
-    config: &StarvationConfig,
-) -> Report {
-    let ep = &track.episode;
-    let workers = view.worker_states.len();
-    let held_s = input.now_unix_ms.saturating_sub(since) as f64 / 1000.0;
-    let (on_cpu, db_wait) = if ep.shares > 0 {
-        (
-            ep.on_cpu / f64::from(ep.shares),
-            ep.db_wait / f64::from(ep.shares),
-        )
-    } else {
-        (0.0, 0.0)
-    };
-    let route_time: u64 = ep.routes.values().map(|r| r.0).sum();
-    let top_route = ep
-        .routes
-        .iter()
-        .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.0.cmp(a.0)));
-    let top_query = ep
-        .queries
-        .iter()
-        .max_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(b.0.cmp(a.0)));
-    let mut evidence = vec![
+const AFTER_RELOAD: &str = "Roll back the deploy that reloaded the workers, or add workers while \
+                            the query is fixed. herdwatch does not kill or cancel anything.";
+
+const ADD_WORKERS: &str = "Add workers (or threads) to absorb the DB wait while the query is \
+                           fixed. herdwatch does not kill or cancel anything.";
+
+impl Episode {
+    /// Mean share of worker time on CPU and waiting on the database over the episode.
+    fn mean_shares(&self) -> (f64, f64) {
+        if self.shares > 0 {
+            (
+                self.on_cpu / f64::from(self.shares),
+                self.db_wait / f64::from(self.shares),
+            )
+        } else {
+            (0.0, 0.0)
+        }
+    }
+}
+
+/// The numbers every starvation finding rests on: workers, busy share, how long, backlog,
+/// and how the workers' time went.
+fn episode_evidence(ep: &Episode, workers: usize, held_s: f64) -> Vec<Evidence> {
+    let (on_cpu, db_wait) = ep.mean_shares();
+    vec![
         Evidence::new("workers", workers as f64, "workers"),
         Evidence::new(
             "busy_share",
@@ -303,7 +300,30 @@ fn describe(
             (1.0 - on_cpu - db_wait).max(0.0),
             "ratio",
         ),
-    ];
+    ]
+}
+
+fn describe(
+    view: &PoolView,
+    track: &PoolTrack,
+    since: u64,
+    input: &StarvationInput,
+    config: &StarvationConfig,
+) -> Report {
+    let ep = &track.episode;
+    let workers = view.worker_states.len();
+    let held_s = input.now_unix_ms.saturating_sub(since) as f64 / 1000.0;
+    let (on_cpu, db_wait) = ep.mean_shares();
+    let route_time: u64 = ep.routes.values().map(|r| r.0).sum();
+    let top_route = ep
+        .routes
+        .iter()
+        .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.0.cmp(a.0)));
+    let top_query = ep
+        .queries
+        .iter()
+        .max_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(b.0.cmp(a.0)));
+    let mut evidence = episode_evidence(ep, workers, held_s);
     let mut sentence = format!(
         "{:.0} % of the {workers} workers of {} were busy for {held_s:.0} s \
          ({:.0} % of worker time on CPU, {:.0} % waiting on PostgreSQL)",
@@ -355,13 +375,9 @@ fn describe(
         root_cause: sentence,
         prevention,
         remediation: if annotations.iter().any(|a| a.contains("reloaded")) {
-            "Roll back the deploy that reloaded the workers, or add workers while the query is \
-             fixed. herdwatch does not kill or cancel anything."
-                .to_string()
+            AFTER_RELOAD.to_string()
         } else {
-            "Add workers (or threads) to absorb the DB wait while the query is fixed. herdwatch \
-             does not kill or cancel anything."
-                .to_string()
+            ADD_WORKERS.to_string()
         },
         annotations,
         onset_unix_ms: since,
