@@ -90,7 +90,7 @@ impl CronDetector {
     }
 
     fn tolerance_ms(&self, period_s: u64) -> u64 {
-        (self.config.tolerance_s * 1000.0).max(period_s as f64 * 50.0) as u64
+        tolerance_ms(&self.config, period_s)
     }
 
     /// `start_unix_ms` is the query's start on the wall clock; `name` resolves a pid to
@@ -202,44 +202,8 @@ impl CronDetector {
         host: &str,
         pressure: impl Fn(u64, u64) -> Option<(usize, f64, u16)>,
     ) -> Vec<Signal> {
-        for pid in not_tasks {
-            if !self.excluded.contains(pid) {
-                // A worker's queries are requests; forget the onsets it left as a "task".
-                if let Some(Some((_, key))) = self.pids.get(pid)
-                    && let Some(t) = self.tasks.get(key)
-                    && t.onsets.len() <= 1
-                {
-                    self.tasks.remove(key);
-                }
-                self.pids.insert(*pid, None);
-            }
-        }
-        self.excluded = not_tasks.clone();
-        // Periodic tasks: (period s, offset ms, latest onset, key).
-        let mut periodic: Vec<(u64, u64, u64, &String)> = Vec::new();
-        for (key, task) in &self.tasks {
-            let n = task.onsets.len();
-            if n < 2 {
-                continue;
-            }
-            let (prev, last) = (task.onsets[n - 2], task.onsets[n - 1]);
-            let interval = last - prev;
-            let Some(period) = self
-                .config
-                .periods_s
-                .iter()
-                .copied()
-                .find(|p| interval.abs_diff(p * 1000) <= self.tolerance_ms(*p))
-            else {
-                continue;
-            };
-            // Still running on schedule: the next onset is not overdue.
-            if now_unix_ms > last + period * 1000 + 2 * self.tolerance_ms(period) {
-                continue;
-            }
-            periodic.push((period, last % (period * 1000), last, key));
-        }
-        periodic.sort();
+        self.exclude(not_tasks);
+        let periodic = periodic_tasks(&self.tasks, &self.config, now_unix_ms);
         let mut signals = Vec::new();
         let mut seen_patterns = HashSet::new();
         let mut used: HashSet<&String> = HashSet::new();
@@ -261,25 +225,7 @@ impl CronDetector {
             }
             used.extend(members.iter().map(|m| m.3));
             let keys: BTreeSet<String> = members.iter().map(|m| m.3.clone()).collect();
-            // A task that joins late (its period became known one firing after the others')
-            // must not make a new finding: a group sharing most of its tasks is the same one.
-            let existing = self
-                .groups
-                .iter()
-                .filter(|(_, g)| g.period_s == *period)
-                .map(|(p, g)| (p, g.members.intersection(&keys).count(), g.members.len()))
-                .filter(|(_, overlap, len)| *overlap >= 2 && 2 * overlap >= keys.len().min(*len))
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
-                .map(|(p, _, _)| p.clone());
-            let pattern = existing.unwrap_or_else(|| {
-                format!(
-                    "every {period} s: {}",
-                    keys.iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                )
-            });
+            let pattern = self.group_pattern(*period, &keys);
             seen_patterns.insert(pattern.clone());
             let firing = members.iter().map(|m| m.2).min().unwrap_or(0);
             {
@@ -310,6 +256,58 @@ impl CronDetector {
                 }
             }
         }
+        self.end_groups_not_seen(&seen_patterns, now_unix_ms, &mut signals);
+        signals
+    }
+
+    /// Pool workers and proxies are not tasks: a worker's queries are requests, so the
+    /// onsets it left as a "task" are forgotten.
+    fn exclude(&mut self, not_tasks: &HashSet<u32>) {
+        for pid in not_tasks {
+            if !self.excluded.contains(pid) {
+                if let Some(Some((_, key))) = self.pids.get(pid)
+                    && let Some(t) = self.tasks.get(key)
+                    && t.onsets.len() <= 1
+                {
+                    self.tasks.remove(key);
+                }
+                self.pids.insert(*pid, None);
+            }
+        }
+        self.excluded = not_tasks.clone();
+    }
+
+    /// The pattern (finding id source) of a group of tasks. A task that joins late (its
+    /// period became known one firing after the others') must not make a new finding: a
+    /// group sharing most of its tasks is the same one.
+    fn group_pattern(&self, period: u64, keys: &BTreeSet<String>) -> String {
+        let existing = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.period_s == period)
+            .map(|(p, g)| (p, g.members.intersection(keys).count(), g.members.len()))
+            .filter(|(_, overlap, len)| *overlap >= 2 && 2 * overlap >= keys.len().min(*len))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+            .map(|(p, _, _)| p.clone());
+        existing.unwrap_or_else(|| {
+            format!(
+                "every {period} s: {}",
+                keys.iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )
+        })
+    }
+
+    /// Groups no longer aligned end; inactive ones are forgotten a day after their last
+    /// firing.
+    fn end_groups_not_seen(
+        &mut self,
+        seen_patterns: &HashSet<String>,
+        now_unix_ms: u64,
+        signals: &mut Vec<Signal>,
+    ) {
         for (pattern, group) in &mut self.groups {
             if group.active && !seen_patterns.contains(pattern) {
                 group.active = false;
@@ -322,7 +320,6 @@ impl CronDetector {
         self.groups.retain(|p, g| {
             g.active || seen_patterns.contains(p) || g.last_firing_ms + 86_400_000 > now_unix_ms
         });
-        signals
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -337,8 +334,6 @@ impl CronDetector {
         host: &str,
         pressure: &impl Fn(u64, u64) -> Option<(usize, f64, u16)>,
     ) -> Report {
-        let mut tasks_text = Vec::new();
-        let mut commands = Vec::new();
         let present: Vec<(&String, &Task)> = members
             .iter()
             .filter_map(|m| Some((m.3, self.tasks.get(m.3)?)))
@@ -346,37 +341,10 @@ impl CronDetector {
         // Named against each other: the words that tell this group's tasks apart.
         let keys: Vec<&str> = present.iter().map(|(k, _)| k.as_str()).collect();
         let tasks = super::task_name::short_names(&keys);
-        for ((key, t), name) in present.iter().zip(&tasks) {
-            let mut fps: Vec<(&String, &u64)> = t.fingerprints.iter().collect();
-            fps.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            let top: Vec<String> = fps
-                .iter()
-                .take(3)
-                .map(|(id, n)| {
-                    format!(
-                        "{} ×{n}",
-                        summaries.get(id.as_str()).copied().unwrap_or(id.as_str())
-                    )
-                })
-                .collect();
-            tasks_text.push(format!("{name} ({})", top.join(", ")));
-            commands.push(key.to_string());
-        }
+        let tasks_text = task_texts(&present, &tasks, summaries);
+        let commands: Vec<String> = present.iter().map(|(key, _)| key.to_string()).collect();
         let offset_s = offset as f64 / 1000.0;
-        let period_text = if period.is_multiple_of(60) {
-            format!("{} min", period / 60)
-        } else {
-            format!("{period} s")
-        };
-        let offset_text = if period.is_multiple_of(60) {
-            format!(
-                ":{:02}:{:02} into every {period_text}",
-                offset / 60_000,
-                (offset / 1000) % 60
-            )
-        } else {
-            format!("+{offset_s:.1} s into every {period_text}")
-        };
+        let offset_text = offset_text(period, offset);
         let mut evidence = vec![
             Evidence::new("tasks", members.len() as f64, "tasks"),
             Evidence::new("period", period as f64, "s"),
@@ -400,19 +368,7 @@ impl CronDetector {
                  flight and clients waited {wait:.0} ms (p95)."
             ));
         }
-        let step = period * 1000 / (members.len() as u64 + 1);
-        let proposal: Vec<String> = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let at = (offset + step * i as u64) % (period * 1000);
-                if period.is_multiple_of(60) {
-                    format!("{t} at :{:02}:{:02}", at / 60_000, (at / 1000) % 60)
-                } else {
-                    format!("{t} at +{:.1} s", at as f64 / 1000.0)
-                }
-            })
-            .collect();
+        let proposal = staggered(&tasks, period, offset, members.len());
         Report {
             kind: FindingKind::CronAlignment,
             pattern: pattern.to_string(),
@@ -433,6 +389,106 @@ impl CronDetector {
             onset_unix_ms: firing,
         }
     }
+}
+
+/// How far from its period a task's interval (and from the group's offset its own) may be.
+fn tolerance_ms(config: &CronConfig, period_s: u64) -> u64 {
+    (config.tolerance_s * 1000.0).max(period_s as f64 * 50.0) as u64
+}
+
+/// Tasks running on one of the configured periods and not overdue: (period s, offset
+/// ms, latest onset, key), sorted.
+fn periodic_tasks<'a>(
+    tasks: &'a HashMap<String, Task>,
+    config: &CronConfig,
+    now_unix_ms: u64,
+) -> Vec<(u64, u64, u64, &'a String)> {
+    let mut periodic: Vec<(u64, u64, u64, &String)> = Vec::new();
+    for (key, task) in tasks {
+        let n = task.onsets.len();
+        if n < 2 {
+            continue;
+        }
+        let (prev, last) = (task.onsets[n - 2], task.onsets[n - 1]);
+        let interval = last - prev;
+        let Some(period) = config
+            .periods_s
+            .iter()
+            .copied()
+            .find(|p| interval.abs_diff(p * 1000) <= tolerance_ms(config, *p))
+        else {
+            continue;
+        };
+        // Still running on schedule: the next onset is not overdue.
+        if now_unix_ms > last + period * 1000 + 2 * tolerance_ms(config, period) {
+            continue;
+        }
+        periodic.push((period, last % (period * 1000), last, key));
+    }
+    periodic.sort();
+    periodic
+}
+
+/// Each task with the statements it runs most: `name (SELECT a ×3, …)`.
+fn task_texts(
+    present: &[(&String, &Task)],
+    names: &[String],
+    summaries: &HashMap<&str, &str>,
+) -> Vec<String> {
+    present
+        .iter()
+        .zip(names)
+        .map(|((_, t), name)| {
+            let mut fps: Vec<(&String, &u64)> = t.fingerprints.iter().collect();
+            fps.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let top: Vec<String> = fps
+                .iter()
+                .take(3)
+                .map(|(id, n)| {
+                    format!(
+                        "{} ×{n}",
+                        summaries.get(id.as_str()).copied().unwrap_or(id.as_str())
+                    )
+                })
+                .collect();
+            format!("{name} ({})", top.join(", "))
+        })
+        .collect()
+}
+
+/// `:00:30 into every 60 min`, or `+2.5 s into every 45 s`.
+fn offset_text(period: u64, offset: u64) -> String {
+    let period_text = if period.is_multiple_of(60) {
+        format!("{} min", period / 60)
+    } else {
+        format!("{period} s")
+    };
+    if period.is_multiple_of(60) {
+        format!(
+            ":{:02}:{:02} into every {period_text}",
+            offset / 60_000,
+            (offset / 1000) % 60
+        )
+    } else {
+        format!("+{:.1} s into every {period_text}", offset as f64 / 1000.0)
+    }
+}
+
+/// A proposed schedule: the tasks spread evenly over the period from the shared offset.
+fn staggered(tasks: &[String], period: u64, offset: u64, members: usize) -> Vec<String> {
+    let step = period * 1000 / (members as u64 + 1);
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = (offset + step * i as u64) % (period * 1000);
+            if period.is_multiple_of(60) {
+                format!("{t} at :{:02}:{:02}", at / 60_000, (at / 1000) % 60)
+            } else {
+                format!("{t} at +{:.1} s", at as f64 / 1000.0)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
