@@ -54,11 +54,7 @@ pub(super) fn describe(
     let first_took = copies.first().map(|s| s.took_ms).unwrap_or(0.0);
     let duplicates_ms = total_ms - first_took;
     let route_copies = copies_by_route(copies);
-    let routes: Vec<String> = all_route_copies
-        .keys()
-        .filter(|r| *r != NO_ROUTE && *r != PENDING_ROUTE)
-        .cloned()
-        .collect();
+    let routes = traced_routes(all_route_copies);
     // A person reads the statement's text and id; the summary stays a label only.
     let name = query_name(fp, stats.map_or("", |q| q.normalized.as_str()));
     let first_ms = copies.first().map_or(0, |s| s.at_ms);
@@ -142,5 +138,15 @@ fn copies_by_route(copies: &[Start]) -> Vec<RouteCopies> {
             copies,
             call_site,
         })
+        .collect()
+}
+
+/// The routes that issued copies, leaving out the placeholders for copies without a known
+/// request.
+fn traced_routes(all_route_copies: &BTreeMap<String, u64>) -> Vec<String> {
+    all_route_copies
+        .keys()
+        .filter(|r| *r != NO_ROUTE && *r != PENDING_ROUTE)
+        .cloned()
         .collect()
 }
