@@ -33,6 +33,15 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
+    render_pools(s, &mut out);
+    render_processes(s, &mut out);
+    render_routes_and_queries(s, &mut out);
+    out.push_str(&render_findings(&s.findings, 5));
+    out
+}
+
+/// The pools panel: each pool's workers and how their time went.
+fn render_pools(s: &Snapshot, out: &mut String) {
     let _ = writeln!(out, "\nPOOLS");
     if s.pools.is_empty() {
         let _ = writeln!(out, "  (no gunicorn or uvicorn pools found)");
@@ -86,7 +95,10 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+}
 
+/// The top processes by CPU and by run-queue delay.
+fn render_processes(s: &Snapshot, out: &mut String) {
     let _ = writeln!(out, "\nTOP PROCESSES BY CPU (% of one CPU)");
     for p in s.processes.iter().filter(|p| p.cpu_percent > 0.0).take(TOP) {
         let _ = writeln!(
@@ -113,9 +125,6 @@ pub fn render(s: &Snapshot) -> String {
             p.cmdline
         );
     }
-    render_routes_and_queries(s, &mut out);
-    out.push_str(&render_findings(&s.findings, 5));
-    out
 }
 
 /// The findings panel: active first, each with its cause and what stops it recurring.
