@@ -5,10 +5,14 @@ use std::sync::Arc;
 use aya::Ebpf;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod analysis;
+use analysis::Analysis;
+
 use crate::{
     config::Config,
     error::{Error, Result},
-    pipeline::{Snapshot, state::PipelineState},
+    model::Snapshot,
+    pipeline::state::PipelineState,
     probes::{
         LoadOptions, loader,
         maps::KernelMaps,
@@ -38,40 +42,7 @@ impl Agent {
     /// Loads and attaches the kernel programs, seeds the process table from /proc and starts
     /// the pipeline. Must be called inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Self> {
-        let kernel_log_level = if tracing::enabled!(tracing::Level::DEBUG) {
-            4
-        } else {
-            2
-        };
-        let mut ebpf = loader::load_and_attach(&LoadOptions {
-            thread_map_entries: config.thread_map_entries,
-            event_ring_bytes: config.event_ring_bytes,
-            kernel_log_level,
-            capture_bytes: config.capture_bytes,
-            socket_ring_bytes: config.socket_ring_bytes,
-            socket_tracing: config.socket_tracing,
-            ..LoadOptions::default()
-        })?;
-        let counters = Arc::new(RingCounters::default());
-        let (event_tx, mut event_rx) = mpsc::channel(config.event_channel_capacity);
-        let mut tasks = vec![reader::spawn_event_reader(
-            &mut ebpf,
-            event_tx,
-            counters.clone(),
-        )?];
-        let socket_counters = Arc::new(RingCounters::default());
-        let mut socket_ring = reader::SocketRing::open(
-            &mut ebpf,
-            socket_counters.clone(),
-            config.record_socket_events.as_deref(),
-        )?;
-        if config.socket_channel_capacity.is_some() {
-            tracing::warn!(
-                "socket_channel_capacity has no effect any more: socket records are read in \
-                 place from the kernel ring buffer, sized by socket_ring_bytes"
-            );
-        }
-        tasks.extend(reader::spawn_kernel_logger(&mut ebpf));
+        let (mut ebpf, inputs, mut tasks) = attach(config)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         // Seed after attaching, so a process born during the scan is seen by one or the other.
         let table = tokio::task::spawn_blocking(ProcessTable::seed_from_proc)
@@ -81,51 +52,28 @@ impl Agent {
                 what: "/proc (initial process scan)".into(),
                 source,
             })?;
-        let mut state = PipelineState::new(table, maps, counters, socket_counters, config)?;
+        let mut state = PipelineState::new(
+            table,
+            maps,
+            inputs.event_counters,
+            inputs.socket_counters,
+            config,
+        )?;
+        let mut analysis = Analysis::new(config);
         // Exporters read snapshots from this channel; the first real one replaces the empty.
         let (snap_tx, latest) = watch::channel(Arc::new(Snapshot::default()));
-        let otlp = match config
-            .otlp
-            .resolve(|k| std::env::var(k).ok())
-            .map_err(|message| Error::Config {
-                origin: "otlp".into(),
-                message,
-            })? {
-            Some((endpoint, transport)) => {
-                let (otlp, exporters) = crate::export::otlp::start(
-                    &config.otlp,
-                    &endpoint,
-                    transport,
-                    latest.clone(),
-                    Arc::default(),
-                )?;
-                state.set_recorder(exporters);
-                tracing::info!(
-                    "exporting OTLP metrics, spans and logs to {endpoint} ({transport:?})"
-                );
-                Some(otlp)
-            }
-            None => None,
-        };
-        let first = Arc::new(state.snapshot());
+        let otlp = start_otlp(config, &mut state, &mut analysis, &latest)?;
+        let first = analysis.snapshot(&mut state);
         let seeded = state.seed_existing_sockets();
         tracing::info!("tracing {seeded} sockets that were open before the agent started");
-        snap_tx.send_replace(first);
+        snap_tx.send_replace(Arc::new(first));
         // Subscribers wait for the first periodic snapshot (a full interval of rates), not
         // this one: mark it seen before anyone clones the receiver.
         let mut latest = latest;
         latest.borrow_and_update();
-        if let Some(path) = &config.api_socket {
-            tasks.push(crate::export::api::serve(path, latest.clone())?);
-        }
-        if let Some(addr) = &config.prometheus_listen {
-            // Validated in Config::validate.
-            if let Ok(addr) = addr.parse() {
-                tasks.push(crate::export::prometheus::serve(addr, latest.clone()).await?);
-            }
-        }
+        serve_readers(config, &latest, &mut tasks).await?;
         // Statement texts from PostgreSQL itself, when a monitoring DSN is configured.
-        let mut answers = match &config.postgres.monitor_dsn {
+        let answers = match &config.postgres.monitor_dsn {
             Some(dsn) => {
                 let (link, answers, task) = crate::pipeline::statement_monitor::start(dsn.clone());
                 state.set_statement_monitor(link);
@@ -134,49 +82,17 @@ impl Agent {
             }
             None => None,
         };
-        let (commands, mut command_rx) = mpsc::channel::<Command>(16);
-        let interval = config.interval();
-        tasks.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
-            loop {
-                tokio::select! {
-                    event = event_rx.recv() => match event {
-                        Some(event) => state.apply(&event),
-                        None => return,
-                    },
-                    read = socket_ring.apply_ready(SOCKET_RECORDS_PER_WAKE, |record| {
-                        state.apply_socket_record(record)
-                    }) => if let Err(err) = read {
-                        tracing::error!("{err}; socket events stop");
-                        return;
-                    },
-                    Some(answer) = next_answer(&mut answers) => {
-                        state.apply_statement_answer(&answer);
-                    }
-                    command = command_rx.recv() => match command {
-                        Some(Command::Snapshot(reply)) => {
-                            drain(&mut event_rx, &mut socket_ring, &mut state);
-                            let snap = Arc::new(state.snapshot());
-                            snap_tx.send_replace(snap.clone());
-                            let _ = reply.send(snap);
-                        }
-                        Some(Command::Stop(reply)) => {
-                            drain(&mut event_rx, &mut socket_ring, &mut state);
-                            state.persist();
-                            let _ = reply.send(());
-                            return;
-                        }
-                        None => return,
-                    },
-                    _ = ticker.tick() => {
-                        drain(&mut event_rx, &mut socket_ring, &mut state);
-                        snap_tx.send_replace(Arc::new(state.snapshot()));
-                    }
-                }
-            }
-        }));
+        let (commands, command_rx) = mpsc::channel::<Command>(16);
+        let pipeline = PipelineLoop {
+            state,
+            analysis,
+            events: inputs.events,
+            sockets: inputs.sockets,
+            answers,
+            commands: command_rx,
+            snapshots: snap_tx,
+        };
+        tasks.push(tokio::spawn(pipeline.run(config.interval())));
         Ok(Self {
             _ebpf: ebpf,
             _otlp: otlp,
@@ -218,6 +134,177 @@ impl Agent {
     }
 }
 
+/// What the kernel programs feed the pipeline: the process-event channel, the socket ring,
+/// and their loss counters.
+struct Inputs {
+    events: mpsc::Receiver<crate::probes::ProcessEvent>,
+    event_counters: Arc<RingCounters>,
+    sockets: reader::SocketRing,
+    socket_counters: Arc<RingCounters>,
+}
+
+/// Loads and attaches the kernel programs and starts reading their ring buffers.
+fn attach(config: &Config) -> Result<(Ebpf, Inputs, Vec<tokio::task::JoinHandle<()>>)> {
+    let kernel_log_level = if tracing::enabled!(tracing::Level::DEBUG) {
+        4
+    } else {
+        2
+    };
+    let mut ebpf = loader::load_and_attach(&LoadOptions {
+        thread_map_entries: config.thread_map_entries,
+        event_ring_bytes: config.event_ring_bytes,
+        kernel_log_level,
+        capture_bytes: config.capture_bytes,
+        socket_ring_bytes: config.socket_ring_bytes,
+        socket_tracing: config.socket_tracing,
+        ..LoadOptions::default()
+    })?;
+    let event_counters = Arc::new(RingCounters::default());
+    let (event_tx, events) = mpsc::channel(config.event_channel_capacity);
+    let mut tasks = vec![reader::spawn_event_reader(
+        &mut ebpf,
+        event_tx,
+        event_counters.clone(),
+    )?];
+    let socket_counters = Arc::new(RingCounters::default());
+    let sockets = reader::SocketRing::open(
+        &mut ebpf,
+        socket_counters.clone(),
+        config.record_socket_events.as_deref(),
+    )?;
+    if config.socket_channel_capacity.is_some() {
+        tracing::warn!(
+            "socket_channel_capacity has no effect any more: socket records are read in \
+             place from the kernel ring buffer, sized by socket_ring_bytes"
+        );
+    }
+    tasks.extend(reader::spawn_kernel_logger(&mut ebpf));
+    let inputs = Inputs {
+        events,
+        event_counters,
+        sockets,
+        socket_counters,
+    };
+    Ok((ebpf, inputs, tasks))
+}
+
+/// Starts OTLP export when an endpoint is configured: its recorder subscribes to the
+/// pipeline's finished records, its log to the findings.
+fn start_otlp(
+    config: &Config,
+    state: &mut PipelineState,
+    analysis: &mut Analysis,
+    latest: &watch::Receiver<Arc<Snapshot>>,
+) -> Result<Option<crate::export::otlp::Otlp>> {
+    let resolved = config
+        .otlp
+        .resolve(|k| std::env::var(k).ok())
+        .map_err(|message| Error::Config {
+            origin: "otlp".into(),
+            message,
+        })?;
+    let Some((endpoint, transport)) = resolved else {
+        return Ok(None);
+    };
+    let (otlp, exporters) = crate::export::otlp::start(
+        &config.otlp,
+        &endpoint,
+        transport,
+        latest.clone(),
+        Arc::default(),
+    )?;
+    state.subscribe(Box::new(exporters.telemetry));
+    analysis.export_to(exporters.logs, exporters.counters);
+    tracing::info!("exporting OTLP metrics, spans and logs to {endpoint} ({transport:?})");
+    Ok(Some(otlp))
+}
+
+/// Starts the readers of published snapshots that serve others: the API socket and
+/// Prometheus `/metrics`.
+async fn serve_readers(
+    config: &Config,
+    latest: &watch::Receiver<Arc<Snapshot>>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<()> {
+    if let Some(path) = &config.api_socket {
+        tasks.push(crate::export::api::serve(path, latest.clone())?);
+    }
+    if let Some(addr) = &config.prometheus_listen {
+        // Validated in Config::validate.
+        if let Ok(addr) = addr.parse() {
+            tasks.push(crate::export::prometheus::serve(addr, latest.clone()).await?);
+        }
+    }
+    Ok(())
+}
+
+/// The one task that owns the pipeline state: it applies events as they come, and on each
+/// tick (or command) takes the accounting snapshot, completes it with the detectors' view
+/// and publishes it.
+struct PipelineLoop {
+    state: PipelineState,
+    analysis: Analysis,
+    events: mpsc::Receiver<crate::probes::ProcessEvent>,
+    sockets: reader::SocketRing,
+    answers: Option<mpsc::Receiver<crate::pipeline::statement_monitor::Answer>>,
+    commands: mpsc::Receiver<Command>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+}
+
+impl PipelineLoop {
+    async fn run(mut self, interval: std::time::Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let Self {
+            state,
+            analysis,
+            events,
+            sockets,
+            answers,
+            commands,
+            snapshots,
+        } = &mut self;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => state.apply(&event, &mut analysis.detectors),
+                    None => return,
+                },
+                read = sockets.apply_ready(SOCKET_RECORDS_PER_WAKE, |record| {
+                    state.apply_socket_record(record, &mut analysis.detectors)
+                }) => if let Err(err) = read {
+                    tracing::error!("{err}; socket events stop");
+                    return;
+                },
+                Some(answer) = next_answer(answers) => {
+                    state.apply_statement_answer(&answer);
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Snapshot(reply)) => {
+                        drain(events, sockets, state, analysis);
+                        let snap = Arc::new(analysis.snapshot(state));
+                        snapshots.send_replace(snap.clone());
+                        let _ = reply.send(snap);
+                    }
+                    Some(Command::Stop(reply)) => {
+                        drain(events, sockets, state, analysis);
+                        state.persist();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                _ = ticker.tick() => {
+                    drain(events, sockets, state, analysis);
+                    let snap = analysis.snapshot(state);
+                    snapshots.send_replace(Arc::new(snap));
+                }
+            }
+        }
+    }
+}
+
 /// The statement monitor's next answer; never resolves when there is no monitor.
 async fn next_answer(
     answers: &mut Option<mpsc::Receiver<crate::pipeline::statement_monitor::Answer>>,
@@ -240,12 +327,13 @@ fn drain(
     rx: &mut mpsc::Receiver<crate::probes::ProcessEvent>,
     sockets: &mut reader::SocketRing,
     state: &mut PipelineState,
+    analysis: &mut Analysis,
 ) {
     while let Ok(event) = rx.try_recv() {
-        state.apply(&event);
+        state.apply(&event, &mut analysis.detectors);
     }
     sockets.apply_waiting(SOCKET_RECORDS_BEFORE_SNAPSHOT, |record| {
-        state.apply_socket_record(record)
+        state.apply_socket_record(record, &mut analysis.detectors)
     });
 }
 

@@ -90,6 +90,12 @@ pub fn run_checks() -> Vec<CheckLine> {
         Err(e) => lines.push(line(false, "tracefs", e.to_string())),
     }
 
+    check_programs(&mut lines);
+    lines
+}
+
+/// Loads the eBPF object and attaches each program, one line per program.
+fn check_programs(lines: &mut Vec<CheckLine>) {
     match loader::load(&LoadOptions::default()) {
         Err(e) => lines.push(line(false, "load", e.to_string())),
         Ok((mut ebpf, task_offsets_known)) => {
@@ -126,5 +132,4 @@ pub fn run_checks() -> Vec<CheckLine> {
             }
         }
     }
-    lines
 }

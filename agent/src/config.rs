@@ -191,48 +191,10 @@ impl Config {
                 message,
             })
         };
-        if !(100..=3_600_000).contains(&self.interval_ms) {
-            return fail(format!(
-                "interval_ms = {} is outside 100..=3600000",
-                self.interval_ms
-            ));
-        }
-        if !(1024..=4_194_304).contains(&self.thread_map_entries) {
-            return fail(format!(
-                "thread_map_entries = {} is outside 1024..=4194304",
-                self.thread_map_entries
-            ));
-        }
-        if self.event_ring_bytes < 4096 || !self.event_ring_bytes.is_power_of_two() {
-            return fail(format!(
-                "event_ring_bytes = {} must be a power of two ≥ 4096",
-                self.event_ring_bytes
-            ));
-        }
-        if !(16..=herdwatch_common::MAX_CAPTURE as u32).contains(&self.capture_bytes) {
-            return fail(format!(
-                "capture_bytes = {} is outside 16..=4096",
-                self.capture_bytes
-            ));
-        }
-        if self.socket_ring_bytes < 4096 || !self.socket_ring_bytes.is_power_of_two() {
-            return fail(format!(
-                "socket_ring_bytes = {} must be a power of two ≥ 4096",
-                self.socket_ring_bytes
-            ));
-        }
-        if self.postgres_ports.is_empty() || self.postgres_ports.len() > 64 {
-            return fail("postgres_ports must list 1 to 64 ports".to_string());
-        }
-        for (name, v) in [
-            ("max_connections", self.max_connections),
-            ("max_fingerprints", self.max_fingerprints),
-            ("max_routes", self.max_routes),
-        ] {
-            if !(1..=1_048_576).contains(&v) {
-                return fail(format!("{name} = {v} is outside 1..=1048576"));
-            }
-        }
+        self.check_sizes().map_err(|message| Error::Config {
+            origin: origin.to_string(),
+            message,
+        })?;
         for p in &self.route_patterns {
             herdwatch_protocol::route::RoutePattern::parse(p).map_err(|message| Error::Config {
                 origin: origin.to_string(),
@@ -273,6 +235,54 @@ impl Config {
                 "event_channel_capacity = {} is outside 16..=1048576",
                 self.event_channel_capacity
             ));
+        }
+        Ok(())
+    }
+
+    /// Intervals, map and ring sizes, ports and table bounds within what the kernel side
+    /// and the pipeline accept.
+    fn check_sizes(&self) -> std::result::Result<(), String> {
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            return Err(format!(
+                "interval_ms = {} is outside 100..=3600000",
+                self.interval_ms
+            ));
+        }
+        if !(1024..=4_194_304).contains(&self.thread_map_entries) {
+            return Err(format!(
+                "thread_map_entries = {} is outside 1024..=4194304",
+                self.thread_map_entries
+            ));
+        }
+        if self.event_ring_bytes < 4096 || !self.event_ring_bytes.is_power_of_two() {
+            return Err(format!(
+                "event_ring_bytes = {} must be a power of two ≥ 4096",
+                self.event_ring_bytes
+            ));
+        }
+        if !(16..=herdwatch_common::MAX_CAPTURE as u32).contains(&self.capture_bytes) {
+            return Err(format!(
+                "capture_bytes = {} is outside 16..=4096",
+                self.capture_bytes
+            ));
+        }
+        if self.socket_ring_bytes < 4096 || !self.socket_ring_bytes.is_power_of_two() {
+            return Err(format!(
+                "socket_ring_bytes = {} must be a power of two ≥ 4096",
+                self.socket_ring_bytes
+            ));
+        }
+        if self.postgres_ports.is_empty() || self.postgres_ports.len() > 64 {
+            return Err("postgres_ports must list 1 to 64 ports".to_string());
+        }
+        for (name, v) in [
+            ("max_connections", self.max_connections),
+            ("max_fingerprints", self.max_fingerprints),
+            ("max_routes", self.max_routes),
+        ] {
+            if !(1..=1_048_576).contains(&v) {
+                return Err(format!("{name} = {v} is outside 1..=1048576"));
+            }
         }
         Ok(())
     }

@@ -6,6 +6,8 @@ pub mod config;
 pub mod detect;
 pub mod error;
 pub mod export;
+pub mod host;
+pub mod model;
 pub mod net;
 pub mod pipeline;
 pub mod probes;

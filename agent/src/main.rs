@@ -129,7 +129,7 @@ fn print_findings(config: &Config, json: bool) -> anyhow::Result<bool> {
         print!("{answer}");
         return Ok(true);
     }
-    let findings: Vec<herdwatch::detect::Finding> = serde_json::from_str(&answer)
+    let findings: Vec<herdwatch::model::Finding> = serde_json::from_str(&answer)
         .with_context(|| format!("the agent at {} answered something else", path.display()))?;
     print!("{}", view::render_findings(&findings, usize::MAX));
     Ok(true)
@@ -157,7 +157,7 @@ fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
     runtime.block_on(async move {
         let agent = Agent::start(&config).await?;
         let mut updates = agent.subscribe();
-        let print = |snap: &herdwatch::pipeline::Snapshot| -> anyhow::Result<()> {
+        let print = |snap: &herdwatch::model::Snapshot| -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             if json {
                 serde_json::to_writer(&mut stdout, snap)?;

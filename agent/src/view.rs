@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     detect::naming::{QUERY_TEXT_CHARS, bounded},
-    pipeline::Snapshot,
+    model::Snapshot,
     procs::worker_state::WorkerState,
 };
 
@@ -33,6 +33,15 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
+    render_pools(s, &mut out);
+    render_processes(s, &mut out);
+    render_routes_and_queries(s, &mut out);
+    out.push_str(&render_findings(&s.findings, 5));
+    out
+}
+
+/// The pools panel: each pool's workers and how their time went.
+fn render_pools(s: &Snapshot, out: &mut String) {
     let _ = writeln!(out, "\nPOOLS");
     if s.pools.is_empty() {
         let _ = writeln!(out, "  (no gunicorn or uvicorn pools found)");
@@ -86,7 +95,10 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+}
 
+/// The top processes by CPU and by run-queue delay.
+fn render_processes(s: &Snapshot, out: &mut String) {
     let _ = writeln!(out, "\nTOP PROCESSES BY CPU (% of one CPU)");
     for p in s.processes.iter().filter(|p| p.cpu_percent > 0.0).take(TOP) {
         let _ = writeln!(
@@ -113,13 +125,10 @@ pub fn render(s: &Snapshot) -> String {
             p.cmdline
         );
     }
-    render_routes_and_queries(s, &mut out);
-    out.push_str(&render_findings(&s.findings, 5));
-    out
 }
 
 /// The findings panel: active first, each with its cause and what stops it recurring.
-pub fn render_findings(findings: &[crate::detect::Finding], max: usize) -> String {
+pub fn render_findings(findings: &[crate::model::Finding], max: usize) -> String {
     let mut out = String::new();
     let active = findings.iter().filter(|f| f.active).count();
     let _ = writeln!(
@@ -139,8 +148,8 @@ pub fn render_findings(findings: &[crate::detect::Finding], max: usize) -> Strin
             f.kind,
             f.severity,
             f.occurrences,
-            crate::detect::lifecycle::clock_text(f.first_seen_unix_ms),
-            crate::detect::lifecycle::clock_text(f.last_seen_unix_ms),
+            crate::model::pool_event::clock_text(f.first_seen_unix_ms),
+            crate::model::pool_event::clock_text(f.last_seen_unix_ms),
         );
         let _ = writeln!(out, "      cause: {}", f.root_cause);
         let _ = writeln!(out, "      stops it recurring: {}", f.prevention);
@@ -217,7 +226,7 @@ fn render_routes_and_queries(s: &Snapshot, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::snapshot::{HostView, ProcessView};
+    use crate::model::{HostView, ProcessView};
 
     #[test]
     fn renders_processes_and_empty_pools() {

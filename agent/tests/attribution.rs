@@ -25,8 +25,8 @@ use std::{
 use common::{postgres::Postgres, *};
 use herdwatch::{
     Config,
-    detect::FindingKind,
-    pipeline::Snapshot,
+    model::FindingKind,
+    model::Snapshot,
     protocol::{fingerprint::fingerprint, route::RouteGrouper},
 };
 
@@ -212,7 +212,7 @@ fn charged(snap: &Snapshot, ids: &BTreeMap<String, String>) -> Tally {
 }
 
 /// The herd finding on the statement `id`.
-fn herd_of<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a herdwatch::detect::Finding> {
+fn herd_of<'a>(snap: &'a Snapshot, id: &str) -> Option<&'a herdwatch::model::Finding> {
     snap.findings.iter().find(|f| {
         f.kind == FindingKind::ThunderingHerd && f.subject.fingerprint.as_deref() == Some(id)
     })

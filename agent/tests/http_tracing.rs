@@ -6,7 +6,7 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use common::{postgres::Postgres, *};
-use herdwatch::{Config, pipeline::aggregates::RouteStats, protocol::fingerprint::fingerprint};
+use herdwatch::{Config, model::RouteStats, protocol::fingerprint::fingerprint};
 
 /// One request on a fresh connection; returns the status code.
 fn get(port: u16, path: &str) -> u16 {

@@ -5,7 +5,7 @@ mod common;
 use std::{io::Write as _, net::TcpStream, process::Command, time::Duration};
 
 use common::*;
-use herdwatch::{pipeline::snapshot::PoolView, procs::PoolKind};
+use herdwatch::{model::PoolView, procs::PoolKind};
 
 /// Children of `pid` per the kernel (/proc/<pid>/task/<pid>/children).
 fn kernel_children(pid: u32) -> Vec<u32> {

@@ -23,7 +23,7 @@ fn server_calls_by_fingerprint(pg: &Postgres) -> HashMap<String, u64> {
 async fn all_tracked_queries(
     agent: &herdwatch::Agent,
     what: &str,
-) -> std::sync::Arc<herdwatch::pipeline::Snapshot> {
+) -> std::sync::Arc<herdwatch::model::Snapshot> {
     wait_for(agent, Duration::from_secs(30), what, |s| {
         TRACKED
             .iter()

@@ -13,10 +13,8 @@ use std::{collections::BTreeMap, collections::HashSet, time::Duration};
 use common::{load::Load, postgres::Postgres, *};
 use herdwatch::{
     Config,
-    detect::{
-        FindingKind,
-        naming::{QUERY_TEXT_CHARS, bounded},
-    },
+    detect::naming::{QUERY_TEXT_CHARS, bounded},
+    model::FindingKind,
     protocol::fingerprint::fingerprint,
 };
 

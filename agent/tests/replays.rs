@@ -19,8 +19,7 @@ use common::{
 };
 use herdwatch::{
     Config,
-    detect::{Finding, FindingKind},
-    pipeline::Snapshot,
+    model::{Finding, FindingKind, Snapshot},
     protocol::fingerprint::fingerprint,
 };
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{load::Load, *};
-use herdwatch::{Config, detect::FindingKind};
+use herdwatch::{Config, model::FindingKind};
 
 /// A CPU-limited cgroup made for the test (cgroup v2, or v1 `cpu` + `cpuacct`), removed on
 /// drop.

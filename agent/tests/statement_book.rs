@@ -44,7 +44,7 @@ fn round(clients: &mut Proc) {
 async fn round_seen(
     agent: &herdwatch::Agent,
     pid: u32,
-) -> std::sync::Arc<herdwatch::pipeline::Snapshot> {
+) -> std::sync::Arc<herdwatch::model::Snapshot> {
     wait_for(
         agent,
         Duration::from_secs(30),
@@ -143,7 +143,7 @@ fn a_restarted_agent_knows_statements_prepared_before_it_started() {
 }
 
 /// Calls per statement: (with text, by name only), for the clients' pid.
-fn calls(snap: &herdwatch::pipeline::Snapshot, pid: u32) -> (u64, u64) {
+fn calls(snap: &herdwatch::model::Snapshot, pid: u32) -> (u64, u64) {
     let mine = snap.queries.iter().filter(|q| q.pids.contains(&pid));
     let (known, unknown): (Vec<_>, Vec<_>) = mine.partition(|q| !q.text_unknown);
     (

@@ -1,12 +1,12 @@
 //! Detectors: from the pipeline's queries and snapshots to findings that name the repeating
 //! cause. Each detector has one job and one file; this module feeds them and keeps the book.
+pub mod cron;
+pub mod db_pool;
 pub mod finding;
 pub mod herd;
 pub mod lifecycle;
 pub mod naming;
-pub mod pool;
 pub mod saturation;
-pub mod schedule;
 pub mod starvation;
 pub mod sustain;
 pub mod task_name;
@@ -16,54 +16,13 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use finding::{Finding, FindingKind, Severity};
-pub use lifecycle::PoolEvent;
-
-use crate::pipeline::{
-    aggregates::{QueryStats, RouteStats},
+use crate::{
     host,
-    snapshot::{HostView, PoolView, ProcessView},
+    model::{
+        ActivityObserver, Finding, HostView, PoolEvent, PoolView, ProcessView, QueryEnd, QueryObs,
+        QueryStart, QueryStats, RouteStats, Snapshot,
+    },
 };
-
-/// One PostgreSQL query just sent, its answer still to come. Times are milliseconds on the
-/// kernel's monotonic clock.
-#[derive(Debug, Clone)]
-pub struct QueryStart {
-    pub fingerprint: crate::pipeline::aggregates::Label,
-    pub pid: u32,
-    /// (process, fd) of the client connection.
-    pub conn: (u32, u32),
-    pub started_ms: f64,
-}
-
-/// One PostgreSQL query answered, as soon as it is (its request may be known only later).
-#[derive(Debug, Clone)]
-pub struct QueryEnd {
-    pub fingerprint: crate::pipeline::aggregates::Label,
-    pub pid: u32,
-    pub conn: (u32, u32),
-    pub started_ms: f64,
-    pub finished_ms: f64,
-}
-
-/// One finished PostgreSQL query as the detectors see it (times as for [`QueryStart`]).
-#[derive(Debug, Clone)]
-pub struct QueryObs {
-    pub fingerprint: crate::pipeline::aggregates::Label,
-    pub pid: u32,
-    /// (process, fd) of the client connection.
-    pub conn: (u32, u32),
-    /// Server port when the connect was seen.
-    pub server_port: Option<u16>,
-    pub started_ms: f64,
-    pub first_response_ms: Option<f64>,
-    pub finished_ms: f64,
-    pub route: Option<crate::pipeline::aggregates::Label>,
-    /// Other requests open on the issuing thread (asyncio): candidates for who issued it.
-    pub in_flight_routes: Vec<crate::pipeline::aggregates::Label>,
-    /// The application line that issued it, when its Python stack was read.
-    pub call_site: Option<crate::probes::python_code::CallSite>,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,8 +30,9 @@ pub struct DetectConfig {
     pub herd: herd::HerdConfig,
     pub starvation: starvation::StarvationConfig,
     pub saturation: saturation::SaturationConfig,
-    pub pool: pool::PoolConfig,
-    pub cron: schedule::CronConfig,
+    /// The PostgreSQL connection-pool detector (`detect.pool` in the config file).
+    pub pool: db_pool::DbPoolConfig,
+    pub cron: cron::CronConfig,
     /// Findings kept (active ones are never dropped for a resolved one).
     pub max_findings: Option<usize>,
 }
@@ -128,8 +88,8 @@ pub struct Detectors {
     cgroup_saturation: HashMap<String, saturation::SaturationDetector>,
     /// Processes exec'd recently: pid → (start unix ms, comm, command line).
     exec_pending: HashMap<u32, (u64, String, String)>,
-    pool: pool::PoolDetector,
-    schedule: schedule::ScheduleDetector,
+    db_pool: db_pool::DbPoolDetector,
+    cron: cron::CronDetector,
     lifecycle: lifecycle::LifecycleLog,
     windows: window::Windows,
     book: finding::FindingBook,
@@ -138,7 +98,45 @@ pub struct Detectors {
     unix_minus_mono_ms: i128,
 }
 
+/// The detectors follow queries and processes as the pipeline sees them.
+impl ActivityObserver for Detectors {
+    fn query_started(&mut self, q: &QueryStart) {
+        self.on_query_start(q);
+    }
+
+    fn query_ended(&mut self, q: &QueryEnd) {
+        self.on_query_end(q);
+    }
+
+    fn query_finished(&mut self, q: &QueryObs, name: &dyn Fn(u32) -> Option<(String, String)>) {
+        self.on_query(q, name);
+    }
+
+    fn process_exec(&mut self, pid: u32, timestamp_ns: u64, comm: &str, cmdline: &str) {
+        self.on_exec(pid, timestamp_ns, comm, cmdline);
+    }
+
+    fn process_exit(&mut self, pid: u32, cpu_ns: u64) {
+        self.on_exit(pid, cpu_ns);
+    }
+}
+
 impl Detectors {
+    /// Runs every detector on the pipeline's accounting snapshot and stores the findings and
+    /// recent pool lifecycle events in it.
+    pub fn complete(&mut self, snap: &mut Snapshot) {
+        let (findings, pool_events) = self.tick(&TickInput {
+            interval_ms: snap.interval_ms,
+            host: &snap.host,
+            processes: &snap.processes,
+            pools: &snap.pools,
+            routes: &snap.routes,
+            queries: &snap.queries,
+        });
+        snap.findings = findings;
+        snap.pool_events = pool_events;
+    }
+
     pub fn new(config: &DetectConfig) -> Self {
         Self {
             herd: herd::HerdDetector::new(config.herd.clone()),
@@ -146,8 +144,8 @@ impl Detectors {
             saturation: saturation::SaturationDetector::new(config.saturation.clone()),
             cgroup_saturation: HashMap::new(),
             exec_pending: HashMap::new(),
-            pool: pool::PoolDetector::new(config.pool.clone()),
-            schedule: schedule::ScheduleDetector::new(config.cron.clone()),
+            db_pool: db_pool::DbPoolDetector::new(config.pool.clone()),
+            cron: cron::CronDetector::new(config.cron.clone()),
             lifecycle: lifecycle::LifecycleLog::default(),
             windows: window::Windows::default(),
             book: finding::FindingBook::new(config.max_findings.unwrap_or(256)),
@@ -157,7 +155,7 @@ impl Detectors {
     }
 
     /// Occurrences and resolutions since the last call (for OTLP logs).
-    pub fn take_transitions(&mut self) -> Vec<(finding::Transition, Finding)> {
+    pub fn take_transitions(&mut self) -> Vec<(crate::model::Transition, Finding)> {
         self.book.take_transitions()
     }
 
@@ -181,8 +179,7 @@ impl Detectors {
     /// A process exited having used `cpu_ns`.
     pub fn on_exit(&mut self, pid: u32, cpu_ns: u64) {
         if let Some((start, comm, cmdline)) = self.exec_pending.remove(&pid) {
-            self.schedule
-                .on_cpu_burst(pid, &comm, &cmdline, start, cpu_ns);
+            self.cron.on_cpu_burst(pid, &comm, &cmdline, start, cpu_ns);
         }
     }
 
@@ -197,12 +194,12 @@ impl Detectors {
     }
 
     /// Feeds one finished query; `name` resolves a pid to (comm, command line) and is called
-    /// only for processes the schedule detector has not met.
+    /// only for processes the cron detector has not met.
     pub fn on_query(&mut self, q: &QueryObs, name: impl FnOnce(u32) -> Option<(String, String)>) {
         self.herd.on_query(q);
-        self.pool.on_query(q);
+        self.db_pool.on_query(q);
         let start_unix = (q.started_ms as i128 + self.unix_minus_mono_ms).max(0) as u64;
-        self.schedule.on_query(q, start_unix, name);
+        self.cron.on_query(q, start_unix, name);
     }
 
     /// Runs every detector on one snapshot's data; returns the findings and recent pool
@@ -236,7 +233,28 @@ impl Detectors {
             pools: input.pools,
             routes: &routes,
         }));
-        // A pool whose cgroup has a CPU quota saturates at the quota, whatever the host does.
+        signals.extend(self.cgroup_saturation_tick(input, &routes, now_unix));
+        signals.extend(
+            self.db_pool
+                .tick(now_mono as f64, input.processes, &self.host, to_unix),
+        );
+        self.herd.set_proxies(self.db_pool.proxy_pids());
+        signals.extend(self.cron_tick(input, now_unix));
+        for s in signals {
+            self.book.apply(s, now_unix);
+        }
+        (self.book.list(), self.lifecycle.recent())
+    }
+
+    /// A pool whose cgroup has a CPU quota saturates at the quota, whatever the host does:
+    /// one saturation detector per limited cgroup (bounded).
+    fn cgroup_saturation_tick(
+        &mut self,
+        input: &TickInput,
+        routes: &[window::RouteWindow],
+        now_unix: u64,
+    ) -> Vec<finding::Signal> {
+        let mut signals = Vec::new();
         let mut limited = HashSet::new();
         for pool in input.pools {
             let Some(cg) = &pool.cgroup else { continue };
@@ -281,18 +299,19 @@ impl Detectors {
         }
         self.cgroup_saturation
             .retain(|path, _| limited.contains(path));
-        signals.extend(
-            self.pool
-                .tick(now_mono as f64, input.processes, &self.host, to_unix),
-        );
-        self.herd.set_proxies(self.pool.proxy_pids());
+        signals
+    }
+
+    /// Execs that used enough CPU become bursts, then the cron detector runs with the pool
+    /// processes and proxies excluded from its tasks.
+    fn cron_tick(&mut self, input: &TickInput, now_unix: u64) -> Vec<finding::Signal> {
         // Processes still running: a burst once they have used enough CPU.
         let cpu_of: HashMap<u32, u64> = input
             .processes
             .iter()
             .map(|p| (p.pid, p.totals.on_cpu_ns))
             .collect();
-        let min_cpu = self.schedule.config.min_cpu_ms * 1_000_000;
+        let min_cpu = self.cron.config.min_cpu_ms * 1_000_000;
         let ripe: Vec<u32> = self
             .exec_pending
             .iter()
@@ -305,7 +324,7 @@ impl Detectors {
             let cpu = cpu_of.get(&pid).copied().unwrap_or(0);
             self.on_exit(pid, cpu);
         }
-        let mut not_tasks: HashSet<u32> = self.pool.proxy_pids().collect();
+        let mut not_tasks: HashSet<u32> = self.db_pool.proxy_pids().collect();
         for p in input.pools {
             not_tasks.insert(p.pool.master);
             not_tasks.extend(p.pool.workers.iter().copied());
@@ -321,17 +340,10 @@ impl Detectors {
             .iter()
             .map(|(id, name)| (*id, name.as_str()))
             .collect();
-        let pool = &self.pool;
-        signals.extend(self.schedule.tick(
-            now_unix,
-            &not_tasks,
-            &summaries,
-            &self.host,
-            |from, to| pool.pressure_between(from, to),
-        ));
-        for s in signals {
-            self.book.apply(s, now_unix);
-        }
-        (self.book.list(), self.lifecycle.recent())
+        let db_pool = &self.db_pool;
+        self.cron
+            .tick(now_unix, &not_tasks, &summaries, &self.host, |from, to| {
+                db_pool.pressure_between(from, to)
+            })
     }
 }

@@ -1,14 +1,15 @@
 //! Sustained saturation: host CPU (or run-queue wait) above a threshold for a sustained time.
 //! The finding names who used the CPU — pools, processes, routes — and which route's request
 //! rate the CPU tracks, because "CPU 91 %" alone names nothing.
+use crate::model::finding::{Evidence, FindingKind, Severity, Subject};
 use std::collections::{BTreeMap, VecDeque};
 
 use super::{
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    finding::{Report, Signal},
     sustain::{Phase, Sustain},
     window::RouteWindow,
 };
-use crate::pipeline::snapshot::{PoolView, ProcessView};
+use crate::model::{PoolView, ProcessView};
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -148,36 +149,10 @@ impl SaturationDetector {
         }
     }
 
-    fn describe(&self, input: &SaturationInput, since: u64, run_queue: f64) -> Report {
-        let n = self.in_episode.clamp(1, self.samples.len());
-        let episode: Vec<&Sample> = self.samples.iter().rev().take(n).collect();
-        let mean_cpu = episode.iter().map(|s| s.cpu).sum::<f64>() / episode.len() as f64;
-        let top = |pick: fn(&Sample) -> &Vec<(String, f64)>| -> Vec<(String, f64)> {
-            let mut sum: BTreeMap<String, f64> = BTreeMap::new();
-            for s in &episode {
-                for (k, v) in pick(s) {
-                    *sum.entry(k.clone()).or_default() += v / episode.len() as f64;
-                }
-            }
-            let mut v: Vec<(String, f64)> = sum.into_iter().collect();
-            v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            v.truncate(3);
-            v
-        };
-        let pools = top(|s| &s.pools);
-        let processes = top(|s| &s.processes);
-        let mut route_cpu: BTreeMap<String, u64> = BTreeMap::new();
-        for s in &episode {
-            for (k, v) in &s.route_cpu_ns {
-                *route_cpu.entry(k.clone()).or_default() += v;
-            }
-        }
-        let total_route_cpu: u64 = route_cpu.values().sum();
-        let mut routes: Vec<(String, u64)> = route_cpu.into_iter().collect();
-        routes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        routes.truncate(3);
-        // Correlation over all samples kept (the episode plus what led into it).
-        let correlations: Vec<(String, f64)> = routes
+    /// Correlation of CPU with each route's request rate, over all samples kept (the
+    /// episode plus what led into it).
+    fn rate_correlations(&self, routes: &[(String, u64)]) -> Vec<(String, f64)> {
+        routes
             .iter()
             .filter_map(|(label, _)| {
                 let xs: Vec<f64> = self.samples.iter().map(|s| s.cpu).collect();
@@ -188,7 +163,17 @@ impl SaturationDetector {
                     .collect();
                 pearson(&xs, &ys).map(|r| (label.clone(), r))
             })
-            .collect();
+            .collect()
+    }
+
+    fn describe(&self, input: &SaturationInput, since: u64, run_queue: f64) -> Report {
+        let n = self.in_episode.clamp(1, self.samples.len());
+        let episode: Vec<&Sample> = self.samples.iter().rev().take(n).collect();
+        let mean_cpu = episode.iter().map(|s| s.cpu).sum::<f64>() / episode.len() as f64;
+        let pools = top_shares(&episode, |s| &s.pools);
+        let processes = top_shares(&episode, |s| &s.processes);
+        let (routes, total_route_cpu) = top_routes(&episode);
+        let correlations = self.rate_correlations(&routes);
         let cpus = input.capacity_cpus.max(0.001);
         let mut evidence = vec![
             Evidence::new("cpu_utilization", mean_cpu, "ratio"),
@@ -201,27 +186,14 @@ impl SaturationDetector {
             ),
             Evidence::new("run_queue_wait_per_cpu", run_queue, "ms/s"),
         ];
-        let share = |pct: f64| pct / 100.0 / cpus;
         let mut sentence = format!(
             "{} averaged {:.0} % for {:.0} s.",
             input.scope,
             100.0 * mean_cpu,
             input.now_unix_ms.saturating_sub(since) as f64 / 1000.0
         );
-        if !pools.is_empty() {
-            let text: Vec<String> = pools
-                .iter()
-                .map(|(p, pct)| format!("{p} {:.0} %", 100.0 * share(*pct)))
-                .collect();
-            sentence.push_str(&format!(" Pools: {}.", text.join(", ")));
-        }
-        if !processes.is_empty() {
-            let text: Vec<String> = processes
-                .iter()
-                .map(|(p, pct)| format!("{p} {:.0} %", 100.0 * share(*pct)))
-                .collect();
-            sentence.push_str(&format!(" Processes: {}.", text.join(", ")));
-        }
+        cite_shares(&mut sentence, "Pools", &pools, cpus);
+        cite_shares(&mut sentence, "Processes", &processes, cpus);
         for (i, (_, ns)) in routes.iter().enumerate() {
             let s = *ns as f64 / total_route_cpu.max(1) as f64;
             evidence.push(Evidence::new(&format!("route_{i}_cpu_share"), s, "ratio"));
@@ -258,17 +230,61 @@ impl SaturationDetector {
             },
             evidence,
             root_cause: sentence,
-            prevention: "CPU saturation is the symptom: look at the starvation, herd and cron \
-                         findings for the pattern behind it; if none, the top route's CPU per \
-                         request is the budget to cut."
-                .to_string(),
-            remediation: "Scale out the pool serving the top route, or cut its CPU per \
-                          request; killing the busiest process only moves the load."
-                .to_string(),
+            prevention: PREVENTION.to_string(),
+            remediation: REMEDIATION.to_string(),
             annotations: Vec::new(),
             onset_unix_ms: since,
         }
     }
+}
+
+const PREVENTION: &str = "CPU saturation is the symptom: look at the starvation, herd and cron \
+                          findings for the pattern behind it; if none, the top route's CPU per \
+                          request is the budget to cut.";
+
+const REMEDIATION: &str = "Scale out the pool serving the top route, or cut its CPU per request; \
+                           killing the busiest process only moves the load.";
+
+/// The three largest of a per-sample breakdown (pools or processes, % of one CPU), averaged
+/// over the episode.
+fn top_shares(episode: &[&Sample], pick: fn(&Sample) -> &Vec<(String, f64)>) -> Vec<(String, f64)> {
+    let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+    for s in episode {
+        for (k, v) in pick(s) {
+            *sum.entry(k.clone()).or_default() += v / episode.len() as f64;
+        }
+    }
+    let mut v: Vec<(String, f64)> = sum.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(3);
+    v
+}
+
+/// The three routes that used most CPU over the episode, and the CPU all routes used (ns).
+fn top_routes(episode: &[&Sample]) -> (Vec<(String, u64)>, u64) {
+    let mut route_cpu: BTreeMap<String, u64> = BTreeMap::new();
+    for s in episode {
+        for (k, v) in &s.route_cpu_ns {
+            *route_cpu.entry(k.clone()).or_default() += v;
+        }
+    }
+    let total: u64 = route_cpu.values().sum();
+    let mut routes: Vec<(String, u64)> = route_cpu.into_iter().collect();
+    routes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    routes.truncate(3);
+    (routes, total)
+}
+
+/// ` Pools: a 40 %, b 20 %.` — shares of the capacity (`cpus`), when there are any.
+fn cite_shares(sentence: &mut String, what: &str, shares: &[(String, f64)], cpus: f64) {
+    if shares.is_empty() {
+        return;
+    }
+    let text: Vec<String> = shares
+        .iter()
+        .map(|(p, pct)| format!("{p} {:.0} %", 100.0 * (pct / 100.0 / cpus)))
+        .collect();
+    sentence.push_str(&format!(" {what}: {}.", text.join(", ")));
 }
 
 /// Pearson correlation; None when either series is flat or too short.

@@ -2,7 +2,7 @@
 //! previous snapshot, which is what detectors reason about.
 use std::collections::HashMap;
 
-use crate::pipeline::aggregates::{Histogram, QueryStats, RouteStats};
+use crate::model::{Histogram, QueryStats, RouteStats};
 
 #[derive(Debug, Clone, Default)]
 pub struct RouteWindow {
@@ -38,7 +38,9 @@ pub struct QueryWindow {
 
 #[derive(Debug, Default)]
 pub struct Windows {
-    prev_routes: HashMap<(String, String), RouteStats>,
+    /// Keyed by (pool, method, route), as the route series are: two pools serving one route
+    /// are two series, each with its own deltas.
+    prev_routes: HashMap<(String, String, String), RouteStats>,
     prev_queries: HashMap<String, (u64, u64)>,
 }
 
@@ -52,7 +54,7 @@ impl Windows {
         let mut rw = Vec::new();
         let mut next_routes = HashMap::with_capacity(routes.len());
         for r in routes {
-            let key = (r.method.clone(), r.route.clone());
+            let key = (r.pool.clone(), r.method.clone(), r.route.clone());
             let prev = self.prev_routes.get(&key);
             let requests = r.requests - prev.map(|p| p.requests).unwrap_or(0).min(r.requests);
             if requests > 0 {
@@ -121,5 +123,30 @@ pub fn bound_text(ms: Option<u64>) -> String {
         Some(ms) if ms >= 1000 => format!("≤ {} s", ms as f64 / 1000.0),
         Some(ms) => format!("≤ {ms} ms"),
         None => "> 30 s".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(pool: &str, requests: u64, total_ns: u64) -> RouteStats {
+        RouteStats {
+            pool: pool.into(),
+            method: "GET".into(),
+            route: "/api/items".into(),
+            requests,
+            total_ns,
+            ..RouteStats::default()
+        }
+    }
+
+    #[test]
+    fn two_pools_serving_one_route_keep_their_own_deltas() {
+        let mut windows = Windows::default();
+        windows.advance(&[route("shop", 10, 100), route("admin", 3, 30)], &[]);
+        let (deltas, _) = windows.advance(&[route("shop", 12, 120), route("admin", 4, 45)], &[]);
+        let requests: Vec<(u64, u64)> = deltas.iter().map(|w| (w.requests, w.total_ns)).collect();
+        assert_eq!(requests, vec![(2, 20), (1, 15)]);
     }
 }

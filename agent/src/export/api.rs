@@ -14,7 +14,7 @@ use tokio::{
 
 use crate::{
     error::{Error, Result},
-    pipeline::Snapshot,
+    model::Snapshot,
 };
 
 /// Longest request line accepted.

@@ -33,22 +33,9 @@ pub struct ExportCounters {
     pub metric_exports_failed: AtomicU64,
 }
 
-/// A point-in-time copy for the snapshot.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct ExportDrops {
-    /// Spans dropped because the export queue was full (collector slow or down).
-    pub spans_queue_full: u64,
-    /// Spans in exports that failed after their retries.
-    pub spans_failed: u64,
-    /// Log records (finding occurrences and resolutions) in exports that failed.
-    pub logs_failed: u64,
-    /// Metric exports that failed (each one interval's points; cumulative series recover on
-    /// the next success).
-    pub metric_exports_failed: u64,
-}
-
 impl ExportCounters {
-    pub fn drops(&self) -> ExportDrops {
+    pub fn drops(&self) -> crate::model::ExportDrops {
+        use crate::model::ExportDrops;
         ExportDrops {
             spans_queue_full: self.spans_queue_full.load(Ordering::Relaxed),
             spans_failed: self.spans_failed.load(Ordering::Relaxed),

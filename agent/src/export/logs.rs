@@ -3,7 +3,7 @@
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 
-use crate::detect::{Finding, finding::Transition};
+use crate::model::{Finding, Transition};
 
 #[derive(Clone)]
 pub struct FindingLogger {
@@ -27,9 +27,9 @@ impl FindingLogger {
         let mut record = self.logger.create_log_record();
         let (number, text) = match (transition, f.severity) {
             (Transition::Resolved, _) => (Severity::Info, "INFO"),
-            (_, crate::detect::Severity::Critical) => (Severity::Error, "ERROR"),
-            (_, crate::detect::Severity::Warning) => (Severity::Warn, "WARN"),
-            (_, crate::detect::Severity::Info) => (Severity::Info, "INFO"),
+            (_, crate::model::Severity::Critical) => (Severity::Error, "ERROR"),
+            (_, crate::model::Severity::Warning) => (Severity::Warn, "WARN"),
+            (_, crate::model::Severity::Info) => (Severity::Info, "INFO"),
         };
         record.set_event_name(match transition {
             Transition::Occurred => "herdwatch.finding.occurred",

@@ -144,7 +144,7 @@ metric!(
 );
 
 /// Reads one nanosecond total off a route's statistics.
-pub type RouteNanos = fn(&crate::pipeline::aggregates::RouteStats) -> u64;
+pub type RouteNanos = fn(&crate::model::RouteStats) -> u64;
 
 /// The per-route time counters and the field each one reads.
 pub const ROUTE_TIMES: [(&MetricDef, RouteNanos); 2] = [
@@ -153,7 +153,7 @@ pub const ROUTE_TIMES: [(&MetricDef, RouteNanos); 2] = [
 ];
 
 /// A pool's cumulative time counters: its samples as (`cpu.mode`, nanoseconds).
-pub type PoolNanos = fn(&crate::pipeline::snapshot::PoolView) -> Vec<(Option<&'static str>, u64)>;
+pub type PoolNanos = fn(&crate::model::PoolView) -> Vec<(Option<&'static str>, u64)>;
 
 pub const POOL_TIMES: [(&MetricDef, PoolNanos); 2] = [
     (&PROCESS_CPU_TIME, |p| {

@@ -8,10 +8,7 @@ use tokio::sync::watch;
 use super::names::{self, Kind, MetricDef, prometheus_name};
 use crate::{
     error::{Error, Result},
-    pipeline::{
-        Snapshot,
-        aggregates::{Histogram, LATENCY_BUCKETS_MS},
-    },
+    model::{Histogram, LATENCY_BUCKETS_MS, Snapshot},
 };
 
 /// Serves `/metrics` on `addr` until the task is aborted.
@@ -213,7 +210,7 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
 
 /// A route's labels: the pool that served it (`service_name`, as on the pool's gauges; none
 /// outside a pool), method and route.
-fn route_labels(r: &crate::pipeline::aggregates::RouteStats) -> Vec<(&'static str, &str)> {
+fn route_labels(r: &crate::model::RouteStats) -> Vec<(&'static str, &str)> {
     let mut labels = Vec::with_capacity(3);
     if !r.pool.is_empty() {
         labels.push(("service.name", r.pool.as_str()));
@@ -226,8 +223,26 @@ fn route_labels(r: &crate::pipeline::aggregates::RouteStats) -> Vec<(&'static st
 /// The whole exposition for one snapshot.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
+    render_routes(&mut out, s);
+    render_queries(&mut out, s);
+    render_pools(&mut out, s);
+    if let Some(u) = s.host.cpu_utilization {
+        Family::new(&mut out, &names::HOST_CPU).sample(&[], u);
+    }
+    render_findings(&mut out, s);
     {
-        let mut f = Family::new(&mut out, &names::HTTP_SERVER_DURATION);
+        let mut drops = Family::new(&mut out, &names::AGENT_DROPS);
+        for (reason, n) in s.agent.drops() {
+            drops.sample(&[("reason", reason)], n as f64);
+        }
+    }
+    out
+}
+
+/// Request latency by route and status, and the routes' CPU and DB wait.
+fn render_routes(out: &mut String, s: &Snapshot) {
+    {
+        let mut f = Family::new(out, &names::HTTP_SERVER_DURATION);
         for r in &s.routes {
             // One series per status, as OTLP's histogram has; unanswered requests without.
             for (status, latency) in &r.latency_by_status {
@@ -243,13 +258,17 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     for (def, ns) in names::ROUTE_TIMES {
-        let mut f = Family::new(&mut out, def);
+        let mut f = Family::new(out, def);
         for r in &s.routes {
             f.sample(&route_labels(r), ns(r) as f64 / 1e9);
         }
     }
+}
+
+/// Query latency and errors by statement summary.
+fn render_queries(out: &mut String, s: &Snapshot) {
     {
-        let mut f = Family::new(&mut out, &names::DB_CLIENT_DURATION);
+        let mut f = Family::new(out, &names::DB_CLIENT_DURATION);
         for q in &s.queries {
             f.histogram(
                 &[
@@ -263,7 +282,7 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     {
-        let mut f = Family::new(&mut out, &names::DB_CLIENT_ERRORS);
+        let mut f = Family::new(out, &names::DB_CLIENT_ERRORS);
         for q in &s.queries {
             for (state, n) in &q.errors_by_sqlstate {
                 f.sample(
@@ -277,13 +296,17 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
+}
+
+/// Worker-pool gauges and cumulative times, one service per pool.
+fn render_pools(out: &mut String, s: &Snapshot) {
     for (def, value) in [
         (&names::WORKERS_BUSY, 0usize),
         (&names::WORKERS_IDLE, 1),
         (&names::HTTP_SERVER_ACTIVE, 2),
         (&names::ACCEPT_QUEUE, 3),
     ] {
-        let mut f = Family::new(&mut out, def);
+        let mut f = Family::new(out, def);
         for p in &s.pools {
             let v = match value {
                 0 => p.busy_workers as f64,
@@ -298,7 +321,7 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     for (def, samples) in names::POOL_TIMES {
-        let mut f = Family::new(&mut out, def);
+        let mut f = Family::new(out, def);
         for p in &s.pools {
             for (mode, ns) in samples(p) {
                 let mut labels = vec![("service.name", p.name.as_str())];
@@ -307,23 +330,24 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
-    if let Some(u) = s.host.cpu_utilization {
-        Family::new(&mut out, &names::HOST_CPU).sample(&[], u);
-    }
+}
+
+/// Findings: active, occurrences, and the sentence behind each.
+fn render_findings(out: &mut String, s: &Snapshot) {
     {
-        let mut active = Family::new(&mut out, &names::FINDING_ACTIVE);
+        let mut active = Family::new(out, &names::FINDING_ACTIVE);
         for f in &s.findings {
             active.sample(&finding_labels(f), if f.active { 1.0 } else { 0.0 });
         }
     }
     {
-        let mut occ = Family::new(&mut out, &names::FINDING_OCCURRENCES);
+        let mut occ = Family::new(out, &names::FINDING_OCCURRENCES);
         for f in &s.findings {
             occ.sample(&finding_labels(f), f.occurrences as f64);
         }
     }
     {
-        let mut info = Family::new(&mut out, &names::FINDING_INFO);
+        let mut info = Family::new(out, &names::FINDING_INFO);
         for f in &s.findings {
             info.sample(
                 &[
@@ -336,18 +360,11 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
-    {
-        let mut drops = Family::new(&mut out, &names::AGENT_DROPS);
-        for (reason, n) in s.agent.drops() {
-            drops.sample(&[("reason", reason)], n as f64);
-        }
-    }
-    out
 }
 
 /// Labels alert rules route on: stable for the life of a finding (the sentence lives in
 /// `herdwatch_finding_info`, so a changing number does not make a new alert).
-pub(crate) fn finding_labels(f: &crate::detect::Finding) -> Vec<(&'static str, &str)> {
+pub(crate) fn finding_labels(f: &crate::model::Finding) -> Vec<(&'static str, &str)> {
     let mut labels = vec![
         ("finding.id", f.id.as_str()),
         ("finding.kind", f.kind.label()),
@@ -371,14 +388,14 @@ pub(crate) fn finding_labels(f: &crate::detect::Finding) -> Vec<(&'static str, &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::aggregates::{Latency, QueryStats, RouteStats};
+    use crate::model::{Latency, QueryStats, RouteStats};
 
     #[test]
     fn renders_histograms_cumulatively_and_escapes_labels() {
-        let mut ok = crate::pipeline::aggregates::Latency::default();
+        let mut ok = crate::model::Latency::default();
         ok.record(3_000_000);
         ok.record(40_000_000);
-        let mut unanswered = crate::pipeline::aggregates::Latency::default();
+        let mut unanswered = crate::model::Latency::default();
         unanswered.record(1_000_000_000);
         let snap = Snapshot {
             routes: vec![RouteStats {
@@ -439,6 +456,18 @@ mod tests {
             errors_by_sqlstate: errors.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn query_records_the_detectors_missed_reach_the_drops_family() {
+        let mut snap = Snapshot::default();
+        snap.agent.detector_records_dropped = 5;
+        let text = render(&snap);
+        assert!(
+            text.lines()
+                .any(|l| l.contains("reason=\"detector_queue_full\"") && l.ends_with(" 5")),
+            "{text}"
+        );
     }
 
     #[test]

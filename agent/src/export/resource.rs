@@ -78,10 +78,7 @@ pub fn downward_api(env: &dyn Fn(&str) -> Option<String>, node_wide_only: bool) 
 }
 
 fn host_attributes() -> Vec<KeyValue> {
-    let mut attrs = vec![KeyValue::new(
-        "host.name",
-        crate::pipeline::host::hostname(),
-    )];
+    let mut attrs = vec![KeyValue::new("host.name", crate::host::hostname())];
     if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
         attrs.push(KeyValue::new("host.id", id.trim().to_string()));
     }
@@ -161,7 +158,7 @@ pub fn pool(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Resource {
     let mut attrs = host_attributes();
-    let host = crate::pipeline::host::hostname();
+    let host = crate::host::hostname();
     attrs.push(KeyValue::new(
         "service.instance.id",
         format!("{host}/{}", pool.master),

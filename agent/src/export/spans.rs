@@ -6,39 +6,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herdwatch_protocol::fingerprint::fnv1a64;
+
+use crate::model::FinishedExchange;
 use opentelemetry::{
     Context, KeyValue,
     trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
 };
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
-
-/// A query nested in a request, kept until the request completes.
-#[derive(Debug, Clone)]
-pub struct QuerySpan {
-    pub summary: String,
-    pub operation: String,
-    pub started_ns: u64,
-    pub finished_ns: u64,
-    pub rows: u64,
-    pub sqlstate: Option<String>,
-    pub server_port: Option<u16>,
-    /// The application line that issued it (`code.*` attributes).
-    pub call_site: Option<crate::probes::python_code::CallSite>,
-    /// The normalised text (literals replaced by `?`), only when `otlp.query_text` is on.
-    pub normalized: Option<String>,
-}
-
-/// One completed request, as the stitcher saw it (kernel monotonic ns).
-pub struct RequestSpan<'a> {
-    pub method: &'a str,
-    pub route: &'a str,
-    pub status: Option<u16>,
-    pub started_ns: u64,
-    pub finished_ns: u64,
-    pub cpu_ns: u64,
-    pub db_wait_ns: u64,
-    pub queries: &'a [QuerySpan],
-}
 
 #[derive(Clone)]
 pub struct SpanRecorder {
@@ -65,7 +39,7 @@ impl SpanRecorder {
             ratio: ratio.clamp(0.0, 1.0),
             slow_ns: slow_ms * 1_000_000,
             query_text,
-            unix_minus_mono_ns: crate::pipeline::host::unix_minus_monotonic_ns(),
+            unix_minus_mono_ns: crate::host::unix_minus_monotonic_ns(),
         }
     }
 
@@ -76,7 +50,7 @@ impl SpanRecorder {
 
     /// Errors and slow requests always; the rest by a ratio decided from the request itself
     /// (no RNG: the same request always gets the same decision).
-    pub fn sampled(&self, r: &RequestSpan) -> bool {
+    pub fn sampled(&self, r: &FinishedExchange) -> bool {
         let error =
             r.status.is_none_or(|s| s >= 500) || r.queries.iter().any(|q| q.sqlstate.is_some());
         let slow = r.finished_ns.saturating_sub(r.started_ns) >= self.slow_ns;
@@ -87,7 +61,7 @@ impl SpanRecorder {
         (h as f64) < self.ratio * 10_000.0
     }
 
-    pub fn record(&self, r: &RequestSpan) {
+    pub fn record(&self, r: &FinishedExchange) {
         if !self.sampled(r) {
             return;
         }

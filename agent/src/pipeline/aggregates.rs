@@ -2,194 +2,25 @@
 //! fingerprints or routes, new ones are counted under "other" so a cardinality explosion (a
 //! query built with literals in its text, a crawler walking random URLs) cannot grow memory or
 //! labels.
-use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
+mod routes;
+use routes::RouteMap;
+
 use herdwatch_protocol::{
     fingerprint::{fingerprint, fnv1a64},
-    http::Exchange,
     postgres::{Outcome, QueryEvent},
     route::RouteGrouper,
 };
-use serde::Serialize;
 
 use crate::{
-    detect::{QueryEnd, QueryObs, QueryStart},
+    model::{
+        FinishedQuery, Label, OTHER_ID, QueryEnd, QueryObs, QueryStart, QueryStats, RecordSink,
+        RouteCalls, SiteCalls,
+    },
     probes::python_code::CallSite,
 };
-
-/// Upper bounds (inclusive, milliseconds) of the latency histogram buckets; one more bucket
-/// counts everything slower. They resolve 1 ms … 30 s, the range the exporters publish.
-pub const LATENCY_BUCKETS_MS: [u64; 14] = [
-    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
-];
-
-/// Counts per latency bucket (`LATENCY_BUCKETS_MS` + overflow).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Histogram(pub Vec<u64>);
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self(vec![0; LATENCY_BUCKETS_MS.len() + 1])
-    }
-}
-
-impl Histogram {
-    pub fn record(&mut self, ns: u64) {
-        let ms_ceil = ns.div_ceil(1_000_000);
-        let i = LATENCY_BUCKETS_MS
-            .iter()
-            .position(|b| ms_ceil <= *b)
-            .unwrap_or(LATENCY_BUCKETS_MS.len());
-        if let Some(slot) = self.0.get_mut(i) {
-            *slot += 1;
-        }
-    }
-
-    /// The smallest bucket bound below which `q` (0..=1) of the samples fall; None if empty or
-    /// beyond the last bound.
-    pub fn quantile_upper_ms(&self, q: f64) -> Option<u64> {
-        let total: u64 = self.0.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let want = (q * total as f64).ceil() as u64;
-        let mut seen = 0;
-        for (i, n) in self.0.iter().enumerate() {
-            seen += n;
-            if seen >= want {
-                return LATENCY_BUCKETS_MS.get(i).copied();
-            }
-        }
-        None
-    }
-}
-
-/// A route or fingerprint id on the per-event path: shared, so handing it to a request, a
-/// query record and the detectors costs a reference count, not an allocation.
-pub type Label = std::sync::Arc<str>;
-
-/// A route series: the pool that served it, the method and the grouped route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RouteKey {
-    pool: Label,
-    method: herdwatch_protocol::CompactString,
-    route: Label,
-}
-
-/// A [`RouteKey`] borrowed from a finished exchange: looking a series up builds no key (no
-/// reference counts taken and dropped, no method copied) unless the series is new.
-#[derive(Clone, Copy)]
-struct RouteKeyRef<'a> {
-    pool: &'a str,
-    method: &'a str,
-    route: &'a str,
-}
-
-impl std::hash::Hash for RouteKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        RouteKeyRef {
-            pool: &self.pool,
-            method: &self.method,
-            route: &self.route,
-        }
-        .hash(h)
-    }
-}
-
-impl std::hash::Hash for RouteKeyRef<'_> {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.pool.hash(h);
-        self.method.hash(h);
-        self.route.hash(h);
-    }
-}
-
-impl From<&RouteKeyRef<'_>> for RouteKey {
-    fn from(key: &RouteKeyRef<'_>) -> Self {
-        Self {
-            pool: key.pool.into(),
-            method: key.method.into(),
-            route: key.route.into(),
-        }
-    }
-}
-
-impl hashbrown::Equivalent<RouteKey> for RouteKeyRef<'_> {
-    fn equivalent(&self, key: &RouteKey) -> bool {
-        // Pools and routes are interned: usually the very same text.
-        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
-        same(self.pool, &key.pool) && same(self.route, &key.route) && self.method == key.method
-    }
-}
-
-/// Route names interned; past this the set starts over (a crawler's random paths).
-const ROUTE_INTERN_MAX: usize = 4096;
-
-/// A latency histogram with its sum.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Latency {
-    pub histogram: Histogram,
-    pub total_ns: u64,
-}
-
-impl Latency {
-    pub fn record(&mut self, ns: u64) {
-        self.histogram.record(ns);
-        self.total_ns += ns;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.histogram.0.iter().sum()
-    }
-}
-
-/// The bucket every fingerprint past the limit is counted in.
-pub const OTHER_ID: &str = "other";
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QueryStats {
-    /// Fingerprint id (16 hex digits), or `other`.
-    pub id: String,
-    /// `db.query.summary`, e.g. `SELECT orders`.
-    pub summary: String,
-    pub operation: String,
-    /// The normalised text: literals replaced by `?` (safe to show; raw text never leaves).
-    pub normalized: String,
-    pub calls: u64,
-    pub errors: u64,
-    pub errors_by_sqlstate: BTreeMap<String, u64>,
-    /// Skipped by the server after an earlier error in the same pipeline.
-    pub aborted: u64,
-    pub rows: u64,
-    pub total_ns: u64,
-    pub max_ns: u64,
-    pub latency: Histogram,
-    /// Attributed by statement name only: prepared before the agent started watching.
-    pub text_unknown: bool,
-    /// Processes that issued it (bounded).
-    pub pids: Vec<u32>,
-    /// Routes whose requests issued it, with how many calls each (bounded).
-    pub routes: Vec<RouteCalls>,
-    /// The application lines that issued it, with how many calls each (bounded).
-    pub call_sites: Vec<SiteCalls>,
-    /// Calls paired with their request by the thread heuristic on an asyncio worker whose
-    /// interpreter could not be read: their route may be wrong.
-    pub heuristic_calls: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct RouteCalls {
-    pub route: String,
-    pub calls: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SiteCalls {
-    pub site: CallSite,
-    pub calls: u64,
-}
 
 /// Who issued a query, as the stitcher knows it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -198,33 +29,6 @@ pub struct Caller<'a> {
     pub site: Option<&'a CallSite>,
     /// Paired by the thread heuristic: the route is a guess.
     pub heuristic: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RouteStats {
-    /// The pool whose workers served it ("" outside any pool).
-    pub pool: String,
-    pub method: String,
-    pub route: String,
-    pub requests: u64,
-    pub by_status: BTreeMap<u16, u64>,
-    /// Closed before a response was written.
-    pub unanswered: u64,
-    pub total_ns: u64,
-    pub max_ns: u64,
-    pub latency: Histogram,
-    /// The same latencies split by response status, so `/metrics` carries
-    /// `http.response.status_code` as OTLP does (statuses are at most 900 values).
-    pub latency_by_status: BTreeMap<u16, Latency>,
-    /// Latencies of requests closed without a response.
-    pub unanswered_latency: Latency,
-    /// CPU the serving threads used for these requests.
-    pub cpu_ns: u64,
-    /// Time the requests waited on PostgreSQL queries they issued.
-    pub db_wait_ns: u64,
-    pub queries: u64,
-    /// Processes that served it, most recent last (bounded).
-    pub pids: Vec<u32>,
 }
 
 const MAX_PIDS_PER_QUERY: usize = 16;
@@ -271,7 +75,7 @@ pub struct Aggregates {
     /// Cumulative query time per issuing process (its DB wait), for pool time shares.
     db_wait_by_pid: FxHashMap<u32, u64>,
     queries: FxHashMap<String, QueryStats>,
-    routes: hashbrown::HashMap<RouteKey, RouteStats, rustc_hash::FxBuildHasher>,
+    routes: RouteMap,
     /// The pool (by name) of each pool process, so requests and queries are told apart by
     /// the service that served or issued them.
     pool_of_pid: FxHashMap<u32, Label>,
@@ -290,8 +94,8 @@ pub struct Aggregates {
     /// Queries just answered (their requests maybe still to come), likewise.
     pub ends: Vec<QueryEnd>,
     pub outbox_dropped: u64,
-    /// OTLP latency histograms, when OTLP export is on.
-    pub telemetry: Option<crate::export::otlp::Telemetry>,
+    /// Subscribers to finished exchanges and queries (exporters).
+    sinks: Vec<Box<dyn RecordSink>>,
 }
 
 impl Aggregates {
@@ -312,7 +116,7 @@ impl Aggregates {
             starts: Vec::new(),
             ends: Vec::new(),
             outbox_dropped: 0,
-            telemetry: None,
+            sinks: Vec::new(),
         }
     }
 
@@ -326,32 +130,26 @@ impl Aggregates {
         self.pool_of_pid.get(&pid)
     }
 
-    /// The OTLP signals (histograms, spans) of `pid`'s service. An associated function over
-    /// the two fields, so callers can hold other fields mutably meanwhile.
-    fn signals_for<'a>(
-        telemetry: &'a Option<crate::export::otlp::Telemetry>,
-        pool_of_pid: &FxHashMap<u32, Label>,
-        pid: u32,
-    ) -> Option<&'a crate::export::otlp::Signals> {
-        let telemetry = telemetry.as_ref()?;
-        Some(telemetry.signals(pool_of_pid.get(&pid).map(|p| &**p)))
+    /// Hands every finished exchange and query to `sink` from now on.
+    pub fn subscribe(&mut self, sink: Box<dyn RecordSink>) {
+        self.sinks.push(sink);
     }
 
-    /// The route a request target groups into.
-    pub fn route_of(&mut self, target: &str) -> Label {
-        let mut route = std::mem::take(&mut self.route_scratch);
-        self.grouper.route_into(target, &mut route);
-        let known = self.route_names.get(route.as_str()).cloned();
-        let label = known.unwrap_or_else(|| {
-            if self.route_names.len() >= ROUTE_INTERN_MAX {
-                self.route_names.clear();
-            }
-            let label: Label = route.as_str().into();
-            self.route_names.insert(label.clone());
-            label
-        });
-        self.route_scratch = route;
-        label
+    /// Whether a subscriber wants the queries of each exchange (spans).
+    pub fn wants_query_spans(&self) -> bool {
+        self.sinks.iter().any(|s| s.wants_query_spans())
+    }
+
+    /// Tells the subscribers a pool is known under `name`.
+    pub fn pool_found(
+        &mut self,
+        name: &str,
+        pool: &crate::procs::Pool,
+        master_cmdline: &dyn Fn() -> Vec<String>,
+    ) {
+        for sink in &mut self.sinks {
+            sink.pool_found(name, pool, master_cmdline);
+        }
     }
 
     /// Counts a finished query of connection `conn` (to `server_port`, if known).
@@ -394,8 +192,8 @@ impl Aggregates {
                     Self::count(entry, pid, q, caller);
                     Self::charge(
                         &mut self.db_wait_by_pid,
-                        Self::signals_for(&self.telemetry, &self.pool_of_pid, pid)
-                            .map(|s| &s.metrics),
+                        &mut self.sinks,
+                        self.pool_of_pid.get(&pid).map(|p| &**p),
                         entry,
                         pid,
                         q,
@@ -449,7 +247,8 @@ impl Aggregates {
         Self::count(entry, pid, q, caller);
         Self::charge(
             &mut self.db_wait_by_pid,
-            Self::signals_for(&self.telemetry, &self.pool_of_pid, pid).map(|s| &s.metrics),
+            &mut self.sinks,
+            self.pool_of_pid.get(&pid).map(|p| &**p),
             entry,
             pid,
             q,
@@ -457,22 +256,26 @@ impl Aggregates {
         Label::from(entry.id.as_str())
     }
 
-    /// The query's time goes to its process's DB wait and, with OTLP on, to the histogram.
+    /// The query's time goes to its process's DB wait, and the query to the subscribers. An
+    /// associated function over the fields it needs, so callers can hold `entry` meanwhile.
     fn charge(
         db_wait_by_pid: &mut FxHashMap<u32, u64>,
-        recorder: Option<&crate::export::otlp::Recorder>,
+        sinks: &mut [Box<dyn RecordSink>],
+        pool: Option<&str>,
         entry: &QueryStats,
         pid: u32,
         q: &QueryEvent,
     ) {
         let took = q.finished_ns.saturating_sub(q.started_ns);
-        if let Some(r) = recorder {
-            r.query(
-                &entry.operation,
-                &entry.summary,
-                q.sqlstate.as_deref(),
-                took as f64 / 1e9,
-            );
+        let finished = FinishedQuery {
+            pool,
+            operation: &entry.operation,
+            summary: &entry.summary,
+            sqlstate: q.sqlstate.as_deref(),
+            duration_ns: took,
+        };
+        for sink in sinks {
+            sink.query(&finished);
         }
         *db_wait_by_pid.entry(pid).or_default() += took;
     }
@@ -518,89 +321,6 @@ impl Aggregates {
                     calls: 1,
                 });
             }
-        }
-    }
-
-    pub fn record_exchange(
-        &mut self,
-        pid: u32,
-        x: &Exchange,
-        cost: Option<&super::connections::RequestCost>,
-    ) {
-        let grouped;
-        let route = match cost {
-            Some(c) => &c.route,
-            None => {
-                grouped = self.route_of(&x.request.target);
-                &grouped
-            }
-        };
-        let pool = self.pool_of_pid.get(&pid).unwrap_or(&self.no_pool);
-        let mut key = RouteKeyRef {
-            pool,
-            method: &x.request.method,
-            route,
-        };
-        if self.routes.len() >= self.max_routes && !self.routes.contains_key(&key) {
-            key.method = "*";
-            key.route = "other";
-        }
-        // One hash, one probe: found, or inserted in the slot the probe ended at.
-        let hash = std::hash::BuildHasher::hash_one(self.routes.hasher(), key);
-        let entry = match self
-            .routes
-            .raw_entry_mut()
-            .from_hash(hash, |k| hashbrown::Equivalent::equivalent(&key, k))
-        {
-            hashbrown::hash_map::RawEntryMut::Occupied(e) => e.into_mut(),
-            hashbrown::hash_map::RawEntryMut::Vacant(e) => {
-                let stats = RouteStats {
-                    pool: key.pool.to_string(),
-                    method: key.method.to_string(),
-                    route: key.route.to_string(),
-                    ..Default::default()
-                };
-                e.insert_hashed_nocheck(hash, RouteKey::from(&key), stats).1
-            }
-        };
-        let took = x.finished_ns.saturating_sub(x.started_ns);
-        let signals = Self::signals_for(&self.telemetry, &self.pool_of_pid, pid);
-        if let Some(s) = signals {
-            s.metrics
-                .exchange(&entry.method, &entry.route, x.status, took as f64 / 1e9);
-        }
-        if let Some(spans) = signals.map(|s| &s.spans) {
-            let empty = Vec::new();
-            spans.record(&crate::export::spans::RequestSpan {
-                method: &entry.method,
-                route: &entry.route,
-                status: x.status,
-                started_ns: x.started_ns,
-                finished_ns: x.finished_ns,
-                cpu_ns: cost.map_or(0, |c| c.cpu_ns),
-                db_wait_ns: cost.map_or(0, |c| c.db_wait_ns),
-                queries: cost.map_or(&empty, |c| &c.query_spans),
-            });
-        }
-        entry.requests += 1;
-        remember_pid(&mut entry.pids, pid);
-        entry.total_ns += took;
-        entry.max_ns = entry.max_ns.max(took);
-        entry.latency.record(took);
-        match x.status {
-            Some(s) => {
-                *entry.by_status.entry(s).or_default() += 1;
-                entry.latency_by_status.entry(s).or_default().record(took);
-            }
-            None => {
-                entry.unanswered += 1;
-                entry.unanswered_latency.record(took);
-            }
-        }
-        if let Some(c) = cost {
-            entry.cpu_ns += c.cpu_ns;
-            entry.db_wait_ns += c.db_wait_ns;
-            entry.queries += c.queries;
         }
     }
 
@@ -690,10 +410,10 @@ impl Aggregates {
         q: &QueryEvent,
         server_port: Option<u16>,
         site: Option<&CallSite>,
-    ) -> Option<crate::export::spans::QuerySpan> {
+    ) -> Option<crate::model::QuerySpan> {
         let id = &self.outbox.last()?.fingerprint;
         let stats = self.queries.get(&**id)?;
-        Some(crate::export::spans::QuerySpan {
+        Some(crate::model::QuerySpan {
             summary: stats.summary.clone(),
             operation: stats.operation.clone(),
             started_ns: q.started_ns,
@@ -703,16 +423,21 @@ impl Aggregates {
             server_port,
             call_site: site.cloned(),
             normalized: self
-                .telemetry
-                .as_ref()
-                .filter(|t| t.query_text())
-                .map(|_| stats.normalized.clone()),
+                .sinks
+                .iter()
+                .any(|s| s.wants_query_text())
+                .then(|| stats.normalized.clone()),
         })
     }
 
     /// Total time `pid`'s queries took since start.
     pub fn db_wait_of(&self, pid: u32) -> u64 {
         self.db_wait_by_pid.get(&pid).copied().unwrap_or(0)
+    }
+
+    /// Processes with a DB wait total (live ones only, once exits are forgotten).
+    pub fn db_wait_pids(&self) -> usize {
+        self.db_wait_by_pid.len()
     }
 
     /// Forgets an exited process's DB wait total.
@@ -726,110 +451,7 @@ impl Aggregates {
         v.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.id.cmp(&b.id)));
         v
     }
-
-    /// Routes, most total time first.
-    pub fn routes(&self) -> Vec<RouteStats> {
-        let mut v: Vec<_> = self.routes.values().cloned().collect();
-        v.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.route.cmp(&b.route)));
-        v
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use herdwatch_protocol::postgres::QueryProtocol;
-
-    fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
-        let sql = sql.map(std::sync::Arc::from);
-        QueryEvent {
-            sql,
-            sql_truncated: false,
-            statement: name.map(Into::into),
-            protocol: QueryProtocol::Simple,
-            started_ns: 10,
-            first_response_ns: Some(20),
-            finished_ns: 30,
-            rows: 1,
-            command: None,
-            outcome,
-            sqlstate: (outcome == Outcome::Error).then(|| "42P01".to_string()),
-        }
-    }
-
-    #[test]
-    fn histogram_buckets_and_quantiles() {
-        let mut h = Histogram::default();
-        for ms in [0.5, 1.0, 3.0, 40.0, 40.0, 200.0, 1800.0, 60_000.0] {
-            h.record((ms * 1e6) as u64);
-        }
-        assert_eq!(h.0.iter().sum::<u64>(), 8);
-        assert_eq!(h.0[0], 2, "≤ 1 ms");
-        assert_eq!(h.0[LATENCY_BUCKETS_MS.len()], 1, "beyond 30 s");
-        assert_eq!(h.quantile_upper_ms(0.5), Some(50));
-        assert_eq!(h.quantile_upper_ms(0.8), Some(2_500));
-        assert_eq!(Histogram::default().quantile_upper_ms(0.99), None);
-    }
-
-    #[test]
-    fn literals_group_and_the_limit_holds() {
-        let mut a = Aggregates::new(2, 2, RouteGrouper::default());
-        let by_id = |n| {
-            q(
-                Some(&format!("SELECT * FROM t WHERE id = {n}")),
-                None,
-                Outcome::Ok,
-            )
-        };
-        a.record_query(
-            (1, 3),
-            None,
-            &by_id(1),
-            Caller {
-                route: Some(&Label::from("/t/{id}")),
-                ..Caller::default()
-            },
-            Vec::new(),
-        );
-        let mut failed = by_id(2);
-        failed.outcome = Outcome::Error;
-        failed.sqlstate = Some("42P01".into());
-        a.record_query((2, 3), None, &failed, Caller::default(), Vec::new());
-        a.record_query(
-            (1, 3),
-            None,
-            &q(None, Some("_pg3_0"), Outcome::Ok),
-            Caller::default(),
-            Vec::new(),
-        );
-        a.record_query(
-            (1, 3),
-            None,
-            &q(Some("DELETE FROM x"), None, Outcome::Ok),
-            Caller::default(),
-            Vec::new(),
-        );
-        assert_eq!(a.outbox.len(), 4);
-        let v = a.queries();
-        assert_eq!(v.len(), 3, "two fingerprints + other: {v:?}");
-        let t = v.iter().find(|s| s.summary == "SELECT t").expect("grouped");
-        assert_eq!((t.calls, t.errors, t.pids.len()), (2, 1, 2));
-        assert_eq!(
-            t.routes,
-            vec![RouteCalls {
-                route: "/t/{id}".to_string(),
-                calls: 1
-            }]
-        );
-        assert_eq!(t.errors_by_sqlstate.get("42P01"), Some(&1));
-        assert!(
-            v.iter()
-                .any(|s| s.text_unknown && s.summary == "EXECUTE _pg3_0")
-        );
-        assert_eq!(
-            v.iter().find(|s| s.id == OTHER_ID).map(|s| s.calls),
-            Some(1)
-        );
-        assert!(v.iter().all(|s| !s.normalized.contains("= 1")));
-    }
-}
+mod tests;

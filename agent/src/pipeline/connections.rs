@@ -15,6 +15,9 @@
 use std::{collections::VecDeque, sync::Arc};
 
 mod attribution;
+mod slots;
+
+use slots::Spares;
 
 use herdwatch_common::PyFrameRef;
 
@@ -25,9 +28,9 @@ use herdwatch_protocol::{
     http::{HttpEvent, HttpSession},
     postgres::{PgSession, SessionEvent},
 };
-use serde::Serialize;
 
 use super::{aggregates::Aggregates, tasks::TaskBook};
+use crate::model::ConnectionStats;
 use crate::{
     probes::{
         python_code::{CallSite, CodeCache},
@@ -95,12 +98,12 @@ pub struct PythonProcess {
 /// Work charged to one HTTP request while it is open.
 #[derive(Debug, Clone)]
 pub struct RequestCost {
-    pub route: super::aggregates::Label,
+    pub route: crate::model::Label,
     pub cpu_ns: u64,
     pub db_wait_ns: u64,
     pub queries: u64,
     /// The queries themselves, kept only when spans are exported (bounded).
-    pub query_spans: Vec<crate::export::spans::QuerySpan>,
+    pub query_spans: Vec<crate::model::QuerySpan>,
 }
 
 /// Queries kept per request for its span; a request issuing more keeps the first ones.
@@ -138,53 +141,7 @@ const RECENT_HTTP: usize = 8;
 
 const MAX_THREAD_CURSORS: usize = 65_536;
 
-/// Sessions (of each kind) and request queues kept for reuse.
-const SPARE_SESSIONS: usize = 64;
-
-#[derive(Debug, Default)]
-#[expect(
-    clippy::vec_box,
-    reason = "sessions live boxed in `Session`; spares keep the box to hand it back as is"
-)]
-struct Spares {
-    pg: Vec<Box<PgSession>>,
-    http: Vec<Box<HttpSession>>,
-    requests: Vec<VecDeque<RequestCost>>,
-}
 const MAX_OPEN_REQUESTS: usize = 256;
-
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct ConnectionStats {
-    pub open: usize,
-    pub opened: u64,
-    pub closed: u64,
-    /// Dropped to stay within the bound (their close was never seen).
-    pub evicted: u64,
-    pub data_events: u64,
-    pub bytes_seen: u64,
-    pub bytes_captured: u64,
-    pub protocol_errors: u64,
-    pub postgres_queries: u64,
-    pub http_exchanges: u64,
-    /// Queries charged to an HTTP request.
-    pub queries_in_requests: u64,
-    /// Queries of asyncio workers paired with their request through their Task (exact).
-    pub queries_by_task: u64,
-    /// Queries of asyncio workers sent outside any Task (an event-loop callback): no request.
-    pub queries_outside_tasks: u64,
-    /// Queries whose Task never answered a request (a background or child task), recorded
-    /// without a route.
-    pub queries_task_unanswered: u64,
-    /// Queries of asyncio workers whose stack could not be read: paired by the thread
-    /// heuristic, which may name the wrong route. Each is also marked on its query.
-    pub queries_heuristic: u64,
-    /// Python stacks received, and those cut short (chain longer than the walk, no thread
-    /// state for the thread, or a read that failed).
-    pub py_stacks: u64,
-    pub py_stacks_truncated: u64,
-    pub py_stacks_without_thread: u64,
-    pub py_stacks_unreadable: u64,
-}
 
 #[derive(Debug)]
 pub struct Connections {
@@ -230,59 +187,6 @@ impl Connections {
         }
     }
 
-    /// Opens a connection for `key` (replacing one the socket had: its close was not seen)
-    /// and returns where it is.
-    fn insert(
-        &mut self,
-        key: ConnKey,
-        kind: SocketKind,
-        from_start: bool,
-        now: u64,
-        server_port: Option<u16>,
-    ) -> ConnRef {
-        let serial = self.next_serial;
-        self.next_serial = self.next_serial.checked_add(1).unwrap_or(1);
-        let conn = Conn {
-            key,
-            serial,
-            session: self.new_session(kind, from_start),
-            last_active_ns: now,
-            server_port,
-            requests: self.spares.requests.pop().unwrap_or_default(),
-            sent: VecDeque::new(),
-            task: 0,
-        };
-        if let Some(&slot) = self.index.get(&key)
-            && let Some(existing) = self.conns.get_mut(slot as usize)
-        {
-            let replaced = std::mem::replace(existing, conn);
-            self.recycle(replaced);
-            return ConnRef { slot, serial };
-        }
-        self.make_room();
-        // Slots are reused below `max`, which fits in u32 (a u32 fd per socket).
-        let slot = u32::try_from(self.conns.insert(conn)).unwrap_or(u32::MAX);
-        self.index.insert(key, slot);
-        ConnRef { slot, serial }
-    }
-
-    fn get_mut(&mut self, at: ConnRef) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(at.slot as usize)
-            .filter(|c| c.serial == at.serial)
-    }
-
-    fn get(&self, at: ConnRef) -> Option<&Conn> {
-        self.conns
-            .get(at.slot as usize)
-            .filter(|c| c.serial == at.serial)
-    }
-
-    fn remove(&mut self, key: ConnKey) -> Option<Conn> {
-        let slot = self.index.remove(&key)?;
-        self.conns.try_remove(slot as usize)
-    }
-
     /// Charges the CPU `tid` used since its last socket call to the request it serves, and
     /// returns the thread's cursor as it was before this call.
     /// `serving`: the HTTP connection this call reads or writes, which the thread serves from
@@ -315,71 +219,12 @@ impl Connections {
         previous
     }
 
-    /// A session for a new connection: a closed connection's, renewed, when one is spare
-    /// (many connections live for one request: this saves their allocations).
-    fn new_session(&mut self, kind: SocketKind, from_start: bool) -> Session {
-        match kind {
-            SocketKind::Postgres => match self.spares.pg.pop() {
-                Some(mut pg) => {
-                    pg.reuse(from_start);
-                    Session::Pg(pg)
-                }
-                None if from_start => Session::Pg(Box::new(PgSession::new())),
-                None => Session::Pg(Box::new(PgSession::mid_stream())),
-            },
-            SocketKind::HttpServer => match self.spares.http.pop() {
-                Some(mut http) => {
-                    http.reuse();
-                    Session::Http(http)
-                }
-                None => Session::Http(Box::new(HttpSession::new())),
-            },
-        }
-    }
-
-    /// Keeps a finished connection's session and request queue for a later connection.
-    fn recycle(&mut self, conn: Conn) {
-        let Conn {
-            session,
-            mut requests,
-            ..
-        } = conn;
-        match session {
-            Session::Pg(pg) if self.spares.pg.len() < SPARE_SESSIONS => self.spares.pg.push(pg),
-            Session::Http(http) if self.spares.http.len() < SPARE_SESSIONS => {
-                self.spares.http.push(http)
-            }
-            _ => {}
-        }
-        if self.spares.requests.len() < SPARE_SESSIONS && requests.capacity() <= 16 {
-            requests.clear();
-            self.spares.requests.push(requests);
-        }
-    }
-
-    fn make_room(&mut self) {
-        if self.conns.len() < self.max {
-            return;
-        }
-        if let Some(oldest) = self
-            .conns
-            .iter()
-            .min_by_key(|(_, c)| c.last_active_ns)
-            .map(|(_, c)| c.key)
-        {
-            if let Some(evicted) = self.remove(oldest) {
-                self.recycle(evicted);
-            }
-            self.stats.evicted += 1;
-        }
-    }
-
     /// Routes of the requests open on the thread's recent HTTP connections, when there are
     /// two or more different ones (an asyncio worker: any of them may have issued a query).
     /// Empty otherwise, without allocating: a sync worker's one request is the calling route.
-    fn routes_open_beside(&self, cursor: &ThreadCursor) -> Vec<super::aggregates::Label> {
+    fn routes_open_beside(&self, cursor: &ThreadCursor) -> Vec<crate::model::Label> {
         // One lookup per recent connection: this runs for every query.
-        let mut open: [Option<&super::aggregates::Label>; RECENT_HTTP] = [None; RECENT_HTTP];
+        let mut open: [Option<&crate::model::Label>; RECENT_HTTP] = [None; RECENT_HTTP];
         let mut n = 0;
         for &hc in &cursor.recent_http {
             if let Some(req) = self.get(hc).and_then(|c| c.requests.front()) {
@@ -394,7 +239,7 @@ impl Connections {
         if open.iter().flatten().all(|r| r == first) {
             return Vec::new();
         }
-        let mut routes: Vec<super::aggregates::Label> = Vec::new();
+        let mut routes: Vec<crate::model::Label> = Vec::new();
         for r in open.iter().flatten() {
             if !routes.contains(r) {
                 routes.push((*r).clone());
@@ -504,59 +349,67 @@ impl Connections {
                 frames,
                 ..
             } => self.note_stack(tid, timestamp_ns, task, status, frames.iter()),
-            SocketEvent::Data {
-                tgid,
-                tid,
-                fd,
-                kind,
-                ingress,
-                exit_ns,
-                total_len,
-                thread_on_cpu_ns,
-                payload,
-                tail,
-                ..
-            } => {
-                self.stats.data_events += 1;
-                self.stats.bytes_seen += total_len;
-                self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
-                let key = (tgid, fd);
-                // A socket open before the agent started is first seen here.
-                let known = self
-                    .index
-                    .get(&key)
-                    .and_then(|&slot| Some((slot, self.conns.get(slot as usize)?.serial)));
-                let at = match known {
-                    Some((slot, serial)) => ConnRef { slot, serial },
-                    None => self.insert(key, kind, false, exit_ns, None),
-                };
-                let serving = if kind == SocketKind::HttpServer {
-                    at
-                } else {
-                    ConnRef::default()
-                };
-                let cursor = self.charge_cpu(tid, thread_on_cpu_ns, serving);
-                if !ingress {
-                    self.on_write_stack(tgid, tid, kind, at, exit_ns, aggregates);
-                }
-                let total = usize::try_from(total_len)
-                    .unwrap_or(usize::MAX)
-                    .max(payload.len() + tail.len());
-                let chunk = Chunk {
-                    data: payload,
-                    total_len: total,
-                    timestamp_ns: exit_ns,
-                    tail,
-                };
-                // statement book: a connection first seen mid-stream learns the statements an
-                // earlier run of the agent saw it prepare.
-                if known.is_none() {
-                    self.seed_statements(key, at);
-                }
-                self.on_chunk(key, at, ingress, chunk, &cursor, aggregates);
-            }
+            data @ SocketEvent::Data { .. } => self.on_data(data, aggregates),
         }
         self.stats.open = self.conns.len();
+    }
+
+    /// A payload read or written on a traced socket: CPU charged to the request the thread
+    /// serves, the Python stack behind a write noted, and the bytes fed to the session.
+    fn on_data(&mut self, event: SocketEvent<'_>, aggregates: &mut Aggregates) {
+        let SocketEvent::Data {
+            tgid,
+            tid,
+            fd,
+            kind,
+            ingress,
+            exit_ns,
+            total_len,
+            thread_on_cpu_ns,
+            payload,
+            tail,
+            ..
+        } = event
+        else {
+            return;
+        };
+        self.stats.data_events += 1;
+        self.stats.bytes_seen += total_len;
+        self.stats.bytes_captured += (payload.len() + tail.len()) as u64;
+        let key = (tgid, fd);
+        // A socket open before the agent started is first seen here.
+        let known = self
+            .index
+            .get(&key)
+            .and_then(|&slot| Some((slot, self.conns.get(slot as usize)?.serial)));
+        let at = match known {
+            Some((slot, serial)) => ConnRef { slot, serial },
+            None => self.insert(key, kind, false, exit_ns, None),
+        };
+        let serving = if kind == SocketKind::HttpServer {
+            at
+        } else {
+            ConnRef::default()
+        };
+        let cursor = self.charge_cpu(tid, thread_on_cpu_ns, serving);
+        if !ingress {
+            self.on_write_stack(tgid, tid, kind, at, exit_ns, aggregates);
+        }
+        let total = usize::try_from(total_len)
+            .unwrap_or(usize::MAX)
+            .max(payload.len() + tail.len());
+        let chunk = Chunk {
+            data: payload,
+            total_len: total,
+            timestamp_ns: exit_ns,
+            tail,
+        };
+        // statement book: a connection first seen mid-stream learns the statements an
+        // earlier run of the agent saw it prepare.
+        if known.is_none() {
+            self.seed_statements(key, at);
+        }
+        self.on_chunk(key, at, ingress, chunk, &cursor, aggregates);
     }
 
     /// statement book: teaches a connection's session what the book knows of it.

@@ -1,34 +1,25 @@
-//! The pipeline's state and the per-interval snapshot computation.
+//! The pipeline's state: the one owner of the process table, the connection table and the
+//! aggregates. It applies process and socket events as they come and produces the
+//! accounting snapshot every interval; what others do with it is theirs.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
 };
 
-use herdwatch_common::{CpuCurrent, ThreadCounters};
-
-use std::collections::HashSet;
-
-use crate::{
-    config::Config,
-    detect::{Detectors, TickInput},
-    net::{listen, seed},
-    probes::{ProcessEvent, maps::KernelMaps, reader::RingCounters, socket_events::SocketEvent},
-    procs::{
-        CpuTotals, Pool, ProcessTable, pools,
-        worker_state::{self, WorkerState},
-    },
-};
-
 use super::{
+    accounting::{Accounting, PoolInputs, command_line},
     aggregates::Aggregates,
     connections::Connections,
-    host::{self, CpuTicks},
-    snapshot::{AgentStats, HostView, PoolView, ProcessView, Snapshot, WorkerView},
+    sampler::{SystemCaches, SystemSampler},
 };
-
-/// Bound on the tid → tgid cache for threads not yet seen switching out.
-const TID_CACHE_MAX: usize = 65_536;
-const CMDLINE_MAX: usize = 200;
+use crate::{
+    config::Config,
+    host,
+    model::{ActivityObserver, AgentStats, PoolView, RecordSink, Snapshot},
+    net::seed,
+    probes::{ProcessEvent, maps::KernelMaps, reader::RingCounters, socket_events::SocketEvent},
+    procs::{Pool, ProcessTable, pools},
+};
 
 pub struct PipelineState {
     table: ProcessTable,
@@ -36,15 +27,6 @@ pub struct PipelineState {
     reader: Arc<RingCounters>,
     pools: Vec<Pool>,
     pools_generation: u64,
-    prev_totals: HashMap<u32, CpuTotals>,
-    /// (CPU ns, run-queue delay ns) per pool name since the agent started (bounded by
-    /// `MAX_POOL_TOTALS`: pools that come and go under new names).
-    pool_totals: HashMap<String, PoolTotals>,
-    /// (utime, stime) ticks of pool processes at the last snapshot.
-    prev_user_system: HashMap<u32, (u64, u64)>,
-    prev_taken_mono_ns: u64,
-    prev_ticks: Option<CpuTicks>,
-    tid_to_tgid: HashMap<u32, u32>,
     connections: Connections,
     aggregates: Aggregates,
     socket_reader: Arc<RingCounters>,
@@ -53,37 +35,16 @@ pub struct PipelineState {
     /// Processes that exited holding traced sockets: their kernel map entries are swept at
     /// the next snapshot (exit closes fds without close(), which the kernel side never sees).
     exited_with_sockets: HashSet<u32>,
-    /// DB wait totals per worker at the previous snapshot.
-    prev_db_wait: HashMap<u32, u64>,
-    /// Busy-worker samples per pool master, newest last.
-    busy_history: HashMap<u32, std::collections::VecDeque<usize>>,
-    detectors: Detectors,
-    /// CPU cgroup per pool master, and the previous (usage ns, monotonic ns) per cgroup path.
-    cgroups: HashMap<u32, Option<crate::procs::cgroup::CpuCgroup>>,
-    prev_cgroup_usage: HashMap<String, (u64, u64)>,
-    finding_logs: Option<crate::export::logs::FindingLogger>,
-    /// OTLP export losses, when OTLP is on.
-    export_counters: Option<Arc<crate::export::delivery::ExportCounters>>,
+    /// What the snapshots remember of the previous one (rates, cumulative pool CPU).
+    accounting: Accounting,
+    /// The real sampler's caches (thread groups, cgroup files).
+    system: SystemCaches,
     interpreters: crate::procs::python::Interpreters,
     /// Pool workers registered for frame walking, and whether their interpreter is readable.
     python_workers: HashMap<u32, bool>,
     /// `python_frames`: off = no worker is registered with the kernel side.
     walk_python: bool,
 }
-
-/// A pool's cumulative time since the agent started watching it, ns.
-#[derive(Debug, Default, Clone, Copy)]
-struct PoolTotals {
-    user_ns: u64,
-    system_ns: u64,
-    run_delay_ns: u64,
-}
-
-/// Pool names whose cumulative CPU is kept; past this the ones not currently running go.
-const MAX_POOL_TOTALS: usize = 256;
-
-/// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
-const BUSY_HISTORY: usize = 300;
 
 impl PipelineState {
     pub fn new(
@@ -109,13 +70,8 @@ impl PipelineState {
             pg_ports: config.postgres_ports.clone(),
             pool_views: Vec::new(),
             exited_with_sockets: HashSet::new(),
-            prev_db_wait: HashMap::new(),
-            busy_history: HashMap::new(),
-            detectors: Detectors::new(&config.detect),
-            cgroups: HashMap::new(),
-            prev_cgroup_usage: HashMap::new(),
-            finding_logs: None,
-            export_counters: None,
+            accounting: Accounting::new(host::read_ticks()),
+            system: SystemCaches::default(),
             interpreters: Default::default(),
             python_workers: HashMap::new(),
             walk_python: config.python_frames,
@@ -124,39 +80,28 @@ impl PipelineState {
             reader,
             pools: Vec::new(),
             pools_generation: u64::MAX,
-            prev_totals: HashMap::new(),
-            pool_totals: HashMap::new(),
-            prev_user_system: HashMap::new(),
-            prev_taken_mono_ns: 0,
-            prev_ticks: host::read_ticks(),
-            tid_to_tgid: HashMap::new(),
         })
     }
 
-    /// Sends request and query latencies to OTLP from now on.
-    pub fn set_recorder(&mut self, exporters: crate::export::otlp::Exporters) {
-        self.aggregates.telemetry = Some(exporters.telemetry);
-        // Pools already known get their services at the next discovery.
+    /// Hands every finished exchange and query to `sink` from now on (an exporter).
+    pub fn subscribe(&mut self, sink: Box<dyn RecordSink>) {
+        self.aggregates.subscribe(sink);
+        // Pools already known are announced to it at the next discovery.
         self.pools_generation = u64::MAX;
-        self.finding_logs = Some(exporters.logs);
-        self.export_counters = Some(exporters.counters);
     }
 
-    /// Tells the aggregates which pool each pool process belongs to, and gives each pool its
-    /// OTLP service (resource: service, master process, container, pod).
+    /// Tells the aggregates which pool each pool process belongs to, and the subscribers
+    /// each pool's name (an exporter gives each pool its own service).
     fn name_pools(&mut self) {
         let mut pool_of_pid = rustc_hash::FxHashMap::default();
         for pool in &self.pools {
-            let name: crate::pipeline::aggregates::Label = pool.name().into();
+            let name: crate::model::Label = pool.name().into();
             pool_of_pid.insert(pool.master, name.clone());
             for w in &pool.workers {
                 pool_of_pid.insert(*w, name.clone());
             }
-            let Some(telemetry) = self.aggregates.telemetry.as_mut() else {
-                continue;
-            };
             let table = &self.table;
-            telemetry.add_pool(&name, pool, || {
+            self.aggregates.pool_found(&name, pool, &|| {
                 table
                     .get(pool.master)
                     .map(|p| p.cmdline.clone())
@@ -168,9 +113,9 @@ impl PipelineState {
 
     /// Decodes a socket record in place and applies it; a malformed one is counted
     /// (`herdwatch.agent.dropped{reason="malformed"}`) and skipped.
-    pub fn apply_socket_record(&mut self, record: &[u8]) {
+    pub fn apply_socket_record(&mut self, record: &[u8], observer: &mut dyn ActivityObserver) {
         match crate::probes::socket_events::decode(record) {
-            Ok(event) => self.apply_socket(event),
+            Ok(event) => self.apply_socket(event, observer),
             Err(err) => {
                 self.socket_reader.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("{err}");
@@ -241,11 +186,11 @@ impl PipelineState {
         }
     }
 
-    fn python_stats(&self) -> super::snapshot::PythonStats {
+    fn python_stats(&self) -> crate::model::PythonStats {
         let readable = self.python_workers.values().filter(|r| **r).count();
         let (tasks, codes) = self.connections.python_state();
         let (stacks_walked, walk_ns) = self.maps.python_walks();
-        super::snapshot::PythonStats {
+        crate::model::PythonStats {
             stacks_walked,
             walk_ns,
             processes_readable: readable,
@@ -256,23 +201,23 @@ impl PipelineState {
         }
     }
 
-    pub fn apply_socket(&mut self, event: SocketEvent<'_>) {
+    pub fn apply_socket(&mut self, event: SocketEvent<'_>, observer: &mut dyn ActivityObserver) {
         self.connections.apply(event, &mut self.aggregates);
-        self.feed_detectors();
+        self.hand_over_queries(observer);
     }
 
-    /// Hands the queries finished since the last call to the detectors.
-    fn feed_detectors(&mut self) {
+    /// Hands the queries started, answered and finished since the last call to `observer`.
+    fn hand_over_queries(&mut self, observer: &mut dyn ActivityObserver) {
         for q in self.aggregates.starts.drain(..) {
-            self.detectors.on_query_start(&q);
+            observer.query_started(&q);
         }
         for q in self.aggregates.ends.drain(..) {
-            self.detectors.on_query_end(&q);
+            observer.query_ended(&q);
         }
         if !self.aggregates.outbox.is_empty() {
             let table = &self.table;
             for q in self.aggregates.outbox.drain(..) {
-                self.detectors.on_query(&q, |pid| process_name(table, pid));
+                observer.query_finished(&q, &|pid| process_name(table, pid));
             }
         }
     }
@@ -315,7 +260,7 @@ impl PipelineState {
         tracked
     }
 
-    pub fn apply(&mut self, event: &ProcessEvent) {
+    pub fn apply(&mut self, event: &ProcessEvent, observer: &mut dyn ActivityObserver) {
         if let ProcessEvent::Exit {
             tid,
             tgid,
@@ -324,12 +269,14 @@ impl PipelineState {
             ..
         } = event
         {
-            self.tid_to_tgid.remove(tid);
+            self.system.forget_thread(*tid);
             if *group_dead
-                && self
-                    .connections
-                    .drop_process(*tgid, *timestamp_ns, &mut self.aggregates)
-                    > 0
+                && process_exited(
+                    &mut self.connections,
+                    &mut self.aggregates,
+                    *tgid,
+                    *timestamp_ns,
+                )
             {
                 self.exited_with_sockets.insert(*tgid);
             }
@@ -340,9 +287,8 @@ impl PipelineState {
                 pid, timestamp_ns, ..
             } => {
                 if let Some(p) = self.table.get(*pid) {
-                    let cmdline = truncate(&printable(&p.cmdline.join(" ")), CMDLINE_MAX);
-                    self.detectors
-                        .on_exec(*pid, *timestamp_ns, &p.comm, &cmdline);
+                    let cmdline = command_line(&p.cmdline);
+                    observer.process_exec(*pid, *timestamp_ns, &p.comm, &cmdline);
                 }
             }
             ProcessEvent::Exit {
@@ -357,49 +303,10 @@ impl PipelineState {
                     .last()
                     .map(|e| e.totals.on_cpu_ns)
                     .unwrap_or(0);
-                self.detectors.on_exit(*tgid, cpu);
+                observer.process_exit(*tgid, cpu);
             }
             _ => {}
         }
-    }
-
-    /// Thread group of a thread the kernel side has not attributed yet (never switched out
-    /// since we attached, e.g. a CPU hog alone on its CPU).
-    fn resolve_tgid(&mut self, tid: u32) -> Option<u32> {
-        if let Some(tgid) = self.tid_to_tgid.get(&tid) {
-            return Some(*tgid);
-        }
-        let tgid = procfs::process::Process::new(tid as i32)
-            .and_then(|p| p.status())
-            .ok()
-            .map(|s| s.tgid as u32)?;
-        if self.tid_to_tgid.len() >= TID_CACHE_MAX {
-            self.tid_to_tgid.clear();
-        }
-        self.tid_to_tgid.insert(tid, tgid);
-        Some(tgid)
-    }
-
-    fn live_totals(&mut self, now_mono: u64) -> (HashMap<u32, (CpuTotals, u32)>, usize) {
-        let running = self.maps.running_now();
-        let threads = self.maps.threads();
-        let count = threads.len();
-        let mut per_process: HashMap<u32, (CpuTotals, u32)> = HashMap::new();
-        for (tid, mut c) in threads {
-            let tgid = if c.tgid != 0 {
-                c.tgid
-            } else {
-                match self.resolve_tgid(tid) {
-                    Some(t) => t,
-                    None => continue,
-                }
-            };
-            include_running_slice(&mut c, &running, tid, now_mono);
-            let entry = per_process.entry(tgid).or_default();
-            entry.0.add_thread(&c);
-            entry.1 += 1;
-        }
-        (per_process, count)
     }
 
     /// Looks up unknown statement texts in PostgreSQL from now on (`monitor_dsn`).
@@ -426,196 +333,83 @@ impl PipelineState {
         self.connections.statement_book.save();
     }
 
-    pub fn snapshot(&mut self) -> Snapshot {
+    /// The accounting snapshot: findings and pool events are left empty for the detectors,
+    /// which run on it afterwards (`observer` receives the queries of expired Tasks).
+    pub fn snapshot(&mut self, observer: &mut dyn ActivityObserver) -> Snapshot {
         self.connections
             .statement_book
             .save_if_due(std::time::Instant::now());
-        let now_mono = host::monotonic_ns();
-        let interval_ns = if self.prev_taken_mono_ns == 0 {
-            0
-        } else {
-            now_mono.saturating_sub(self.prev_taken_mono_ns)
+        let mut sampler = SystemSampler {
+            maps: &self.maps,
+            caches: &mut self.system,
         };
-        let (live, threads_tracked) = self.live_totals(now_mono);
+        let accounts = self.accounting.processes(&mut sampler, self.table.iter());
         if !self.exited_with_sockets.is_empty() {
             self.maps.forget_sockets_of(&self.exited_with_sockets);
             self.exited_with_sockets.clear();
         }
-        let rate = |cur: u64, prev: u64| -> f64 {
-            if interval_ns == 0 {
-                0.0
-            } else {
-                cur.saturating_sub(prev) as f64 / interval_ns as f64
-            }
-        };
-
-        let mut processes = Vec::with_capacity(self.table.len());
-        let mut new_prev = HashMap::with_capacity(self.table.len());
-        for info in self.table.iter() {
-            let mut totals = info.exited_threads;
-            let mut threads = 0;
-            if let Some((t, n)) = live.get(&info.pid) {
-                totals.add(t);
-                threads = *n;
-            }
-            let prev = self.prev_totals.get(&info.pid).copied().unwrap_or_default();
-            processes.push(ProcessView {
-                pid: info.pid,
-                ppid: info.ppid,
-                comm: info.comm.clone(),
-                cmdline: truncate(&printable(&info.cmdline.join(" ")), CMDLINE_MAX),
-                totals,
-                cpu_percent: 100.0 * rate(totals.on_cpu_ns, prev.on_cpu_ns),
-                run_delay_ms_per_s: 1000.0 * rate(totals.run_delay_ns, prev.run_delay_ns),
-                threads,
-            });
-            new_prev.insert(info.pid, totals);
-        }
-        processes.sort_by(|a, b| {
-            b.cpu_percent
-                .total_cmp(&a.cpu_percent)
-                .then(a.pid.cmp(&b.pid))
-        });
-        self.prev_totals = new_prev;
-        self.prev_taken_mono_ns = now_mono;
-
         if self.pools_generation != self.table.generation {
-            self.pools = pools::discover(&self.table);
-            self.pools_generation = self.table.generation;
-            // Connections these processes accept are HTTP server connections.
-            let workers: HashSet<u32> = self
-                .pools
-                .iter()
-                .flat_map(|p| p.workers.iter().copied())
-                .collect();
-            self.maps.sync_http_servers(&workers);
-            self.sync_python();
-            self.name_pools();
+            self.rediscover_pools();
         }
         self.connections
-            .expire_tasks(now_mono, &mut self.aggregates);
-        self.feed_detectors();
-        let by_pid: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
+            .expire_tasks(accounts.now_mono_ns, &mut self.aggregates);
+        self.hand_over_queries(observer);
         let serving = self.connections.open_requests_by_pid();
-        let mut pool_views: Vec<PoolView> = self
+        let aggregates = &self.aggregates;
+        let mut sampler = SystemSampler {
+            maps: &self.maps,
+            caches: &mut self.system,
+        };
+        let pool_views = self.accounting.pools(
+            &mut sampler,
+            &accounts,
+            &PoolInputs {
+                pools: &self.pools,
+                serving: &serving,
+                db_wait_of: &|pid| aggregates.db_wait_of(pid),
+            },
+        );
+        let host = self.accounting.host(&mut sampler, accounts.interval_ns);
+        let accounting = &self.accounting;
+        self.system
+            .retain_cgroups(|path| accounting.watches_cgroup(path));
+        self.pool_views = pool_views.clone();
+        let agent = self.agent_stats(accounts.threads_tracked);
+        Snapshot {
+            taken_at_unix_ms: host::unix_ms(),
+            interval_ms: accounts.interval_ns / 1_000_000,
+            host,
+            processes: accounts.processes,
+            pools: pool_views,
+            lifecycle: self.table.drain_lifecycle(),
+            queries: self.aggregates.queries(),
+            routes: self.aggregates.routes(),
+            findings: Vec::new(),
+            pool_events: Vec::new(),
+            agent,
+        }
+    }
+
+    /// The process table changed: pools are found again, and the kernel side, the Python
+    /// frame walker and the subscribers learn the new workers.
+    fn rediscover_pools(&mut self) {
+        self.pools = pools::discover(&self.table);
+        self.pools_generation = self.table.generation;
+        // Connections these processes accept are HTTP server connections.
+        let workers: HashSet<u32> = self
             .pools
             .iter()
-            .map(|pool| pool_view(pool, &by_pid, &serving))
+            .flat_map(|p| p.workers.iter().copied())
             .collect();
-        let mut db_now = HashMap::new();
-        let mut user_system_now = HashMap::new();
-        for view in &mut pool_views {
-            let mut cpu_ns = 0.0;
-            let mut db_ns = 0u64;
-            for w in &view.worker_states {
-                cpu_ns += w.cpu_percent / 100.0 * interval_ns as f64;
-                let total = self.aggregates.db_wait_of(w.pid);
-                db_ns +=
-                    total.saturating_sub(self.prev_db_wait.get(&w.pid).copied().unwrap_or(total));
-                db_now.insert(w.pid, total);
-            }
-            let wall = interval_ns as f64 * view.worker_states.len() as f64;
-            if wall > 0.0 {
-                let on_cpu = (cpu_ns / wall).clamp(0.0, 1.0);
-                let db_wait = (db_ns as f64 / wall).clamp(0.0, 1.0 - on_cpu);
-                view.time_share = Some(super::snapshot::TimeShare {
-                    on_cpu,
-                    db_wait,
-                    other: 1.0 - on_cpu - db_wait,
-                });
-            }
-            // Cumulative per pool name, so a master restart or worker churn keeps counting.
-            let (mut user_step, mut system_step, mut delay_step) = (0.0, 0.0, 0.0);
-            for pid in view.pool.members() {
-                let Some(p) = by_pid.get(&pid) else { continue };
-                let cpu_step = p.cpu_percent / 100.0 * interval_ns as f64;
-                // The scheduler's on-CPU time is exact; the kernel's tick counts say which
-                // share of it was user and which system. Workers' ticks were read with their
-                // state; only a master that is not a worker is read here.
-                let ticks = match view.worker_states.iter().find(|w| w.pid == pid) {
-                    Some(w) => w.user_system_ticks,
-                    None => worker_state::user_system_ticks(pid),
-                };
-                let user_share = match (ticks, self.prev_user_system.get(&pid)) {
-                    (Some((u, s)), Some((pu, ps))) if u + s > pu + ps => {
-                        u.saturating_sub(*pu) as f64 / (u + s - pu - ps) as f64
-                    }
-                    (Some((u, s)), _) if u + s > 0 => u as f64 / (u + s) as f64,
-                    _ => 1.0,
-                };
-                if let Some(t) = ticks {
-                    user_system_now.insert(pid, t);
-                }
-                user_step += cpu_step * user_share;
-                system_step += cpu_step * (1.0 - user_share);
-                delay_step += p.run_delay_ms_per_s / 1000.0 * interval_ns as f64;
-            }
-            let totals = self.pool_totals.entry(view.name.clone()).or_default();
-            totals.user_ns += user_step as u64;
-            totals.system_ns += system_step as u64;
-            totals.run_delay_ns += delay_step as u64;
-            view.cpu_user_ns = totals.user_ns;
-            view.cpu_system_ns = totals.system_ns;
-            view.cpu_time_ns = totals.user_ns + totals.system_ns;
-            view.run_delay_ns = totals.run_delay_ns;
-            let history = self.busy_history.entry(view.pool.master).or_default();
-            if history.len() == BUSY_HISTORY {
-                history.pop_front();
-            }
-            history.push_back(view.busy_workers);
-            view.busy_history = history.iter().copied().collect();
-        }
-        self.prev_db_wait = db_now;
-        self.prev_user_system = user_system_now;
-        if self.pool_totals.len() > MAX_POOL_TOTALS {
-            let running: HashSet<&String> = pool_views.iter().map(|v| &v.name).collect();
-            self.pool_totals.retain(|name, _| running.contains(name));
-        }
-        self.cgroups
-            .retain(|m, _| self.pools.iter().any(|p| p.master == *m));
-        let mut cgroup_usage = HashMap::new();
-        for view in &mut pool_views {
-            let cgroup = self
-                .cgroups
-                .entry(view.pool.master)
-                .or_insert_with(|| {
-                    crate::procs::cgroup::of_pid(view.pool.master).filter(|c| !c.is_root())
-                })
-                .clone();
-            let Some(cgroup) = cgroup else { continue };
-            let Some(reading) = cgroup.read() else {
-                continue;
-            };
-            let capacity = reading.limit_cpus.unwrap_or(host::cpu_count() as f64);
-            let cpu_utilization = self
-                .prev_cgroup_usage
-                .get(&cgroup.path)
-                .filter(|(_, at)| now_mono > *at)
-                .map(|(used, at)| {
-                    reading.usage_ns.saturating_sub(*used) as f64
-                        / (now_mono - at) as f64
-                        / capacity.max(0.001)
-                });
-            cgroup_usage.insert(cgroup.path.clone(), (reading.usage_ns, now_mono));
-            view.cgroup = Some(super::snapshot::CgroupView {
-                path: cgroup.path.clone(),
-                limit_cpus: reading.limit_cpus,
-                cpu_utilization,
-            });
-        }
-        self.prev_cgroup_usage = cgroup_usage;
-        let masters: HashSet<u32> = self.pools.iter().map(|p| p.master).collect();
-        self.busy_history.retain(|m, _| masters.contains(m));
-        self.pool_views = pool_views.clone();
+        self.maps.sync_http_servers(&workers);
+        self.sync_python();
+        self.name_pools();
+    }
 
-        let ticks = host::read_ticks();
-        let cpu_utilization = match (self.prev_ticks, ticks) {
-            (Some(a), Some(b)) if interval_ns > 0 => host::utilization(a, b),
-            _ => None,
-        };
-        self.prev_ticks = ticks.or(self.prev_ticks);
-
-        let agent = AgentStats {
+    /// The agent's own counters: what it receives, tracks and loses. The exporters' losses
+    /// are added by whoever owns the exporters.
+    fn agent_stats(&self, threads_tracked: usize) -> AgentStats {
+        AgentStats {
             events_received: self.reader.received.load(Ordering::Relaxed),
             events_channel_full: self.reader.channel_full.load(Ordering::Relaxed),
             events_malformed: self.reader.malformed.load(Ordering::Relaxed),
@@ -627,141 +421,73 @@ impl PipelineState {
             socket_events_received: self.socket_reader.received.load(Ordering::Relaxed),
             socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
             connections: self.connections.stats,
+            detector_records_dropped: self.aggregates.outbox_dropped,
             python: self.python_stats(),
-            export: self
-                .export_counters
-                .as_ref()
-                .map(|c| c.drops())
-                .unwrap_or_default(),
-        };
-        let host = HostView {
-            cpus: host::cpu_count(),
-            cpu_utilization,
-        };
-        let queries = self.aggregates.queries();
-        let routes = self.aggregates.routes();
-        let (findings, pool_events) = self.detectors.tick(&TickInput {
-            interval_ms: interval_ns / 1_000_000,
-            host: &host,
-            processes: &processes,
-            pools: &pool_views,
-            routes: &routes,
-            queries: &queries,
-        });
-        let transitions = self.detectors.take_transitions();
-        if let Some(logs) = &self.finding_logs {
-            for (t, f) in &transitions {
-                logs.emit(*t, f);
-            }
-        }
-        Snapshot {
-            taken_at_unix_ms: host::unix_ms(),
-            interval_ms: interval_ns / 1_000_000,
-            host,
-            processes,
-            pools: pool_views,
-            lifecycle: self.table.drain_lifecycle(),
-            queries,
-            routes,
-            findings,
-            pool_events,
-            agent,
+            export: Default::default(),
         }
     }
 }
 
-/// Adds the slice a thread is running right now, so a thread that has not been switched out
-/// for a while still shows its CPU. Only for threads a CPU really runs now: a switch-out the
-/// kernel never reported must not turn into an ever-growing slice.
-fn include_running_slice(c: &mut ThreadCounters, running: &[CpuCurrent], tid: u32, now_mono: u64) {
-    let on_a_cpu = running
-        .iter()
-        .any(|r| r.tid == tid && r.since_ns == c.switched_in_at_ns);
-    if on_a_cpu && c.switched_in_at_ns != 0 && now_mono > c.switched_in_at_ns {
-        c.on_cpu_ns += now_mono - c.switched_in_at_ns;
-    }
-}
-
-fn pool_view(
-    pool: &Pool,
-    by_pid: &HashMap<u32, &ProcessView>,
-    serving: &HashMap<u32, usize>,
-) -> PoolView {
-    let listeners = listen::listeners_of(pool.master, &pool.workers);
-    let worker_states: Vec<WorkerView> = pool
-        .workers
-        .iter()
-        .map(|pid| {
-            let view = by_pid.get(pid);
-            let (state, user_system_ticks) = worker_state::sample(*pid);
-            WorkerView {
-                pid: *pid,
-                state: match state {
-                    WorkerState::Idle if serving.contains_key(pid) => WorkerState::Serving,
-                    state => state,
-                },
-                cpu_percent: view.map(|v| v.cpu_percent).unwrap_or(0.0),
-                totals: view.map(|v| v.totals).unwrap_or_default(),
-                user_system_ticks,
-            }
-        })
-        .collect();
-    let busy_workers = worker_states.iter().filter(|w| w.state.is_busy()).count();
-    let active_requests = pool.workers.iter().filter_map(|pid| serving.get(pid)).sum();
-    let cpu_percent = pool
-        .members()
-        .filter_map(|pid| by_pid.get(&pid))
-        .map(|v| v.cpu_percent)
-        .sum();
-    PoolView {
-        name: pool.name(),
-        pool: pool.clone(),
-        listeners,
-        worker_states,
-        busy_workers,
-        active_requests,
-        busy_history: Vec::new(),
-        cpu_percent,
-        cpu_time_ns: 0,
-        cpu_user_ns: 0,
-        cpu_system_ns: 0,
-        run_delay_ns: 0,
-        time_share: None,
-        cgroup: None,
-    }
+/// A whole process exited: its connections end (their open requests recorded as unanswered)
+/// and its DB wait total is forgotten, so the per-pid totals hold live processes only.
+/// Returns whether it held traced sockets.
+fn process_exited(
+    connections: &mut Connections,
+    aggregates: &mut Aggregates,
+    tgid: u32,
+    timestamp_ns: u64,
+) -> bool {
+    let dropped = connections.drop_process(tgid, timestamp_ns, aggregates);
+    aggregates.forget_pid(tgid);
+    dropped > 0
 }
 
 /// (comm, command line) of a live process: read fresh from /proc, since a process that just
 /// exec'd may still carry its parent's command line in the table; the table otherwise.
 fn process_name(table: &ProcessTable, pid: u32) -> Option<(String, String)> {
     match crate::procs::table::read_process(pid) {
-        Ok(p) => Some((
-            p.comm,
-            truncate(&printable(&p.cmdline.join(" ")), CMDLINE_MAX),
-        )),
-        Err(_) => table.get(pid).map(|p| {
-            (
-                p.comm.clone(),
-                truncate(&printable(&p.cmdline.join(" ")), CMDLINE_MAX),
-            )
-        }),
+        Ok(p) => Some((p.comm, command_line(&p.cmdline))),
+        Err(_) => table
+            .get(pid)
+            .map(|p| (p.comm.clone(), command_line(&p.cmdline))),
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
+#[cfg(test)]
+mod tests {
+    use herdwatch_protocol::{
+        postgres::{Outcome, QueryEvent, QueryProtocol},
+        route::RouteGrouper,
+    };
 
-/// Command lines may hold newlines and escape sequences; the terminal view must not obey them.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    use super::*;
+    use crate::pipeline::aggregates::Caller;
+
+    #[test]
+    fn processes_that_queried_then_exited_leave_no_db_wait_behind() {
+        let mut connections = Connections::new(1024);
+        let mut aggregates = Aggregates::new(16, 16, RouteGrouper::default());
+        let query = QueryEvent {
+            sql: Some("SELECT 1".into()),
+            sql_truncated: false,
+            statement: None,
+            protocol: QueryProtocol::Simple,
+            started_ns: 10,
+            first_response_ns: Some(20),
+            finished_ns: 30,
+            rows: 1,
+            command: None,
+            outcome: Outcome::Ok,
+            sqlstate: None,
+        };
+        for pid in 1..=10_000 {
+            aggregates.record_query((pid, 3), None, &query, Caller::default(), Vec::new());
+            assert_eq!(aggregates.db_wait_of(pid), 20);
+        }
+        assert_eq!(aggregates.db_wait_pids(), 10_000);
+        for pid in 1..=10_000 {
+            process_exited(&mut connections, &mut aggregates, pid, 40);
+        }
+        assert_eq!(aggregates.db_wait_pids(), 0);
+    }
 }

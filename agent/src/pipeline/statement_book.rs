@@ -269,7 +269,7 @@ impl StatementBook {
         };
         let matched = belongs_to_latest(
             answer.query_start_unix_us,
-            super::host::unix_minus_monotonic_ns(),
+            crate::host::unix_minus_monotonic_ns(),
             latest.started_ns,
             latest.previous_started_ns,
         );

@@ -122,48 +122,7 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>> {
                 timestamp_ns: e.header.timestamp_ns,
             })
         }
-        Some(EventKind::SocketData) => {
-            let head: SocketDataHead = read_record(bytes, "socket data")?;
-            let tail_start = size_of::<SocketDataHead>();
-            let tail_len = head.tail_len as usize;
-            if tail_len > TAIL_CAPTURE {
-                return Err(malformed(format_args!(
-                    "tail of {tail_len} bytes exceeds {TAIL_CAPTURE}"
-                )));
-            }
-            let tail = bytes
-                .get(tail_start..tail_start + tail_len)
-                .ok_or_else(|| {
-                    malformed(format_args!("socket data record shorter than its tail"))
-                })?;
-            let start = tail_start + TAIL_CAPTURE;
-            let captured = head.captured as usize;
-            let payload = bytes.get(start..start + captured).ok_or_else(|| {
-                malformed(format_args!(
-                    "socket data claims {captured} bytes, record has {}",
-                    bytes.len() - start
-                ))
-            })?;
-            if (captured + tail_len) as u64 > head.total_len {
-                return Err(malformed(format_args!(
-                    "captured {captured} > moved {}",
-                    head.total_len
-                )));
-            }
-            Ok(SocketEvent::Data {
-                tgid: head.header.tgid,
-                tid: head.header.tid,
-                fd: head.fd,
-                kind: kind(head.kind)?,
-                ingress: head.direction == direction::INGRESS,
-                enter_ns: head.enter_ns,
-                exit_ns: head.header.timestamp_ns,
-                total_len: head.total_len,
-                thread_on_cpu_ns: head.thread_on_cpu_ns,
-                payload,
-                tail,
-            })
-        }
+        Some(EventKind::SocketData) => decode_data(bytes),
         Some(EventKind::SocketClose) => {
             let e: SocketCloseEvent = read_record(bytes, "socket close")?;
             Ok(SocketEvent::Close {
@@ -174,32 +133,79 @@ pub fn decode(bytes: &[u8]) -> Result<SocketEvent<'_>> {
                 timestamp_ns: e.header.timestamp_ns,
             })
         }
-        Some(EventKind::PyStack) => {
-            let head: PyStackHead = read_record(bytes, "python stack")?;
-            let n = head.n_frames as usize;
-            if n > MAX_PY_FRAMES {
-                return Err(malformed(format_args!(
-                    "python stack of {n} frames exceeds {MAX_PY_FRAMES}"
-                )));
-            }
-            let start = size_of::<PyStackHead>();
-            let frames = bytes
-                .get(start..start + n * size_of::<PyFrameRef>())
-                .ok_or_else(|| malformed(format_args!("python stack shorter than its frames")))?;
-            Ok(SocketEvent::PyStack {
-                tgid: head.header.tgid,
-                tid: head.header.tid,
-                timestamp_ns: head.header.timestamp_ns,
-                task: head.task,
-                status: head.status,
-                frames: PyFrames(frames),
-            })
-        }
+        Some(EventKind::PyStack) => decode_py_stack(bytes),
         _ => Err(malformed(format_args!(
             "event kind {} on the socket ring buffer",
             header.kind
         ))),
     }
+}
+
+/// A payload record: head, tail bytes, then the captured prefix.
+#[inline]
+fn decode_data(bytes: &[u8]) -> Result<SocketEvent<'_>> {
+    let head: SocketDataHead = read_record(bytes, "socket data")?;
+    let tail_start = size_of::<SocketDataHead>();
+    let tail_len = head.tail_len as usize;
+    if tail_len > TAIL_CAPTURE {
+        return Err(malformed(format_args!(
+            "tail of {tail_len} bytes exceeds {TAIL_CAPTURE}"
+        )));
+    }
+    let tail = bytes
+        .get(tail_start..tail_start + tail_len)
+        .ok_or_else(|| malformed(format_args!("socket data record shorter than its tail")))?;
+    let start = tail_start + TAIL_CAPTURE;
+    let captured = head.captured as usize;
+    let payload = bytes.get(start..start + captured).ok_or_else(|| {
+        malformed(format_args!(
+            "socket data claims {captured} bytes, record has {}",
+            bytes.len() - start
+        ))
+    })?;
+    if (captured + tail_len) as u64 > head.total_len {
+        return Err(malformed(format_args!(
+            "captured {captured} > moved {}",
+            head.total_len
+        )));
+    }
+    Ok(SocketEvent::Data {
+        tgid: head.header.tgid,
+        tid: head.header.tid,
+        fd: head.fd,
+        kind: kind(head.kind)?,
+        ingress: head.direction == direction::INGRESS,
+        enter_ns: head.enter_ns,
+        exit_ns: head.header.timestamp_ns,
+        total_len: head.total_len,
+        thread_on_cpu_ns: head.thread_on_cpu_ns,
+        payload,
+        tail,
+    })
+}
+
+/// A Python stack record: head, then its frames.
+#[inline]
+fn decode_py_stack(bytes: &[u8]) -> Result<SocketEvent<'_>> {
+    let head: PyStackHead = read_record(bytes, "python stack")?;
+    let n = head.n_frames as usize;
+    if n > MAX_PY_FRAMES {
+        return Err(malformed(format_args!(
+            "python stack of {n} frames exceeds {MAX_PY_FRAMES}"
+        )));
+    }
+    let start = size_of::<PyStackHead>();
+    let frames = bytes
+        .get(start..start + n * size_of::<PyFrameRef>())
+        .ok_or_else(|| malformed(format_args!("python stack shorter than its frames")))?;
+    Ok(SocketEvent::PyStack {
+        tgid: head.header.tgid,
+        tid: head.header.tid,
+        timestamp_ns: head.header.timestamp_ns,
+        task: head.task,
+        status: head.status,
+        frames: PyFrames(frames),
+    })
 }
 
 #[cfg(test)]

@@ -102,27 +102,7 @@ pub fn discover(table: &ProcessTable) -> Vec<Pool> {
         {
             continue; // orphaned worker title; not a master
         }
-        let mut workers: Vec<u32> = children
-            .get(&pid)
-            .map(|kids| {
-                kids.iter()
-                    .copied()
-                    .filter(|kid| {
-                        let Some(k) = table.get(*kid) else {
-                            return false;
-                        };
-                        match cmd {
-                            // gunicorn workers are forks of the master: same program.
-                            ServerCmd::Gunicorn { .. } => {
-                                matches!(classify(&k.cmdline), Some(ServerCmd::Gunicorn { .. }))
-                            }
-                            ServerCmd::Uvicorn { .. } => !is_helper_process(&k.cmdline),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        workers.sort_unstable();
+        let mut workers = workers_of(table, cmd, children.get(&pid));
         let (kind, worker_class, configured_workers, binds) = match cmd {
             ServerCmd::Gunicorn {
                 worker_class,
@@ -157,6 +137,31 @@ pub fn discover(table: &ProcessTable) -> Vec<Pool> {
     }
     pools.sort_by_key(|p| p.master);
     pools
+}
+
+/// A master's workers among its children, sorted: gunicorn workers are forks of the master
+/// (the same program); any child of a uvicorn master but a helper process.
+fn workers_of(table: &ProcessTable, cmd: &ServerCmd, children: Option<&Vec<u32>>) -> Vec<u32> {
+    let mut workers: Vec<u32> = children
+        .map(|kids| {
+            kids.iter()
+                .copied()
+                .filter(|kid| {
+                    let Some(k) = table.get(*kid) else {
+                        return false;
+                    };
+                    match cmd {
+                        ServerCmd::Gunicorn { .. } => {
+                            matches!(classify(&k.cmdline), Some(ServerCmd::Gunicorn { .. }))
+                        }
+                        ServerCmd::Uvicorn { .. } => !is_helper_process(&k.cmdline),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    workers.sort_unstable();
+    workers
 }
 
 #[cfg(test)]

@@ -242,25 +242,7 @@ impl ProcessTable {
                 comm,
                 filename,
                 ..
-            } => {
-                // argv lives in the new image's memory; /proc is the only place to read it. If
-                // the process is already gone, the exec'd filename is the best we have.
-                let fresh = read_process(*pid).ok();
-                let entry = self.procs.entry(*pid).or_insert_with(|| ProcessInfo {
-                    pid: *pid,
-                    ppid: fresh.as_ref().map(|f| f.ppid).unwrap_or(0),
-                    comm: comm.clone(),
-                    cmdline: Vec::new(),
-                    exited_threads: CpuTotals::default(),
-                    source: Source::Event,
-                });
-                entry.comm = comm.clone();
-                entry.cmdline = match fresh {
-                    Some(f) if !f.cmdline.is_empty() => f.cmdline,
-                    _ => vec![filename.clone()],
-                };
-                self.record(Lifecycle::Exec { pid: *pid });
-            }
+            } => self.on_exec(*pid, comm, filename),
             ProcessEvent::Exit {
                 tid,
                 tgid,
@@ -268,33 +250,65 @@ impl ProcessTable {
                 comm,
                 counters,
                 ..
-            } => {
-                let Some(proc) = self.procs.get_mut(tgid) else {
-                    return;
-                };
-                proc.exited_threads.add_thread(counters);
-                if *group_dead {
-                    let gone = self.procs.remove(tgid);
-                    if let Some(gone) = gone {
-                        if self.exited.len() == EXITED_HISTORY {
-                            self.exited.pop_front();
-                        }
-                        self.exited.push_back(ExitedProcess {
-                            pid: gone.pid,
-                            comm: if gone.comm.is_empty() {
-                                comm.clone()
-                            } else {
-                                gone.comm
-                            },
-                            totals: gone.exited_threads,
-                        });
-                    }
-                    self.record(Lifecycle::Exited { pid: *tgid });
-                } else if tid == tgid {
-                    // The leader left but other threads run on: the process lives.
-                    self.generation += 1;
+            } => self.on_exit(*tid, *tgid, *group_dead, comm, counters),
+        }
+    }
+
+    /// A process replaced its image: its command line is read afresh.
+    fn on_exec(&mut self, pid: u32, comm: &str, filename: &str) {
+        // argv lives in the new image's memory; /proc is the only place to read it. If
+        // the process is already gone, the exec'd filename is the best we have.
+        let fresh = read_process(pid).ok();
+        let entry = self.procs.entry(pid).or_insert_with(|| ProcessInfo {
+            pid,
+            ppid: fresh.as_ref().map(|f| f.ppid).unwrap_or(0),
+            comm: comm.to_string(),
+            cmdline: Vec::new(),
+            exited_threads: CpuTotals::default(),
+            source: Source::Event,
+        });
+        entry.comm = comm.to_string();
+        entry.cmdline = match fresh {
+            Some(f) if !f.cmdline.is_empty() => f.cmdline,
+            _ => vec![filename.to_string()],
+        };
+        self.record(Lifecycle::Exec { pid });
+    }
+
+    /// A thread exited: its counters join its process's; the last one takes the process
+    /// out of the table (kept among the recently exited).
+    fn on_exit(
+        &mut self,
+        tid: u32,
+        tgid: u32,
+        group_dead: bool,
+        comm: &str,
+        counters: &herdwatch_common::ThreadCounters,
+    ) {
+        let Some(proc) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        proc.exited_threads.add_thread(counters);
+        if group_dead {
+            let gone = self.procs.remove(&tgid);
+            if let Some(gone) = gone {
+                if self.exited.len() == EXITED_HISTORY {
+                    self.exited.pop_front();
                 }
+                self.exited.push_back(ExitedProcess {
+                    pid: gone.pid,
+                    comm: if gone.comm.is_empty() {
+                        comm.to_string()
+                    } else {
+                        gone.comm
+                    },
+                    totals: gone.exited_threads,
+                });
             }
+            self.record(Lifecycle::Exited { pid: tgid });
+        } else if tid == tgid {
+            // The leader left but other threads run on: the process lives.
+            self.generation += 1;
         }
     }
 }

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herdwatch::{Agent, Config, pipeline::Snapshot};
+use herdwatch::{Agent, Config, model::Snapshot};
 
 /// Records that `test` was skipped and why, for `cargo xtask test`'s summary, and prints it.
 pub fn skip(test: &str, reason: &str) {
@@ -271,11 +271,7 @@ pub async fn wait_for<T>(
 }
 
 /// Waits until the agent shows the pool of `master` with `workers` workers; returns it.
-pub async fn pool_ready(
-    agent: &Agent,
-    master: u32,
-    workers: usize,
-) -> herdwatch::pipeline::snapshot::PoolView {
+pub async fn pool_ready(agent: &Agent, master: u32, workers: usize) -> herdwatch::model::PoolView {
     wait_for(
         agent,
         Duration::from_secs(30),

@@ -189,7 +189,7 @@ impl Connections {
         &mut self,
         request: ConnRef,
         waiting: WaitingQuery,
-        in_flight: Vec<crate::pipeline::aggregates::Label>,
+        in_flight: Vec<crate::model::Label>,
         heuristic: bool,
         aggregates: &mut Aggregates,
     ) {
@@ -215,7 +215,7 @@ impl Connections {
             heuristic,
         };
         aggregates.record_query(conn, server_port, &q, caller, in_flight);
-        if aggregates.telemetry.is_some()
+        if aggregates.wants_query_spans()
             && request.is_some()
             && let Some(span) = aggregates.query_span(&q, server_port, site.as_deref())
             && let Some(req) = self.get_mut(request).and_then(|c| c.requests.front_mut())

@@ -1,10 +1,18 @@
-//! Host CPU utilisation from /proc/stat deltas.
+//! The host: CPU utilisation from /proc/stat deltas, CPU count, hostname and the clocks
+//! (the kernel's monotonic one and the wall clock).
 use procfs::{CurrentSI, KernelStats};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuTicks {
     busy: u64,
     total: u64,
+}
+
+impl CpuTicks {
+    /// Ticks the CPUs were busy, of `total` ticks.
+    pub fn new(busy: u64, total: u64) -> Self {
+        Self { busy, total }
+    }
 }
 
 pub fn read_ticks() -> Option<CpuTicks> {

@@ -2,10 +2,7 @@
 //! one thing the terminal view, `--json` and the tests read.
 use serde::Serialize;
 
-use super::{
-    aggregates::{QueryStats, RouteStats},
-    connections::ConnectionStats,
-};
+use super::{ConnectionStats, ExportDrops, Finding, PoolEvent, QueryStats, RouteStats};
 use crate::{
     net::Listener,
     probes::maps::KernelDrops,
@@ -27,9 +24,9 @@ pub struct Snapshot {
     /// HTTP routes since start, most total time first.
     pub routes: Vec<RouteStats>,
     /// Findings, active first (bounded; ids stable per pattern).
-    pub findings: Vec<crate::detect::Finding>,
+    pub findings: Vec<Finding>,
     /// Recent worker exits, starts and reloads per pool, oldest first.
-    pub pool_events: Vec<crate::detect::PoolEvent>,
+    pub pool_events: Vec<PoolEvent>,
     pub agent: AgentStats,
 }
 
@@ -140,7 +137,7 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 9] {
+    pub fn drops(&self) -> [(&'static str, u64); 10] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
@@ -150,6 +147,7 @@ impl AgentStats {
                 self.events_malformed + self.socket_events_malformed,
             ),
             ("connections_evicted", self.connections.evicted),
+            ("detector_queue_full", self.detector_records_dropped),
             ("otlp_span_queue_full", self.export.spans_queue_full),
             ("otlp_spans_failed", self.export.spans_failed),
             ("otlp_logs_failed", self.export.logs_failed),
@@ -175,8 +173,11 @@ pub struct AgentStats {
     pub socket_events_received: u64,
     pub socket_events_malformed: u64,
     pub connections: ConnectionStats,
+    /// Query records (starts, ends, finished queries) the detectors never saw because
+    /// their queue between two pipeline events was full.
+    pub detector_records_dropped: u64,
     pub python: PythonStats,
-    pub export: crate::export::delivery::ExportDrops,
+    pub export: ExportDrops,
 }
 
 /// Python processes whose frames the kernel side walks, and what naming them costs.
@@ -194,4 +195,19 @@ pub struct PythonStats {
     /// Python stacks the kernel side walked, and the kernel time they took in all (ns).
     pub stacks_walked: u64,
     pub walk_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_records_the_detectors_missed_are_counted_as_drops() {
+        let stats = AgentStats {
+            detector_records_dropped: 7,
+            ..AgentStats::default()
+        };
+        let drops: std::collections::HashMap<_, _> = stats.drops().into_iter().collect();
+        assert_eq!(drops.get("detector_queue_full"), Some(&7));
+    }
 }

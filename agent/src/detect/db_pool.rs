@@ -6,18 +6,19 @@
 //! the endpoint, minus what the same fingerprint takes on the proxy's own server connections
 //! (PgBouncer's upstream sockets are traced like any client's). Without upstream samples the
 //! whole time to first byte counts, and the evidence says so.
+use crate::model::finding::{Evidence, FindingKind, Severity, Subject};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::{
     QueryObs,
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
+    finding::{Report, Signal},
     sustain::{Phase, Sustain},
 };
-use crate::pipeline::snapshot::ProcessView;
+use crate::model::ProcessView;
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PoolConfig {
+pub struct DbPoolConfig {
     /// Client wait (p95 over an interval) that counts as saturated, ms.
     pub client_wait_ms: f64,
     /// Server connections per endpoint port, e.g. { "5432" = 100 }; PgBouncer's pool size is
@@ -27,7 +28,7 @@ pub struct PoolConfig {
     pub clear_s: u64,
 }
 
-impl Default for PoolConfig {
+impl Default for DbPoolConfig {
     fn default() -> Self {
         Self {
             client_wait_ms: 5000.0,
@@ -102,8 +103,8 @@ struct Endpoint {
 }
 
 #[derive(Debug, Default)]
-pub struct PoolDetector {
-    pub config: PoolConfig,
+pub struct DbPoolDetector {
+    pub config: DbPoolConfig,
     endpoints: HashMap<u16, Endpoint>,
     upstream: HashMap<String, VecDeque<f64>>,
     proxies: HashMap<u32, ProxyInfo>,
@@ -112,8 +113,8 @@ pub struct PoolDetector {
     pub pressure: VecDeque<(u64, u16, usize, f64)>,
 }
 
-impl PoolDetector {
-    pub fn new(config: PoolConfig) -> Self {
+impl DbPoolDetector {
+    pub fn new(config: DbPoolConfig) -> Self {
         Self {
             config,
             ..Self::default()
@@ -209,48 +210,27 @@ impl PoolDetector {
         let mut signals = Vec::new();
         let ports: Vec<u16> = self.endpoints.keys().copied().collect();
         for port in ports {
-            let limit = self.limit_of(port);
-            let is_proxy = self.proxies.values().any(|p| p.listen_port == Some(port));
-            let Some(e) = self.endpoints.get(&port) else {
+            let Some(interval) = self.measure(port, since) else {
                 continue;
             };
-            let recent: Vec<&Seen> = e.seen.iter().filter(|s| s.finish_ms > since).collect();
-            let mut waits: Vec<f64> = recent
-                .iter()
-                .map(|s| {
-                    let to_first = s.first_byte_ms - s.start_ms;
-                    (to_first - self.upstream_mean(&s.fingerprint).unwrap_or(0.0)).max(0.0)
-                })
-                .collect();
-            waits.sort_by(f64::total_cmp);
-            let p95 = waits
-                .get(((waits.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
-                .copied()
-                .unwrap_or(0.0);
-            let in_flight = max_in_flight(e.seen.iter().filter(|s| s.finish_ms > since));
-            let mut clients: BTreeMap<u32, usize> = BTreeMap::new();
-            for s in &recent {
-                *clients.entry(s.pid).or_default() += 1;
-            }
-            let has_upstream = recent
-                .iter()
-                .any(|s| self.upstream_mean(&s.fingerprint).is_some());
-            let recent_len = recent.len();
+            let limit = self.limit_of(port);
             let unix_now = to_unix(now_ms as u64);
             if self.pressure.len() == 600 {
                 self.pressure.pop_front();
             }
-            self.pressure.push_back((unix_now, port, in_flight, p95));
-            let holds = p95 >= self.config.client_wait_ms
-                && limit.is_none_or(|(l, _)| in_flight >= l as usize);
+            self.pressure
+                .push_back((unix_now, port, interval.in_flight, interval.p95));
+            let holds = interval.p95 >= self.config.client_wait_ms
+                && limit.is_none_or(|(l, _)| interval.in_flight >= l as usize);
             let clear = self.config.clear_s * 1000;
             let Some(e) = self.endpoints.get_mut(&port) else {
                 continue;
             };
             let phase = e.sustain.update(holds, unix_now, 0, clear);
-            if holds && p95 > e.worst.0 {
-                e.worst = (p95, in_flight);
+            if holds && interval.p95 > e.worst.0 {
+                e.worst = (interval.p95, interval.in_flight);
             }
+            let worst = e.worst;
             let pattern = format!("port {port}");
             match phase {
                 Phase::Quiet | Phase::Pending => {}
@@ -264,87 +244,8 @@ impl PoolDetector {
                 // Between bad intervals the finding keeps the worst interval's report.
                 Phase::Ongoing(_) if !holds => {}
                 Phase::Onset(start) | Phase::Ongoing(start) => {
-                    let (worst_wait, worst_in_flight) = e.worst;
-                    let endpoint = match (is_proxy, limit) {
-                        (true, Some((l, _))) => format!("port {port} (pgbouncer, pool size {l})"),
-                        (true, None) => format!("port {port} (pgbouncer)"),
-                        (false, Some((l, _))) => format!("port {port} (limit {l})"),
-                        (false, None) => format!("port {port}"),
-                    };
-                    let names: HashMap<u32, &ProcessView> =
-                        processes.iter().map(|p| (p.pid, p)).collect();
-                    let mut top: Vec<(u32, usize)> = clients.into_iter().collect();
-                    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                    let top_text: Vec<String> = top
-                        .iter()
-                        .take(5)
-                        .map(|(pid, n)| match names.get(pid) {
-                            Some(p) => format!("{} (pid {pid}, {n} queries)", p.cmdline),
-                            None => format!("pid {pid} (exited, {n} queries)"),
-                        })
-                        .collect();
-                    let mut evidence = vec![
-                        Evidence::new("client_wait_p95", p95, "ms"),
-                        Evidence::new("client_wait_p95_worst", worst_wait, "ms"),
-                        Evidence::new("threshold", self.config.client_wait_ms, "ms"),
-                        Evidence::new("in_flight_max", in_flight as f64, "queries"),
-                        Evidence::new("in_flight_worst", worst_in_flight as f64, "queries"),
-                        Evidence::new("queries_in_interval", recent_len as f64, "queries"),
-                        Evidence::new(
-                            "wait_net_of_server_time",
-                            if has_upstream { 1.0 } else { 0.0 },
-                            "bool",
-                        ),
-                    ];
-                    if let Some((l, _)) = limit {
-                        evidence.push(Evidence::new("pool_limit", f64::from(l), "connections"));
-                    }
-                    let limit_text = match limit {
-                        Some((l, source)) => format!(" for a pool of {l} ({source})"),
-                        None => " (pool limit unknown: set detect.pool.limits)".to_string(),
-                    };
-                    let report = Report {
-                        kind: FindingKind::PoolSaturation,
-                        pattern,
-                        severity: if worst_wait >= 5.0 * self.config.client_wait_ms {
-                            Severity::Critical
-                        } else {
-                            Severity::Warning
-                        },
-                        subject: Subject {
-                            host: host.to_string(),
-                            endpoint: Some(endpoint.clone()),
-                            tasks: top_text.clone(),
-                            ..Subject::default()
-                        },
-                        evidence,
-                        root_cause: format!(
-                            "Clients of {endpoint} waited {worst_wait:.0} ms (p95) for a server \
-                             connection{}: up to {worst_in_flight} queries in flight{limit_text}. \
-                             Busiest clients: {}.",
-                            if has_upstream {
-                                " beyond the queries' own server time"
-                            } else {
-                                ""
-                            },
-                            if top_text.is_empty() {
-                                "none seen".to_string()
-                            } else {
-                                top_text.join("; ")
-                            }
-                        ),
-                        prevention: "Keep bursty clients (periodic jobs, herds) from taking \
-                                     every server connection at once: stagger them, give them \
-                                     their own smaller pool (a separate PgBouncer database or \
-                                     user with pool_size), and alert on client wait."
-                            .to_string(),
-                        remediation: "Find what fills the pool at these moments (see the cron \
-                                      and herd findings); raise the pool size only if the \
-                                      database has headroom."
-                            .to_string(),
-                        annotations: Vec::new(),
-                        onset_unix_ms: start,
-                    };
+                    let report =
+                        self.describe(port, pattern, &interval, worst, processes, host, start);
                     signals.push(if matches!(phase, Phase::Onset(_)) {
                         Signal::Onset(Box::new(report))
                     } else {
@@ -353,6 +254,44 @@ impl PoolDetector {
                 }
             }
         }
+        self.forget_old(now_ms, &to_unix);
+        signals
+    }
+
+    /// What the clients of `port` saw since `since` (ms): their wait for a server
+    /// connection, net of the queries' own server time where that is known.
+    fn measure(&self, port: u16, since: f64) -> Option<Interval> {
+        let e = self.endpoints.get(&port)?;
+        let recent: Vec<&Seen> = e.seen.iter().filter(|s| s.finish_ms > since).collect();
+        let mut waits: Vec<f64> = recent
+            .iter()
+            .map(|s| {
+                let to_first = s.first_byte_ms - s.start_ms;
+                (to_first - self.upstream_mean(&s.fingerprint).unwrap_or(0.0)).max(0.0)
+            })
+            .collect();
+        waits.sort_by(f64::total_cmp);
+        let p95 = waits
+            .get(((waits.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0);
+        let mut clients: BTreeMap<u32, usize> = BTreeMap::new();
+        for s in &recent {
+            *clients.entry(s.pid).or_default() += 1;
+        }
+        Some(Interval {
+            p95,
+            in_flight: max_in_flight(e.seen.iter().filter(|s| s.finish_ms > since)),
+            has_upstream: recent
+                .iter()
+                .any(|s| self.upstream_mean(&s.fingerprint).is_some()),
+            queries: recent.len(),
+            clients,
+        })
+    }
+
+    /// Forgets queries and pressure samples too old to matter, and endpoints gone quiet.
+    fn forget_old(&mut self, now_ms: f64, to_unix: &impl Fn(u64) -> u64) {
         for e in self.endpoints.values_mut() {
             while e
                 .seen
@@ -371,7 +310,85 @@ impl PoolDetector {
         {
             self.pressure.pop_front();
         }
-        signals
+    }
+
+    /// The finding for `port`: how long its clients waited, against which limit, and who
+    /// the busiest clients were. `worst`: (wait p95 ms, in flight) of the worst interval.
+    #[expect(clippy::too_many_arguments, reason = "one finding's facts, each named")]
+    fn describe(
+        &self,
+        port: u16,
+        pattern: String,
+        interval: &Interval,
+        (worst_wait, worst_in_flight): (f64, usize),
+        processes: &[ProcessView],
+        host: &str,
+        start: u64,
+    ) -> Report {
+        let limit = self.limit_of(port);
+        let is_proxy = self.proxies.values().any(|p| p.listen_port == Some(port));
+        let endpoint = match (is_proxy, limit) {
+            (true, Some((l, _))) => format!("port {port} (pgbouncer, pool size {l})"),
+            (true, None) => format!("port {port} (pgbouncer)"),
+            (false, Some((l, _))) => format!("port {port} (limit {l})"),
+            (false, None) => format!("port {port}"),
+        };
+        let top_text = busiest_clients(&interval.clients, processes);
+        let mut evidence = vec![
+            Evidence::new("client_wait_p95", interval.p95, "ms"),
+            Evidence::new("client_wait_p95_worst", worst_wait, "ms"),
+            Evidence::new("threshold", self.config.client_wait_ms, "ms"),
+            Evidence::new("in_flight_max", interval.in_flight as f64, "queries"),
+            Evidence::new("in_flight_worst", worst_in_flight as f64, "queries"),
+            Evidence::new("queries_in_interval", interval.queries as f64, "queries"),
+            Evidence::new(
+                "wait_net_of_server_time",
+                if interval.has_upstream { 1.0 } else { 0.0 },
+                "bool",
+            ),
+        ];
+        if let Some((l, _)) = limit {
+            evidence.push(Evidence::new("pool_limit", f64::from(l), "connections"));
+        }
+        let limit_text = match limit {
+            Some((l, source)) => format!(" for a pool of {l} ({source})"),
+            None => " (pool limit unknown: set detect.pool.limits)".to_string(),
+        };
+        Report {
+            kind: FindingKind::PoolSaturation,
+            pattern,
+            severity: if worst_wait >= 5.0 * self.config.client_wait_ms {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            subject: Subject {
+                host: host.to_string(),
+                endpoint: Some(endpoint.clone()),
+                tasks: top_text.clone(),
+                ..Subject::default()
+            },
+            evidence,
+            root_cause: format!(
+                "Clients of {endpoint} waited {worst_wait:.0} ms (p95) for a server \
+                 connection{}: up to {worst_in_flight} queries in flight{limit_text}. \
+                 Busiest clients: {}.",
+                if interval.has_upstream {
+                    " beyond the queries' own server time"
+                } else {
+                    ""
+                },
+                if top_text.is_empty() {
+                    "none seen".to_string()
+                } else {
+                    top_text.join("; ")
+                }
+            ),
+            prevention: PREVENTION.to_string(),
+            remediation: REMEDIATION.to_string(),
+            annotations: Vec::new(),
+            onset_unix_ms: start,
+        }
     }
 
     /// Worst (in flight, wait p95 ms, port) seen in `[from, to]` (unix ms).
@@ -387,6 +404,40 @@ impl PoolDetector {
     pub fn proxy_pids(&self) -> impl Iterator<Item = u32> + '_ {
         self.proxies.keys().copied()
     }
+}
+
+/// One interval of an endpoint, as its clients saw it.
+struct Interval {
+    /// Client wait for a server connection, p95, ms.
+    p95: f64,
+    in_flight: usize,
+    /// Whether the wait is net of the queries' own server time (known upstream).
+    has_upstream: bool,
+    queries: usize,
+    /// Queries per client process.
+    clients: BTreeMap<u32, usize>,
+}
+
+const PREVENTION: &str = "Keep bursty clients (periodic jobs, herds) from taking every server \
+                          connection at once: stagger them, give them their own smaller pool \
+                          (a separate PgBouncer database or user with pool_size), and alert \
+                          on client wait.";
+
+const REMEDIATION: &str = "Find what fills the pool at these moments (see the cron and herd \
+                           findings); raise the pool size only if the database has headroom.";
+
+/// The five busiest clients, by command line where the process is still known.
+fn busiest_clients(clients: &BTreeMap<u32, usize>, processes: &[ProcessView]) -> Vec<String> {
+    let names: HashMap<u32, &ProcessView> = processes.iter().map(|p| (p.pid, p)).collect();
+    let mut top: Vec<(u32, usize)> = clients.iter().map(|(p, n)| (*p, *n)).collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.iter()
+        .take(5)
+        .map(|(pid, n)| match names.get(pid) {
+            Some(p) => format!("{} (pid {pid}, {n} queries)", p.cmdline),
+            None => format!("pid {pid} (exited, {n} queries)"),
+        })
+        .collect()
 }
 
 /// Most queries running at one moment.
@@ -439,7 +490,7 @@ mod tests {
 
     #[test]
     fn waiting_clients_beyond_the_limit_are_saturation() {
-        let mut d = PoolDetector::new(PoolConfig {
+        let mut d = DbPoolDetector::new(DbPoolConfig {
             client_wait_ms: 200.0,
             limits: [("6432".to_string(), 3)].into_iter().collect(),
             clear_s: 5,

@@ -7,12 +7,13 @@
 //! period (within the tolerance) is periodic, with an offset = onset mod period. Two or more
 //! periodic tasks sharing a period and an offset are aligned; each time they fire together is
 //! one occurrence of one finding, whose id comes from the period and the task set.
+use crate::model::finding::{Evidence, FindingKind, Severity, Subject};
+use crate::model::pool_event::clock_text;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::{
     QueryObs,
-    finding::{Evidence, FindingKind, Report, Severity, Signal, Subject},
-    lifecycle::clock_text,
+    finding::{Report, Signal},
 };
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -65,7 +66,7 @@ const FINGERPRINTS_PER_TASK: usize = 32;
 const PROXIES: [&str; 3] = ["pgbouncer", "pgcat", "odyssey"];
 
 #[derive(Debug, Default)]
-pub struct ScheduleDetector {
+pub struct CronDetector {
     pub config: CronConfig,
     tasks: HashMap<String, Task>,
     /// pid → (last query unix ms, task key); None = not a task (a pool worker or proxy).
@@ -80,7 +81,7 @@ fn offset_distance(a: u64, b: u64, period: u64) -> u64 {
     d.min(period - d)
 }
 
-impl ScheduleDetector {
+impl CronDetector {
     pub fn new(config: CronConfig) -> Self {
         Self {
             config,
@@ -89,7 +90,7 @@ impl ScheduleDetector {
     }
 
     fn tolerance_ms(&self, period_s: u64) -> u64 {
-        (self.config.tolerance_s * 1000.0).max(period_s as f64 * 50.0) as u64
+        tolerance_ms(&self.config, period_s)
     }
 
     /// `start_unix_ms` is the query's start on the wall clock; `name` resolves a pid to
@@ -201,44 +202,8 @@ impl ScheduleDetector {
         host: &str,
         pressure: impl Fn(u64, u64) -> Option<(usize, f64, u16)>,
     ) -> Vec<Signal> {
-        for pid in not_tasks {
-            if !self.excluded.contains(pid) {
-                // A worker's queries are requests; forget the onsets it left as a "task".
-                if let Some(Some((_, key))) = self.pids.get(pid)
-                    && let Some(t) = self.tasks.get(key)
-                    && t.onsets.len() <= 1
-                {
-                    self.tasks.remove(key);
-                }
-                self.pids.insert(*pid, None);
-            }
-        }
-        self.excluded = not_tasks.clone();
-        // Periodic tasks: (period s, offset ms, latest onset, key).
-        let mut periodic: Vec<(u64, u64, u64, &String)> = Vec::new();
-        for (key, task) in &self.tasks {
-            let n = task.onsets.len();
-            if n < 2 {
-                continue;
-            }
-            let (prev, last) = (task.onsets[n - 2], task.onsets[n - 1]);
-            let interval = last - prev;
-            let Some(period) = self
-                .config
-                .periods_s
-                .iter()
-                .copied()
-                .find(|p| interval.abs_diff(p * 1000) <= self.tolerance_ms(*p))
-            else {
-                continue;
-            };
-            // Still running on schedule: the next onset is not overdue.
-            if now_unix_ms > last + period * 1000 + 2 * self.tolerance_ms(period) {
-                continue;
-            }
-            periodic.push((period, last % (period * 1000), last, key));
-        }
-        periodic.sort();
+        self.exclude(not_tasks);
+        let periodic = periodic_tasks(&self.tasks, &self.config, now_unix_ms);
         let mut signals = Vec::new();
         let mut seen_patterns = HashSet::new();
         let mut used: HashSet<&String> = HashSet::new();
@@ -260,25 +225,7 @@ impl ScheduleDetector {
             }
             used.extend(members.iter().map(|m| m.3));
             let keys: BTreeSet<String> = members.iter().map(|m| m.3.clone()).collect();
-            // A task that joins late (its period became known one firing after the others')
-            // must not make a new finding: a group sharing most of its tasks is the same one.
-            let existing = self
-                .groups
-                .iter()
-                .filter(|(_, g)| g.period_s == *period)
-                .map(|(p, g)| (p, g.members.intersection(&keys).count(), g.members.len()))
-                .filter(|(_, overlap, len)| *overlap >= 2 && 2 * overlap >= keys.len().min(*len))
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
-                .map(|(p, _, _)| p.clone());
-            let pattern = existing.unwrap_or_else(|| {
-                format!(
-                    "every {period} s: {}",
-                    keys.iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                )
-            });
+            let pattern = self.group_pattern(*period, &keys);
             seen_patterns.insert(pattern.clone());
             let firing = members.iter().map(|m| m.2).min().unwrap_or(0);
             {
@@ -309,6 +256,58 @@ impl ScheduleDetector {
                 }
             }
         }
+        self.end_groups_not_seen(&seen_patterns, now_unix_ms, &mut signals);
+        signals
+    }
+
+    /// Pool workers and proxies are not tasks: a worker's queries are requests, so the
+    /// onsets it left as a "task" are forgotten.
+    fn exclude(&mut self, not_tasks: &HashSet<u32>) {
+        for pid in not_tasks {
+            if !self.excluded.contains(pid) {
+                if let Some(Some((_, key))) = self.pids.get(pid)
+                    && let Some(t) = self.tasks.get(key)
+                    && t.onsets.len() <= 1
+                {
+                    self.tasks.remove(key);
+                }
+                self.pids.insert(*pid, None);
+            }
+        }
+        self.excluded = not_tasks.clone();
+    }
+
+    /// The pattern (finding id source) of a group of tasks. A task that joins late (its
+    /// period became known one firing after the others') must not make a new finding: a
+    /// group sharing most of its tasks is the same one.
+    fn group_pattern(&self, period: u64, keys: &BTreeSet<String>) -> String {
+        let existing = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.period_s == period)
+            .map(|(p, g)| (p, g.members.intersection(keys).count(), g.members.len()))
+            .filter(|(_, overlap, len)| *overlap >= 2 && 2 * overlap >= keys.len().min(*len))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+            .map(|(p, _, _)| p.clone());
+        existing.unwrap_or_else(|| {
+            format!(
+                "every {period} s: {}",
+                keys.iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )
+        })
+    }
+
+    /// Groups no longer aligned end; inactive ones are forgotten a day after their last
+    /// firing.
+    fn end_groups_not_seen(
+        &mut self,
+        seen_patterns: &HashSet<String>,
+        now_unix_ms: u64,
+        signals: &mut Vec<Signal>,
+    ) {
         for (pattern, group) in &mut self.groups {
             if group.active && !seen_patterns.contains(pattern) {
                 group.active = false;
@@ -321,7 +320,6 @@ impl ScheduleDetector {
         self.groups.retain(|p, g| {
             g.active || seen_patterns.contains(p) || g.last_firing_ms + 86_400_000 > now_unix_ms
         });
-        signals
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -336,8 +334,6 @@ impl ScheduleDetector {
         host: &str,
         pressure: &impl Fn(u64, u64) -> Option<(usize, f64, u16)>,
     ) -> Report {
-        let mut tasks_text = Vec::new();
-        let mut commands = Vec::new();
         let present: Vec<(&String, &Task)> = members
             .iter()
             .filter_map(|m| Some((m.3, self.tasks.get(m.3)?)))
@@ -345,37 +341,10 @@ impl ScheduleDetector {
         // Named against each other: the words that tell this group's tasks apart.
         let keys: Vec<&str> = present.iter().map(|(k, _)| k.as_str()).collect();
         let tasks = super::task_name::short_names(&keys);
-        for ((key, t), name) in present.iter().zip(&tasks) {
-            let mut fps: Vec<(&String, &u64)> = t.fingerprints.iter().collect();
-            fps.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            let top: Vec<String> = fps
-                .iter()
-                .take(3)
-                .map(|(id, n)| {
-                    format!(
-                        "{} ×{n}",
-                        summaries.get(id.as_str()).copied().unwrap_or(id.as_str())
-                    )
-                })
-                .collect();
-            tasks_text.push(format!("{name} ({})", top.join(", ")));
-            commands.push(key.to_string());
-        }
+        let tasks_text = task_texts(&present, &tasks, summaries);
+        let commands: Vec<String> = present.iter().map(|(key, _)| key.to_string()).collect();
         let offset_s = offset as f64 / 1000.0;
-        let period_text = if period.is_multiple_of(60) {
-            format!("{} min", period / 60)
-        } else {
-            format!("{period} s")
-        };
-        let offset_text = if period.is_multiple_of(60) {
-            format!(
-                ":{:02}:{:02} into every {period_text}",
-                offset / 60_000,
-                (offset / 1000) % 60
-            )
-        } else {
-            format!("+{offset_s:.1} s into every {period_text}")
-        };
+        let offset_text = offset_text(period, offset);
         let mut evidence = vec![
             Evidence::new("tasks", members.len() as f64, "tasks"),
             Evidence::new("period", period as f64, "s"),
@@ -399,19 +368,7 @@ impl ScheduleDetector {
                  flight and clients waited {wait:.0} ms (p95)."
             ));
         }
-        let step = period * 1000 / (members.len() as u64 + 1);
-        let proposal: Vec<String> = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let at = (offset + step * i as u64) % (period * 1000);
-                if period.is_multiple_of(60) {
-                    format!("{t} at :{:02}:{:02}", at / 60_000, (at / 1000) % 60)
-                } else {
-                    format!("{t} at +{:.1} s", at as f64 / 1000.0)
-                }
-            })
-            .collect();
+        let proposal = staggered(&tasks, period, offset, members.len());
         Report {
             kind: FindingKind::CronAlignment,
             pattern: pattern.to_string(),
@@ -434,149 +391,105 @@ impl ScheduleDetector {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How far from its period a task's interval (and from the group's offset its own) may be.
+fn tolerance_ms(config: &CronConfig, period_s: u64) -> u64 {
+    (config.tolerance_s * 1000.0).max(period_s as f64 * 50.0) as u64
+}
 
-    fn q(pid: u32) -> QueryObs {
-        QueryObs {
-            fingerprint: "f".into(),
-            pid,
-            conn: (pid, 3),
-            server_port: Some(6432),
-            started_ms: 0.0,
-            first_response_ms: None,
-            finished_ms: 1.0,
-            route: None,
-            in_flight_routes: Vec::new(),
-            call_site: None,
+/// Tasks running on one of the configured periods and not overdue: (period s, offset
+/// ms, latest onset, key), sorted.
+fn periodic_tasks<'a>(
+    tasks: &'a HashMap<String, Task>,
+    config: &CronConfig,
+    now_unix_ms: u64,
+) -> Vec<(u64, u64, u64, &'a String)> {
+    let mut periodic: Vec<(u64, u64, u64, &String)> = Vec::new();
+    for (key, task) in tasks {
+        let n = task.onsets.len();
+        if n < 2 {
+            continue;
         }
-    }
-
-    #[test]
-    fn aligned_tasks_are_one_finding_and_staggered_ones_none() {
-        let mut d = ScheduleDetector::new(CronConfig {
-            periods_s: vec![20, 60],
-            quiet_s: 5,
-            ..CronConfig::default()
-        });
-        let none = HashSet::new();
-        let summaries = HashMap::new();
-        let mut pid = 1000;
-        let mut onsets = 0;
-        // Three tasks at +0 s of every 20 s (a new process per firing), for 4 firings, then
-        // restaggered to +0, +5, +10 for 3 more.
-        for firing in 0..7u64 {
-            for task in 0..3u64 {
-                let offset = if firing < 4 { task * 300 } else { task * 5_000 };
-                let at = 1_000_000 + firing * 20_000 + offset;
-                pid += 1;
-                d.on_query(&q(pid), at, |_| {
-                    Some(("python3".into(), format!("python3 task.py job{task}")))
-                });
-                // Later queries of the same run are not onsets.
-                d.on_query(&q(pid), at + 500, |_| None);
-            }
-            let now = 1_000_000 + firing * 20_000 + 12_000;
-            for s in d.tick(now, &none, &summaries, "h", |_, _| None) {
-                if let Signal::Onset(r) = s {
-                    // Named by the words that differ, the whole command lines beside.
-                    let mut named: Vec<(&str, &str)> = r
-                        .subject
-                        .tasks
-                        .iter()
-                        .zip(&r.subject.commands)
-                        .map(|(t, c)| (t.as_str(), c.as_str()))
-                        .collect();
-                    named.sort();
-                    assert_eq!(
-                        named,
-                        [
-                            ("task.py job0", "python3 task.py job0"),
-                            ("task.py job1", "python3 task.py job1"),
-                            ("task.py job2", "python3 task.py job2"),
-                        ],
-                        "{r:?}"
-                    );
-                    assert!(
-                        r.root_cause.contains("task.py job1 (f ×"),
-                        "{}",
-                        r.root_cause
-                    );
-                    assert!(
-                        r.root_cause.contains("+0.0 s into every 20 s"),
-                        "{}",
-                        r.root_cause
-                    );
-                    onsets += 1;
-                }
-            }
+        let (prev, last) = (task.onsets[n - 2], task.onsets[n - 1]);
+        let interval = last - prev;
+        let Some(period) = config
+            .periods_s
+            .iter()
+            .copied()
+            .find(|p| interval.abs_diff(p * 1000) <= tolerance_ms(config, *p))
+        else {
+            continue;
+        };
+        // Still running on schedule: the next onset is not overdue.
+        if now_unix_ms > last + period * 1000 + 2 * tolerance_ms(config, period) {
+            continue;
         }
-        // Firings 2, 3 and 4 (the first needs a previous onset to know the period).
-        assert_eq!(onsets, 3);
+        periodic.push((period, last % (period * 1000), last, key));
     }
+    periodic.sort();
+    periodic
+}
 
-    #[test]
-    fn cpu_bursts_of_new_processes_are_task_runs() {
-        let mut d = ScheduleDetector::new(CronConfig {
-            periods_s: vec![60],
-            ..CronConfig::default()
-        });
-        let mut onsets = 0;
-        for firing in 0..3u64 {
-            let at = 6_000_000 + firing * 60_000;
-            let pid = firing as u32;
-            // Two report jobs that never query: a CPU burst each, known at exit.
-            d.on_cpu_burst(
-                10 + pid,
-                "python3",
-                "python3 render.py",
-                at + 100,
-                900_000_000,
-            );
-            d.on_cpu_burst(
-                20 + pid,
-                "python3",
-                "python3 export.py",
-                at + 700,
-                400_000_000,
-            );
-            // A short-lived shell is not a task run.
-            d.on_cpu_burst(30 + pid, "sh", "sh -c true", at, 1_000_000);
-            for s in d.tick(at + 5_000, &HashSet::new(), &HashMap::new(), "h", |_, _| {
-                None
-            }) {
-                if let Signal::Onset(r) = s {
-                    let mut tasks = r.subject.tasks.clone();
-                    tasks.sort();
-                    assert_eq!(tasks, ["export.py", "render.py"], "{r:?}");
-                    onsets += 1;
-                }
-            }
-        }
-        assert_eq!(onsets, 2);
-        assert!(!d.tasks.contains_key("sh -c true"));
-    }
+/// Each task with the statements it runs most: `name (SELECT a ×3, …)`.
+fn task_texts(
+    present: &[(&String, &Task)],
+    names: &[String],
+    summaries: &HashMap<&str, &str>,
+) -> Vec<String> {
+    present
+        .iter()
+        .zip(names)
+        .map(|((_, t), name)| {
+            let mut fps: Vec<(&String, &u64)> = t.fingerprints.iter().collect();
+            fps.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let top: Vec<String> = fps
+                .iter()
+                .take(3)
+                .map(|(id, n)| {
+                    format!(
+                        "{} ×{n}",
+                        summaries.get(id.as_str()).copied().unwrap_or(id.as_str())
+                    )
+                })
+                .collect();
+            format!("{name} ({})", top.join(", "))
+        })
+        .collect()
+}
 
-    #[test]
-    fn pool_workers_and_proxies_are_not_tasks() {
-        let mut d = ScheduleDetector::new(CronConfig {
-            periods_s: vec![20],
-            quiet_s: 5,
-            ..CronConfig::default()
-        });
-        d.on_query(&q(1), 0, |_| {
-            Some(("pgbouncer".into(), "pgbouncer x.ini".into()))
-        });
-        d.on_query(&q(2), 0, |_| {
-            Some(("gunicorn".into(), "gunicorn app".into()))
-        });
-        let workers: HashSet<u32> = [2].into_iter().collect();
-        d.tick(1, &workers, &HashMap::new(), "h", |_, _| None);
-        assert!(
-            d.tasks.is_empty(),
-            "{:?}",
-            d.tasks.keys().collect::<Vec<_>>()
-        );
+/// `:00:30 into every 60 min`, or `+2.5 s into every 45 s`.
+fn offset_text(period: u64, offset: u64) -> String {
+    let period_text = if period.is_multiple_of(60) {
+        format!("{} min", period / 60)
+    } else {
+        format!("{period} s")
+    };
+    if period.is_multiple_of(60) {
+        format!(
+            ":{:02}:{:02} into every {period_text}",
+            offset / 60_000,
+            (offset / 1000) % 60
+        )
+    } else {
+        format!("+{:.1} s into every {period_text}", offset as f64 / 1000.0)
     }
 }
+
+/// A proposed schedule: the tasks spread evenly over the period from the shared offset.
+fn staggered(tasks: &[String], period: u64, offset: u64, members: usize) -> Vec<String> {
+    let step = period * 1000 / (members as u64 + 1);
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = (offset + step * i as u64) % (period * 1000);
+            if period.is_multiple_of(60) {
+                format!("{t} at :{:02}:{:02}", at / 60_000, (at / 1000) % 60)
+            } else {
+                format!("{t} at +{:.1} s", at as f64 / 1000.0)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

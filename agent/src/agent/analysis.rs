@@ -1,0 +1,54 @@
+//! What the agent loop does with each accounting snapshot the pipeline produces before it is
+//! published: the detectors run on it, finding transitions go to the OTLP log, and the
+//! exporters' own losses join the agent's drop counts.
+use std::sync::Arc;
+
+use crate::{
+    config::Config,
+    detect::Detectors,
+    export::{delivery::ExportCounters, logs::FindingLogger},
+    model::Snapshot,
+    pipeline::state::PipelineState,
+};
+
+pub(super) struct Analysis {
+    /// Fed by the pipeline as queries and processes come and go; run on every snapshot.
+    pub detectors: Detectors,
+    /// Finding occurrences and resolutions as OTLP logs, when OTLP is on.
+    logs: Option<FindingLogger>,
+    /// OTLP export losses, when OTLP is on.
+    export_counters: Option<Arc<ExportCounters>>,
+}
+
+impl Analysis {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            detectors: Detectors::new(&config.detect),
+            logs: None,
+            export_counters: None,
+        }
+    }
+
+    /// OTLP is on: findings are logged and its losses counted from now on.
+    pub fn export_to(&mut self, logs: FindingLogger, counters: Arc<ExportCounters>) {
+        self.logs = Some(logs);
+        self.export_counters = Some(counters);
+    }
+
+    /// The pipeline's accounting snapshot, completed: findings, pool events and export
+    /// losses.
+    pub fn snapshot(&mut self, state: &mut PipelineState) -> Snapshot {
+        let mut snap = state.snapshot(&mut self.detectors);
+        self.detectors.complete(&mut snap);
+        let transitions = self.detectors.take_transitions();
+        if let Some(logs) = &self.logs {
+            for (t, f) in &transitions {
+                logs.emit(*t, f);
+            }
+        }
+        if let Some(counters) = &self.export_counters {
+            snap.agent.export = counters.drops();
+        }
+        snap
+    }
+}

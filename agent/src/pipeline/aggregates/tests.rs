@@ -1,0 +1,81 @@
+use super::*;
+use herdwatch_protocol::postgres::QueryProtocol;
+
+fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
+    let sql = sql.map(std::sync::Arc::from);
+    QueryEvent {
+        sql,
+        sql_truncated: false,
+        statement: name.map(Into::into),
+        protocol: QueryProtocol::Simple,
+        started_ns: 10,
+        first_response_ns: Some(20),
+        finished_ns: 30,
+        rows: 1,
+        command: None,
+        outcome,
+        sqlstate: (outcome == Outcome::Error).then(|| "42P01".to_string()),
+    }
+}
+
+#[test]
+fn literals_group_and_the_limit_holds() {
+    let mut a = Aggregates::new(2, 2, RouteGrouper::default());
+    let by_id = |n| {
+        q(
+            Some(&format!("SELECT * FROM t WHERE id = {n}")),
+            None,
+            Outcome::Ok,
+        )
+    };
+    a.record_query(
+        (1, 3),
+        None,
+        &by_id(1),
+        Caller {
+            route: Some(&Label::from("/t/{id}")),
+            ..Caller::default()
+        },
+        Vec::new(),
+    );
+    let mut failed = by_id(2);
+    failed.outcome = Outcome::Error;
+    failed.sqlstate = Some("42P01".into());
+    a.record_query((2, 3), None, &failed, Caller::default(), Vec::new());
+    a.record_query(
+        (1, 3),
+        None,
+        &q(None, Some("_pg3_0"), Outcome::Ok),
+        Caller::default(),
+        Vec::new(),
+    );
+    a.record_query(
+        (1, 3),
+        None,
+        &q(Some("DELETE FROM x"), None, Outcome::Ok),
+        Caller::default(),
+        Vec::new(),
+    );
+    assert_eq!(a.outbox.len(), 4);
+    let v = a.queries();
+    assert_eq!(v.len(), 3, "two fingerprints + other: {v:?}");
+    let t = v.iter().find(|s| s.summary == "SELECT t").expect("grouped");
+    assert_eq!((t.calls, t.errors, t.pids.len()), (2, 1, 2));
+    assert_eq!(
+        t.routes,
+        vec![RouteCalls {
+            route: "/t/{id}".to_string(),
+            calls: 1
+        }]
+    );
+    assert_eq!(t.errors_by_sqlstate.get("42P01"), Some(&1));
+    assert!(
+        v.iter()
+            .any(|s| s.text_unknown && s.summary == "EXECUTE _pg3_0")
+    );
+    assert_eq!(
+        v.iter().find(|s| s.id == OTHER_ID).map(|s| s.calls),
+        Some(1)
+    );
+    assert!(v.iter().all(|s| !s.normalized.contains("= 1")));
+}
