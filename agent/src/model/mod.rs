@@ -15,8 +15,8 @@ pub use records::{
     RecordSink,
 };
 pub use snapshot::{
-    AgentStats, CgroupView, HostView, PoolView, ProcessView, PythonStats, Snapshot, TimeShare,
-    WorkerView,
+    AgentStats, CgroupView, HostView, PoolView, ProcessView, PythonStats, Snapshot, TableSizes,
+    TimeShare, WorkerView,
 };
 pub use stats::{
     ConnectionStats, ExportDrops, Histogram, LATENCY_BUCKETS_MS, Label, Latency, OTHER_ID,

@@ -178,6 +178,54 @@ pub struct AgentStats {
     pub detector_records_dropped: u64,
     pub python: PythonStats,
     pub export: ExportDrops,
+    /// Resident memory of the agent process (bytes).
+    pub resident_bytes: u64,
+    /// Entries in the agent's tables: bounded, and back where they were after churn.
+    pub tables: TableSizes,
+}
+
+/// Entries in each table the agent keeps per process, thread or connection — what churn
+/// must not grow. (The maps with a fixed size, like the fingerprint table, are bounded by
+/// their configured limits and are not listed.)
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TableSizes {
+    /// The process table.
+    pub processes: usize,
+    /// The kernel's per-thread counters, walked at every snapshot.
+    pub kernel_threads: usize,
+    /// Thread id → thread group cache (threads not yet seen switching out).
+    pub thread_groups: usize,
+    /// Per-process totals remembered from the previous snapshot.
+    pub process_totals: usize,
+    /// Open connections, and the per-thread cursors of the connection table.
+    pub connections: usize,
+    pub connection_threads: usize,
+    /// DB wait totals per process.
+    pub db_wait_processes: usize,
+    /// asyncio Tasks tracked.
+    pub tasks: usize,
+    /// Thread groups the agent marked for the kernel side (pool workers, seeded sockets).
+    pub kernel_marked_processes: usize,
+    /// Python workers registered for frame walking.
+    pub python_workers: usize,
+}
+
+impl TableSizes {
+    /// (name, entries) of every table, in a fixed order.
+    pub fn entries(&self) -> [(&'static str, usize); 10] {
+        [
+            ("processes", self.processes),
+            ("kernel_threads", self.kernel_threads),
+            ("thread_groups", self.thread_groups),
+            ("process_totals", self.process_totals),
+            ("connections", self.connections),
+            ("connection_threads", self.connection_threads),
+            ("db_wait_processes", self.db_wait_processes),
+            ("tasks", self.tasks),
+            ("kernel_marked_processes", self.kernel_marked_processes),
+            ("python_workers", self.python_workers),
+        ]
+    }
 }
 
 /// Python processes whose frames the kernel side walks, and what naming them costs.

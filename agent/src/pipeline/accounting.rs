@@ -71,6 +71,11 @@ pub struct Accounting {
 }
 
 impl Accounting {
+    /// Processes whose totals are remembered from the previous snapshot.
+    pub fn processes_remembered(&self) -> usize {
+        self.prev_totals.len()
+    }
+
     /// `ticks`: the host's tick counters now, so the first interval has utilisation.
     pub fn new(ticks: Option<CpuTicks>) -> Self {
         Self {

@@ -431,6 +431,11 @@ impl Aggregates {
     }
 
     /// Total time `pid`'s queries took since start.
+    /// Processes with a DB wait total.
+    pub fn db_wait_processes(&self) -> usize {
+        self.db_wait_by_pid.len()
+    }
+
     pub fn db_wait_of(&self, pid: u32) -> u64 {
         self.db_wait_by_pid.get(&pid).copied().unwrap_or(0)
     }

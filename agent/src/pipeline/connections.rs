@@ -168,6 +168,11 @@ pub struct Connections {
 }
 
 impl Connections {
+    /// Threads with a cursor (the request or query they are in).
+    pub fn threads_tracked(&self) -> usize {
+        self.threads.len()
+    }
+
     pub fn new(max: usize) -> Self {
         Self {
             conns: slab::Slab::new(),

@@ -52,6 +52,11 @@ pub struct SystemCaches {
 }
 
 impl SystemCaches {
+    /// Threads whose thread group is cached.
+    pub fn thread_groups_cached(&self) -> usize {
+        self.tid_to_tgid.len()
+    }
+
     /// A thread exited: its cached thread group goes.
     pub fn forget_thread(&mut self, tid: u32) {
         self.tid_to_tgid.remove(&tid);

@@ -424,6 +424,19 @@ impl PipelineState {
             detector_records_dropped: self.aggregates.outbox_dropped,
             python: self.python_stats(),
             export: Default::default(),
+            resident_bytes: crate::procs::own_usage::resident_bytes(),
+            tables: crate::model::TableSizes {
+                processes: self.table.len(),
+                kernel_threads: threads_tracked,
+                thread_groups: self.system.thread_groups_cached(),
+                process_totals: self.accounting.processes_remembered(),
+                connections: self.connections.stats.open,
+                connection_threads: self.connections.threads_tracked(),
+                db_wait_processes: self.aggregates.db_wait_processes(),
+                tasks: self.connections.python_state().0,
+                kernel_marked_processes: self.maps.marked_processes(),
+                python_workers: self.python_workers.len(),
+            },
         }
     }
 }

@@ -93,6 +93,11 @@ impl KernelMaps {
         })
     }
 
+    /// Thread groups marked in AGENT_TGIDS (pool workers and processes with seeded sockets).
+    pub fn marked_processes(&self) -> usize {
+        self.http_server_set.union(&self.seeded_tgids).count()
+    }
+
     /// Writes `tgid`'s byte of AGENT_TGIDS: set while it is a pool worker or has seeded
     /// sockets.
     fn remark(&mut self, tgid: u32) {

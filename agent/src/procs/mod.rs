@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod cmdline;
 pub mod memory;
+pub mod own_usage;
 pub mod pools;
 pub mod python;
 pub mod table;
