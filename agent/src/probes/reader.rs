@@ -165,15 +165,19 @@ pub struct SocketRing {
     counters: Arc<RingCounters>,
     /// The kernel side writes most records without waking us (`BPF_RB_NO_WAKEUP` below
     /// `WAKEUP_BYTES` unread): this timer is what reads them.
-    drain_timer: tokio::time::Interval,
+    drain_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    drain_period: std::time::Duration,
     /// The last read stopped at its budget with records still waiting.
     backlog: bool,
 }
 
-/// How often the ring is drained when the kernel side did not wake us. Short enough that a
-/// record waits at most this long (and the ring's wakeup threshold is rarely reached), long
-/// enough that an idle agent wakes only this often.
+/// How often the ring is drained while records arrive and the kernel side did not wake us:
+/// a record waits at most this long, and the ring's wakeup threshold is rarely reached.
 pub const SOCKET_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+/// The period doubles after each drain that found nothing, up to this: an idle host's agent
+/// wakes a few times a second, not fifty. The first records after a quiet spell wait at most
+/// this long (their kernel timestamps are exact either way).
+pub const SOCKET_DRAIN_IDLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(320);
 
 impl SocketRing {
     pub fn open(
@@ -181,13 +185,13 @@ impl SocketRing {
         counters: Arc<RingCounters>,
         record_to: Option<&std::path::Path>,
     ) -> Result<Self> {
-        let mut drain_timer = tokio::time::interval(SOCKET_DRAIN_INTERVAL);
-        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let drain_timer = Box::pin(tokio::time::sleep(SOCKET_DRAIN_INTERVAL));
         Ok(Self {
             fd: open_ring(ebpf, "SOCKET_EVENTS")?,
             recorder: record_to.map(Recorder::create).transpose()?,
             counters,
             drain_timer,
+            drain_period: SOCKET_DRAIN_INTERVAL,
             backlog: false,
         })
     }
@@ -200,13 +204,14 @@ impl SocketRing {
         if self.backlog {
             // Records were left behind at the budget: read on after the others had a turn.
             tokio::task::yield_now().await;
-            self.backlog = !Self::take(
+            let (_, emptied) = Self::take(
                 self.fd.get_mut(),
                 &mut self.recorder,
                 &self.counters,
                 budget,
                 apply,
             );
+            self.backlog = !emptied;
             return Ok(());
         }
         let woken = tokio::select! {
@@ -214,11 +219,11 @@ impl SocketRing {
                 what: "SOCKET_EVENTS ring buffer fd".into(),
                 source: e,
             })?),
-            _ = self.drain_timer.tick() => None,
+            () = self.drain_timer.as_mut() => None,
         };
-        let emptied = match woken {
+        let (taken, emptied) = match woken {
             Some(mut guard) => {
-                let emptied = Self::take(
+                let (taken, emptied) = Self::take(
                     guard.get_inner_mut(),
                     &mut self.recorder,
                     &self.counters,
@@ -228,7 +233,7 @@ impl SocketRing {
                 if emptied {
                     guard.clear_ready();
                 }
-                emptied
+                (taken, emptied)
             }
             None => Self::take(
                 self.fd.get_mut(),
@@ -238,6 +243,13 @@ impl SocketRing {
                 apply,
             ),
         };
+        self.drain_period = if taken > 0 {
+            SOCKET_DRAIN_INTERVAL
+        } else {
+            (self.drain_period * 2).min(SOCKET_DRAIN_IDLE_INTERVAL)
+        };
+        let next = tokio::time::Instant::now() + self.drain_period;
+        self.drain_timer.as_mut().reset(next);
         self.backlog = !emptied;
         Ok(())
     }
@@ -255,17 +267,17 @@ impl SocketRing {
         );
     }
 
-    /// Applies up to `budget` records; true when the ring was emptied.
+    /// Applies up to `budget` records: how many, and whether the ring was emptied.
     fn take(
         ring: &mut RingBuf<MapData>,
         recorder: &mut Option<Recorder>,
         counters: &RingCounters,
         budget: usize,
         mut apply: impl FnMut(&[u8]),
-    ) -> bool {
-        for _ in 0..budget {
+    ) -> (usize, bool) {
+        for taken in 0..budget {
             let Some(item) = ring.next() else {
-                return true;
+                return (taken, true);
             };
             counters.received.fetch_add(1, Ordering::Relaxed);
             if let Some(r) = recorder.as_mut() {
@@ -273,7 +285,7 @@ impl SocketRing {
             }
             apply(&item);
         }
-        false
+        (budget, false)
     }
 }
 
