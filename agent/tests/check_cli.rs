@@ -87,6 +87,18 @@ fn kernel_log_lines_reach_the_agent_log_at_debug_level() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("agent starts");
+    // Read the log from the start: at debug level aya alone writes more than a pipe holds
+    // (~77 KB of relocation lines) before the first snapshot, and an unread pipe stops the
+    // agent there.
+    let stderr = BufReader::new(agent.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let stdout = agent.stdout.take().expect("stdout");
     // The first JSON snapshot means the programs are attached.
     let mut first = String::new();
@@ -97,15 +109,6 @@ fn kernel_log_lines_reach_the_agent_log_at_debug_level() {
     let mut child = Command::new("/bin/true").spawn().expect("spawn true");
     let pid = child.id();
     let _ = child.wait();
-    let stderr = BufReader::new(agent.stderr.take().expect("stderr"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
     let want = format!("exec pid={pid} ");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut found = false;
