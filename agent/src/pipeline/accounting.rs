@@ -21,6 +21,49 @@ const MAX_POOL_TOTALS: usize = 256;
 /// Samples of busy workers kept per pool (at the default 2 s interval, 10 minutes).
 const BUSY_HISTORY: usize = 300;
 
+/// Shortest span a cgroup's utilisation is measured over. A CPU quota is enforced per CFS
+/// period (100 ms by default): over a window of one or two periods a group at its quota reads
+/// anywhere from a third to twice of it, and one such dip broke a sustained saturation.
+/// Snapshots taken closer together than this report the last full window's figure.
+const CGROUP_WINDOW_NS: u64 = 500_000_000;
+
+/// The start of the cgroup's current measuring window, and the utilisation of the last
+/// complete one.
+#[derive(Debug, Clone, Copy)]
+struct CgroupWindow {
+    usage_ns: u64,
+    at_ns: u64,
+    utilization: Option<f64>,
+}
+
+impl CgroupWindow {
+    fn start(usage_ns: u64, at_ns: u64) -> Self {
+        Self {
+            usage_ns,
+            at_ns,
+            utilization: None,
+        }
+    }
+
+    /// The window after a reading of `usage_ns` at `now_ns`: closed (utilisation of the
+    /// quota over it, new window from here) once it spans `CGROUP_WINDOW_NS`.
+    fn advance(self, usage_ns: u64, now_ns: u64, capacity_cpus: f64) -> Self {
+        let span = now_ns.saturating_sub(self.at_ns);
+        if span < CGROUP_WINDOW_NS {
+            return self;
+        }
+        Self {
+            usage_ns,
+            at_ns: now_ns,
+            utilization: Some(
+                usage_ns.saturating_sub(self.usage_ns) as f64
+                    / span as f64
+                    / capacity_cpus.max(0.001),
+            ),
+        }
+    }
+}
+
 /// A pool's cumulative time since the agent started watching it, ns.
 #[derive(Debug, Default, Clone, Copy)]
 struct PoolTotals {
@@ -66,7 +109,7 @@ pub struct Accounting {
     /// CPU cgroup path per pool master (None: the root one), and the previous (usage ns,
     /// monotonic ns) per cgroup path.
     cgroups: HashMap<u32, Option<String>>,
-    prev_cgroup_usage: HashMap<String, (u64, u64)>,
+    prev_cgroup_usage: HashMap<String, CgroupWindow>,
     prev_ticks: Option<CpuTicks>,
 }
 
@@ -277,16 +320,14 @@ impl Accounting {
                 continue;
             };
             let capacity = reading.limit_cpus.unwrap_or(sampler.cpu_count() as f64);
-            let cpu_utilization = self
+            let window = self
                 .prev_cgroup_usage
                 .get(&path)
-                .filter(|(_, at)| now_mono > *at)
-                .map(|(used, at)| {
-                    reading.usage_ns.saturating_sub(*used) as f64
-                        / (now_mono - at) as f64
-                        / capacity.max(0.001)
-                });
-            cgroup_usage.insert(path.clone(), (reading.usage_ns, now_mono));
+                .copied()
+                .unwrap_or(CgroupWindow::start(reading.usage_ns, now_mono))
+                .advance(reading.usage_ns, now_mono, capacity);
+            let cpu_utilization = window.utilization;
+            cgroup_usage.insert(path.clone(), window);
             view.cgroup = Some(CgroupView {
                 path,
                 limit_cpus: reading.limit_cpus,

@@ -270,6 +270,49 @@ fn a_cgroup_is_looked_up_once_and_its_use_is_a_share_of_its_quota() {
     assert!(accounting.watches_cgroup("/kubepods/pod1/shop"));
 }
 
+/// Snapshots closer together than the measuring window (a test polling every 200 ms between
+/// periodic ones) report the last full window: a group at its quota, throttled within one
+/// CFS period, must not read as a third of it over a 50 ms slice.
+#[test]
+fn a_cgroup_is_measured_over_half_a_second_at_least() {
+    let table = [process(10, 1, &["gunicorn"])];
+    let pools = [Pool {
+        workers: Vec::new(),
+        ..gunicorn()
+    }];
+    let reading = |usage_ns| CpuReading {
+        usage_ns,
+        limit_cpus: Some(0.5),
+    };
+    let mut sampler = FakeSampler {
+        now_ns: 1_000 * MS,
+        cgroup: Some(("/pod/shop".into(), reading(0))),
+        ..FakeSampler::default()
+    };
+    let serving = HashMap::new();
+    let inputs = PoolInputs {
+        pools: &pools,
+        serving: &serving,
+        db_wait_of: &no_db_wait,
+    };
+    let mut accounting = Accounting::new(None);
+    let mut utilization_at = |now_ms: u64, usage_ms: u64| {
+        sampler.now_ns = now_ms * MS;
+        sampler.cgroup = Some(("/pod/shop".into(), reading(usage_ms * MS)));
+        let accounts = accounting.processes(&mut sampler, table.iter());
+        let views = accounting.pools(&mut sampler, &accounts, &inputs);
+        views[0].cgroup.as_ref().and_then(|c| c.cpu_utilization)
+    };
+    assert_eq!(utilization_at(1_000, 0), None);
+    assert_eq!(utilization_at(1_200, 100), None, "no full window yet");
+    // 500 ms of half a CPU: at the quota.
+    assert_eq!(utilization_at(1_500, 250), Some(1.0));
+    // 50 ms later, throttled all along: still the last full window's figure.
+    assert_eq!(utilization_at(1_550, 250), Some(1.0));
+    // A full window at a fifth of the quota.
+    assert_eq!(utilization_at(2_000, 300), Some(0.2));
+}
+
 #[test]
 fn command_lines_are_printable_and_bounded() {
     assert_eq!(command_line(&["a\nb".into(), "c".into()]), "a b c");
