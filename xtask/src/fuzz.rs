@@ -1,5 +1,5 @@
 //! Fuzzing the protocol parsers with cargo-fuzz (libFuzzer, nightly).
-use std::process::Command;
+use std::{fs::File, path::Path, process::Command};
 
 use anyhow::Context as _;
 
@@ -21,14 +21,20 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one target for `seconds`; Ok(false) when it found a crash.
-pub fn run_target(target: &str, seconds: u32) -> anyhow::Result<bool> {
+/// Runs one target for `seconds`; Ok(false) when it found a crash. With `log`, libFuzzer's
+/// progress lines go to that file instead of the terminal.
+pub fn run_target(target: &str, seconds: u32, log: Option<&Path>) -> anyhow::Result<bool> {
     let root = setup::workspace_root();
-    let status = Command::new("cargo")
-        .args(["+nightly", "fuzz", "run", target, "--"])
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "fuzz", "run", target, "--"])
         .arg(format!("-max_total_time={seconds}"))
         .args(["-rss_limit_mb=2048", "-print_final_stats=0"])
-        .current_dir(&root)
+        .current_dir(&root);
+    if let Some(log) = log {
+        let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdout(file.try_clone()?).stderr(file);
+    }
+    let status = cmd
         .status()
         .with_context(|| format!("running fuzz target {target}"))?;
     Ok(status.success())
@@ -38,7 +44,7 @@ pub fn run_all(seconds: u32) -> anyhow::Result<()> {
     ensure_cargo_fuzz()?;
     let mut failed = Vec::new();
     for target in TARGETS {
-        if !run_target(target, seconds)? {
+        if !run_target(target, seconds, None)? {
             failed.push(target);
         }
     }

@@ -20,6 +20,42 @@ struct Tally {
     ignored: u64,
 }
 
+/// Lines of one failed test's captured output kept for the closing report.
+const FAILURE_LINES_KEPT: usize = 30;
+
+/// What libtest printed about failed tests, kept so the end of the log names them: CI shows
+/// only the tail, and the fuzz runs that follow the tests would push the failures out of it.
+#[derive(Default, Debug)]
+struct Failures {
+    /// One `---- name stdout ----` block per failed test, cut to FAILURE_LINES_KEPT lines.
+    blocks: Vec<Vec<String>>,
+    in_block: bool,
+}
+
+impl Failures {
+    fn observe(&mut self, line: &str) {
+        if line.starts_with("---- ") && line.ends_with(" ----") {
+            self.blocks.push(vec![line.to_string()]);
+            self.in_block = true;
+        } else if line == "failures:" || line.starts_with("test result: ") {
+            self.in_block = false;
+        } else if self.in_block
+            && let Some(block) = self.blocks.last_mut()
+            && block.len() < FAILURE_LINES_KEPT
+        {
+            block.push(line.to_string());
+        }
+    }
+
+    fn print(&self) {
+        for block in &self.blocks {
+            for line in block {
+                println!("{line}");
+            }
+        }
+    }
+}
+
 /// Adds one libtest line `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
 fn add_result_line(line: &str, tally: &mut Tally) -> bool {
     let Some(rest) = line.trim().strip_prefix("test result: ") else {
@@ -97,9 +133,11 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     let mut child = cmd.spawn().context("spawning cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
     let mut saw_results = false;
+    let mut failures = Failures::default();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
+        failures.observe(&line);
         saw_results |= add_result_line(&line, &mut tally);
     }
     let status = child.wait()?;
@@ -112,11 +150,22 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     if filter.is_none() {
         fuzz::ensure_cargo_fuzz()?;
         for target in fuzz::TARGETS {
-            eprintln!("xtask test: fuzz {target} for {FUZZ_SECONDS_IN_TEST} s");
-            if fuzz::run_target(target, FUZZ_SECONDS_IN_TEST)? {
+            // libFuzzer's thousands of progress lines would bury the test report in CI's
+            // tail; they go to a file whose end is printed only when the target crashes.
+            let log = std::env::temp_dir().join(format!("herdwatch-fuzz-{target}.log"));
+            eprintln!(
+                "xtask test: fuzz {target} for {FUZZ_SECONDS_IN_TEST} s (log: {})",
+                log.display()
+            );
+            if fuzz::run_target(target, FUZZ_SECONDS_IN_TEST, Some(&log))? {
                 println!("fuzz {target} ... ok");
                 tally.passed += 1;
             } else {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(FAILURE_LINES_KEPT)..] {
+                    println!("{line}");
+                }
                 println!("fuzz {target} ... FAILED (crash input in fuzz/artifacts/{target}/)");
                 tally.failed += 1;
             }
@@ -138,6 +187,7 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     for r in &reasons {
         println!("skipped: {r}");
     }
+    failures.print();
     let passed = tally.passed.saturating_sub(skipped);
     println!(
         "{passed} passed, {} failed, {skipped} skipped",
@@ -162,5 +212,30 @@ mod tests {
         ));
         assert!(!add_result_line("running 3 tests", &mut t));
         assert_eq!((t.passed, t.failed, t.ignored), (12, 1, 2));
+    }
+
+    #[test]
+    fn keeps_each_failed_tests_output_for_the_closing_report() {
+        let mut f = Failures::default();
+        for line in [
+            "test a ... ok",
+            "failures:",
+            "",
+            "---- b stdout ----",
+            "thread 'b' panicked at tests/x.rs:1:1:",
+            "boom",
+            "---- c stdout ----",
+            "left: 1",
+            "",
+            "failures:",
+            "    b",
+            "    c",
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored",
+        ] {
+            f.observe(line);
+        }
+        assert_eq!(f.blocks.len(), 2);
+        assert_eq!(f.blocks[0][2], "boom");
+        assert_eq!(f.blocks[1], vec!["---- c stdout ----", "left: 1", ""]);
     }
 }
