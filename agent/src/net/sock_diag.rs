@@ -41,8 +41,24 @@ const MAX_NAMESPACES: usize = 64;
 /// Largest netlink answer read at once; a dump arrives in several of these.
 const RECEIVE_BUFFER: usize = 64 * 1024;
 
-fn sockets() -> &'static Mutex<HashMap<u64, Socket>> {
-    static SOCKETS: OnceLock<Mutex<HashMap<u64, Socket>>> = OnceLock::new();
+/// A netlink socket kept for one namespace, with the buffer its answers are read into
+/// (allocated once, not on every snapshot).
+struct DiagSocket {
+    socket: Socket,
+    buffer: Vec<u8>,
+}
+
+impl DiagSocket {
+    fn new(socket: Socket) -> Self {
+        Self {
+            socket,
+            buffer: vec![0u8; RECEIVE_BUFFER],
+        }
+    }
+}
+
+fn sockets() -> &'static Mutex<HashMap<u64, DiagSocket>> {
+    static SOCKETS: OnceLock<Mutex<HashMap<u64, DiagSocket>>> = OnceLock::new();
     SOCKETS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -65,10 +81,10 @@ pub fn tcp_listeners(pid: u32) -> io::Result<Vec<TcpListen>> {
         } else {
             open_in_namespace_of(pid)?
         };
-        cache.insert(namespace, socket);
+        cache.insert(namespace, DiagSocket::new(socket));
     }
     let socket = cache
-        .get(&namespace)
+        .get_mut(&namespace)
         .ok_or_else(|| io::Error::other("netlink socket vanished"))?;
     let mut found = dump(socket, AF_INET)?;
     found.extend(dump(socket, AF_INET6)?);
@@ -102,7 +118,8 @@ fn open_in_namespace_of(pid: u32) -> io::Result<Socket> {
 }
 
 /// One dump request for listening TCP sockets of `family`, and its answers until Done.
-fn dump(socket: &Socket, family: u8) -> io::Result<Vec<TcpListen>> {
+fn dump(diag: &mut DiagSocket, family: u8) -> io::Result<Vec<TcpListen>> {
+    let DiagSocket { socket, buffer } = diag;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let socket_id = if family == AF_INET {
@@ -127,7 +144,6 @@ fn dump(socket: &Socket, family: u8) -> io::Result<Vec<TcpListen>> {
     socket.send(&out, 0)?;
 
     let mut found = Vec::new();
-    let mut buffer = vec![0u8; RECEIVE_BUFFER];
     loop {
         let size = socket.recv(&mut &mut buffer[..], 0)?;
         if size == 0 {

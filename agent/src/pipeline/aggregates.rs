@@ -459,4 +459,4 @@ impl Aggregates {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -468,10 +468,7 @@ fn process_name(table: &ProcessTable, pid: u32) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use herdwatch_protocol::{
-        postgres::{Outcome, QueryEvent, QueryProtocol},
-        route::RouteGrouper,
-    };
+    use herdwatch_protocol::{postgres::Outcome, route::RouteGrouper};
 
     use super::*;
     use crate::pipeline::aggregates::Caller;
@@ -480,19 +477,7 @@ mod tests {
     fn processes_that_queried_then_exited_leave_no_db_wait_behind() {
         let mut connections = Connections::new(1024);
         let mut aggregates = Aggregates::new(16, 16, RouteGrouper::default());
-        let query = QueryEvent {
-            sql: Some("SELECT 1".into()),
-            sql_truncated: false,
-            statement: None,
-            protocol: QueryProtocol::Simple,
-            started_ns: 10,
-            first_response_ns: Some(20),
-            finished_ns: 30,
-            rows: 1,
-            command: None,
-            outcome: Outcome::Ok,
-            sqlstate: None,
-        };
+        let query = crate::pipeline::aggregates::tests::q(Some("SELECT 1"), None, Outcome::Ok);
         for pid in 1..=10_000 {
             aggregates.record_query((pid, 3), None, &query, Caller::default(), Vec::new());
             assert_eq!(aggregates.db_wait_of(pid), 20);

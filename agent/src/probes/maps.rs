@@ -77,6 +77,8 @@ impl KernelMaps {
         let py_procs = HashMap::try_from(take(ebpf, "PY_PROCS")?).map_err(map_err("PY_PROCS"))?;
         let agent_tgids =
             Array::try_from(take(ebpf, "AGENT_TGIDS")?).map_err(map_err("AGENT_TGIDS"))?;
+        // The loader sized the filter maps from pid_max; their size is the one answer.
+        let tgid_words = agent_tgids.len();
         Ok(Self {
             threads,
             stats,
@@ -89,7 +91,7 @@ impl KernelMaps {
             agent_tgids,
             seeded_tgids: HashSet::new(),
             agent_words: StdHashMap::new(),
-            tgid_words: super::loader::tgid_filter_words(),
+            tgid_words,
         })
     }
 

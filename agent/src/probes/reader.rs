@@ -204,13 +204,7 @@ impl SocketRing {
         if self.backlog {
             // Records were left behind at the budget: read on after the others had a turn.
             tokio::task::yield_now().await;
-            let (_, emptied) = Self::take(
-                self.fd.get_mut(),
-                &mut self.recorder,
-                &self.counters,
-                budget,
-                apply,
-            );
+            let (_, emptied) = self.take_waiting(budget, apply);
             self.backlog = !emptied;
             return Ok(());
         }
@@ -235,13 +229,7 @@ impl SocketRing {
                 }
                 (taken, emptied)
             }
-            None => Self::take(
-                self.fd.get_mut(),
-                &mut self.recorder,
-                &self.counters,
-                budget,
-                apply,
-            ),
+            None => self.take_waiting(budget, apply),
         };
         self.drain_period = if taken > 0 {
             SOCKET_DRAIN_INTERVAL
@@ -258,13 +246,18 @@ impl SocketRing {
     /// snapshot, so it counts them). Bounded: a kernel writing as fast as we read must not
     /// hold the snapshot back.
     pub fn apply_waiting(&mut self, budget: usize, apply: impl FnMut(&[u8])) {
+        self.take_waiting(budget, apply);
+    }
+
+    /// `take` without an epoll readiness guard: for the timer, the backlog and snapshots.
+    fn take_waiting(&mut self, budget: usize, apply: impl FnMut(&[u8])) -> (usize, bool) {
         Self::take(
             self.fd.get_mut(),
             &mut self.recorder,
             &self.counters,
             budget,
             apply,
-        );
+        )
     }
 
     /// Applies up to `budget` records: how many, and whether the ring was emptied.

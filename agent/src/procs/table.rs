@@ -69,6 +69,21 @@ pub struct ProcessInfo {
     pub source: Source,
 }
 
+#[cfg(test)]
+impl ProcessInfo {
+    /// A python3 process as a /proc scan finds it, for tests.
+    pub fn scanned_python(pid: u32, ppid: u32, argv: &[&str]) -> Self {
+        Self {
+            pid,
+            ppid,
+            comm: "python3".into(),
+            cmdline: argv.iter().map(|s| s.to_string()).collect(),
+            exited_threads: CpuTotals::default(),
+            source: Source::Scan,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -317,17 +332,6 @@ impl ProcessTable {
 mod tests {
     use super::*;
 
-    fn proc(pid: u32, ppid: u32, argv: &[&str]) -> ProcessInfo {
-        ProcessInfo {
-            pid,
-            ppid,
-            comm: "python3".into(),
-            cmdline: argv.iter().map(|s| s.to_string()).collect(),
-            exited_threads: CpuTotals::default(),
-            source: Source::Scan,
-        }
-    }
-
     fn table_with(procs: &[ProcessInfo]) -> ProcessTable {
         let mut t = ProcessTable::default();
         for p in procs {
@@ -338,7 +342,7 @@ mod tests {
 
     #[test]
     fn fork_inherits_cmdline_and_thread_creation_adds_nothing() {
-        let mut t = table_with(&[proc(10, 1, &["gunicorn", "app:app"])]);
+        let mut t = table_with(&[ProcessInfo::scanned_python(10, 1, &["gunicorn", "app:app"])]);
         t.apply(&ProcessEvent::NewTask {
             tid: 11,
             tgid: 10,
@@ -369,7 +373,7 @@ mod tests {
 
     #[test]
     fn thread_exits_accumulate_and_group_exit_removes() {
-        let mut t = table_with(&[proc(20, 1, &["x"])]);
+        let mut t = table_with(&[ProcessInfo::scanned_python(20, 1, &["x"])]);
         let counters = ThreadCounters {
             on_cpu_ns: 5,
             ..Default::default()

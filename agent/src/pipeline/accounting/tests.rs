@@ -6,11 +6,7 @@ use herdwatch_common::{CpuCurrent, ThreadCounters};
 use super::*;
 use crate::{
     net::Listener,
-    procs::{
-        PoolKind,
-        cgroup::CpuReading,
-        table::{ProcessInfo, Source},
-    },
+    procs::{PoolKind, cgroup::CpuReading, table::ProcessInfo},
 };
 
 /// Readings set by the test; each snapshot reads whatever is set now.
@@ -83,14 +79,7 @@ impl Sampler for FakeSampler {
 const MS: u64 = 1_000_000;
 
 fn process(pid: u32, ppid: u32, argv: &[&str]) -> ProcessInfo {
-    ProcessInfo {
-        pid,
-        ppid,
-        comm: "python3".into(),
-        cmdline: argv.iter().map(|s| s.to_string()).collect(),
-        exited_threads: CpuTotals::default(),
-        source: Source::Scan,
-    }
+    ProcessInfo::scanned_python(pid, ppid, argv)
 }
 
 fn thread(tgid: u32, on_cpu_ns: u64, run_delay_ns: u64) -> ThreadCounters {

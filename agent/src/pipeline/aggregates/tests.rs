@@ -1,7 +1,8 @@
 use super::*;
 use herdwatch_protocol::postgres::QueryProtocol;
 
-fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
+/// A finished query of `sql` or the prepared statement `name`: 20 ns waited, 30 ns in all.
+pub(crate) fn q(sql: Option<&str>, name: Option<&str>, outcome: Outcome) -> QueryEvent {
     let sql = sql.map(std::sync::Arc::from);
     QueryEvent {
         sql,
