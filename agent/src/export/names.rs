@@ -142,6 +142,20 @@ metric!(
     Counter,
     "Events the agent lost, by where they were lost."
 );
+metric!(
+    AGENT_MEMORY,
+    "herdwatch.agent.memory.resident",
+    "By",
+    Gauge,
+    "Resident memory of the agent process."
+);
+metric!(
+    AGENT_TABLE_ENTRIES,
+    "herdwatch.agent.table.entries",
+    "{entry}",
+    Gauge,
+    "Entries in each of the agent's per-process, per-thread and per-connection tables."
+);
 
 /// Reads one nanosecond total off a route's statistics.
 pub type RouteNanos = fn(&crate::model::RouteStats) -> u64;
@@ -166,7 +180,7 @@ pub const POOL_TIMES: [(&MetricDef, PoolNanos); 2] = [
 ];
 
 /// Every metric, for documentation and the OTLP/Prometheus comparison.
-pub const ALL: [MetricDef; 16] = [
+pub const ALL: [MetricDef; 18] = [
     HTTP_SERVER_DURATION,
     HTTP_SERVER_ACTIVE,
     DB_CLIENT_DURATION,
@@ -183,6 +197,8 @@ pub const ALL: [MetricDef; 16] = [
     FINDING_OCCURRENCES,
     FINDING_INFO,
     AGENT_DROPS,
+    AGENT_MEMORY,
+    AGENT_TABLE_ENTRIES,
 ];
 
 /// The Prometheus name the OTLP→Prometheus translation gives a metric: invalid characters
@@ -246,6 +262,14 @@ mod tests {
         assert_eq!(
             prometheus_name(&AGENT_DROPS),
             "herdwatch_agent_dropped_total"
+        );
+        assert_eq!(
+            prometheus_name(&AGENT_MEMORY),
+            "herdwatch_agent_memory_resident_bytes"
+        );
+        assert_eq!(
+            prometheus_name(&AGENT_TABLE_ENTRIES),
+            "herdwatch_agent_table_entries"
         );
         assert_eq!(sanitize("db.query.summary"), "db_query_summary");
     }

@@ -236,6 +236,13 @@ pub fn render(s: &Snapshot) -> String {
             drops.sample(&[("reason", reason)], n as f64);
         }
     }
+    Family::new(&mut out, &names::AGENT_MEMORY).sample(&[], s.agent.resident_bytes as f64);
+    {
+        let mut tables = Family::new(&mut out, &names::AGENT_TABLE_ENTRIES);
+        for (table, n) in s.agent.tables.entries() {
+            tables.sample(&[("table", table)], n as f64);
+        }
+    }
     out
 }
 
@@ -468,6 +475,30 @@ mod tests {
                 .any(|l| l.contains("reason=\"detector_queue_full\"") && l.ends_with(" 5")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_agents_memory_and_table_sizes_are_exported() {
+        let mut snap = Snapshot::default();
+        snap.agent.resident_bytes = 39_000_000;
+        snap.agent.tables.connections = 12;
+        let text = render(&snap);
+        assert!(
+            text.lines()
+                .any(|l| l == "herdwatch_agent_memory_resident_bytes 39000000"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "herdwatch_agent_table_entries{table=\"connections\"} 12"),
+            "{text}"
+        );
+        // Every table has its series, so a dashboard sees a zero rather than a gap.
+        let tables = text
+            .lines()
+            .filter(|l| l.starts_with("herdwatch_agent_table_entries{"))
+            .count();
+        assert_eq!(tables, snap.agent.tables.entries().len());
     }
 
     #[test]

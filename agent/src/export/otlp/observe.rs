@@ -211,6 +211,17 @@ pub(super) fn observe_agent(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>
             .map(|(reason, n)| (n as f64, vec![kv("reason", reason)]))
             .collect()
     });
+    observable(meter, &names::AGENT_MEMORY, &latest, |s| {
+        vec![(s.agent.resident_bytes as f64, Vec::new())]
+    });
+    observable(meter, &names::AGENT_TABLE_ENTRIES, &latest, |s| {
+        s.agent
+            .tables
+            .entries()
+            .into_iter()
+            .map(|(table, n)| (n as f64, vec![kv("table", table)]))
+            .collect()
+    });
 }
 
 /// The same labels `/metrics` puts on finding series (`prometheus::finding_labels`).
