@@ -44,12 +44,28 @@ fn host_tasks() -> (usize, usize) {
     (processes, threads)
 }
 
+/// Tables keyed by the host's threads. They hold the threads that ran since the agent
+/// started, so they also grow while idle threads of the host (a timer, a daemon) wake for the
+/// first time: up to the threads alive, never past them unless exited threads are kept.
+const PER_HOST_THREAD: [&str; 2] = ["kernel_threads", "thread_groups"];
+/// Threads that may have exited after the last sweep and not been forgotten yet.
+const EXITING_SLACK: usize = 8;
+
 /// Every table of `after` is within GROWTH of `before` (plus `allowance` entries for what the
-/// host itself started meanwhile), and so is resident memory.
-fn assert_where_they_were(before: &Snapshot, after: &Snapshot, allowance: usize, what: &str) {
+/// host itself started meanwhile), and so is resident memory. Per-thread tables may instead
+/// reach the `live_threads` of the host, which a table keeping dead threads soon exceeds.
+fn assert_where_they_were(
+    before: &Snapshot,
+    after: &Snapshot,
+    (allowance, live_threads): (usize, usize),
+    what: &str,
+) {
     let (b, a) = (&before.agent, &after.agent);
     for ((name, was), (_, now)) in b.tables.entries().iter().zip(a.tables.entries()) {
-        let limit = (*was as f64 * (1.0 + GROWTH)).ceil() as usize + allowance;
+        let mut limit = (*was as f64 * (1.0 + GROWTH)).ceil() as usize + allowance;
+        if PER_HOST_THREAD.contains(name) {
+            limit = limit.max(live_threads + EXITING_SLACK);
+        }
         eprintln!("{what}: {name:<22} {was:>6} -> {now:>6} (limit {limit})");
         assert!(now <= limit, "{what}: {name} grew {was} -> {now}");
     }
@@ -136,7 +152,7 @@ fn process_churn_leaves_tables_and_memory_where_they_were() {
         // What the host itself started meanwhile is not the agent's growth.
         let allowance =
             now_processes.saturating_sub(host_processes) + now_threads.saturating_sub(host_threads);
-        assert_where_they_were(&before, &after, allowance, "process churn");
+        assert_where_they_were(&before, &after, (allowance, now_threads), "process churn");
         // Exact, not only bounded: the table holds the processes alive now.
         let tracked = after.agent.processes_tracked;
         assert!(
@@ -195,7 +211,12 @@ fn connection_churn_leaves_tables_and_memory_where_they_were() {
         // Threads the host (this test's own runtime included) started meanwhile.
         let allowance =
             now_processes.saturating_sub(host_processes) + now_threads.saturating_sub(host_threads);
-        assert_where_they_were(&before, &after, allowance, "connection churn");
+        assert_where_they_were(
+            &before,
+            &after,
+            (allowance, now_threads),
+            "connection churn",
+        );
         agent.stop().await.expect("stop");
     });
 }

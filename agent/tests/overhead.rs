@@ -9,9 +9,11 @@
 //! Nothing is asserted: these machines are shared and noisy, so the goals are printed next to
 //! the figures with ✓/✗ (ignored in the suite; the bench runs it).
 //!
-//! `HERDWATCH_OVERHEAD_PROFILE=1` adds one traced round on gunicorn `/ping` at the end with
-//! `kernel.bpf_stats_enabled` on (per-program ns per run of the agent's programs) and, when `perf` is
-//! installed, `perf record --call-graph dwarf` of the agent for 10 s (top symbols printed).
+//! `HERDWATCH_OVERHEAD_PROFILE=ping|invoices|uvicorn` (`1` = ping) adds one traced round on
+//! that target at the end with `kernel.bpf_stats_enabled` on (per-program ns per run of the
+//! agent's programs) and, when `perf` is installed, `perf record --call-graph dwarf` of the
+//! agent for 10 s (top symbols printed). `HERDWATCH_OVERHEAD_PROFILE_ONLY=1` skips the rounds
+//! and runs just that profile (for iterating on one cost).
 mod common;
 
 use std::{
@@ -437,6 +439,19 @@ fn overhead() {
     }
     let workers = children(gunicorn.pid());
     assert_eq!(workers.len(), 3, "gunicorn workers: {workers:?}");
+    let profiled = std::env::var("HERDWATCH_OVERHEAD_PROFILE")
+        .ok()
+        .map(|t| match t.as_str() {
+            "invoices" => &targets[1],
+            "uvicorn" => &targets[2],
+            _ => &targets[0],
+        });
+    if let Some(target) = profiled
+        && std::env::var_os("HERDWATCH_OVERHEAD_PROFILE_ONLY").is_some()
+    {
+        profile(target, dir.path(), &script);
+        return;
+    }
     let bt = bpftrace_program(&workers);
 
     let mut samples: Vec<Vec<(Mode, Sample)>> = targets.iter().map(|_| Vec::new()).collect();
@@ -591,8 +606,8 @@ fn overhead() {
     );
     println!("  took {:.0} s", begun.elapsed().as_secs_f64());
 
-    if std::env::var_os("HERDWATCH_OVERHEAD_PROFILE").is_some() {
-        profile(&targets[0], dir.path(), &script);
+    if let Some(target) = profiled {
+        profile(target, dir.path(), &script);
     }
 }
 
