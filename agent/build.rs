@@ -7,6 +7,12 @@ fn main() -> anyhow::Result<()> {
     let root = manifest
         .parent()
         .ok_or_else(|| anyhow!("agent crate has no parent dir"))?;
+    // aya-build watches agent-ebpf only; the programs also compile in agent-common's types,
+    // and a layout changed there alone must rebuild them, or the loader refuses the maps.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("agent-common").display()
+    );
     let ebpf_dir = root.join("agent-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("agent-ebpf path is not UTF-8")?;
     aya_build::build_ebpf(

@@ -210,6 +210,11 @@ pub struct PyProcess {
     /// `py_flags` bits.
     pub flags: u32,
     pub _reserved: u32,
+    /// Code object at which a walk stops (0 = none known yet): the frame that runs each
+    /// request or Task in this server (asyncio's `Handle._run`, gunicorn's `handle_request`).
+    /// Every frame outward of it is the server's loop — no Task, no call site — and walking
+    /// them was most of an asyncio walk. The agent learns it from resolved stacks.
+    pub boundary_code: u64,
 }
 
 /// One Python frame: its code object and the instruction it is at (the agent turns these into

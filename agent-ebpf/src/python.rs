@@ -168,6 +168,7 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
     // Task); elsewhere the stack serves the call site, which lies among the innermost frames
     // kept — walking the server's outer frames (gunicorn's arbiter, the worker loop) is waste.
     let whole_chain = py.flags & herdwatch_common::py_flags::WALK_HTTP != 0;
+    let boundary = py.boundary_code;
     for _ in 0..MAX_PY_WALK {
         if frame == 0 {
             break;
@@ -186,6 +187,12 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
         }
         let owner = block.bytes[owner_at];
         let previous = block_ptr(block, off.frame_previous);
+        let code = block_ptr(block, off.frame_code);
+        if boundary != 0 && code == boundary {
+            // The server's request/Task runner: everything outward is its loop.
+            frame = 0;
+            break;
+        }
         if owner != off.owner_cstack {
             if owner == off.owner_generator {
                 unsafe { core::ptr::write_volatile(&raw mut (*head).task, frame) };
@@ -193,7 +200,7 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
             let n = unsafe { core::ptr::read_volatile(&raw const (*head).n_frames) } as usize;
             if n < MAX_PY_FRAMES {
                 ev.frames[n] = PyFrameRef {
-                    code: block_ptr(block, off.frame_code),
+                    code,
                     instr: block_ptr(block, off.frame_instr),
                 };
                 unsafe { core::ptr::write_volatile(&raw mut (*head).n_frames, n as u32 + 1) };

@@ -309,6 +309,14 @@ fn check_pool(name: &str, app_file: &str, server: Proc, port: u16, workers: usiz
         if asyncio {
             assert!(c.queries_by_task > 0, "{name}: queries paired by Task");
         }
+        // Each worker that served stacks learned its server's request runner (asyncio's
+        // Handle._run, gunicorn's handle_request) and its walks stopped there for nearly all
+        // of the load: the pairing and call sites above were made from those shorter walks.
+        // (The kernel may hand every connection to a few of the workers.)
+        let py = &snap.agent.python;
+        eprintln!("  walk boundaries known: {} of {workers} workers, missing {}", py.walk_boundaries, py.walk_boundaries_missing);
+        assert!(py.walk_boundaries >= 1, "{name}: no walk boundary learned");
+        assert_eq!(py.walk_boundaries_missing, 0, "{name}: workers whose stacks showed no request runner");
 
         // Call sites: the marked line of the app, for every statement.
         for key in KEYS {

@@ -171,6 +171,15 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// The latest snapshot's `agent.<path>` counter (a JSON pointer below `agent`).
+    fn agent_counter(&self, path: &str) -> Option<u64> {
+        let line = self.last_line.lock().expect("lock").clone();
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        v.get("agent")?.pointer(path)?.as_u64()
+    }
+}
+
 impl Drop for Tracer {
     fn drop(&mut self) {
         // SAFETY: signalling the process this harness started.
@@ -659,12 +668,33 @@ fn profile(target: &Target, dir: &Path, script: &Path) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
+    let counters = |a: &Tracer| {
+        [
+            "/socket_events_received",
+            "/python/stacks_walked",
+            "/python/walk_ns",
+        ]
+        .map(|p| a.agent_counter(p).unwrap_or(0))
+    };
+    let before = counters(&agent);
     let (rps, _) = wrk(target, 10, script);
+    // The agent prints a snapshot a second: wait for one taken after the load.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = counters(&agent);
     let perf_ok = perf.and_then(|mut p| p.wait()).is_ok_and(|s| s.success());
     println!();
     println!(
         "profile: one traced round of {} for 10 s at {rps:.0} req/s, kernel.bpf_stats_enabled on",
         target.name
+    );
+    let requests = (rps * 10.0).max(1.0);
+    let per_request = |i: usize| (after[i] - before[i]) as f64 / requests;
+    let walks = after[1] - before[1];
+    println!(
+        "  per request: {:.1} socket records, {:.1} Python stack walks of {:.0} ns each",
+        per_request(0),
+        per_request(1),
+        (after[2] - before[2]) as f64 / walks.max(1) as f64
     );
     // The agent's own programs: the bpf fds it holds (fdinfo has id, run time and count), so
     // another agent on the host is not counted; names from the kernel's program list.

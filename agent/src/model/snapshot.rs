@@ -240,6 +240,12 @@ pub struct PythonStats {
     pub tasks_tracked: usize,
     pub code_objects: usize,
     pub code_objects_unreadable: u64,
+    /// Workers whose walks stop at their server's request runner (`Handle._run`,
+    /// `handle_request`) instead of going on through the server's loop to the chain's end.
+    pub walk_boundaries: usize,
+    /// Workers whose stacks were searched for that runner without finding it (uvloop, another
+    /// server): their walks go on to the chain's end.
+    pub walk_boundaries_missing: usize,
     /// Python stacks the kernel side walked, and the kernel time they took in all (ns).
     pub stacks_walked: u64,
     pub walk_ns: u64,

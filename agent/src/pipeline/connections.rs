@@ -93,7 +93,36 @@ pub struct PythonProcess {
     pub asyncio: bool,
     /// None: its interpreter cannot be read (queries of an asyncio worker are then heuristic).
     pub layout: Option<CodeLayout>,
+    pub boundary: WalkBoundary,
 }
+
+impl PythonProcess {
+    pub fn new(asyncio: bool, layout: Option<CodeLayout>) -> Self {
+        Self {
+            asyncio,
+            layout,
+            boundary: WalkBoundary::Searching {
+                stacks_left: BOUNDARY_SEARCH_STACKS,
+            },
+        }
+    }
+}
+
+/// Where the kernel side's stack walks of a process may stop (`python_code::is_walk_boundary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkBoundary {
+    /// Looked for in the next stacks: their code objects are read until it is found.
+    Searching { stacks_left: u16 },
+    /// This code object's address; the kernel side was told.
+    Found(u64),
+    /// Not in this process's stacks (uvloop runs Tasks from C; another server): walks go on
+    /// to the chain's end, as they must.
+    Absent,
+}
+
+/// Stacks of a process searched for its walk boundary before the search stops: a server's
+/// request runner is on nearly every stack, so a few dozen without it mean there is none.
+pub const BOUNDARY_SEARCH_STACKS: u16 = 64;
 
 /// Work charged to one HTTP request while it is open.
 #[derive(Debug, Clone)]
@@ -159,6 +188,8 @@ pub struct Connections {
     /// Python stacks waiting for their thread's next record.
     stacks: FxHashMap<u32, StackNote>,
     python: FxHashMap<u32, PythonProcess>,
+    /// Walk boundaries found since the pipeline last passed them on to the kernel side.
+    boundaries_found: Vec<(u32, u64)>,
     codes: CodeCache,
     tasks: TaskBook<ConnRef>,
     max: usize,
@@ -184,6 +215,7 @@ impl Connections {
             http_events: Vec::new(),
             stacks: FxHashMap::default(),
             python: FxHashMap::default(),
+            boundaries_found: Vec::new(),
             codes: CodeCache::default(),
             tasks: TaskBook::default(),
             max,
@@ -347,13 +379,16 @@ impl Connections {
                 }
             }
             SocketEvent::PyStack {
+                tgid,
                 tid,
                 timestamp_ns,
                 task,
                 status,
                 frames,
-                ..
-            } => self.note_stack(tid, timestamp_ns, task, status, frames.iter()),
+            } => {
+                self.note_stack(tid, timestamp_ns, task, status, frames.iter());
+                self.search_walk_boundary(tgid, tid);
+            }
             data @ SocketEvent::Data { .. } => self.on_data(data, aggregates),
         }
         self.stats.open = self.conns.len();

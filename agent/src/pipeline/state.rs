@@ -180,15 +180,22 @@ impl PipelineState {
             };
             self.connections.set_python(
                 pid,
-                crate::pipeline::connections::PythonProcess { asyncio, layout },
+                crate::pipeline::connections::PythonProcess::new(asyncio, layout),
             );
             self.python_workers.insert(pid, layout.is_some());
+        }
+        for (pid, code) in self.connections.take_walk_boundaries() {
+            if let Err(e) = self.maps.set_walk_boundary(pid, code) {
+                // The process may have exited since its stack; its walks stay whole.
+                tracing::debug!("pid {pid}: walk boundary not set: {e}");
+            }
         }
     }
 
     fn python_stats(&self) -> crate::model::PythonStats {
         let readable = self.python_workers.values().filter(|r| **r).count();
-        let (tasks, codes) = self.connections.python_state();
+        let (tasks, codes, [walk_boundaries, walk_boundaries_missing]) =
+            self.connections.python_state();
         let (stacks_walked, walk_ns) = self.maps.python_walks();
         crate::model::PythonStats {
             stacks_walked,
@@ -198,6 +205,8 @@ impl PipelineState {
             tasks_tracked: tasks,
             code_objects: codes.code_objects,
             code_objects_unreadable: codes.unreadable,
+            walk_boundaries,
+            walk_boundaries_missing,
         }
     }
 

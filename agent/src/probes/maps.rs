@@ -179,6 +179,17 @@ impl KernelMaps {
             })
     }
 
+    /// Stops `tgid`'s walks at the code object `code` (`PyProcess::boundary_code`).
+    pub fn set_walk_boundary(&mut self, tgid: u32, code: u64) -> Result<()> {
+        let map_err = |e: aya::maps::MapError| Error::Map {
+            name: "PY_PROCS",
+            detail: e.to_string(),
+        };
+        let mut process = self.py_procs.get(&tgid, 0).map_err(map_err)?;
+        process.boundary_code = code;
+        self.py_procs.insert(tgid, process, 0).map_err(map_err)
+    }
+
     pub fn forget_python(&mut self, tgid: u32) {
         let _ = self.py_procs.remove(&tgid);
     }

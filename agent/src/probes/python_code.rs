@@ -99,6 +99,24 @@ impl CodeCache {
         None
     }
 
+    /// The code object among `frames` at which the kernel side's walks of `tgid` may stop
+    /// (`is_walk_boundary`), if the stack reaches it. Reads each code object once (cached).
+    pub fn walk_boundary(
+        &mut self,
+        tgid: u32,
+        layout: &CodeLayout,
+        frames: &[PyFrameRef],
+    ) -> Option<u64> {
+        for f in frames {
+            if let Some(code) = self.code(tgid, layout, f.code)
+                && is_walk_boundary(&code.file, &code.function)
+            {
+                return Some(f.code);
+            }
+        }
+        None
+    }
+
     pub fn forget_process(&mut self, tgid: u32) {
         self.codes.retain(|(t, _), _| *t != tgid);
         self.sites.retain(|(t, _, _), _| *t != tgid);
@@ -185,6 +203,15 @@ fn read_str(pid: u32, layout: &CodeLayout, addr: u64) -> Option<String> {
         })
         .collect();
     Some(text)
+}
+
+/// The frame a server runs each request or asyncio Task from: asyncio's `Handle._run` (it
+/// calls the Task's step, so the Task's coroutine frames are all inward of it), gunicorn's
+/// `<Worker>.handle_request` (the WSGI app and its queries are inward of it). Outward lies
+/// only the server's own loop, which names no Task and holds no call site.
+pub fn is_walk_boundary(file: &str, function: &str) -> bool {
+    (function == "Handle._run" && file.ends_with("/asyncio/events.py"))
+        || (function.ends_with(".handle_request") && file.contains("/gunicorn/workers/"))
 }
 
 /// Standard library, installed packages, frozen or generated code.
@@ -286,6 +313,38 @@ mod tests {
     }
 
     #[test]
+    fn walks_stop_only_at_a_servers_request_runner() {
+        for (file, function) in [
+            ("/usr/lib/python3.11/asyncio/events.py", "Handle._run"),
+            (
+                "/venv/lib/python3.12/site-packages/gunicorn/workers/sync.py",
+                "SyncWorker.handle_request",
+            ),
+            (
+                "/venv/lib/python3.11/site-packages/gunicorn/workers/gthread.py",
+                "ThreadWorker.handle_request",
+            ),
+        ] {
+            assert!(is_walk_boundary(file, function), "{file} {function}");
+        }
+        for (file, function) in [
+            // The application's own methods of the same name are not the server's.
+            ("/srv/shop/events.py", "Handle._run"),
+            ("/srv/shop/handlers.py", "Api.handle_request"),
+            (
+                "/usr/lib/python3.11/asyncio/base_events.py",
+                "BaseEventLoop._run_once",
+            ),
+            (
+                "/usr/lib/python3.11/asyncio/events.py",
+                "TimerHandle.__init__",
+            ),
+        ] {
+            assert!(!is_walk_boundary(file, function), "{file} {function}");
+        }
+    }
+
+    #[test]
     fn call_sites_read_as_file_line_function() {
         let site = CallSite {
             file: "/srv/shop/checkout.py".into(),
@@ -343,6 +402,48 @@ mod tests {
         cache.forget_process(me);
         assert_eq!(cache.stats.code_objects, 0, "freed with its process");
         drop((file, huge, table, code));
+    }
+
+    #[test]
+    fn the_walk_boundary_is_found_among_a_stacks_code_objects() {
+        let layout = crate::procs::python::layout(3, 11).expect("3.11").code;
+        let fake_code = |file: &[u8], name: &[u8]| {
+            let (file, name) = (fake_str(file), fake_str(name));
+            let table = vec![0u8; 32];
+            let mut code = vec![0u8; layout.co_code_adaptive as usize + 16];
+            for (at, v) in [
+                (layout.co_filename, file.as_ptr() as u64),
+                (layout.co_qualname, name.as_ptr() as u64),
+                (layout.co_linetable, table.as_ptr() as u64),
+            ] {
+                code[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            (code, file, name, table)
+        };
+        let app = fake_code(b"/srv/shop/checkout.py", b"create_order");
+        let runner = fake_code(b"/usr/lib/python3.11/asyncio/events.py", b"Handle._run");
+        let frame = |c: &Vec<u8>| PyFrameRef {
+            code: c.as_ptr() as u64,
+            instr: 0,
+        };
+        let me = std::process::id();
+        let mut cache = CodeCache::default();
+        assert_eq!(
+            cache.walk_boundary(me, &layout, &[frame(&app.0)]),
+            None,
+            "a stack without the runner has no boundary"
+        );
+        let stack = [
+            PyFrameRef { code: 8, instr: 0 },
+            frame(&app.0),
+            frame(&runner.0),
+        ];
+        assert_eq!(
+            cache.walk_boundary(me, &layout, &stack),
+            Some(runner.0.as_ptr() as u64),
+            "found past an unreadable frame"
+        );
+        drop((app, runner));
     }
 
     #[test]

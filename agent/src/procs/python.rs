@@ -204,6 +204,7 @@ impl Interpreters {
                 offsets: layout.kernel,
                 flags: if asyncio { py_flags::WALK_HTTP } else { 0 },
                 _reserved: 0,
+                boundary_code: 0,
             },
         })
     }

@@ -4,9 +4,13 @@
 use herdwatch_common::{PyFrameRef, py_status};
 
 use super::{
-    ConnKey, ConnRef, Connections, MAX_QUERY_SPANS, MAX_SENT, MAX_THREAD_CURSORS, PythonProcess,
-    Sent, SocketKind, ThreadCursor,
+    BOUNDARY_SEARCH_STACKS, ConnKey, ConnRef, Connections, MAX_QUERY_SPANS, MAX_SENT,
+    MAX_THREAD_CURSORS, PythonProcess, Sent, SocketKind, ThreadCursor, WalkBoundary,
 };
+
+/// Boundaries waiting to be written to the kernel side (one per new worker; the pipeline
+/// passes them on at every snapshot).
+const MAX_BOUNDARIES_PENDING: usize = 1024;
 use crate::pipeline::{
     aggregates::Aggregates,
     tasks::{Placement, WaitingQuery},
@@ -24,6 +28,36 @@ impl Connections {
         }
     }
 
+    /// Looks for `tgid`'s walk boundary in the stack just noted for `tid`, while searching.
+    pub(super) fn search_walk_boundary(&mut self, tgid: u32, tid: u32) {
+        let (Some(process), Some(note)) = (self.python.get_mut(&tgid), self.stacks.get(&tid))
+        else {
+            return;
+        };
+        let (WalkBoundary::Searching { stacks_left }, Some(layout)) =
+            (process.boundary, process.layout)
+        else {
+            return;
+        };
+        process.boundary = match self.codes.walk_boundary(tgid, &layout, &note.frames) {
+            Some(code) => {
+                if self.boundaries_found.len() < MAX_BOUNDARIES_PENDING {
+                    self.boundaries_found.push((tgid, code));
+                }
+                WalkBoundary::Found(code)
+            }
+            None if stacks_left <= 1 => WalkBoundary::Absent,
+            None => WalkBoundary::Searching {
+                stacks_left: stacks_left - 1,
+            },
+        };
+    }
+
+    /// The walk boundaries found since the last call, for the kernel side.
+    pub fn take_walk_boundaries(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.boundaries_found)
+    }
+
     /// Records, without a route, the queries whose Tasks never answered a request.
     pub fn expire_tasks(&mut self, now_ns: u64, aggregates: &mut Aggregates) {
         for waiting in self.tasks.expire(now_ns, None) {
@@ -31,9 +65,19 @@ impl Connections {
         }
     }
 
-    /// Tasks tracked and code objects cached (for the agent's own accounting).
-    pub fn python_state(&self) -> (usize, crate::probes::python_code::CodeStats) {
-        (self.tasks.len(), self.codes.stats)
+    /// Tasks tracked, code objects cached, and workers whose walk boundary is known and whose
+    /// stacks did not show one (for the agent's own accounting).
+    pub fn python_state(&self) -> (usize, crate::probes::python_code::CodeStats, [usize; 2]) {
+        let mut boundaries = [0, 0];
+        for p in self.python.values() {
+            match p.boundary {
+                WalkBoundary::Found(_) => boundaries[0] += 1,
+                WalkBoundary::Searching { stacks_left }
+                    if stacks_left == BOUNDARY_SEARCH_STACKS => {}
+                WalkBoundary::Searching { .. } | WalkBoundary::Absent => boundaries[1] += 1,
+            }
+        }
+        (self.tasks.len(), self.codes.stats, boundaries)
     }
 
     /// Keeps a stack for the thread's next record.
