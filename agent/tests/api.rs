@@ -276,6 +276,7 @@ fn every_message_round_trips_through_the_real_server() {
         );
         for reason in [
             "kernel_ring_full",
+            "api_connection_refused",
             "api_watch_refused",
             "api_watcher_too_slow",
         ] {
@@ -551,8 +552,8 @@ async fn requests_traced(agent: &Agent) -> u64 {
     snap.routes.iter().map(|r| r.requests).sum()
 }
 
-/// Garbage on the socket, a watcher that never reads, one watcher past the limit, and 200
-/// clients at once: each is refused or served, the agent counts what it cut off, keeps
+/// Garbage on the socket, a huge request, a watcher that never reads, one watcher past the
+/// limit, 200 clients at once, and idle connections past the limit: each is refused or served, the agent counts what it cut off, keeps
 /// answering everyone else and keeps tracing.
 #[test]
 fn hostile_clients_cost_the_others_nothing() {
@@ -720,6 +721,42 @@ fn hostile_clients_cost_the_others_nothing() {
             started.elapsed().as_secs_f64()
         );
 
+        // Connections past the limit (opened, never speaking) are closed at once and counted;
+        // once they are gone, clients are served again.
+        let connections_refused = drop_count(&mut api, "api_connection_refused").await;
+        let mut idle = Vec::new();
+        for _ in 0..ApiLimits::default().connections + 20 {
+            idle.push(
+                tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .expect("the kernel accepts"),
+            );
+        }
+        let started = Instant::now();
+        while drop_count(&mut api, "api_connection_refused").await < connections_refused + 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "connections past the limit were not refused"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(idle);
+        let started = Instant::now();
+        loop {
+            let answered = match client::connect(&socket).await {
+                Ok(mut c) => c.get_host(pb::GetHostRequest {}).await.is_ok(),
+                Err(_) => false,
+            };
+            if answered {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "closed connections never freed their slots"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
         // And the agent kept tracing through all of it.
         let deadline = Instant::now() + Duration::from_secs(20);
         while requests_traced(&agent).await < traced_before + 20 {
@@ -739,5 +776,6 @@ fn hostile_clients_cost_the_others_nothing() {
         drop(stalled);
         let stats = agent.snapshot_now().await.expect("snapshot").agent.export;
         assert!(stats.api_watchers_too_slow > before && stats.api_watches_refused > refused_before);
+        assert!(stats.api_connections_refused >= connections_refused + 20);
     });
 }

@@ -195,6 +195,8 @@ pub struct ExportDrops {
     /// Metric exports that failed (each one interval's points; cumulative series recover on
     /// the next success).
     pub metric_exports_failed: u64,
+    /// API connections closed at once because the agent already had its limit open.
+    pub api_connections_refused: u64,
     /// API watch streams refused because the agent already fed its limit of them.
     pub api_watches_refused: u64,
     /// API watch streams cut off because their client stopped reading and the stream's

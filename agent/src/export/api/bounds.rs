@@ -12,6 +12,9 @@ use crate::model::ExportDrops;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiLimits {
+    /// Connections open at once; one more is closed at once (and counted). Well below the
+    /// agent's default file-descriptor limit (1024), which eBPF maps and /proc reads share.
+    pub connections: usize,
     /// Calls in progress on one connection; more wait (tower's concurrency limit).
     pub calls_per_connection: usize,
     /// HTTP/2 streams one connection may open at once (advertised to the client).
@@ -32,6 +35,7 @@ pub struct ApiLimits {
 impl Default for ApiLimits {
     fn default() -> Self {
         Self {
+            connections: 256,
             calls_per_connection: 16,
             streams_per_connection: 32,
             watch_streams: 32,
@@ -42,10 +46,11 @@ impl Default for ApiLimits {
     }
 }
 
-/// Watch streams refused and cut off, written by the API and read into every snapshot's
-/// `agent.export` (so `herdwatch.agent.dropped{reason="api_…"}` carries them).
+/// Connections and Watch streams refused or cut off, written by the API and read into every
+/// snapshot's `agent.export` (so `herdwatch.agent.dropped{reason="api_…"}` carries them).
 #[derive(Debug, Default)]
 pub struct ApiCounters {
+    pub connections_refused: AtomicU64,
     pub watches_refused: AtomicU64,
     pub watchers_too_slow: AtomicU64,
 }
@@ -53,6 +58,7 @@ pub struct ApiCounters {
 impl ApiCounters {
     /// Writes the API's counts into the snapshot's export losses.
     pub fn add_to(&self, drops: &mut ExportDrops) {
+        drops.api_connections_refused = self.connections_refused.load(Ordering::Relaxed);
         drops.api_watches_refused = self.watches_refused.load(Ordering::Relaxed);
         drops.api_watchers_too_slow = self.watchers_too_slow.load(Ordering::Relaxed);
     }

@@ -6,6 +6,7 @@
 //! never import it (the agent's wiring hands its drop counters to the snapshot, as it does
 //! OTLP's). One job per module:
 //! - `server`: binds the socket and runs tonic with its bounds;
+//! - `connections`: admits at most so many connections at once;
 //! - `service`: answers each call from the latest snapshot;
 //! - `watch_stream`: feeds a Watch stream through a bounded buffer, and cuts off a client
 //!   that stops reading;
@@ -15,6 +16,7 @@
 //! - `client`: the CLI's side, over the same socket.
 mod bounds;
 pub mod client;
+mod connections;
 pub mod convert;
 mod server;
 mod service;

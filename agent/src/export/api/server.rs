@@ -8,10 +8,10 @@ use std::{path::Path, sync::Arc};
 
 use herdwatch_proto::v1::agent_service_server::AgentServiceServer;
 use tokio::{net::UnixListener, sync::watch};
-use tokio_stream::wrappers::UnixListenerStream;
 
 use super::{
     bounds::{ApiCounters, ApiLimits},
+    connections::AdmittedConnections,
     service::AgentApi,
 };
 use crate::{
@@ -28,6 +28,7 @@ pub fn serve(
     counters: Arc<ApiCounters>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = bind(path)?;
+    let incoming = AdmittedConnections::new(listener, limits.connections, counters.clone());
     let api = AgentApi::new(latest, &limits, counters);
     let shown = path.display().to_string();
     Ok(tokio::spawn(async move {
@@ -41,7 +42,7 @@ pub fn serve(
             .max_concurrent_streams(limits.streams_per_connection)
             .add_service(health_service)
             .add_service(agent_service)
-            .serve_with_incoming(UnixListenerStream::new(listener))
+            .serve_with_incoming(incoming)
             .await;
         if let Err(err) = served {
             tracing::error!("the API on {shown} stopped: {err}");
