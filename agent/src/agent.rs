@@ -71,7 +71,7 @@ impl Agent {
         // this one: mark it seen before anyone clones the receiver.
         let mut latest = latest;
         latest.borrow_and_update();
-        serve_readers(config, &latest, &mut tasks).await?;
+        serve_readers(config, &latest, &mut analysis, &mut tasks).await?;
         // Statement texts from PostgreSQL itself, when a monitoring DSN is configured.
         let answers = match &config.postgres.monitor_dsn {
             Some(dsn) => {
@@ -219,15 +219,23 @@ fn start_otlp(
     Ok(Some(otlp))
 }
 
-/// Starts the readers of published snapshots that serve others: the API socket and
-/// Prometheus `/metrics`.
+/// Starts the readers of published snapshots that serve others: the gRPC API on its socket
+/// (whose refusals and cut-off watchers join the agent's drops) and Prometheus `/metrics`.
 async fn serve_readers(
     config: &Config,
     latest: &watch::Receiver<Arc<Snapshot>>,
+    analysis: &mut Analysis,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
     if let Some(path) = &config.api_socket {
-        tasks.push(crate::export::api::serve(path, latest.clone())?);
+        let counters = Arc::new(crate::export::api::ApiCounters::default());
+        tasks.push(crate::export::api::serve(
+            path,
+            latest.clone(),
+            crate::export::api::ApiLimits::default(),
+            counters.clone(),
+        )?);
+        analysis.count_api_drops(counters);
     }
     if let Some(addr) = &config.prometheus_listen {
         // Validated in Config::validate.

@@ -53,6 +53,12 @@ pub enum Error {
     Decode(String),
     #[error("the agent's pipeline task has stopped")]
     PipelineStopped,
+    #[error("the herdwatch agent's API at {socket}: {message}")]
+    Api { socket: PathBuf, message: String },
+    #[error(
+        "{field} = {value} is not a value this herdwatch knows (sent by a newer agent?); upgrade herdwatch to read it"
+    )]
+    UnknownEnumValue { field: &'static str, value: i32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -124,13 +124,16 @@ fn print_findings(config: &Config, json: bool) -> anyhow::Result<bool> {
         .api_socket
         .as_ref()
         .context("api_socket is off in the config, so there is no agent API to ask")?;
-    let answer = herdwatch::export::api::ask(path, "findings")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let findings = runtime.block_on(herdwatch::export::api::client::findings(path))?;
     if json {
-        print!("{answer}");
+        // The model's JSON, the shape `findings --json` has always printed.
+        println!("{}", serde_json::to_string(&findings)?);
         return Ok(true);
     }
-    let findings: Vec<herdwatch::model::Finding> = serde_json::from_str(&answer)
-        .with_context(|| format!("the agent at {} answered something else", path.display()))?;
     print!("{}", view::render_findings(&findings, usize::MAX));
     Ok(true)
 }

@@ -1,12 +1,12 @@
 //! What the agent loop does with each accounting snapshot the pipeline produces before it is
 //! published: the detectors run on it, finding transitions go to the OTLP log, and the
-//! exporters' own losses join the agent's drop counts.
+//! exporters' own losses (OTLP's, the API's) join the agent's drop counts.
 use std::sync::Arc;
 
 use crate::{
     config::Config,
     detect::Detectors,
-    export::{delivery::ExportCounters, logs::FindingLogger},
+    export::{api::ApiCounters, delivery::ExportCounters, logs::FindingLogger},
     model::Snapshot,
     pipeline::state::PipelineState,
 };
@@ -18,6 +18,8 @@ pub(super) struct Analysis {
     logs: Option<FindingLogger>,
     /// OTLP export losses, when OTLP is on.
     export_counters: Option<Arc<ExportCounters>>,
+    /// Watch streams the API refused or cut off, when the API is on.
+    api_counters: Option<Arc<ApiCounters>>,
 }
 
 impl Analysis {
@@ -26,6 +28,7 @@ impl Analysis {
             detectors: Detectors::new(&config.detect),
             logs: None,
             export_counters: None,
+            api_counters: None,
         }
     }
 
@@ -33,6 +36,11 @@ impl Analysis {
     pub fn export_to(&mut self, logs: FindingLogger, counters: Arc<ExportCounters>) {
         self.logs = Some(logs);
         self.export_counters = Some(counters);
+    }
+
+    /// The API is on: what it refuses or cuts off is counted from now on.
+    pub fn count_api_drops(&mut self, counters: Arc<ApiCounters>) {
+        self.api_counters = Some(counters);
     }
 
     /// The pipeline's accounting snapshot, completed: findings, pool events and export
@@ -48,6 +56,9 @@ impl Analysis {
         }
         if let Some(counters) = &self.export_counters {
             snap.agent.export = counters.drops();
+        }
+        if let Some(counters) = &self.api_counters {
+            counters.add_to(&mut snap.agent.export);
         }
         snap
     }

@@ -41,6 +41,8 @@ impl ExportCounters {
             spans_failed: self.spans_failed.load(Ordering::Relaxed),
             logs_failed: self.logs_failed.load(Ordering::Relaxed),
             metric_exports_failed: self.metric_exports_failed.load(Ordering::Relaxed),
+            // The API counts its own (`api::bounds::ApiCounters`).
+            ..ExportDrops::default()
         }
     }
 }

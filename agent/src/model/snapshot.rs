@@ -137,7 +137,7 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 10] {
+    pub fn drops(&self) -> [(&'static str, u64); 13] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
@@ -155,6 +155,12 @@ impl AgentStats {
                 "otlp_metric_exports_failed",
                 self.export.metric_exports_failed,
             ),
+            (
+                "api_connection_refused",
+                self.export.api_connections_refused,
+            ),
+            ("api_watch_refused", self.export.api_watches_refused),
+            ("api_watcher_too_slow", self.export.api_watchers_too_slow),
         ]
     }
 }

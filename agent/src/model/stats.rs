@@ -182,7 +182,8 @@ pub struct ConnectionStats {
     pub py_stacks_unreadable: u64,
 }
 
-/// A point-in-time copy for the snapshot.
+/// What the exporters (OTLP, the API) lost or turned away; a point-in-time copy for the
+/// snapshot.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ExportDrops {
     /// Spans dropped because the export queue was full (collector slow or down).
@@ -194,6 +195,13 @@ pub struct ExportDrops {
     /// Metric exports that failed (each one interval's points; cumulative series recover on
     /// the next success).
     pub metric_exports_failed: u64,
+    /// API connections closed at once because the agent already had its limit open.
+    pub api_connections_refused: u64,
+    /// API watch streams refused because the agent already fed its limit of them.
+    pub api_watches_refused: u64,
+    /// API watch streams cut off because their client stopped reading and the stream's
+    /// bounded buffer filled: that watcher lost data as surely as a full ring loses events.
+    pub api_watchers_too_slow: u64,
 }
 
 #[cfg(test)]

@@ -1,0 +1,122 @@
+//! What one client may cost the agent, and the counts of what those bounds turned away. The
+//! API shares the agent's two cores with the pipeline, so every resource a client can make
+//! it hold — concurrent calls, streams, buffered messages, message bytes — has a ceiling.
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::model::ExportDrops;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Connections open at once; one more is closed at once (and counted). Well below the
+    /// agent's default file-descriptor limit (1024), which eBPF maps and /proc reads share.
+    pub connections: usize,
+    /// Calls in progress on one connection; more wait (tower's concurrency limit).
+    pub calls_per_connection: usize,
+    /// HTTP/2 streams one connection may open at once (advertised to the client).
+    pub streams_per_connection: u32,
+    /// Watch streams fed at once across all clients; one more is refused (and counted).
+    pub watch_streams: usize,
+    /// Messages a Watch stream may have waiting for its client. A client that lets this
+    /// fill (on top of HTTP/2's own flow-control window) is cut off and counted.
+    pub watch_buffer: usize,
+    /// Largest request accepted. Requests are a few filters: anything near this is abuse.
+    pub max_request_bytes: usize,
+    /// Largest answer sent. A snapshot is bounded by the agent's own limits (fingerprints,
+    /// routes, findings), far below this; past it the call fails instead of the agent
+    /// buffering without end.
+    pub max_response_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            connections: 256,
+            calls_per_connection: 16,
+            streams_per_connection: 32,
+            watch_streams: 32,
+            watch_buffer: 16,
+            max_request_bytes: 64 * 1024,
+            max_response_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Connections and Watch streams refused or cut off, written by the API and read into every
+/// snapshot's `agent.export` (so `herdwatch.agent.dropped{reason="api_…"}` carries them).
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    pub connections_refused: AtomicU64,
+    pub watches_refused: AtomicU64,
+    pub watchers_too_slow: AtomicU64,
+}
+
+impl ApiCounters {
+    /// Writes the API's counts into the snapshot's export losses.
+    pub fn add_to(&self, drops: &mut ExportDrops) {
+        drops.api_connections_refused = self.connections_refused.load(Ordering::Relaxed);
+        drops.api_watches_refused = self.watches_refused.load(Ordering::Relaxed);
+        drops.api_watchers_too_slow = self.watchers_too_slow.load(Ordering::Relaxed);
+    }
+}
+
+/// Admission of Watch streams: a permit per stream, held until its feeder stops.
+#[derive(Debug, Clone)]
+pub struct WatchSlots {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    counters: Arc<ApiCounters>,
+}
+
+impl WatchSlots {
+    pub fn new(limit: usize, counters: Arc<ApiCounters>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            counters,
+        }
+    }
+
+    /// A slot for one more stream, or RESOURCE_EXHAUSTED (counted) when all are taken.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, tonic::Status> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            self.counters
+                .watches_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tonic::Status::resource_exhausted(format!(
+                "this agent already feeds {} watch streams, its limit; close one or use the List calls",
+                self.limit
+            ))
+        })
+    }
+
+    pub fn counters(&self) -> &Arc<ApiCounters> {
+        &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_past_the_limit_is_refused_and_counted_and_a_freed_slot_is_reused() {
+        let counters = Arc::new(ApiCounters::default());
+        let slots = WatchSlots::new(2, counters.clone());
+        let first = slots.admit().expect("first slot");
+        let _second = slots.admit().expect("second slot");
+        let refused = slots.admit().expect_err("no third slot");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("2 watch streams"), "{refused}");
+        drop(first);
+        let _third = slots.admit().expect("the freed slot");
+        let mut drops = ExportDrops::default();
+        counters.add_to(&mut drops);
+        assert_eq!(drops.api_watches_refused, 1);
+        assert_eq!(drops.api_watchers_too_slow, 0);
+    }
+}
