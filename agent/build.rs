@@ -13,6 +13,11 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         root.join("agent-common").display()
     );
+    // Cargo keys a build script's output by the package's path relative to its workspace,
+    // so two checkouts sharing one target directory share it: a build in one checkout could
+    // embed the programs compiled from the other, whose files did not change. The shell's
+    // working directory tells the checkouts apart (a build from elsewhere only rebuilds).
+    println!("cargo:rerun-if-env-changed=PWD");
     let ebpf_dir = root.join("agent-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("agent-ebpf path is not UTF-8")?;
     aya_build::build_ebpf(
