@@ -463,7 +463,7 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         }
     }
     let exit_ns = now();
-    if call.direction == direction::EGRESS {
+    if call.direction == direction::EGRESS && walks_stack(&call, &ev.data, captured) {
         // Before the data record, so the agent has the stack when the bytes arrive.
         crate::python::send_stack(tgid, tid, exit_ns, call.kind == sock_kind::HTTP_SERVER);
     }
@@ -500,6 +500,16 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
         count(stat::SOCKET_EVENTS_DROPPED);
     }
     0
+}
+
+/// Whether a write's Python stack is worth walking. A server's HTTP write is walked only
+/// where a response begins (`HTTP/1.x …`): the Task writing the head is the one answering
+/// the request, and the body, chunks and headers-then-body second writes come from that
+/// same Task (pipelined requests are answered in order, each from its own head). Walking
+/// every write was half the walks of an asyncio request.
+#[inline(always)]
+fn walks_stack(call: &ActiveCall, data: &[u8; MAX_CAPTURE], captured: usize) -> bool {
+    call.kind != sock_kind::HTTP_SERVER || (captured >= 5 && data[..5] == *b"HTTP/")
 }
 
 /// The first bytes a PostgreSQL client sends: a StartupMessage (length, protocol 3.x), or an
