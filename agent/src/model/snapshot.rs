@@ -74,6 +74,8 @@ pub struct WorkerView {
     pub state: WorkerState,
     pub cpu_percent: f64,
     pub totals: CpuTotals,
+    /// Time its PostgreSQL queries took since the agent started (ns).
+    pub db_wait_ns: u64,
     /// (utime, stime) ticks read with `state`, to split the pool's CPU by mode.
     #[serde(skip)]
     pub user_system_ticks: Option<(u64, u64)>,

@@ -196,7 +196,7 @@ impl Accounting {
         let mut views: Vec<PoolView> = input
             .pools
             .iter()
-            .map(|pool| pool_view(sampler, pool, &by_pid, input.serving))
+            .map(|pool| pool_view(sampler, pool, &by_pid, input))
             .collect();
         self.time_shares(&mut views, accounts.interval_ns, input.db_wait_of);
         self.cumulative_cpu(sampler, &mut views, &by_pid, accounts.interval_ns);
@@ -416,8 +416,9 @@ fn pool_view(
     sampler: &mut dyn Sampler,
     pool: &Pool,
     by_pid: &HashMap<u32, &ProcessView>,
-    serving: &HashMap<u32, usize>,
+    input: &PoolInputs,
 ) -> PoolView {
+    let serving = input.serving;
     let listeners = sampler.listeners(pool.master, &pool.workers);
     let worker_states: Vec<WorkerView> = pool
         .workers
@@ -433,6 +434,7 @@ fn pool_view(
                 },
                 cpu_percent: view.map(|v| v.cpu_percent).unwrap_or(0.0),
                 totals: view.map(|v| v.totals).unwrap_or_default(),
+                db_wait_ns: (input.db_wait_of)(*pid),
                 user_system_ticks,
             }
         })

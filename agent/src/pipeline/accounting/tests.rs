@@ -210,6 +210,16 @@ fn pools_get_worker_states_time_shares_and_cumulative_cpu_by_mode() {
     assert_eq!(view.cpu_time_ns, 400 * MS);
     assert_eq!(view.cpu_user_ns, 300 * MS);
     assert_eq!(view.cpu_system_ns, 100 * MS);
+    let waits: Vec<(u32, u64)> = view
+        .worker_states
+        .iter()
+        .map(|w| (w.pid, w.db_wait_ns))
+        .collect();
+    assert_eq!(
+        waits,
+        vec![(11, 300 * MS), (12, 0)],
+        "each worker's DB wait"
+    );
 }
 
 #[test]

@@ -108,6 +108,7 @@ fn snapshot() -> Snapshot {
             state: WorkerState::Serving,
             cpu_percent: 55.5,
             totals,
+            db_wait_ns: 4_200,
             user_system_ticks: None,
         }],
         busy_workers: 1,
@@ -218,6 +219,7 @@ fn a_snapshot_with_one_of_everything_survives_the_wire() {
     assert_eq!(pool.listeners[1].transport(), pb::Transport::Unix);
     assert_eq!(pool.listeners[1].accept_queue, None);
     assert_eq!(pool.workers[0].state(), pb::WorkerState::Serving);
+    assert_eq!(pool.workers[0].db_wait_ns, 4_200);
     let worker_totals = pool.workers[0].totals.as_ref().expect("totals");
     assert_eq!(worker_totals.involuntary_switches, 9);
     assert_eq!(pool.time_share.as_ref().map(|t| t.db_wait), Some(0.7));

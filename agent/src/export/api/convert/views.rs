@@ -93,6 +93,7 @@ impl From<&WorkerView> for pb::Worker {
             state: pb::WorkerState::from(w.state).into(),
             cpu_percent: w.cpu_percent,
             totals: Some(pb::CpuTotals::from(&w.totals)),
+            db_wait_ns: w.db_wait_ns,
         }
     }
 }
