@@ -42,6 +42,9 @@ impl Agent {
     /// Loads and attaches the kernel programs, seeds the process table from /proc and starts
     /// the pipeline. Must be called inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Self> {
+        // The API's TCP listener is checked first (plaintext refused, files read), so a
+        // config that would expose findings fails before anything is loaded.
+        let tcp_api = crate::export::api::TcpApi::prepare(config)?;
         let (mut ebpf, inputs, mut tasks) = attach(config)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         // Seed after attaching, so a process born during the scan is seen by one or the other.
@@ -71,7 +74,7 @@ impl Agent {
         // this one: mark it seen before anyone clones the receiver.
         let mut latest = latest;
         latest.borrow_and_update();
-        serve_readers(config, &latest, &mut analysis, &mut tasks).await?;
+        serve_readers(config, tcp_api, &latest, &mut analysis, &mut tasks).await?;
         // Statement texts from PostgreSQL itself, when a monitoring DSN is configured.
         let answers = match &config.postgres.monitor_dsn {
             Some(dsn) => {
@@ -220,17 +223,20 @@ fn start_otlp(
 }
 
 /// Starts the readers of published snapshots that serve others: the gRPC API on its socket
-/// (whose refusals and cut-off watchers join the agent's drops) and Prometheus `/metrics`.
+/// and TCP listener (whose refusals, cut-off watchers and failed authentications join the
+/// agent's drops) and Prometheus `/metrics`.
 async fn serve_readers(
     config: &Config,
+    tcp_api: Option<crate::export::api::TcpApi>,
     latest: &watch::Receiver<Arc<Snapshot>>,
     analysis: &mut Analysis,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
-    if let Some(path) = &config.api_socket {
+    if config.api_socket.is_some() || tcp_api.is_some() {
         let counters = Arc::new(crate::export::api::ApiCounters::default());
-        tasks.push(crate::export::api::serve(
-            path,
+        tasks.extend(crate::export::api::serve(
+            config.api_socket.as_deref(),
+            tcp_api,
             latest.clone(),
             crate::export::api::ApiLimits::default(),
             counters.clone(),

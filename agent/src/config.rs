@@ -46,6 +46,20 @@ pub struct Config {
     pub record_socket_events: Option<std::path::PathBuf>,
     /// The local API socket `herdwatch findings` reads (mode 0600). None = no API.
     pub api_socket: Option<std::path::PathBuf>,
+    /// A TCP address (`host:port`) where the API is also served, for clients off the host
+    /// (a DaemonSet's agent read from elsewhere). None = the Unix socket only. Needs TLS and a
+    /// token unless `api_insecure`.
+    pub api_listen: Option<String>,
+    /// The TCP listener's certificate chain (PEM, leaf first).
+    pub api_tls_cert: Option<std::path::PathBuf>,
+    /// The TCP listener's private key (PEM); refused when other users may read it.
+    pub api_tls_key: Option<std::path::PathBuf>,
+    /// A file holding the bearer token every call on the TCP listener must carry (at least
+    /// 16 characters); refused when other users may read it.
+    pub api_token_file: Option<std::path::PathBuf>,
+    /// Serve the TCP listener without TLS and/or without a token. Logged as a warning at
+    /// every start; for a network you trust (a test bench), never for a fleet.
+    pub api_insecure: bool,
     /// Where `/metrics` is served for Prometheus (`host:port`). None = no endpoint.
     pub prometheus_listen: Option<String>,
     /// Directory for state kept across restarts (the statement book: texts of statements
@@ -99,6 +113,11 @@ impl Default for Config {
             record_socket_events: None,
             detect: crate::detect::DetectConfig::default(),
             api_socket: Some(std::path::PathBuf::from(DEFAULT_API_SOCKET)),
+            api_listen: None,
+            api_tls_cert: None,
+            api_tls_key: None,
+            api_token_file: None,
+            api_insecure: false,
             prometheus_listen: Some(DEFAULT_PROMETHEUS_LISTEN.to_string()),
             state_dir: Some(std::path::PathBuf::from(DEFAULT_STATE_DIR)),
             postgres: PostgresConfig::default(),
@@ -173,6 +192,17 @@ impl Config {
                         u32::try_from(parse_u64(&value)?).map_err(|e| bad(e.to_string()))?
                 }
                 "API_SOCKET" => self.api_socket = (!value.is_empty()).then(|| value.clone().into()),
+                "API_LISTEN" => self.api_listen = (!value.is_empty()).then(|| value.clone()),
+                "API_TLS_CERT" => {
+                    self.api_tls_cert = (!value.is_empty()).then(|| value.clone().into())
+                }
+                "API_TLS_KEY" => {
+                    self.api_tls_key = (!value.is_empty()).then(|| value.clone().into())
+                }
+                "API_TOKEN_FILE" => {
+                    self.api_token_file = (!value.is_empty()).then(|| value.clone().into())
+                }
+                "API_INSECURE" => self.api_insecure = parse_bool(&value).map_err(bad)?,
                 "STATE_DIR" => self.state_dir = (!value.is_empty()).then(|| value.clone().into()),
                 "EVENT_CHANNEL_CAPACITY" => {
                     self.event_channel_capacity = parse_u64(&value)? as usize
@@ -211,6 +241,15 @@ impl Config {
                     .to_string(),
             );
         }
+        if let Some(addr) = &self.api_listen {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| Error::Config {
+                    origin: origin.to_string(),
+                    message: format!(
+                        "api_listen = {addr:?}: {e} (want host:port, e.g. 0.0.0.0:9466)"
+                    ),
+                })?;
+        }
         if let Some(addr) = &self.prometheus_listen {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| Error::Config {
@@ -234,6 +273,48 @@ impl Config {
             return fail(format!(
                 "event_channel_capacity = {} is outside 16..=1048576",
                 self.event_channel_capacity
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rules of the API's TCP listener, which span several keys and so several layers
+    /// (a TOML file may name the address, the environment the certificate): checked once
+    /// the config is whole, when the agent starts, before anything is loaded.
+    ///
+    /// TLS needs both halves; plaintext, or no token, is refused unless `api_insecure`.
+    pub fn check_api_listen(&self) -> Result<()> {
+        let Some(addr) = &self.api_listen else {
+            return Ok(());
+        };
+        let fail = |message: String| {
+            Err(Error::Config {
+                origin: "api_listen".into(),
+                message,
+            })
+        };
+        match (&self.api_tls_cert, &self.api_tls_key) {
+            (Some(_), None) => {
+                return fail("api_tls_cert is set but api_tls_key is not: TLS needs both".into());
+            }
+            (None, Some(_)) => {
+                return fail("api_tls_key is set but api_tls_cert is not: TLS needs both".into());
+            }
+            (None, None) if !self.api_insecure => {
+                return fail(format!(
+                    "api_listen = {addr:?} would serve the API in plaintext; set api_tls_cert \
+                     and api_tls_key (PEM files) and api_token_file, or api_insecure = true \
+                     for a network you trust (HERDWATCH_API_TLS_CERT, HERDWATCH_API_TLS_KEY, \
+                     HERDWATCH_API_TOKEN_FILE, HERDWATCH_API_INSECURE)"
+                ));
+            }
+            _ => {}
+        }
+        if self.api_token_file.is_none() && !self.api_insecure {
+            return fail(format!(
+                "api_listen = {addr:?} needs api_token_file (a file with a bearer token of at \
+                 least 16 characters, mode 0600): without one anybody who reaches the port \
+                 reads the findings; or api_insecure = true for a network you trust"
             ));
         }
         Ok(())
@@ -285,6 +366,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, any case) from an environment variable.
+fn parse_bool(value: &str) -> std::result::Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err(format!("{value:?} is not true or false")),
     }
 }
 
@@ -366,5 +456,80 @@ mod tests {
         c.apply_env([("HERDWATCH_STATE_DIR".to_string(), String::new())].into_iter())
             .expect("valid");
         assert_eq!(c.state_dir(), None);
+    }
+
+    #[test]
+    fn the_tcp_listener_is_off_by_default_and_set_by_toml_or_env() {
+        let c = Config::default();
+        assert_eq!(c.api_listen, None);
+        c.check_api_listen().expect("no TCP, nothing to check");
+        let c = Config::from_toml(
+            "api_listen = \"0.0.0.0:9466\"\napi_tls_cert = \"/etc/hw/cert.pem\"\n\
+             api_tls_key = \"/etc/hw/key.pem\"\napi_token_file = \"/etc/hw/token\"\n",
+            "t",
+        )
+        .expect("valid");
+        c.check_api_listen().expect("TLS and a token");
+        let mut c = Config::default();
+        let env = [
+            ("HERDWATCH_API_LISTEN", "127.0.0.1:9466"),
+            ("HERDWATCH_API_INSECURE", "true"),
+        ];
+        c.apply_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .expect("valid");
+        assert_eq!(c.api_listen.as_deref(), Some("127.0.0.1:9466"));
+        assert!(c.api_insecure);
+        c.check_api_listen().expect("insecure allows plaintext");
+        let err = c
+            .apply_env([("HERDWATCH_API_INSECURE".into(), "maybe".into())].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HERDWATCH_API_INSECURE"), "{err}");
+        let err = Config::from_toml("api_listen = \"9466\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api_listen") && err.contains("host:port"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn plaintext_or_tokenless_tcp_is_refused_naming_the_keys() {
+        let tcp = |extra: &str| {
+            Config::from_toml(&format!("api_listen = \"0.0.0.0:9466\"\n{extra}"), "t")
+                .expect("each key valid alone")
+        };
+        let err = tcp("").check_api_listen().unwrap_err().to_string();
+        for key in [
+            "plaintext",
+            "api_tls_cert",
+            "api_tls_key",
+            "api_token_file",
+            "api_insecure = true",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let err = tcp("api_tls_cert = \"/c.pem\"\n")
+            .check_api_listen()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_tls_key is not"), "{err}");
+        let err = tcp("api_tls_key = \"/k.pem\"\n")
+            .check_api_listen()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_tls_cert is not"), "{err}");
+        let err = tcp("api_tls_cert = \"/c.pem\"\napi_tls_key = \"/k.pem\"\n")
+            .check_api_listen()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs api_token_file"), "{err}");
+        tcp("api_insecure = true\n")
+            .check_api_listen()
+            .expect("insecure: plaintext and no token");
+        tcp("api_tls_cert = \"/c.pem\"\napi_tls_key = \"/k.pem\"\napi_insecure = true\n")
+            .check_api_listen()
+            .expect("insecure: TLS without a token");
     }
 }

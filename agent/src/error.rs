@@ -55,6 +55,9 @@ pub enum Error {
     PipelineStopped,
     #[error("the herdwatch agent's API at {socket}: {message}")]
     Api { socket: PathBuf, message: String },
+    /// The API over TCP (`--api https://host:port`).
+    #[error("the herdwatch agent's API at {address}: {message}")]
+    RemoteApi { address: String, message: String },
     #[error(
         "{field} = {value} is not a value this herdwatch knows (sent by a newer agent?); upgrade herdwatch to read it"
     )]

@@ -41,11 +41,13 @@ enum Cmd {
         #[arg(long)]
         no_socket_tracing: bool,
     },
-    /// Findings of the running agent (read from its local API socket).
+    /// Findings of the running agent (read from its local API socket, or --api over TCP).
     Findings {
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: herdwatch::export::api::client::ApiFlags,
     },
     /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
     Check,
@@ -98,9 +100,8 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Check => Ok(run_check()),
-        Cmd::Findings { json } => {
-            load_config(cli.config.as_ref(), None, false).and_then(|c| print_findings(&c, json))
-        }
+        Cmd::Findings { json, api } => load_config(cli.config.as_ref(), None, false)
+            .and_then(|c| print_findings(&c, &api, json)),
         Cmd::Run {
             once,
             json,
@@ -119,16 +120,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_findings(config: &Config, json: bool) -> anyhow::Result<bool> {
-    let path = config
-        .api_socket
-        .as_ref()
-        .context("api_socket is off in the config, so there is no agent API to ask")?;
+fn print_findings(
+    config: &Config,
+    api: &herdwatch::export::api::client::ApiFlags,
+    json: bool,
+) -> anyhow::Result<bool> {
+    use herdwatch::export::api::client;
+    let target = client::Target::from_flags(api, config.api_socket.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let findings = runtime.block_on(herdwatch::export::api::client::findings(path))?;
+    let findings = runtime.block_on(client::findings_at(&target))?;
     if json {
         // The model's JSON, the shape `findings --json` has always printed.
         println!("{}", serde_json::to_string(&findings)?);

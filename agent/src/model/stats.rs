@@ -202,6 +202,9 @@ pub struct ExportDrops {
     /// API watch streams cut off because their client stopped reading and the stream's
     /// bounded buffer filled: that watcher lost data as surely as a full ring loses events.
     pub api_watchers_too_slow: u64,
+    /// API calls on the TCP listener refused for a missing or wrong bearer token: a
+    /// misconfigured client, or somebody guessing.
+    pub api_unauthenticated: u64,
 }
 
 #[cfg(test)]

@@ -46,13 +46,15 @@ impl Default for ApiLimits {
     }
 }
 
-/// Connections and Watch streams refused or cut off, written by the API and read into every
+/// Connections, Watch streams and calls refused or cut off, written by the API and read into every
 /// snapshot's `agent.export` (so `herdwatch.agent.dropped{reason="api_…"}` carries them).
 #[derive(Debug, Default)]
 pub struct ApiCounters {
     pub connections_refused: AtomicU64,
     pub watches_refused: AtomicU64,
     pub watchers_too_slow: AtomicU64,
+    /// Calls on the TCP listener refused for a missing or wrong bearer token.
+    pub unauthenticated: AtomicU64,
 }
 
 impl ApiCounters {
@@ -61,6 +63,7 @@ impl ApiCounters {
         drops.api_connections_refused = self.connections_refused.load(Ordering::Relaxed);
         drops.api_watches_refused = self.watches_refused.load(Ordering::Relaxed);
         drops.api_watchers_too_slow = self.watchers_too_slow.load(Ordering::Relaxed);
+        drops.api_unauthenticated = self.unauthenticated.load(Ordering::Relaxed);
     }
 }
 

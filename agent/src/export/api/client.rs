@@ -1,5 +1,6 @@
-//! The client side of the API over its Unix socket: what `herdwatch findings` (and tests, and
-//! later `herdwatch top`) use to read a running agent.
+//! The client side of the API, over its Unix socket or over TCP (`--api https://host:port`):
+//! what `herdwatch findings` (and tests, and later `herdwatch top`) use to read a running
+//! agent. Every failure names the socket or address, and says what to check.
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -7,9 +8,16 @@ use std::{
 
 use herdwatch_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, ClientTlsConfig, Endpoint, Uri},
+};
 
-use super::bounds::ApiLimits;
+use super::{
+    auth::{AttachToken, Token, read_token_file},
+    bounds::ApiLimits,
+    tls,
+};
 use crate::{
     error::{Error, Result},
     model::Finding,
@@ -53,17 +61,282 @@ pub async fn channel(socket: &Path) -> Result<Channel> {
 
 /// Every finding the agent keeps, active first, as the model has them.
 pub async fn findings(socket: &Path) -> Result<Vec<Finding>> {
-    let mut client = connect(socket).await?;
+    findings_at(&Target::Socket(socket.to_path_buf())).await
+}
+
+/// Every finding of the agent at `target`, active first, as the model has them.
+pub async fn findings_at(target: &Target) -> Result<Vec<Finding>> {
+    let mut client = connect_to(target).await?;
     let answer = client
         .list_findings(pb::ListFindingsRequest::default())
         .await
-        .map_err(|status| status_error(socket, &status))?;
+        .map_err(|status| target.status_error(&status))?;
     answer
         .into_inner()
         .findings
         .into_iter()
         .map(Finding::try_from)
         .collect()
+}
+
+/// A client of the agent at either kind of target: calls carry the token, if any.
+pub type Client = AgentServiceClient<InterceptedService<Channel, AttachToken>>;
+
+/// A connected client of the agent at `target`. The connection (and, over TCP, the TLS
+/// handshake) is made here, so an unreachable or untrusted agent is reported now.
+pub async fn connect_to(target: &Target) -> Result<Client> {
+    let (channel, attach) = match target {
+        Target::Socket(path) => (channel(path).await?, AttachToken::default()),
+        Target::Remote(remote) => (
+            remote.channel().await?,
+            AttachToken::new(remote.token.as_ref())?,
+        ),
+    };
+    Ok(AgentServiceClient::with_interceptor(channel, attach)
+        .max_decoding_message_size(ApiLimits::default().max_response_bytes))
+}
+
+/// How the CLI names the agent to ask: nothing (the local socket) or `--api` and its
+/// companions. Shared by every subcommand that reads the API.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ApiFlags {
+    /// The agent's API over TCP: https://host:port (http:// only with --insecure).
+    /// Without it, the local socket (api_socket).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// File holding the bearer token (the agent's api_token_file); mode 0600.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) the agent's certificate must chain to (default: the system's
+    /// roots).
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Allow --api http://: an agent serving plaintext (its api_insecure = true).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Where the agent's API is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The local Unix socket (`api_socket`).
+    Socket(PathBuf),
+    /// A TCP address, usually another host's agent (boxed: its TLS config is large).
+    Remote(Box<Remote>),
+}
+
+/// An agent's API over TCP, its TLS and token settled.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    uri: Uri,
+    tls: Option<ClientTlsConfig>,
+    ca: Option<PathBuf>,
+    token: Option<Token>,
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// The target the flags name; without `--api`, the local `socket` (None = the config
+    /// turned it off).
+    pub fn from_flags(flags: &ApiFlags, socket: Option<&Path>) -> Result<Self> {
+        let Some(url) = &flags.api else {
+            if flags.token_file.is_some() || flags.ca.is_some() || flags.insecure {
+                return Err(flag_error(
+                    "--token-file, --ca and --insecure apply to --api only".into(),
+                ));
+            }
+            let socket = socket.ok_or_else(|| {
+                flag_error(
+                    "api_socket is off in the config, so there is no local agent API to ask; \
+                     give --api https://host:port"
+                        .into(),
+                )
+            })?;
+            return Ok(Self::Socket(socket.to_path_buf()));
+        };
+        Ok(Self::Remote(Box::new(Remote::new(url, flags)?)))
+    }
+
+    /// The refusal or failure of a call, as an error naming the target and, for an
+    /// UNAUTHENTICATED answer, which token was (or was not) sent.
+    pub fn status_error(&self, status: &tonic::Status) -> Error {
+        let remote = match self {
+            Self::Socket(socket) => return status_error(socket, status),
+            Self::Remote(remote) => remote,
+        };
+        let mut message = format!("{:?}: {}", status.code(), status.message());
+        if status.code() == tonic::Code::Unauthenticated {
+            message.push_str(&match &remote.token_file {
+                None => " — no token was sent: give --token-file with the agent's api_token_file"
+                    .to_string(),
+                Some(path) => format!(
+                    " — the token in --token-file {} is not the one in the agent's \
+                     api_token_file",
+                    path.display()
+                ),
+            });
+        }
+        Error::RemoteApi {
+            address: remote.uri.to_string(),
+            message,
+        }
+    }
+}
+
+fn flag_error(message: String) -> Error {
+    Error::Config {
+        origin: "--api".into(),
+        message,
+    }
+}
+
+impl Remote {
+    fn new(url: &str, flags: &ApiFlags) -> Result<Self> {
+        let uri: Uri = url.parse().map_err(|e| {
+            flag_error(format!(
+                "{url:?} is not a URL ({e}); want https://host:port"
+            ))
+        })?;
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| flag_error(format!("{url:?} names no host; want https://host:port")))?;
+        if uri.port_u16().is_none() {
+            return Err(flag_error(format!(
+                "{url:?} names no port; the agent listens where its api_listen says, e.g. \
+                 https://{host}:9466"
+            )));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(flag_error(format!(
+                "{url:?}: the API is at the root of its address; want https://host:port"
+            )));
+        }
+        let tls = match uri.scheme_str() {
+            Some("https") if flags.insecure => {
+                return Err(flag_error(
+                    "--insecure only allows http://; over https:// the agent's certificate is \
+                     always verified (give --ca with the CA that signed it)"
+                        .into(),
+                ));
+            }
+            Some("https") => Some(tls::client_config(flags.ca.as_deref())?),
+            Some("http") if !flags.insecure => {
+                return Err(flag_error(format!(
+                    "{url:?} would send the token and read every answer in plaintext; use \
+                     https://, or add --insecure for an agent whose api_insecure = true serves \
+                     plaintext on a network you trust"
+                )));
+            }
+            Some("http") if flags.ca.is_some() => {
+                return Err(flag_error("--ca applies to https:// only".into()));
+            }
+            Some("http") => None,
+            _ => {
+                return Err(flag_error(format!(
+                    "{url:?}: want https://host:port (or http:// with --insecure)"
+                )));
+            }
+        };
+        let token = flags
+            .token_file
+            .as_deref()
+            .map(|path| read_token_file(path, "--token-file"))
+            .transpose()?;
+        Ok(Self {
+            uri,
+            tls,
+            ca: flags.ca.clone(),
+            token,
+            token_file: flags.token_file.clone(),
+        })
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let address = self.uri.to_string();
+        let mut endpoint = Endpoint::from(self.uri.clone())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(ANSWER_TIMEOUT);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Error::RemoteApi {
+                    address: address.clone(),
+                    message: format!("cannot set up TLS: {}", causes(&e)),
+                })?;
+        }
+        endpoint.connect().await.map_err(|err| Error::RemoteApi {
+            message: format!("{}: {}", self.diagnose(&err), causes(&err)),
+            address,
+        })
+    }
+
+    /// What a failed connection most likely means, from the errors underneath it.
+    fn diagnose(&self, err: &(dyn std::error::Error + 'static)) -> String {
+        let trusted = match &self.ca {
+            Some(ca) => format!("the CA in --ca {}", ca.display()),
+            None => "the system's roots (give --ca with the CA that signed the agent's \
+                     api_tls_cert)"
+                .to_string(),
+        };
+        let mut cause = Some(err);
+        while let Some(e) = cause {
+            let io = e.downcast_ref::<std::io::Error>();
+            // tokio-rustls reports a failed handshake as an io::Error wrapping rustls's;
+            // io::Error's source() skips the wrapped error, so look inside.
+            let tls_error = e.downcast_ref::<rustls::Error>().or_else(|| {
+                io.and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            });
+            if let Some(tls_error) = tls_error {
+                return match tls_error {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                        format!(
+                            "TLS handshake failed: the agent's certificate does not chain to \
+                             {trusted}"
+                        )
+                    }
+                    rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. },
+                    ) => format!(
+                        "TLS handshake failed: the agent's certificate is not issued for {}",
+                        self.uri.host().unwrap_or_default()
+                    ),
+                    _ => "TLS handshake failed (does the agent serve TLS there? an agent with \
+                          api_insecure and no api_tls_cert serves plaintext: http:// with \
+                          --insecure)"
+                        .to_string(),
+                };
+            }
+            if let Some(io) = io {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => {
+                        return "nothing listens there (is the agent running, with api_listen \
+                                at this address?)"
+                            .into();
+                    }
+                    std::io::ErrorKind::TimedOut => {
+                        return "no answer in time: the address is unreachable, or a firewall \
+                                drops the packets"
+                            .into();
+                    }
+                    _ => {}
+                }
+            }
+            cause = e.source();
+        }
+        if self.tls.is_none() {
+            return "cannot connect (if the agent serves TLS there, use https://)".into();
+        }
+        if self.ca.is_none() && causes(err).contains("native certs") {
+            return "TLS cannot start: this system has no CA certificates (install \
+                    ca-certificates, or give --ca with the CA that signed the agent's \
+                    api_tls_cert)"
+                .into();
+        }
+        "cannot connect".into()
+    }
 }
 
 /// The agent's refusal or failure, as an error naming the socket.
@@ -76,7 +349,7 @@ pub fn status_error(socket: &Path, status: &tonic::Status) -> Error {
 
 /// An error and its sources on one line: tonic's own text ("transport error") says little;
 /// the I/O error underneath ("No such file or directory") says what is wrong.
-fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -100,5 +373,114 @@ mod tests {
         assert!(text.contains(&socket.display().to_string()), "{text}");
         assert!(text.contains("herdwatch run"), "{text}");
         assert!(text.contains("No such file"), "{text}");
+    }
+
+    fn flags(api: &str) -> ApiFlags {
+        ApiFlags {
+            api: Some(api.to_string()),
+            ..ApiFlags::default()
+        }
+    }
+
+    fn refused(flags: &ApiFlags) -> String {
+        Target::from_flags(flags, None)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn without_api_the_local_socket_is_the_target() {
+        let socket = Path::new("/run/herdwatch/api.sock");
+        let target = Target::from_flags(&ApiFlags::default(), Some(socket));
+        assert!(matches!(target, Ok(Target::Socket(p)) if p == socket));
+        let text = refused(&ApiFlags::default());
+        assert!(
+            text.contains("api_socket is off") && text.contains("--api"),
+            "{text}"
+        );
+        let stray = ApiFlags {
+            insecure: true,
+            ..ApiFlags::default()
+        };
+        let text = Target::from_flags(&stray, Some(socket))
+            .expect_err("--insecure without --api")
+            .to_string();
+        assert!(text.contains("apply to --api only"), "{text}");
+    }
+
+    #[test]
+    fn remote_urls_are_checked_before_any_connection() {
+        assert!(matches!(
+            Target::from_flags(&flags("https://node1:9466"), None),
+            Ok(Target::Remote(_))
+        ));
+        let plain = ApiFlags {
+            insecure: true,
+            ..flags("http://127.0.0.1:9466")
+        };
+        assert!(matches!(
+            Target::from_flags(&plain, None),
+            Ok(Target::Remote(r)) if r.tls.is_none()
+        ));
+        for (url, says) in [
+            ("http://node1:9466", "--insecure"),
+            ("node1:9466", "https://host:port"),
+            ("ftp://node1:9466", "https://host:port"),
+            ("https://node1", "names no port"),
+            ("https://node1:9466/v1", "root of its address"),
+            ("https://", "not a URL"),
+        ] {
+            let text = refused(&flags(url));
+            assert!(text.contains(says), "{url}: {text}");
+        }
+        let insecure_https = ApiFlags {
+            insecure: true,
+            ..flags("https://node1:9466")
+        };
+        assert!(refused(&insecure_https).contains("always verified"));
+        let ca_on_http = ApiFlags {
+            insecure: true,
+            ca: Some(PathBuf::from("/ca.pem")),
+            ..flags("http://node1:9466")
+        };
+        assert!(refused(&ca_on_http).contains("https:// only"));
+    }
+
+    #[test]
+    fn an_open_token_file_is_refused_by_the_client_too() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "0123456789abcdef0123").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let with_token = ApiFlags {
+            token_file: Some(path),
+            ..flags("https://node1:9466")
+        };
+        let text = refused(&with_token);
+        assert!(
+            text.contains("--token-file") && text.contains("chmod 600"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_named_with_the_address() {
+        // A port bound and closed again: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let plain = ApiFlags {
+            insecure: true,
+            ..flags(&format!("http://127.0.0.1:{port}"))
+        };
+        let target = Target::from_flags(&plain, None).expect("valid");
+        let err = findings_at(&target).await.expect_err("nobody there");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("127.0.0.1:{port}")) && text.contains("nothing listens"),
+            "{text}"
+        );
     }
 }

@@ -1,7 +1,9 @@
-//! Admission of connections to the API socket: at most `limit` open at once. One past it is
-//! accepted and closed at once (its client sees the connection end before any answer) and
-//! counted, so a client that leaks connections — or opens them and never speaks — costs the
-//! agent a bounded number of file descriptors and tasks, not all of them.
+//! Admission of connections to an API listener (the Unix socket, or TCP): at most `limit`
+//! open at once. One past it is accepted and closed at once (its client sees the connection
+//! end before any answer) and counted, so a client that leaks connections — or opens them and
+//! never speaks, or never finishes a TLS handshake — costs the agent a bounded number of file
+//! descriptors and tasks, not all of them. Each listener has its own limit, so remote clients
+//! filling the TCP listener's never lock root out of the local socket.
 use std::{
     io,
     pin::Pin,
@@ -11,24 +13,51 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{UnixListener, UnixStream},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_stream::Stream;
 
 use super::bounds::ApiCounters;
 
+/// A listener whose connections the API serves.
+pub trait Listener: Unpin {
+    type Io: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin;
+
+    fn poll_accept_io(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
+}
+
+impl Listener for UnixListener {
+    type Io = UnixStream;
+
+    fn poll_accept_io(&self, cx: &mut Context<'_>) -> Poll<io::Result<UnixStream>> {
+        self.poll_accept(cx).map_ok(|(stream, _)| stream)
+    }
+}
+
+impl Listener for TcpListener {
+    type Io = TcpStream;
+
+    fn poll_accept_io(&self, cx: &mut Context<'_>) -> Poll<io::Result<TcpStream>> {
+        let (stream, _) = ready!(self.poll_accept(cx))?;
+        // gRPC messages are small and answered at once: do not hold them back for Nagle.
+        // Failing to set it costs latency, not correctness.
+        let _ = stream.set_nodelay(true);
+        Poll::Ready(Ok(stream))
+    }
+}
+
 /// The accepted connections, each holding its slot until it is dropped.
 #[derive(Debug)]
-pub struct AdmittedConnections {
-    listener: UnixListener,
+pub struct AdmittedConnections<L> {
+    listener: L,
     slots: Arc<Semaphore>,
     counters: Arc<ApiCounters>,
 }
 
-impl AdmittedConnections {
+impl<L: Listener> AdmittedConnections<L> {
     /// `counters` count the connections closed for want of a slot.
-    pub fn new(listener: UnixListener, limit: usize, counters: Arc<ApiCounters>) -> Self {
+    pub fn new(listener: L, limit: usize, counters: Arc<ApiCounters>) -> Self {
         Self {
             listener,
             slots: Arc::new(Semaphore::new(limit)),
@@ -37,12 +66,12 @@ impl AdmittedConnections {
     }
 }
 
-impl Stream for AdmittedConnections {
-    type Item = io::Result<Admitted>;
+impl<L: Listener> Stream for AdmittedConnections<L> {
+    type Item = io::Result<Admitted<L::Io>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            let (stream, _) = ready!(self.listener.poll_accept(cx))?;
+            let stream = ready!(self.listener.poll_accept_io(cx))?;
             match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => {
                     return Poll::Ready(Some(Ok(Admitted {
@@ -63,20 +92,20 @@ impl Stream for AdmittedConnections {
 
 /// One admitted connection: the socket, and its slot, given back when hyper drops it.
 #[derive(Debug)]
-pub struct Admitted {
-    stream: UnixStream,
+pub struct Admitted<S> {
+    stream: S,
     _slot: OwnedSemaphorePermit,
 }
 
-impl tonic::transport::server::Connected for Admitted {
-    type ConnectInfo = <UnixStream as tonic::transport::server::Connected>::ConnectInfo;
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Admitted<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
     }
 }
 
-impl AsyncRead for Admitted {
+impl<S: AsyncRead + Unpin> AsyncRead for Admitted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -86,7 +115,7 @@ impl AsyncRead for Admitted {
     }
 }
 
-impl AsyncWrite for Admitted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
