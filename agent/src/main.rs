@@ -1,4 +1,4 @@
-//! The `herdwatch` binary: run, check, version.
+//! The `herdwatch` binary: run, top, findings, check, version.
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
@@ -46,6 +46,12 @@ enum Cmd {
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Interactive view of the running agent (pools, routes, queries, findings) over its API.
+    Top {
+        /// The agent's API socket (default: `api_socket` from the config).
+        #[arg(long, value_name = "PATH")]
+        api: Option<PathBuf>,
     },
     /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
     Check,
@@ -101,6 +107,9 @@ fn main() -> ExitCode {
         Cmd::Findings { json } => {
             load_config(cli.config.as_ref(), None, false).and_then(|c| print_findings(&c, json))
         }
+        Cmd::Top { api } => {
+            load_config(cli.config.as_ref(), None, false).and_then(|c| top(&c, api))
+        }
         Cmd::Run {
             once,
             json,
@@ -135,6 +144,14 @@ fn print_findings(config: &Config, json: bool) -> anyhow::Result<bool> {
         return Ok(true);
     }
     print!("{}", view::render_findings(&findings, usize::MAX));
+    Ok(true)
+}
+
+fn top(config: &Config, api: Option<PathBuf>) -> anyhow::Result<bool> {
+    let socket = api.or_else(|| config.api_socket.clone()).context(
+        "api_socket is off in the config and no --api was given, so there is no agent API to watch",
+    )?;
+    herdwatch::export::top::run(&socket)?;
     Ok(true)
 }
 
