@@ -215,13 +215,13 @@ impl QueryRow {
             .iter()
             .filter_map(|c| Some((c.site.as_ref()?.display.clone(), c.calls)))
             .collect();
-        call_sites.sort_by(|a, b| b.1.cmp(&a.1));
+        call_sites.sort_by_key(|c| std::cmp::Reverse(c.1));
         let mut routes: Vec<(String, u64)> = q
             .routes
             .iter()
             .map(|r| (r.route.clone(), r.calls))
             .collect();
-        routes.sort_by(|a, b| b.1.cmp(&a.1));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.1));
         Self {
             id: q.id.clone(),
             text,
