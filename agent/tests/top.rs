@@ -156,11 +156,12 @@ fn top_shows_a_real_finding_and_quits_cleanly() {
     // The routes pane: the burning route, named with the pool that serves it.
     let load = Load::start(port, &["GET /cpu"], 8, Duration::ZERO);
     tmux.keys("2");
-    tmux.wait_for("the /cpu route with its pool", short, |s| {
+    let routes = tmux.wait_for("the /cpu route with its pool", short, |s| {
         s.lines()
             .any(|l| l.contains("/cpu") && l.contains("gunicorn shop.app:app") && l.contains("GET"))
     });
 
+    eprintln!("the routes pane as top drew it:\n{routes}");
     tmux.keys("4");
     let list = tmux.wait_for("the saturation finding", Duration::from_secs(60), |s| {
         s.lines()
@@ -198,6 +199,7 @@ fn top_shows_a_real_finding_and_quits_cleanly() {
     let detail = tmux.wait_for("the finding's detail", short, |s| {
         s.contains("Root cause") && s.contains("Prevention") && s.contains("Proposal")
     });
+    eprintln!("the finding's detail as top drew it:\n{detail}");
     assert!(detail.contains(&opening), "{opening:?} not in\n{detail}");
     assert!(detail.contains(&finding.id), "{detail}");
 

@@ -155,9 +155,10 @@ fn number(v: f64) -> String {
 fn draw_detail(frame: &mut Frame, f: &FindingRow, area: Rect) {
     let block = Block::bordered().title(format!(" finding {} (Esc closes) ", f.finding.id));
     frame.render_widget(
+        // Untrimmed, so the evidence keeps its indent under its heading.
         Paragraph::new(detail_lines(f))
             .block(block)
-            .wrap(Wrap { trim: true }),
+            .wrap(Wrap { trim: false }),
         area,
     );
 }
