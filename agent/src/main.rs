@@ -1,4 +1,4 @@
-//! The `herdwatch` binary: run, check, version.
+//! The `herdwatch` binary: run, top, findings, check, version.
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
@@ -48,6 +48,12 @@ enum Cmd {
         json: bool,
         #[command(flatten)]
         api: herdwatch::export::api::client::ApiFlags,
+    },
+    /// Interactive view of the running agent (pools, routes, queries, findings) over its API.
+    Top {
+        /// The agent's API socket (default: `api_socket` from the config).
+        #[arg(long, value_name = "PATH")]
+        api: Option<PathBuf>,
     },
     /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
     Check,
@@ -102,6 +108,9 @@ fn main() -> ExitCode {
         Cmd::Check => Ok(run_check()),
         Cmd::Findings { json, api } => load_config(cli.config.as_ref(), None, false)
             .and_then(|c| print_findings(&c, &api, json)),
+        Cmd::Top { api } => {
+            load_config(cli.config.as_ref(), None, false).and_then(|c| top(&c, api))
+        }
         Cmd::Run {
             once,
             json,
@@ -138,6 +147,14 @@ fn print_findings(
         return Ok(true);
     }
     print!("{}", view::render_findings(&findings, usize::MAX));
+    Ok(true)
+}
+
+fn top(config: &Config, api: Option<PathBuf>) -> anyhow::Result<bool> {
+    let socket = api.or_else(|| config.api_socket.clone()).context(
+        "api_socket is off in the config and no --api was given, so there is no agent API to watch",
+    )?;
+    herdwatch::export::top::run(&socket)?;
     Ok(true)
 }
 

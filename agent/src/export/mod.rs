@@ -1,5 +1,5 @@
 //! What leaves the pipeline: the local API that `herdwatch findings` reads, and the
-//! Prometheus endpoint, and OTLP.
+//! Prometheus endpoint, OTLP, and `herdwatch top` (a client of the API).
 pub mod api;
 pub mod delivery;
 pub mod logs;
@@ -8,3 +8,4 @@ pub mod otlp;
 pub mod prometheus;
 pub mod resource;
 pub mod spans;
+pub mod top;
