@@ -24,16 +24,28 @@ async fn all_tracked_queries(
     agent: &herdwatch::Agent,
     what: &str,
 ) -> std::sync::Arc<herdwatch::model::Snapshot> {
-    wait_for(agent, Duration::from_secs(30), what, |s| {
-        TRACKED
-            .iter()
-            .all(|q| {
-                s.query_like(q)
-                    .is_some_and(|st| st.calls - st.errors - st.aborted >= N)
-            })
-            .then(|| s.clone())
-    })
-    .await
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = agent.snapshot_now().await.expect("snapshot");
+        let done = |q: &&str| {
+            s.query_like(q)
+                .is_some_and(|st| st.calls - st.errors - st.aborted >= N)
+        };
+        if TRACKED.iter().all(done) {
+            return s;
+        }
+        if std::time::Instant::now() >= deadline {
+            // Say what fell short, and whether records were lost on the way.
+            for q in TRACKED {
+                let seen = s.query_like(q).map(|st| (st.calls, st.errors, st.aborted));
+                eprintln!("  {q}: (calls, errors, aborted) {seen:?} of {N}");
+            }
+            eprintln!("  connections {:?}", s.agent.connections);
+            eprintln!("  drops {:?}", s.agent.drops());
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn run_client(dsn: &str) {
