@@ -6,10 +6,10 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Cell, Paragraph, Row, Table, TableState, Wrap},
+    widgets::{Block, Cell, Paragraph, Row, Table, Wrap},
 };
 
-use super::{empty, header_style, pane_block, selected_style};
+use super::{draw_table, empty, header_style, pane_block};
 use crate::{
     export::top::{
         rows::{self, FindingRow, Row as _},
@@ -75,13 +75,12 @@ pub fn draw(frame: &mut Frame, state: &UiState, area: Rect) {
         Constraint::Fill(1),
         Constraint::Fill(2),
     ];
-    let table = Table::new(lines, widths)
-        .header(header)
-        .block(block)
-        .row_highlight_style(selected_style())
-        .highlight_symbol("▶");
-    let mut at = TableState::default().with_selected(selected);
-    frame.render_stateful_widget(table, list, &mut at);
+    draw_table(
+        frame,
+        list,
+        Table::new(lines, widths).header(header).block(block),
+        selected,
+    );
     if let (Some(area), Some(f)) = (detail_area, detail) {
         draw_detail(frame, f, area);
     }

@@ -13,7 +13,7 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Paragraph, Tabs, Wrap},
+    widgets::{Block, Paragraph, Table, TableState, Tabs, Wrap},
 };
 
 use super::state::{Link, Pane, UiState};
@@ -153,6 +153,15 @@ fn empty(frame: &mut Frame, block: Block<'static>, area: Rect, state: &UiState, 
         Paragraph::new(text).block(block).wrap(Wrap { trim: true }),
         area,
     );
+}
+
+/// Draws a pane's table with the selected row highlighted, the same way in every pane.
+fn draw_table(frame: &mut Frame, area: Rect, table: Table<'_>, selected: Option<usize>) {
+    let table = table
+        .row_highlight_style(selected_style())
+        .highlight_symbol("▶");
+    let mut at = TableState::default().with_selected(selected);
+    frame.render_stateful_widget(table, area, &mut at);
 }
 
 fn header_style() -> Style {

@@ -3,10 +3,10 @@
 use ratatui::{
     Frame,
     layout::{Constraint, Rect},
-    widgets::{Cell, Row, Table, TableState},
+    widgets::{Cell, Row, Table},
 };
 
-use super::{empty, header_style, pane_block, percent, selected_style};
+use super::{draw_table, empty, header_style, pane_block, percent};
 use crate::export::top::{
     rows::{self, Row as _},
     state::{Pane, UiState},
@@ -51,11 +51,10 @@ pub fn draw(frame: &mut Frame, state: &UiState, area: Rect) {
         Constraint::Length(7),
         Constraint::Length(5),
     ];
-    let table = Table::new(lines, widths)
-        .header(header)
-        .block(block)
-        .row_highlight_style(selected_style())
-        .highlight_symbol("▶");
-    let mut at = TableState::default().with_selected(state.selected_in(Pane::Pools, &keys));
-    frame.render_stateful_widget(table, area, &mut at);
+    draw_table(
+        frame,
+        area,
+        Table::new(lines, widths).header(header).block(block),
+        state.selected_in(Pane::Pools, &keys),
+    );
 }

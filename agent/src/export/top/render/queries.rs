@@ -5,10 +5,10 @@ use ratatui::{
     Frame,
     layout::{Constraint, Layout, Rect},
     text::Line,
-    widgets::{Block, Cell, Paragraph, Row, Table, TableState, Wrap},
+    widgets::{Block, Cell, Paragraph, Row, Table, Wrap},
 };
 
-use super::{empty, header_style, ms, pane_block, selected_style};
+use super::{draw_table, empty, header_style, ms, pane_block};
 use crate::export::top::{
     rows::{self, QueryRow, Row as _},
     state::{Pane, UiState},
@@ -51,13 +51,12 @@ pub fn draw(frame: &mut Frame, state: &UiState, area: Rect) {
         Constraint::Length(8),
         Constraint::Fill(1),
     ];
-    let table = Table::new(lines, widths)
-        .header(header)
-        .block(block)
-        .row_highlight_style(selected_style())
-        .highlight_symbol("▶");
-    let mut at = TableState::default().with_selected(selected);
-    frame.render_stateful_widget(table, list, &mut at);
+    draw_table(
+        frame,
+        list,
+        Table::new(lines, widths).header(header).block(block),
+        selected,
+    );
     if let (Some(area), Some(q)) = (detail, selected.and_then(|i| shown.get(i))) {
         draw_detail(frame, q, area);
     }
