@@ -12,6 +12,7 @@ pub mod net;
 pub mod pipeline;
 pub mod probes;
 pub mod procs;
+pub mod state_file;
 pub mod view;
 
 pub use agent::Agent;

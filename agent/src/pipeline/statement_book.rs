@@ -31,6 +31,8 @@ use std::{
 use herdwatch_protocol::postgres::PgSession;
 use serde::{Deserialize, Serialize};
 
+use crate::state_file;
+
 /// The file in the state directory.
 pub const FILE_NAME: &str = "statements.json";
 /// Format version written; a file with a higher one is from a newer agent and not read.
@@ -142,7 +144,7 @@ impl StatementBook {
         let mut book = Self::default();
         book.enabled = true;
         book.proc_root = proc_root.to_path_buf();
-        if let Err(e) = writable_dir(dir) {
+        if let Err(e) = state_file::writable_dir(dir) {
             tracing::warn!(
                 "state directory {}: {e}; statements prepared before a restart will not be \
                  known after it",
@@ -151,7 +153,7 @@ impl StatementBook {
             return book;
         }
         let path = dir.join(FILE_NAME);
-        match read_file(&path) {
+        match state_file::read_versioned(&path, MAX_FILE_BYTES, VERSION) {
             Ok(Some(file)) => book.load(file),
             Ok(None) => {}
             Err(why) => {
@@ -159,8 +161,7 @@ impl StatementBook {
                     "statement book {}: {why}; starting a fresh one",
                     path.display()
                 );
-                // Kept aside for a person to look at; the next save replaces the original.
-                let _ = std::fs::rename(&path, dir.join(format!("{FILE_NAME}.bad")));
+                state_file::set_aside(&path);
             }
         }
         book.path = Some(path);
@@ -418,7 +419,7 @@ impl StatementBook {
                 })
                 .collect(),
         };
-        match write_atomically(&path, &file) {
+        match state_file::write_atomically(&path, &file) {
             Ok(()) => self.dirty = false,
             Err(e) => tracing::warn!("statement book {}: {e}", path.display()),
         }
@@ -470,65 +471,6 @@ fn start_time_of(stat: &str) -> Option<u64> {
     let after = &stat[stat.rfind(')')? + 1..];
     // Fields 3.. follow; starttime is the 20th of them.
     after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Creates `dir` if missing and checks a file can be written in it.
-fn writable_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let probe = dir.join(format!(".{FILE_NAME}.probe-{}", std::process::id()));
-    std::fs::File::create(&probe)?;
-    std::fs::remove_file(&probe)
-}
-
-/// The book in `path`: None when there is none, Err(why) when it cannot be used.
-fn read_file(path: &Path) -> Result<Option<FileBook>, String> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!("{} bytes is larger than a book can be", meta.len()));
-    }
-    let text = std::fs::read(path).map_err(|e| e.to_string())?;
-    // The version first, so a newer format is named as such rather than as corrupt.
-    #[derive(Deserialize)]
-    struct Version {
-        version: u32,
-    }
-    let version: Version =
-        serde_json::from_slice(&text).map_err(|e| format!("unreadable ({e})"))?;
-    if version.version > VERSION {
-        return Err(format!(
-            "written by a newer herdwatch (format {}, this one reads {VERSION})",
-            version.version
-        ));
-    }
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|e| format!("unreadable ({e})"))
-}
-
-fn write_atomically(path: &Path, file: &FileBook) -> std::io::Result<()> {
-    // Unique per writer, so two agents (or two books in one test process) never share one.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("json.tmp-{}-{n}", std::process::id()));
-    let result = (|| {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        serde_json::to_writer(&mut out, file)?;
-        let f = out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
