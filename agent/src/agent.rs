@@ -116,7 +116,8 @@ impl Agent {
     }
 
     /// Stops the agent in order: the events received so far are applied and the state that
-    /// survives a restart (the statement book) is written before the programs detach.
+    /// survives a restart (the statement and finding books) is written before the programs
+    /// detach.
     pub async fn stop(self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -304,6 +305,7 @@ impl PipelineLoop {
                     Some(Command::Stop(reply)) => {
                         drain(events, sockets, state, analysis);
                         state.persist();
+                        analysis.detectors.persist();
                         let _ = reply.send(());
                         return;
                     }

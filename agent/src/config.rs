@@ -62,8 +62,9 @@ pub struct Config {
     pub api_insecure: bool,
     /// Where `/metrics` is served for Prometheus (`host:port`). None = no endpoint.
     pub prometheus_listen: Option<String>,
-    /// Directory for state kept across restarts (the statement book: texts of statements
-    /// prepared before a restart), created if missing. None or "" = nothing persisted.
+    /// Directory for state kept across restarts, created if missing: the finding book (ids,
+    /// occurrences, first seen) and the statement book (texts of statements prepared before a
+    /// restart). None or "" = nothing persisted.
     pub state_dir: Option<std::path::PathBuf>,
     /// PostgreSQL access of the agent's own (`[postgres]`); nothing unless configured.
     pub postgres: PostgresConfig,

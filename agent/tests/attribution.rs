@@ -586,3 +586,59 @@ fn sync_workers_pair_queries_with_requests_by_thread() {
     let server = gunicorn(&pg, port, "wsgi:app", &["--workers", "5"]);
     check_pool("gunicorn sync", "wsgi.py", server, port, 5, false);
 }
+
+/// Restart during a replay: the herd's finding, kept in the state directory, comes back after
+/// the agent restarts — the same id, its occurrences and first sighting, resolved until seen
+/// again — and the next burst counts on from there instead of starting at one.
+#[test]
+fn findings_keep_their_occurrences_across_an_agent_restart() {
+    if !kernel_available("findings_keep_their_occurrences_across_an_agent_restart") {
+        return;
+    }
+    let pg = Postgres::start();
+    schema(&pg);
+    let port = free_port();
+    // Five sync workers: a burst needs more concurrent copies than three could issue.
+    let server = gunicorn(&pg, port, "wsgi:app", &["--workers", "5"]);
+    let state = tempfile::tempdir().expect("state dir");
+    let mut config = config();
+    config.state_dir = Some(state.path().to_path_buf());
+    runtime().block_on(async {
+        wait_http(port);
+        let ids = fingerprints(port);
+        let agent = start_agent_with(config.clone()).await;
+        pool_ready(&agent, server.pid(), 5).await;
+        let load = TruthLoad::start(port, 16);
+        let before = wait_for(&agent, Duration::from_secs(60), "a herd with two occurrences", |s| {
+            herd_of(s, &ids["totals"]).filter(|h| h.occurrences >= 2).cloned()
+        })
+        .await;
+        agent.stop().await.expect("orderly stop");
+        let kept = state.path().join("findings.json");
+        assert!(kept.exists(), "the finding book is written at shutdown");
+
+        let agent = start_agent_with(config).await;
+        let restored = agent.latest();
+        let back = herd_of(&restored, &ids["totals"]).expect("the herd finding is restored");
+        eprintln!(
+            "before the restart: {} occurrence(s), first seen {}; after: {} occurrence(s), active {}",
+            before.occurrences, before.first_seen_unix_ms, back.occurrences, back.active
+        );
+        assert_eq!(back.id, before.id);
+        assert_eq!(back.first_seen_unix_ms, before.first_seen_unix_ms);
+        assert!(back.occurrences >= before.occurrences, "{back:#?}");
+        let at_restart = back.occurrences;
+        let next = wait_for(&agent, Duration::from_secs(60), "the herd's next occurrence", |s| {
+            herd_of(s, &ids["totals"]).filter(|h| h.occurrences > at_restart).cloned()
+        })
+        .await;
+        let truth = load.stop();
+        eprintln!("after the restart: {} occurrence(s); load {} requests", next.occurrences, truth.requests);
+        assert_eq!(next.id, before.id, "one pattern, one finding, across the restart");
+        assert_eq!(next.first_seen_unix_ms, before.first_seen_unix_ms);
+        assert!(next.active);
+        let others = next.occurrences - at_restart;
+        assert!(others <= 2, "occurrences count on, not again from one: {next:#?}");
+        agent.stop().await.expect("orderly stop");
+    });
+}

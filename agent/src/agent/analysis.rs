@@ -24,8 +24,12 @@ pub(super) struct Analysis {
 
 impl Analysis {
     pub fn new(config: &Config) -> Self {
+        let mut detectors = Detectors::new(&config.detect);
+        if let Some(dir) = config.state_dir() {
+            detectors.keep_findings_in(dir);
+        }
         Self {
-            detectors: Detectors::new(&config.detect),
+            detectors,
             logs: None,
             export_counters: None,
             api_counters: None,

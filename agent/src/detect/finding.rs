@@ -57,6 +57,8 @@ pub struct FindingBook {
     /// Findings dropped to stay within the bound.
     pub evicted: u64,
     transitions: Vec<(Transition, Finding)>,
+    /// Counts changes, so the store rewrites the file only when there is something new.
+    generation: u64,
 }
 
 impl FindingBook {
@@ -66,10 +68,30 @@ impl FindingBook {
             max: max.max(1),
             evicted: 0,
             transitions: Vec::new(),
+            generation: 0,
         }
     }
 
+    /// Findings a previous run kept (see `finding_store`), taken in as they are — no
+    /// transitions, nothing counted — within the bound, the most recently seen first.
+    pub fn restore(&mut self, mut findings: Vec<Finding>) {
+        findings.sort_by_key(|f| std::cmp::Reverse(f.last_seen_unix_ms));
+        for f in findings {
+            if self.findings.len() >= self.max {
+                break;
+            }
+            self.findings.entry(f.id.clone()).or_insert(f);
+        }
+        self.generation += 1;
+    }
+
+    /// Changes so far (occurrences, refreshed evidence, resolutions, evictions).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn apply(&mut self, signal: Signal, now_unix_ms: u64) {
+        self.generation += 1;
         match signal {
             Signal::Onset(r) => self.record(*r, true, now_unix_ms),
             Signal::Ongoing(r) => self.record(*r, false, now_unix_ms),

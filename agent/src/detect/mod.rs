@@ -3,6 +3,7 @@
 pub mod cron;
 pub mod db_pool;
 pub mod finding;
+pub mod finding_store;
 pub mod herd;
 pub mod lifecycle;
 pub mod naming;
@@ -93,6 +94,8 @@ pub struct Detectors {
     lifecycle: lifecycle::LifecycleLog,
     windows: window::Windows,
     book: finding::FindingBook,
+    /// Where the book is kept across restarts (`state_dir`); None = this run only.
+    store: Option<finding_store::FindingStore>,
     host: String,
     /// Wall clock minus the kernel's monotonic clock, ms.
     unix_minus_mono_ms: i128,
@@ -149,8 +152,24 @@ impl Detectors {
             lifecycle: lifecycle::LifecycleLog::default(),
             windows: window::Windows::default(),
             book: finding::FindingBook::new(config.max_findings.unwrap_or(256)),
+            store: None,
             host: host::hostname(),
             unix_minus_mono_ms: host::unix_minus_monotonic_ns() / 1_000_000,
+        }
+    }
+
+    /// Keeps the finding book in `dir` from now on, starting from what a previous run left
+    /// there (occurrences count on across restarts).
+    pub fn keep_findings_in(&mut self, dir: &std::path::Path) {
+        let (store, findings) = finding_store::FindingStore::open(dir);
+        self.book.restore(findings);
+        self.store = store;
+    }
+
+    /// Writes the finding book now, when it is kept: at shutdown.
+    pub fn persist(&mut self) {
+        if let Some(store) = &mut self.store {
+            store.save(&self.book);
         }
     }
 
@@ -242,6 +261,9 @@ impl Detectors {
         signals.extend(self.cron_tick(input, now_unix));
         for s in signals {
             self.book.apply(s, now_unix);
+        }
+        if let Some(store) = &mut self.store {
+            store.save_if_due(&self.book, std::time::Instant::now());
         }
         (self.book.list(), self.lifecycle.recent())
     }
