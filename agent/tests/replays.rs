@@ -24,8 +24,9 @@ use herdwatch::{
 };
 
 /// The detectors' production logic with shorter clocks: saturation after 20 s instead of
-/// 60 s, a 10 s herd baseline instead of 30 s. The healthy replay uses the same settings, so
-/// the shortening cannot hide false positives.
+/// 60 s, a 10 s herd baseline instead of 30 s, cron periods from 20 s (5 s of silence makes a
+/// new onset) instead of from 60 s. The healthy replay uses the same settings, so the
+/// shortening cannot hide false positives — and lets it see three cron periods in a minute.
 fn replay_config() -> Config {
     let mut c = Config {
         interval_ms: 1000,
@@ -36,8 +37,17 @@ fn replay_config() -> Config {
     };
     c.detect.herd.baseline_s = 10;
     c.detect.saturation.for_s = 20;
+    c.detect.cron.periods_s = vec![CRON_PERIOD_S, 60, 300, 1800, 3600];
+    c.detect.cron.quiet_s = 5;
     c
 }
+
+/// The shortest cron period the replays look for (the cron replay's schedule period).
+const CRON_PERIOD_S: u64 = 20;
+
+/// How long the healthy workload runs under the agent: past the saturation threshold, several
+/// herd baselines and three of the shortest cron periods, so every detector had its chance.
+const HEALTHY_FOR: Duration = Duration::from_secs(3 * CRON_PERIOD_S + 10);
 
 /// Prints the findings the way `herdwatch findings` does, with onset-to-finding times.
 fn print_findings(replay: &str, snap: &Snapshot) {
@@ -178,7 +188,7 @@ fn herd() {
 }
 
 /// Healthy: a steady mixed workload (prepared lookups, simple queries, pipelined reports and a
-/// little CPU) on gunicorn and uvicorn for over two minutes, with the replays' settings.
+/// little CPU) on gunicorn and uvicorn for `HEALTHY_FOR`, with the replays' settings.
 /// Expect zero findings.
 #[test]
 fn healthy() {
@@ -218,7 +228,7 @@ fn healthy() {
         let agent = start_agent_with(replay_config()).await;
         let started = Instant::now();
         let mut peak_cpu: f64 = 0.0;
-        while started.elapsed() < Duration::from_secs(125) {
+        while started.elapsed() < HEALTHY_FOR {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let snap = agent.latest();
             peak_cpu = peak_cpu.max(snap.host.cpu_utilization.unwrap_or(0.0));
@@ -424,8 +434,6 @@ fn cron() {
     std::fs::write(&schedule, aligned).expect("schedule");
     let mut config = replay_config();
     config.postgres_ports = vec![pg.port, bouncer.port];
-    config.detect.cron.periods_s = vec![20, 60, 300, 1800, 3600];
-    config.detect.cron.quiet_s = 5;
     config.detect.pool.client_wait_ms = 200.0;
     runtime().block_on(async {
         let agent = start_agent_with(config).await;
@@ -434,7 +442,7 @@ fn cron() {
         crond
             .arg(apps_dir().join("cron/crond.py"))
             .arg(&schedule)
-            .arg("20")
+            .arg(CRON_PERIOD_S.to_string())
             .env("PG_DSN", bouncer.dsn());
         let _crond = Proc::spawn(&mut crond);
         // The second firing reveals the period; the third is the pattern repeating.
@@ -497,13 +505,16 @@ fn cron() {
         );
         assert!(pool.evidence("client_wait_p95_worst").unwrap_or(0.0) >= 200.0);
         // Restagger; give the change one period to take effect, then watch two more.
+        // (Each wait has 5 s more, for a firing that was already under way.)
+        let period = Duration::from_secs(CRON_PERIOD_S);
+        let margin = Duration::from_secs(5);
         let staggered: String = CRON_TASKS
             .iter()
             .enumerate()
             .map(|(i, t)| format!("{t} {}\n", 5 * i))
             .collect();
         std::fs::write(&schedule, staggered).expect("schedule");
-        tokio::time::sleep(Duration::from_secs(25)).await;
+        tokio::time::sleep(period + margin).await;
         let settled = agent.snapshot_now().await.expect("snapshot");
         // Only this replay's tasks: the agent watches the whole host, where other test runs
         // and compilers (CPU bursts) may line up on their own.
@@ -516,7 +527,7 @@ fn cron() {
                 .sum()
         };
         let before = count(&settled);
-        tokio::time::sleep(Duration::from_secs(45)).await;
+        tokio::time::sleep(2 * period + margin).await;
         let after = agent.snapshot_now().await.expect("snapshot");
         print_findings("cron (after restaggering)", &after);
         eprintln!("load: {:?}", load.stop());
