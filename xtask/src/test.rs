@@ -3,7 +3,7 @@
 //! HERDWATCH_SKIP_DIR (see agent/tests/common) and count as skipped, not passed.
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::Context as _;
@@ -54,6 +54,70 @@ impl Failures {
             }
         }
     }
+}
+
+/// How long each test binary ran (libtest's `finished in`), for the report's list of the
+/// slowest: the suite must stay well under CI's limit, and this says where its time goes.
+#[derive(Default, Debug)]
+struct BinaryTimes {
+    /// The binary cargo announced last (`Running tests/replays.rs (target/...)`).
+    current: Option<String>,
+    seconds: Vec<(String, f64)>,
+}
+
+/// Binaries listed in the closing report.
+const SLOWEST_LISTED: usize = 10;
+
+impl BinaryTimes {
+    fn observe(&mut self, line: &str) {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Running ") {
+            self.current = Some(binary_name(rest));
+        } else if line.starts_with("Doc-tests ") {
+            self.current = Some(line.to_string());
+        } else if line.starts_with("test result: ")
+            && let Some(secs) = line
+                .rsplit_once("finished in ")
+                .and_then(|(_, t)| t.trim_end_matches('s').parse::<f64>().ok())
+        {
+            let name = self.current.take().unwrap_or_else(|| "(unnamed)".into());
+            self.seconds.push((name, secs));
+        }
+    }
+
+    fn print(&self) {
+        let mut by_time = self.seconds.clone();
+        by_time.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = by_time.iter().map(|(_, s)| s).sum();
+        println!(
+            "test binaries: {} ran {total:.0} s in all; the slowest:",
+            by_time.len()
+        );
+        for (name, secs) in by_time.iter().take(SLOWEST_LISTED) {
+            println!("  {secs:>7.1} s  {name}");
+        }
+    }
+}
+
+/// `tests/replays.rs (target/debug/deps/replays-2)` → `tests/replays.rs`;
+/// `unittests src/lib.rs (target/debug/deps/herdwatch-1)` → `herdwatch src/lib.rs` (every
+/// crate's unit tests are `src/lib.rs`, the binary names the crate).
+fn binary_name(announced: &str) -> String {
+    let Some(source) = announced.strip_prefix("unittests ") else {
+        return announced
+            .split(" (")
+            .next()
+            .unwrap_or(announced)
+            .to_string();
+    };
+    let (source, binary) = source.split_once(" (").unwrap_or((source, ""));
+    let file = binary
+        .trim_end_matches(')')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    let krate = file.rsplit_once('-').map_or(file, |(name, _hash)| name);
+    format!("{krate} {source}")
 }
 
 /// Adds one libtest line `test result: ok. 3 passed; 0 failed; 1 ignored; ...`.
@@ -128,19 +192,27 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     // Kernel tests compare timings with /proc and start real servers: one at a time on 2 CPUs.
     cmd.args(["--test-threads=1"])
         .env("HERDWATCH_TEST_VENV", &venv)
-        .env("HERDWATCH_SKIP_DIR", &skip_dir)
-        .stdout(Stdio::piped());
+        .env("HERDWATCH_SKIP_DIR", &skip_dir);
+    // cargo names each test binary on stderr just before the binary writes its results on
+    // stdout: one pipe for both keeps them in order, so each result has its binary's name.
+    let (output, writer) = std::io::pipe().context("a pipe for cargo test's output")?;
+    cmd.stdout(writer.try_clone().context("cloning the pipe")?)
+        .stderr(writer);
     let mut child = cmd.spawn().context("spawning cargo test")?;
-    let stdout = child.stdout.take().context("cargo test stdout")?;
+    // The command holds the pipe's writing ends; dropped, the pipe ends with cargo.
+    drop(cmd);
     let mut saw_results = false;
     let mut failures = Failures::default();
-    for line in BufReader::new(stdout).lines() {
+    let mut times = BinaryTimes::default();
+    for line in BufReader::new(output).lines() {
         let line = line?;
         println!("{line}");
         failures.observe(&line);
+        times.observe(&line);
         saw_results |= add_result_line(&line, &mut tally);
     }
     let status = child.wait()?;
+    times.print();
     if !status.success() && tally.failed == 0 {
         // A build failure, or a test binary that crashed before reporting.
         tally.failed += 1;
@@ -212,6 +284,30 @@ mod tests {
         ));
         assert!(!add_result_line("running 3 tests", &mut t));
         assert_eq!((t.passed, t.failed, t.ignored), (12, 1, 2));
+    }
+
+    #[test]
+    fn names_each_binarys_time_from_cargos_announcement() {
+        let mut t = BinaryTimes::default();
+        for line in [
+            "     Running unittests src/lib.rs (target/debug/deps/herdwatch-1)",
+            "test result: ok. 161 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.20s",
+            "     Running tests/replays.rs (target/debug/deps/replays-2)",
+            "running 4 tests",
+            "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 301.5s",
+            "   Doc-tests herdwatch",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            t.observe(line);
+        }
+        assert_eq!(
+            t.seconds,
+            vec![
+                ("herdwatch src/lib.rs".to_string(), 3.2),
+                ("tests/replays.rs".to_string(), 301.5),
+                ("Doc-tests herdwatch".to_string(), 0.0),
+            ]
+        );
     }
 
     #[test]
