@@ -188,3 +188,58 @@ fn uvicorn_pool_with_two_spawned_workers() {
         );
     });
 }
+
+/// Two services on one host both run `gunicorn shop.app:app` (the common case of every
+/// service's `app:app`): they are two pools with two names, and each one's requests are
+/// counted on its own routes — not merged into one pool that neither is.
+#[test]
+fn two_services_serving_the_same_app_stay_two_pools() {
+    if !kernel_available("two_services_serving_the_same_app_stay_two_pools") {
+        return;
+    }
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = gunicorn_shop(2, port_a, None);
+    let b = gunicorn_shop(2, port_b, None);
+    wait_http(port_a);
+    wait_http(port_b);
+    runtime().block_on(async {
+        let agent = start_agent().await;
+        let pool_a = pool_ready(&agent, a.pid(), 2).await;
+        let pool_b = pool_ready(&agent, b.pid(), 2).await;
+        assert_eq!(
+            pool_a.name,
+            format!("gunicorn shop.app:app on 127.0.0.1:{port_a}")
+        );
+        assert_eq!(
+            pool_b.name,
+            format!("gunicorn shop.app:app on 127.0.0.1:{port_b}")
+        );
+        // Different amounts of the same route on each: each pool's count is its own.
+        let (sent_a, sent_b) = (7u64, 3u64);
+        for _ in 0..sent_a {
+            http_get(port_a, "/");
+        }
+        for _ in 0..sent_b {
+            http_get(port_b, "/");
+        }
+        let counted = |snap: &herdwatch::model::Snapshot, pool: &str| -> u64 {
+            snap.routes
+                .iter()
+                .filter(|r| r.pool == pool && r.route == "/")
+                .map(|r| r.requests)
+                .sum()
+        };
+        let snap = wait_for(
+            &agent,
+            Duration::from_secs(20),
+            "both pools' requests",
+            |s| {
+                (counted(s, &pool_a.name) >= sent_a && counted(s, &pool_b.name) >= sent_b)
+                    .then(|| s.clone())
+            },
+        )
+        .await;
+        assert_eq!(counted(&snap, &pool_a.name), sent_a);
+        assert_eq!(counted(&snap, &pool_b.name), sent_b);
+    });
+}

@@ -249,6 +249,7 @@ mod tests {
             worker_class: "sync".into(),
             configured_workers: None,
             configured_binds: Vec::new(),
+            distinct_by: None,
         }
     }
 

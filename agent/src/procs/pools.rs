@@ -28,6 +28,10 @@ pub struct Pool {
     pub configured_workers: Option<u32>,
     /// Addresses from the command line; the real listen sockets come from /proc.
     pub configured_binds: Vec<String>,
+    /// What tells this pool apart when another on the host serves the same app with the same
+    /// server (`gunicorn app:app` is every second service): its bind, else its master's pid.
+    /// None when its name is unique. See [`tell_twins_apart`].
+    pub distinct_by: Option<String>,
 }
 
 impl Pool {
@@ -51,8 +55,20 @@ impl Pool {
         }
     }
 
-    /// A stable, human name: `gunicorn shop.app:app (pid 123)`.
+    /// A stable, human name: `gunicorn shop.app:app`; `gunicorn app:app on 127.0.0.1:8001`
+    /// when another pool would have the same; `gunicorn pid 123` when the app is unknown.
+    /// Routes, findings and series are keyed by it, so it must not change with a restart.
     pub fn name(&self) -> String {
+        let mut name = self.base_name();
+        if let Some(distinct) = &self.distinct_by {
+            name.push_str(" on ");
+            name.push_str(distinct);
+        }
+        name
+    }
+
+    /// The name before twins are told apart.
+    fn base_name(&self) -> String {
         let kind = match self.kind {
             PoolKind::Gunicorn => "gunicorn",
             PoolKind::Uvicorn => "uvicorn",
@@ -133,10 +149,38 @@ pub fn discover(table: &ProcessTable) -> Vec<Pool> {
             worker_class,
             configured_workers,
             configured_binds: binds,
+            distinct_by: None,
         });
     }
     pools.sort_by_key(|p| p.master);
+    tell_twins_apart(&mut pools);
     pools
+}
+
+/// Pools that would share a name get [`Pool::distinct_by`]: the binds from their command
+/// lines when those differ (stable across restarts, so a finding keeps its id), else the
+/// master's pid. Without it, two services both run as `gunicorn app:app` merge into one
+/// pool's routes, lifecycle and findings.
+pub fn tell_twins_apart(pools: &mut [Pool]) {
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, p) in pools.iter().enumerate() {
+        by_name.entry(p.base_name()).or_default().push(i);
+    }
+    for twins in by_name.values().filter(|t| t.len() > 1) {
+        let binds: Vec<String> = twins
+            .iter()
+            .map(|&i| pools[i].configured_binds.join(","))
+            .collect();
+        let unique: std::collections::HashSet<&String> = binds.iter().collect();
+        let binds_differ = unique.len() == binds.len() && binds.iter().all(|b| !b.is_empty());
+        for (&i, bind) in twins.iter().zip(binds) {
+            pools[i].distinct_by = Some(if binds_differ {
+                bind
+            } else {
+                format!("pid {}", pools[i].master)
+            });
+        }
+    }
 }
 
 /// A master's workers among its children, sorted: gunicorn workers are forks of the master
@@ -221,5 +265,42 @@ mod tests {
         let mut t = ProcessTable::default();
         t.insert_for_test(300, 1, "uvicorn app:app");
         assert_eq!(discover(&t)[0].workers, vec![300]);
+    }
+
+    #[test]
+    fn two_services_serving_the_same_app_are_two_pools_by_name() {
+        let mut t = ProcessTable::default();
+        t.insert_for_test(100, 1, "/srv/a/bin/gunicorn -w 1 -b 127.0.0.1:8001 app:app");
+        fork(&mut t, 101, 100);
+        t.insert_for_test(
+            200,
+            1,
+            "/srv/b/bin/gunicorn -w 1 --bind 127.0.0.1:8002 app:app",
+        );
+        fork(&mut t, 201, 200);
+        t.insert_for_test(
+            300,
+            1,
+            "/venv/bin/gunicorn -w 1 -b 127.0.0.1:9000 shop.app:app",
+        );
+        fork(&mut t, 301, 300);
+        let names: Vec<String> = discover(&t).iter().map(Pool::name).collect();
+        assert_eq!(
+            names,
+            [
+                "gunicorn app:app on 127.0.0.1:8001",
+                "gunicorn app:app on 127.0.0.1:8002",
+                "gunicorn shop.app:app",
+            ]
+        );
+        // Same binds on the command line (e.g. both from a config file): the masters' pids.
+        let mut t = ProcessTable::default();
+        t.insert_for_test(400, 1, "uvicorn main:app");
+        t.insert_for_test(500, 1, "uvicorn main:app");
+        let names: Vec<String> = discover(&t).iter().map(Pool::name).collect();
+        assert_eq!(
+            names,
+            ["uvicorn main:app on pid 400", "uvicorn main:app on pid 500"]
+        );
     }
 }

@@ -100,6 +100,7 @@ fn gunicorn() -> Pool {
         worker_class: "sync".into(),
         configured_workers: Some(2),
         configured_binds: Vec::new(),
+        distinct_by: None,
     }
 }
 

@@ -86,6 +86,7 @@ fn snapshot() -> Snapshot {
             worker_class: "sync".into(),
             configured_workers: Some(2),
             configured_binds: vec!["127.0.0.1:8000".into()],
+            distinct_by: None,
         },
         listeners: vec![
             Listener {
