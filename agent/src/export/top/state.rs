@@ -8,7 +8,7 @@ use super::{
     rows::{self, FindingRow, PoolRow, QueryRow, RouteRow, Row},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pane {
     Pools,
     Routes,
