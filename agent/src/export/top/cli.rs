@@ -90,7 +90,7 @@ pub fn main(args: &TopArgs, socket: Option<&Path>) -> Result<()> {
 }
 
 /// The screen's state after `snapshots`, on `pane`, as if the last one had just arrived.
-fn state_of(agent: String, snapshots: Vec<pb::Snapshot>, pane: Pane) -> UiState {
+pub(super) fn state_of(agent: String, snapshots: Vec<pb::Snapshot>, pane: Pane) -> UiState {
     let mut state = UiState::new(agent);
     state.pane = pane;
     for snapshot in snapshots {
