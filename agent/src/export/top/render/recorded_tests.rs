@@ -182,3 +182,39 @@ fn findings_pane_shows_the_starvation_and_its_detail() {
     let opening: String = starved.root_cause.chars().take(40).collect();
     assert!(all.contains(&opening), "{opening:?} missing in\n{all}");
 }
+
+#[test]
+fn a_long_finding_detail_scrolls_with_page_keys() {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+    use crate::export::top::input::handle_key;
+    let page = |s: &mut UiState, code| {
+        handle_key(s, KeyEvent::new(code, KeyModifiers::NONE));
+    };
+    let (mut s, _) = state(Pane::Findings);
+    keys(&mut s, "/starvation\n\n");
+    // At 40 lines the starvation's evidence pushes Prevention and Proposal out of view.
+    let top = text(&screen(&s, 160, 40));
+    assert!(top.contains("Root cause") && top.contains("PgDn more"), "{top}");
+    assert!(!top.contains("Proposal"), "{top}");
+    page(&mut s, KeyCode::PageDown);
+    page(&mut s, KeyCode::PageDown);
+    let end = text(&screen(&s, 160, 40));
+    assert!(end.contains("Prevention") && end.contains("Proposal"), "{end}");
+    assert!(end.contains("PgUp"), "{end}");
+    // Past the end stays at the end; one PgUp per page comes back.
+    let at_end = s.detail_scroll;
+    for _ in 0..5 {
+        page(&mut s, KeyCode::PageDown);
+    }
+    screen(&s, 160, 40);
+    assert_eq!(s.detail_scroll, at_end);
+    page(&mut s, KeyCode::PageUp);
+    page(&mut s, KeyCode::PageUp);
+    assert_eq!(s.detail_scroll, 0);
+    assert!(text(&screen(&s, 160, 40)).contains("Root cause"));
+    // Closing and opening again starts at the top.
+    page(&mut s, KeyCode::PageDown);
+    keys(&mut s, "\n\n");
+    assert_eq!(s.detail_scroll, 0);
+}
