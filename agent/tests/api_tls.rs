@@ -8,7 +8,7 @@ mod common;
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, mpsc},
     time::{Duration, Instant},

@@ -259,9 +259,16 @@ struct Remote {
 
 impl Remote {
     fn flags(&self) -> Vec<String> {
-        ["--api", &self.address, "--ca", &self.ca, "--token-file", &self.token_file]
-            .map(String::from)
-            .to_vec()
+        [
+            "--api",
+            &self.address,
+            "--ca",
+            &self.ca,
+            "--token-file",
+            &self.token_file,
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     fn with(&self, more: &[&str]) -> Vec<String> {
@@ -326,7 +333,11 @@ fn print_draws_the_routes_over_tls_and_refuses_a_wrong_token(remote: &Remote, wr
     assert!(!refused.status.success(), "{}", refused.stdout);
     assert!(refused.stdout.is_empty(), "{}", refused.stdout);
     for want in ["Unauthenticated", remote.address.as_str(), "--token-file"] {
-        assert!(refused.stderr.contains(want), "{want:?}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains(want),
+            "{want:?}: {}",
+            refused.stderr
+        );
     }
 }
 

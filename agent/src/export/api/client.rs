@@ -445,7 +445,10 @@ mod tests {
             ..flags("/run/herdwatch/api.sock")
         };
         let text = refused(&with_token);
-        assert!(text.contains("not to the socket /run/herdwatch/api.sock"), "{text}");
+        assert!(
+            text.contains("not to the socket /run/herdwatch/api.sock"),
+            "{text}"
+        );
         let remote = Target::from_flags(&flags("https://node1:9466"), None).expect("valid");
         assert_eq!(remote.address(), "https://node1:9466/");
     }

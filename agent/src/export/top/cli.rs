@@ -57,7 +57,11 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 pub fn main(args: &TopArgs, socket: Option<&Path>) -> Result<()> {
     if let Some(path) = &args.from {
         let snapshots = recording::read(path)?;
-        let state = state_of(format!("recording {}", path.display()), snapshots, args.pane);
+        let state = state_of(
+            format!("recording {}", path.display()),
+            snapshots,
+            args.pane,
+        );
         print!("{}", print::frame_text(&state, args.width, args.height)?);
         return Ok(());
     }

@@ -13,8 +13,7 @@ pub const MAX_SIZE: (u16, u16) = (1000, 1000);
 
 /// The screen for `state` at `width` × `height`, one line per row, trailing blanks trimmed.
 pub fn frame_text(state: &UiState, width: u16, height: u16) -> Result<String> {
-    if !(MIN_SIZE.0..=MAX_SIZE.0).contains(&width) || !(MIN_SIZE.1..=MAX_SIZE.1).contains(&height)
-    {
+    if !(MIN_SIZE.0..=MAX_SIZE.0).contains(&width) || !(MIN_SIZE.1..=MAX_SIZE.1).contains(&height) {
         return Err(Error::Config {
             origin: "--width/--height".into(),
             message: format!(
@@ -25,7 +24,9 @@ pub fn frame_text(state: &UiState, width: u16, height: u16) -> Result<String> {
     }
     let io = |e: std::convert::Infallible| match e {};
     let mut terminal = Terminal::new(TestBackend::new(width, height)).map_err(io)?;
-    terminal.draw(|frame| render::draw(frame, state)).map_err(io)?;
+    terminal
+        .draw(|frame| render::draw(frame, state))
+        .map_err(io)?;
     let buffer = terminal.backend().buffer();
     let mut text = String::new();
     for y in 0..height {

@@ -179,10 +179,7 @@ fn draw_detail(frame: &mut Frame, state: &UiState, f: &FindingRow, area: Rect) {
         (true, true) => " · PgUp/PgDn scroll",
         (true, false) => " · PgUp back",
     };
-    let block = Block::bordered().title(format!(
-        " finding {} (Esc closes{hint}) ",
-        f.finding.id
-    ));
+    let block = Block::bordered().title(format!(" finding {} (Esc closes{hint}) ", f.finding.id));
     frame.render_widget(
         // Untrimmed, so the evidence keeps its indent under its heading.
         Paragraph::new(lines)

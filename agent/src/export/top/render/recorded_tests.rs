@@ -106,7 +106,10 @@ fn routes_pane_shows_each_route_with_its_pool_and_rate() {
     }
     // Two recorded snapshots give a rate: a figure, not `…`.
     let product = line_with(&lines, "/api/products/{id}");
-    assert!(product.contains("GET") && !product.contains('…'), "{product}");
+    assert!(
+        product.contains("GET") && !product.contains('…'),
+        "{product}"
+    );
 }
 
 #[test]
@@ -195,12 +198,18 @@ fn a_long_finding_detail_scrolls_with_page_keys() {
     keys(&mut s, "/starvation\n\n");
     // At 40 lines the starvation's evidence pushes Prevention and Proposal out of view.
     let top = text(&screen(&s, 160, 40));
-    assert!(top.contains("Root cause") && top.contains("PgDn more"), "{top}");
+    assert!(
+        top.contains("Root cause") && top.contains("PgDn more"),
+        "{top}"
+    );
     assert!(!top.contains("Proposal"), "{top}");
     page(&mut s, KeyCode::PageDown);
     page(&mut s, KeyCode::PageDown);
     let end = text(&screen(&s, 160, 40));
-    assert!(end.contains("Prevention") && end.contains("Proposal"), "{end}");
+    assert!(
+        end.contains("Prevention") && end.contains("Proposal"),
+        "{end}"
+    );
     assert!(end.contains("PgUp"), "{end}");
     // Past the end stays at the end; one PgUp per page comes back.
     let at_end = s.detail_scroll;
