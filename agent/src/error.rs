@@ -58,6 +58,9 @@ pub enum Error {
     /// The API over TCP (`--api https://host:port`).
     #[error("the herdwatch agent's API at {address}: {message}")]
     RemoteApi { address: String, message: String },
+    /// A `herdwatch top --record` file that cannot be written or read back.
+    #[error("the recording {path}: {message}")]
+    Recording { path: PathBuf, message: String },
     #[error(
         "{field} = {value} is not a value this herdwatch knows (sent by a newer agent?); upgrade herdwatch to read it"
     )]

@@ -50,11 +50,7 @@ enum Cmd {
         api: herdwatch::export::api::client::ApiFlags,
     },
     /// Interactive view of the running agent (pools, routes, queries, findings) over its API.
-    Top {
-        /// The agent's API socket (default: `api_socket` from the config).
-        #[arg(long, value_name = "PATH")]
-        api: Option<PathBuf>,
-    },
+    Top(herdwatch::export::top::TopArgs),
     /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
     Check,
     /// Print the version.
@@ -108,9 +104,10 @@ fn main() -> ExitCode {
         Cmd::Check => Ok(run_check()),
         Cmd::Findings { json, api } => load_config(cli.config.as_ref(), None, false)
             .and_then(|c| print_findings(&c, &api, json)),
-        Cmd::Top { api } => {
-            load_config(cli.config.as_ref(), None, false).and_then(|c| top(&c, api))
-        }
+        Cmd::Top(args) => load_config(cli.config.as_ref(), None, false).and_then(|c| {
+            herdwatch::export::top::main(&args, c.api_socket.as_deref())?;
+            Ok(true)
+        }),
         Cmd::Run {
             once,
             json,
@@ -147,14 +144,6 @@ fn print_findings(
         return Ok(true);
     }
     print!("{}", view::render_findings(&findings, usize::MAX));
-    Ok(true)
-}
-
-fn top(config: &Config, api: Option<PathBuf>) -> anyhow::Result<bool> {
-    let socket = api.or_else(|| config.api_socket.clone()).context(
-        "api_socket is off in the config and no --api was given, so there is no agent API to watch",
-    )?;
-    herdwatch::export::top::run(&socket)?;
     Ok(true)
 }
 

@@ -8,13 +8,13 @@ mod common;
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{pki::*, *};
 use herdwatch::{
     Agent, Config,
     export::api::{
@@ -24,75 +24,16 @@ use herdwatch::{
     model::Snapshot,
 };
 use herdwatch_proto::v1 as pb;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-const TOKEN: &str = "herdwatch-test-token-0123456789";
-const WRONG_TOKEN: &str = "not-the-agent-token-9876543210";
-
-/// A CA, a server certificate it signed (for localhost and 127.0.0.1), an unrelated CA, and
-/// token files, all in one temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    other_ca: PathBuf,
-    token: PathBuf,
-    wrong_token: PathBuf,
-}
-
-fn ca(name: &str) -> (CertificateParams, KeyPair) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    (params, KeyPair::generate().expect("CA key"))
-}
-
-fn write(path: &Path, text: &str, mode: u32) {
-    std::fs::write(path, text).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn pki() -> Pki {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ca_params, ca_key) = ca("herdwatch test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let params = CertificateParams::new(names).expect("server params");
-    let key = KeyPair::generate().expect("server key");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let cert = params.signed_by(&key, &issuer).expect("server certificate");
-    let (other_params, other_key) = ca("somebody else's CA");
-    let other = other_params.self_signed(&other_key).expect("other CA");
-    let at = |name: &str| dir.path().join(name);
-    write(&at("ca.pem"), &ca_cert.pem(), 0o644);
-    write(&at("cert.pem"), &cert.pem(), 0o644);
-    write(&at("key.pem"), &key.serialize_pem(), 0o600);
-    write(&at("other-ca.pem"), &other.pem(), 0o644);
-    write(&at("token"), &format!("{TOKEN}\n"), 0o600);
-    write(&at("wrong-token"), WRONG_TOKEN, 0o600);
-    Pki {
-        ca: at("ca.pem"),
-        cert: at("cert.pem"),
-        key: at("key.pem"),
-        other_ca: at("other-ca.pem"),
-        token: at("token"),
-        wrong_token: at("wrong-token"),
-        dir,
-    }
-}
+use rcgen::KeyPair;
 
 /// The agent's config for TCP on `port` with TLS and the token (and its Unix socket too).
 fn tls_config(pki: &Pki, port: u16) -> Config {
-    Config {
+    let config = Config {
         interval_ms: 300,
         api_socket: Some(pki.dir.path().join("run/api.sock")),
-        api_listen: Some(format!("127.0.0.1:{port}")),
-        api_tls_cert: Some(pki.cert.clone()),
-        api_tls_key: Some(pki.key.clone()),
-        api_token_file: Some(pki.token.clone()),
         ..test_config()
-    }
+    };
+    pki.on_tcp(port, config)
 }
 
 fn remote(url: &str, ca: Option<&Path>, token_file: Option<&Path>) -> Target {

@@ -139,7 +139,7 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 14] {
+    pub fn drops(&self) -> [(&'static str, u64); 15] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
@@ -164,6 +164,10 @@ impl AgentStats {
             ("api_watch_refused", self.export.api_watches_refused),
             ("api_watcher_too_slow", self.export.api_watchers_too_slow),
             ("api_unauthenticated", self.export.api_unauthenticated),
+            (
+                "api_response_too_large",
+                self.export.api_responses_too_large,
+            ),
         ]
     }
 }

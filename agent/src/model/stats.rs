@@ -205,6 +205,9 @@ pub struct ExportDrops {
     /// API calls on the TCP listener refused for a missing or wrong bearer token: a
     /// misconfigured client, or somebody guessing.
     pub api_unauthenticated: u64,
+    /// API answers (or Watch stream messages) larger than the API's message limit, refused
+    /// instead of sent: that client got nothing for its call.
+    pub api_responses_too_large: u64,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod checkout;
 pub mod load;
+pub mod pki;
 pub mod postgres;
 
 use std::{

@@ -55,6 +55,8 @@ pub struct ApiCounters {
     pub watchers_too_slow: AtomicU64,
     /// Calls on the TCP listener refused for a missing or wrong bearer token.
     pub unauthenticated: AtomicU64,
+    /// Answers larger than `max_response_bytes`, refused instead of sent.
+    pub responses_too_large: AtomicU64,
 }
 
 impl ApiCounters {
@@ -64,7 +66,29 @@ impl ApiCounters {
         drops.api_watches_refused = self.watches_refused.load(Ordering::Relaxed);
         drops.api_watchers_too_slow = self.watchers_too_slow.load(Ordering::Relaxed);
         drops.api_unauthenticated = self.unauthenticated.load(Ordering::Relaxed);
+        drops.api_responses_too_large = self.responses_too_large.load(Ordering::Relaxed);
     }
+}
+
+/// `answer` when its encoding fits in `limit` bytes. A larger one would fail in the
+/// transport with nothing counted; refusing it here counts it (`api_response_too_large`)
+/// and tells the client why, naming the call.
+pub fn within_limit<T: prost::Message>(
+    answer: T,
+    limit: usize,
+    counters: &ApiCounters,
+    call: &str,
+) -> Result<T, tonic::Status> {
+    let size = answer.encoded_len();
+    if size <= limit {
+        return Ok(answer);
+    }
+    counters.responses_too_large.fetch_add(1, Ordering::Relaxed);
+    Err(tonic::Status::resource_exhausted(format!(
+        "the answer to {call} is {size} bytes, over the API's limit of {limit}; the agent \
+         counted it as dropped (api_response_too_large). Ask for less (a limit or a filter), \
+         or lower the agent's max_fingerprints / max_routes"
+    )))
 }
 
 /// Admission of Watch streams: a permit per stream, held until its feeder stops.
@@ -121,5 +145,28 @@ mod tests {
         counters.add_to(&mut drops);
         assert_eq!(drops.api_watches_refused, 1);
         assert_eq!(drops.api_watchers_too_slow, 0);
+    }
+
+    #[test]
+    fn an_answer_over_the_limit_is_refused_and_counted() {
+        let counters = ApiCounters::default();
+        let small = herdwatch_proto::v1::GetHostResponse::default();
+        assert!(within_limit(small, 0, &counters, "GetHost").is_ok());
+        let host = herdwatch_proto::v1::GetHostResponse {
+            host: Some(herdwatch_proto::v1::Host {
+                cpus: 2,
+                ..Default::default()
+            }),
+            taken_at_unix_ms: 1,
+        };
+        let refused = within_limit(host, 1, &counters, "GetHost").expect_err("too large");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("GetHost") && refused.message().contains("limit of 1"),
+            "{refused}"
+        );
+        let mut drops = ExportDrops::default();
+        counters.add_to(&mut drops);
+        assert_eq!(drops.api_responses_too_large, 1);
     }
 }

@@ -1,6 +1,5 @@
 //! The client side of the API, over its Unix socket or over TCP (`--api https://host:port`):
-//! what `herdwatch findings` (and tests, and later `herdwatch top`) use to read a running
-//! agent. Every failure names the socket or address, and says what to check.
+//! what `herdwatch findings`, `herdwatch top` (and tests) use to read a running agent. Every failure names the socket or address, and says what to check.
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -100,9 +99,9 @@ pub async fn connect_to(target: &Target) -> Result<Client> {
 /// companions. Shared by every subcommand that reads the API.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ApiFlags {
-    /// The agent's API over TCP: https://host:port (http:// only with --insecure).
-    /// Without it, the local socket (api_socket).
-    #[arg(long, value_name = "URL")]
+    /// The agent's API over TCP: https://host:port (http:// only with --insecure), or the
+    /// path of its Unix socket. Without it, the local socket (api_socket).
+    #[arg(long, value_name = "URL|PATH")]
     pub api: Option<String>,
     /// File holding the bearer token (the agent's api_token_file); mode 0600.
     #[arg(long, value_name = "FILE")]
@@ -154,7 +153,24 @@ impl Target {
             })?;
             return Ok(Self::Socket(socket.to_path_buf()));
         };
+        if names_a_socket(url) {
+            if flags.token_file.is_some() || flags.ca.is_some() || flags.insecure {
+                return Err(flag_error(format!(
+                    "--token-file, --ca and --insecure apply to an address over TCP, not to the \
+                     socket {url}"
+                )));
+            }
+            return Ok(Self::Socket(PathBuf::from(url)));
+        }
         Ok(Self::Remote(Box::new(Remote::new(url, flags)?)))
+    }
+
+    /// The socket path or the address, as errors and `top`'s status line name it.
+    pub fn address(&self) -> String {
+        match self {
+            Self::Socket(path) => path.display().to_string(),
+            Self::Remote(remote) => remote.uri.to_string(),
+        }
     }
 
     /// The refusal or failure of a call, as an error naming the target and, for an
@@ -181,6 +197,13 @@ impl Target {
             message,
         }
     }
+}
+
+/// `--api` names a Unix socket when it is not a URL and reads as a path: it begins with `/`
+/// or `.`, or has no `:` at all (so `node1:9466`, a URL without its scheme, is still told to
+/// add one).
+fn names_a_socket(api: &str) -> bool {
+    !api.contains("://") && (api.starts_with('/') || api.starts_with('.') || !api.contains(':'))
 }
 
 fn flag_error(message: String) -> Error {
@@ -406,6 +429,28 @@ mod tests {
             .expect_err("--insecure without --api")
             .to_string();
         assert!(text.contains("apply to --api only"), "{text}");
+    }
+
+    #[test]
+    fn api_may_name_a_socket_path() {
+        for path in ["/run/herdwatch/api.sock", "./api.sock", "api.sock"] {
+            let target = Target::from_flags(&flags(path), None);
+            assert!(
+                matches!(&target, Ok(Target::Socket(p)) if p == Path::new(path)),
+                "{path}: {target:?}"
+            );
+        }
+        let with_token = ApiFlags {
+            token_file: Some(PathBuf::from("/token")),
+            ..flags("/run/herdwatch/api.sock")
+        };
+        let text = refused(&with_token);
+        assert!(
+            text.contains("not to the socket /run/herdwatch/api.sock"),
+            "{text}"
+        );
+        let remote = Target::from_flags(&flags("https://node1:9466"), None).expect("valid");
+        assert_eq!(remote.address(), "https://node1:9466/");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::{
-    bounds::{ApiCounters, ApiLimits, WatchSlots},
+    bounds::{ApiCounters, ApiLimits, WatchSlots, within_limit},
     convert::finding_kind,
     transitions::{Change, FindingTracker},
     watch_stream::{WatchStream, feed},
@@ -19,6 +19,7 @@ pub struct AgentApi {
     latest: watch::Receiver<Arc<Snapshot>>,
     slots: WatchSlots,
     watch_buffer: usize,
+    max_response_bytes: usize,
 }
 
 impl AgentApi {
@@ -31,7 +32,14 @@ impl AgentApi {
             latest,
             slots: WatchSlots::new(limits.watch_streams, counters),
             watch_buffer: limits.watch_buffer,
+            max_response_bytes: limits.max_response_bytes,
         }
+    }
+
+    /// The answer to `call`, unless it is larger than the API sends (then refused, counted).
+    fn answer<T: prost::Message>(&self, call: &str, answer: T) -> Result<Response<T>, Status> {
+        within_limit(answer, self.max_response_bytes, self.slots.counters(), call)
+            .map(Response::new)
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -46,9 +54,12 @@ impl AgentService for AgentApi {
         _: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
         let snap = self.snapshot();
-        Ok(Response::new(pb::GetSnapshotResponse {
-            snapshot: Some(pb::Snapshot::from(&*snap)),
-        }))
+        self.answer(
+            "GetSnapshot",
+            pb::GetSnapshotResponse {
+                snapshot: Some(pb::Snapshot::from(&*snap)),
+            },
+        )
     }
 
     async fn get_host(
@@ -56,10 +67,13 @@ impl AgentService for AgentApi {
         _: Request<pb::GetHostRequest>,
     ) -> Result<Response<pb::GetHostResponse>, Status> {
         let snap = self.snapshot();
-        Ok(Response::new(pb::GetHostResponse {
-            host: Some(pb::Host::from(&snap.host)),
-            taken_at_unix_ms: snap.taken_at_unix_ms,
-        }))
+        self.answer(
+            "GetHost",
+            pb::GetHostResponse {
+                host: Some(pb::Host::from(&snap.host)),
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+            },
+        )
     }
 
     async fn list_pools(
@@ -67,10 +81,13 @@ impl AgentService for AgentApi {
         _: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
         let snap = self.snapshot();
-        Ok(Response::new(pb::ListPoolsResponse {
-            pools: snap.pools.iter().map(pb::Pool::from).collect(),
-            taken_at_unix_ms: snap.taken_at_unix_ms,
-        }))
+        self.answer(
+            "ListPools",
+            pb::ListPoolsResponse {
+                pools: snap.pools.iter().map(pb::Pool::from).collect(),
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+            },
+        )
     }
 
     async fn list_routes(
@@ -79,15 +96,18 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
         let pool = request.into_inner().pool;
         let snap = self.snapshot();
-        Ok(Response::new(pb::ListRoutesResponse {
-            routes: snap
-                .routes
-                .iter()
-                .filter(|r| pool.is_empty() || r.pool == pool)
-                .map(pb::Route::from)
-                .collect(),
-            taken_at_unix_ms: snap.taken_at_unix_ms,
-        }))
+        self.answer(
+            "ListRoutes",
+            pb::ListRoutesResponse {
+                routes: snap
+                    .routes
+                    .iter()
+                    .filter(|r| pool.is_empty() || r.pool == pool)
+                    .map(pb::Route::from)
+                    .collect(),
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+            },
+        )
     }
 
     async fn list_queries(
@@ -99,15 +119,18 @@ impl AgentService for AgentApi {
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let snap = self.snapshot();
-        Ok(Response::new(pb::ListQueriesResponse {
-            queries: snap
-                .queries
-                .iter()
-                .take(limit)
-                .map(pb::Query::from)
-                .collect(),
-            taken_at_unix_ms: snap.taken_at_unix_ms,
-        }))
+        self.answer(
+            "ListQueries",
+            pb::ListQueriesResponse {
+                queries: snap
+                    .queries
+                    .iter()
+                    .take(limit)
+                    .map(pb::Query::from)
+                    .collect(),
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+            },
+        )
     }
 
     async fn list_findings(
@@ -122,16 +145,19 @@ impl AgentService for AgentApi {
             .collect::<Result<Vec<FindingKind>, _>>()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let snap = self.snapshot();
-        Ok(Response::new(pb::ListFindingsResponse {
-            findings: snap
-                .findings
-                .iter()
-                .filter(|f| !request.active_only || f.active)
-                .filter(|f| kinds.is_empty() || kinds.contains(&f.kind))
-                .map(pb::Finding::from)
-                .collect(),
-            taken_at_unix_ms: snap.taken_at_unix_ms,
-        }))
+        self.answer(
+            "ListFindings",
+            pb::ListFindingsResponse {
+                findings: snap
+                    .findings
+                    .iter()
+                    .filter(|f| !request.active_only || f.active)
+                    .filter(|f| kinds.is_empty() || kinds.contains(&f.kind))
+                    .map(pb::Finding::from)
+                    .collect(),
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+            },
+        )
     }
 
     async fn list_pool_events(
@@ -139,10 +165,13 @@ impl AgentService for AgentApi {
         _: Request<pb::ListPoolEventsRequest>,
     ) -> Result<Response<pb::ListPoolEventsResponse>, Status> {
         let snap = self.snapshot();
-        Ok(Response::new(pb::ListPoolEventsResponse {
-            events: snap.pool_events.iter().map(pb::PoolEvent::from).collect(),
-            taken_at_unix_ms: snap.taken_at_unix_ms,
-        }))
+        self.answer(
+            "ListPoolEvents",
+            pb::ListPoolEventsResponse {
+                events: snap.pool_events.iter().map(pb::PoolEvent::from).collect(),
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+            },
+        )
     }
 
     async fn get_agent_stats(
@@ -150,10 +179,13 @@ impl AgentService for AgentApi {
         _: Request<pb::GetAgentStatsRequest>,
     ) -> Result<Response<pb::GetAgentStatsResponse>, Status> {
         let snap = self.snapshot();
-        Ok(Response::new(pb::GetAgentStatsResponse {
-            stats: Some(pb::AgentStats::from(&snap.agent)),
-            taken_at_unix_ms: snap.taken_at_unix_ms,
-        }))
+        self.answer(
+            "GetAgentStats",
+            pb::GetAgentStatsResponse {
+                stats: Some(pb::AgentStats::from(&snap.agent)),
+                taken_at_unix_ms: snap.taken_at_unix_ms,
+            },
+        )
     }
 
     type WatchSnapshotsStream = WatchStream<pb::WatchSnapshotsResponse>;
@@ -163,15 +195,22 @@ impl AgentService for AgentApi {
         _: Request<pb::WatchSnapshotsRequest>,
     ) -> Result<Response<Self::WatchSnapshotsStream>, Status> {
         let slot = self.slots.admit()?;
+        let (limit, counters) = (self.max_response_bytes, self.slots.counters().clone());
         let stream = feed(
             self.latest.clone(),
             self.watch_buffer,
             slot,
             self.slots.counters().clone(),
-            |snap| {
-                vec![pb::WatchSnapshotsResponse {
+            move |snap| {
+                let message = pb::WatchSnapshotsResponse {
                     snapshot: Some(pb::Snapshot::from(snap)),
-                }]
+                };
+                Ok(vec![within_limit(
+                    message,
+                    limit,
+                    &counters,
+                    "WatchSnapshots",
+                )?])
             },
         );
         Ok(Response::new(stream))
@@ -185,6 +224,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::WatchFindingsStream>, Status> {
         let slot = self.slots.admit()?;
         let mut tracker = FindingTracker::default();
+        let (limit, counters) = (self.max_response_bytes, self.slots.counters().clone());
         let stream = feed(
             self.latest.clone(),
             self.watch_buffer,
@@ -202,6 +242,7 @@ impl AgentService for AgentApi {
                             already_active: t.already_active,
                         }),
                     })
+                    .map(|message| within_limit(message, limit, &counters, "WatchFindings"))
                     .collect()
             },
         );
@@ -330,5 +371,43 @@ mod tests {
         let mut drops = crate::model::ExportDrops::default();
         counters.add_to(&mut drops);
         assert_eq!(drops.api_watches_refused, 1);
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_message_limit_are_refused_and_counted() {
+        use tokio_stream::StreamExt as _;
+        let mut long = finding("herd", FindingKind::ThunderingHerd, true);
+        long.root_cause = "x".repeat(4096);
+        let snap = Snapshot {
+            findings: vec![long],
+            ..Snapshot::default()
+        };
+        let (_tx, rx) = watch::channel(Arc::new(snap));
+        let counters = Arc::new(ApiCounters::default());
+        let limits = ApiLimits {
+            max_response_bytes: 1024,
+            ..ApiLimits::default()
+        };
+        let api = AgentApi::new(rx, &limits, counters.clone());
+        let refused = api
+            .get_snapshot(Request::new(pb::GetSnapshotRequest {}))
+            .await
+            .expect_err("over 1 KiB");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("GetSnapshot"), "{refused:?}");
+        // Small answers still go out.
+        api.get_host(Request::new(pb::GetHostRequest {}))
+            .await
+            .expect("the host fits");
+        let mut stream = api
+            .watch_snapshots(Request::new(pb::WatchSnapshotsRequest {}))
+            .await
+            .expect("the watch opens")
+            .into_inner();
+        let cut = stream.next().await.and_then(Result::err).expect("refused");
+        assert!(cut.message().contains("WatchSnapshots"), "{cut:?}");
+        let mut drops = crate::model::ExportDrops::default();
+        counters.add_to(&mut drops);
+        assert_eq!(drops.api_responses_too_large, 2);
     }
 }

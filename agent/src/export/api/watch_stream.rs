@@ -5,7 +5,8 @@
 //! A client that stops reading fills the buffer. The feeder never waits for it (that would
 //! hold a snapshot, and memory, per stalled client): it cuts the stream off, counts it
 //! (`api_watcher_too_slow`), and the client, if it ever reads again, gets what was buffered
-//! and then RESOURCE_EXHAUSTED saying why.
+//! and then RESOURCE_EXHAUSTED saying why. A message larger than the API sends ends the
+//! stream the same way, with the reason `messages` gave (and counted there).
 use std::{
     pin::Pin,
     sync::{
@@ -24,7 +25,7 @@ use crate::model::Snapshot;
 /// The response body of a Watch call.
 #[derive(Debug)]
 pub struct WatchStream<T> {
-    buffered: mpsc::Receiver<T>,
+    buffered: mpsc::Receiver<Result<T, tonic::Status>>,
     cut_off: Arc<AtomicBool>,
     told: bool,
 }
@@ -34,7 +35,7 @@ impl<T> Stream for WatchStream<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.buffered.poll_recv(cx) {
-            Poll::Ready(Some(item)) => Poll::Ready(Some(Ok(item))),
+            Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
             Poll::Ready(None) if self.cut_off.load(Ordering::Acquire) && !self.told => {
                 self.told = true;
                 Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
@@ -49,7 +50,7 @@ impl<T> Stream for WatchStream<T> {
 }
 
 /// Starts feeding a stream: `messages` turns the latest snapshot, then each new one, into
-/// the messages to send. `slot` is held until the feeder stops (client gone, cut off, or the
+/// the messages to send, or into the error that ends the stream. `slot` is held until the feeder stops (client gone, cut off, or the
 /// agent stopping).
 pub fn feed<T, F>(
     mut latest: watch::Receiver<Arc<Snapshot>>,
@@ -60,7 +61,7 @@ pub fn feed<T, F>(
 ) -> WatchStream<T>
 where
     T: Send + 'static,
-    F: FnMut(&Snapshot) -> Vec<T> + Send + 'static,
+    F: FnMut(&Snapshot) -> Result<Vec<T>, tonic::Status> + Send + 'static,
 {
     let (tx, buffered) = mpsc::channel(buffer.max(1));
     let cut_off = Arc::new(AtomicBool::new(false));
@@ -69,8 +70,17 @@ where
         let _slot = slot;
         let mut snap = latest.borrow_and_update().clone();
         loop {
-            for message in messages(snap.as_ref()) {
-                match tx.try_send(message) {
+            let (batch, refusal) = match messages(snap.as_ref()) {
+                Ok(batch) => (batch, None),
+                Err(status) => (Vec::new(), Some(status)),
+            };
+            if let Some(status) = refusal {
+                // The client learns why its stream ends (unless it also stopped reading).
+                let _ = tx.try_send(Err(status));
+                return;
+            }
+            for message in batch {
+                match tx.try_send(Ok(message)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         flag.store(true, Ordering::Release);
@@ -134,7 +144,7 @@ mod tests {
         let slots = Arc::new(Semaphore::new(1));
         let counters = Arc::new(ApiCounters::default());
         let mut stream = feed(rx, 4, slot(&slots), counters.clone(), |s| {
-            vec![s.taken_at_unix_ms]
+            Ok(vec![s.taken_at_unix_ms])
         });
         assert_eq!(stream.next().await.and_then(Result::ok), Some(1));
         tx.send_replace(snapshot(2));
@@ -152,7 +162,7 @@ mod tests {
         let slots = Arc::new(Semaphore::new(1));
         let counters = Arc::new(ApiCounters::default());
         let mut stream = feed(rx, 3, slot(&slots), counters.clone(), |s| {
-            vec![s.taken_at_unix_ms]
+            Ok(vec![s.taken_at_unix_ms])
         });
         // Nobody reads: snapshots 1..=3 fill the buffer, the 4th does not fit.
         for at in 2..=4 {
@@ -189,10 +199,33 @@ mod tests {
         let (tx, rx) = watch::channel(snapshot(1));
         let slots = Arc::new(Semaphore::new(1));
         let mut stream = feed(rx, 4, slot(&slots), Arc::default(), |s| {
-            vec![s.taken_at_unix_ms]
+            Ok(vec![s.taken_at_unix_ms])
         });
         assert_eq!(stream.next().await.and_then(Result::ok), Some(1));
         drop(tx);
         assert!(stream.next().await.is_none(), "a clean end, not an error");
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_ends_the_stream_with_its_reason() {
+        let (tx, rx) = watch::channel(snapshot(1));
+        let slots = Arc::new(Semaphore::new(1));
+        let mut stream = feed(rx, 4, slot(&slots), Arc::default(), |s| {
+            if s.taken_at_unix_ms < 2 {
+                Ok(vec![s.taken_at_unix_ms])
+            } else {
+                Err(tonic::Status::resource_exhausted("too large"))
+            }
+        });
+        assert_eq!(stream.next().await.and_then(Result::ok), Some(1));
+        tx.send_replace(snapshot(2));
+        let refused = stream
+            .next()
+            .await
+            .and_then(Result::err)
+            .expect("the reason");
+        assert_eq!(refused.message(), "too large");
+        assert!(stream.next().await.is_none());
+        eventually("the slot is freed", || slots.available_permits() == 1).await;
     }
 }

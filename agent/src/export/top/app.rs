@@ -1,10 +1,7 @@
 //! The terminal loop: draws the state, then waits for whichever comes first — a key or a
 //! resize, a snapshot or news of a lost link from the feed, or the one-second tick that
 //! keeps the status line's "n s ago" honest — and draws again.
-use std::{
-    path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossterm::event::{Event, EventStream};
 use tokio::sync::mpsc;
@@ -17,7 +14,10 @@ use super::{
     state::{Link, UiState},
     terminal::Screen,
 };
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    export::api::client::Target,
+};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -25,8 +25,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `herdwatch top` against the agent whose API is at `socket`, until `q`.
-pub fn run(socket: &Path) -> Result<()> {
+/// `herdwatch top` against the agent at `target` (its socket or its address), until `q`.
+pub fn run(target: Target) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -37,8 +37,8 @@ pub fn run(socket: &Path) -> Result<()> {
     runtime.block_on(async {
         let mut screen = Screen::enter()?;
         let (tx, mut rx) = mpsc::channel(4);
-        let feed = tokio::spawn(feed::follow(socket.to_path_buf(), tx));
-        let state = UiState::new(socket.display().to_string());
+        let state = UiState::new(target.address());
+        let feed = tokio::spawn(feed::follow(target, tx));
         let result = event_loop(&mut screen, &mut rx, state).await;
         feed.abort();
         // Restore before the caller prints an error, so it lands on the shell's screen.

@@ -1,14 +1,15 @@
 //! The link to the agent: follows its `WatchSnapshots` stream and hands each snapshot to the
-//! screen; when the agent goes away (stopped, restarted, socket gone, stream cut off) it says
-//! so and dials again with a growing pause, for as long as `top` runs.
-use std::{path::PathBuf, time::Duration};
+//! screen; when the agent goes away (stopped, restarted, socket gone, stream cut off) or
+//! refuses (a wrong token) it says so and dials again with a growing pause, for as long as
+//! `top` runs.
+use std::time::Duration;
 
 use herdwatch_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use crate::{
     error::{Error, Result},
-    export::api::client,
+    export::api::client::{self, Target},
 };
 
 #[derive(Debug)]
@@ -33,12 +34,13 @@ pub fn retry_ms(attempt: u32) -> u64 {
 }
 
 /// Runs until the screen stops listening (its receiver dropped).
-pub async fn follow(socket: PathBuf, tx: mpsc::Sender<FeedEvent>) {
+pub async fn follow(target: Target, tx: mpsc::Sender<FeedEvent>) {
     let mut attempt = 0u32;
     loop {
-        let error = match watch(&socket, &tx, &mut attempt).await {
+        let error = match watch(&target, &tx, &mut attempt).await {
             Ok(()) => return,
-            Err(Error::Api { message, .. }) => message,
+            // The status line names the agent already.
+            Err(Error::Api { message, .. } | Error::RemoteApi { message, .. }) => message,
             Err(other) => other.to_string(),
         };
         attempt = attempt.saturating_add(1);
@@ -56,16 +58,12 @@ pub async fn follow(socket: PathBuf, tx: mpsc::Sender<FeedEvent>) {
 }
 
 /// One connection: `Ok` only when the screen is gone; any end of the stream is an error.
-async fn watch(
-    socket: &std::path::Path,
-    tx: &mpsc::Sender<FeedEvent>,
-    attempt: &mut u32,
-) -> Result<()> {
-    let mut api = client::connect(socket).await?;
+async fn watch(target: &Target, tx: &mpsc::Sender<FeedEvent>, attempt: &mut u32) -> Result<()> {
+    let mut api = client::connect_to(target).await?;
     let answer = api
         .watch_snapshots(pb::WatchSnapshotsRequest {})
         .await
-        .map_err(|status| client::status_error(socket, &status))?;
+        .map_err(|status| target.status_error(&status))?;
     let mut stream = answer.into_inner();
     loop {
         match stream.message().await {
@@ -83,12 +81,11 @@ async fn watch(
                 }
             }
             Ok(None) => {
-                return Err(Error::Api {
-                    socket: socket.to_path_buf(),
-                    message: "the agent closed the stream (stopped or restarting?)".into(),
-                });
+                return Err(target.status_error(&tonic::Status::unavailable(
+                    "the agent closed the stream (stopped or restarting?)",
+                )));
             }
-            Err(status) => return Err(client::status_error(socket, &status)),
+            Err(status) => return Err(target.status_error(&status)),
         }
     }
 }
@@ -110,7 +107,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("api.sock");
         let (tx, mut rx) = mpsc::channel(4);
-        let feed = tokio::spawn(follow(socket, tx));
+        let feed = tokio::spawn(follow(Target::Socket(socket), tx));
         for want in 1..=2 {
             match rx.recv().await {
                 Some(FeedEvent::Lost { error, attempt, .. }) => {

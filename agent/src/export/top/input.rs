@@ -30,6 +30,10 @@ pub fn handle_key(state: &mut UiState, key: KeyEvent) -> Flow {
             let at = c as usize - '1' as usize;
             switch(state, Pane::ALL[at]);
         }
+        // With the finding's detail open, pages scroll it: its evidence can run longer
+        // than the pane, while the list above rarely needs paging.
+        KeyCode::PageUp if detail_shown(state) => scroll_detail(state, -DETAIL_PAGE),
+        KeyCode::PageDown if detail_shown(state) => scroll_detail(state, DETAIL_PAGE),
         KeyCode::Up | KeyCode::Char('k') => move_selection(state, -1),
         KeyCode::Down | KeyCode::Char('j') => move_selection(state, 1),
         KeyCode::PageUp => move_selection(state, -10),
@@ -44,6 +48,7 @@ pub fn handle_key(state: &mut UiState, key: KeyEvent) -> Flow {
         KeyCode::Char('/') => state.editing_filter = true,
         KeyCode::Enter if state.pane == Pane::Findings => {
             state.detail_open = !state.detail_open;
+            state.detail_scroll = 0;
         }
         KeyCode::Esc => {
             // Esc undoes the nearest thing: a filter first, then the open detail.
@@ -56,6 +61,20 @@ pub fn handle_key(state: &mut UiState, key: KeyEvent) -> Flow {
         _ => {}
     }
     Flow::Continue
+}
+
+/// Rows one PgUp/PgDn scrolls the finding detail.
+const DETAIL_PAGE: i32 = 10;
+
+fn detail_shown(state: &UiState) -> bool {
+    state.pane == Pane::Findings && state.detail_open
+}
+
+/// Scrolls the detail `by` rows, within what its last drawing said it can.
+fn scroll_detail(state: &mut UiState, by: i32) {
+    let max = i32::from(state.detail_scroll_max.get());
+    let to = (i32::from(state.detail_scroll) + by).clamp(0, max);
+    state.detail_scroll = u16::try_from(to).unwrap_or(0);
 }
 
 fn switch(state: &mut UiState, pane: Pane) {
@@ -92,6 +111,9 @@ fn move_selection(state: &mut UiState, by: isize) {
         at.saturating_add(by.unsigned_abs()).min(last)
     };
     state.current_mut().selected = keys.get(to).cloned();
+    if pane == Pane::Findings && to != at {
+        state.detail_scroll = 0;
+    }
 }
 
 #[cfg(test)]

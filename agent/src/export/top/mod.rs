@@ -9,16 +9,23 @@
 //! - `input`: keys → state changes;
 //! - `render`: the screen as a pure function of the state, one module per pane;
 //! - `terminal`: raw mode and the alternate screen, restored on quit, error and panic;
-//! - `app`: the loop tying them together.
+//! - `app`: the loop tying them together;
+//! - `print`: one frame as plain text (`--print`), drawn into a buffer;
+//! - `recording`: snapshots kept in a file (`--record`) and read back (`--from`);
+//! - `cli`: the flags, and which of the above they ask for.
 mod app;
+mod cli;
 mod feed;
 #[cfg(test)]
 mod fixture;
 mod input;
 mod model;
+mod print;
+pub mod recording;
 mod render;
 mod rows;
 mod state;
 mod terminal;
 
 pub use app::run;
+pub use cli::{TopArgs, main};

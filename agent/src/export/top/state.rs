@@ -8,7 +8,7 @@ use super::{
     rows::{self, FindingRow, PoolRow, QueryRow, RouteRow, Row},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pane {
     Pools,
     Routes,
@@ -89,6 +89,12 @@ pub struct UiState {
     pub editing_filter: bool,
     /// The findings pane shows the selected finding's detail.
     pub detail_open: bool,
+    /// Rows of the detail scrolled past (PgUp/PgDn while it is open); 0 on opening it and
+    /// when the selection moves.
+    pub detail_scroll: u16,
+    /// How far the detail can scroll at the size it was last drawn: the drawing knows the
+    /// width the text wraps at, the keys do not, so the drawing leaves it here.
+    pub detail_scroll_max: std::cell::Cell<u16>,
     pub link: Link,
     /// Wall clock of this frame (Unix ms), to say how old the data is.
     pub now_ms: u64,
@@ -105,6 +111,8 @@ impl UiState {
             panes: Default::default(),
             editing_filter: false,
             detail_open: false,
+            detail_scroll: 0,
+            detail_scroll_max: std::cell::Cell::new(0),
             link: Link::Connecting,
             now_ms: 0,
             received_ms: None,

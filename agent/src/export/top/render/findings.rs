@@ -82,7 +82,7 @@ pub fn draw(frame: &mut Frame, state: &UiState, area: Rect) {
         selected,
     );
     if let (Some(area), Some(f)) = (detail_area, detail) {
-        draw_detail(frame, f, area);
+        draw_detail(frame, state, f, area);
     }
 }
 
@@ -151,13 +151,41 @@ fn number(v: f64) -> String {
     }
 }
 
-fn draw_detail(frame: &mut Frame, f: &FindingRow, area: Rect) {
-    let block = Block::bordered().title(format!(" finding {} (Esc closes) ", f.finding.id));
+/// Rows `lines` take wrapped at `width`, never fewer than they do: a wrapped line is counted
+/// one row longer, as word wrapping may need, so the end of the detail is always reachable
+/// (at worst a blank row or two past it).
+fn wrapped_rows(lines: &[Line<'_>], width: u16) -> usize {
+    let width = usize::from(width.max(1));
+    lines
+        .iter()
+        .map(|l| match l.width() {
+            0 => 1,
+            w if w <= width => 1,
+            w => w.div_ceil(width) + 1,
+        })
+        .sum()
+}
+
+fn draw_detail(frame: &mut Frame, state: &UiState, f: &FindingRow, area: Rect) {
+    let lines = detail_lines(f);
+    let inner = Block::bordered().inner(area);
+    let overflow = wrapped_rows(&lines, inner.width).saturating_sub(usize::from(inner.height));
+    let max = u16::try_from(overflow).unwrap_or(u16::MAX);
+    state.detail_scroll_max.set(max);
+    let scroll = state.detail_scroll.min(max);
+    let hint = match (scroll > 0, scroll < max) {
+        (false, false) => "",
+        (false, true) => " · PgDn more",
+        (true, true) => " · PgUp/PgDn scroll",
+        (true, false) => " · PgUp back",
+    };
+    let block = Block::bordered().title(format!(" finding {} (Esc closes{hint}) ", f.finding.id));
     frame.render_widget(
         // Untrimmed, so the evidence keeps its indent under its heading.
-        Paragraph::new(detail_lines(f))
+        Paragraph::new(lines)
             .block(block)
-            .wrap(Wrap { trim: false }),
+            .wrap(Wrap { trim: false })
+            .scroll((scroll, 0)),
         area,
     );
 }

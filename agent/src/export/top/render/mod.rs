@@ -4,6 +4,8 @@
 mod findings;
 mod pools;
 mod queries;
+#[cfg(test)]
+mod recorded_tests;
 mod routes;
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use crate::export::top::{
 };
 
 /// The screen as lines of text, as `tmux capture-pane` would show it.
-fn screen(state: &UiState, width: u16, height: u16) -> Vec<String> {
+pub(super) fn screen(state: &UiState, width: u16, height: u16) -> Vec<String> {
     let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test terminal");
     terminal.draw(|f| draw(f, state)).expect("draw");
     let buffer = terminal.backend().buffer();
@@ -24,11 +24,11 @@ fn screen(state: &UiState, width: u16, height: u16) -> Vec<String> {
         .collect()
 }
 
-fn text(lines: &[String]) -> String {
+pub(super) fn text(lines: &[String]) -> String {
     lines.join("\n")
 }
 
-fn keys(state: &mut UiState, keys: &str) {
+pub(super) fn keys(state: &mut UiState, keys: &str) {
     for c in keys.chars() {
         let code = match c {
             '\n' => KeyCode::Enter,
@@ -40,7 +40,7 @@ fn keys(state: &mut UiState, keys: &str) {
 }
 
 /// The line showing `needle`, panicking with the whole screen when none does.
-fn line_with<'a>(lines: &'a [String], needle: &str) -> &'a str {
+pub(super) fn line_with<'a>(lines: &'a [String], needle: &str) -> &'a str {
     lines
         .iter()
         .find(|l| l.contains(needle))
@@ -48,7 +48,7 @@ fn line_with<'a>(lines: &'a [String], needle: &str) -> &'a str {
 }
 
 /// Row lines of the pane's table (between the header and the bottom border) in order.
-fn table_rows(lines: &[String]) -> Vec<&str> {
+pub(super) fn table_rows(lines: &[String]) -> Vec<&str> {
     let start = lines.iter().position(|l| l.contains("┌")).expect("a pane") + 2;
     lines[start..]
         .iter()
