@@ -172,19 +172,21 @@ fn every_message_round_trips_through_the_real_server() {
         })
         .await;
         assert_eq!(whole, pb::Snapshot::from(&*snap));
-        assert_the_load_is_on_the_wire(&whole, &sent);
+        assert_the_load_is_on_the_wire(&whole, &sent, &pool.name);
         assert_the_pool_is_on_the_wire(&whole, &pool, killed, port);
         each_call_answers_its_part(&agent, &mut api, &pool.name).await;
         watch_and_health(&mut api, &socket, sent.total).await;
     });
 }
 
-fn assert_the_load_is_on_the_wire(whole: &pb::Snapshot, sent: &Sent) {
+fn assert_the_load_is_on_the_wire(whole: &pb::Snapshot, sent: &Sent, pool: &str) {
+    // This pool's routes: the agent sees every pool on the host, and the same app elsewhere
+    // has the same routes.
     let route = |path: &str| {
         let found = whole
             .routes
             .iter()
-            .find(|r| r.route == path && r.method == "GET");
+            .find(|r| r.route == path && r.method == "GET" && r.pool == pool);
         found.unwrap_or_else(|| panic!("{path} on the wire: {:?}", whole.routes))
     };
     let statuses = |r: &pb::Route| -> Vec<(u32, u64)> {
