@@ -84,7 +84,7 @@ pub fn load(
         ));
         figment = figment.merge(Layer {
             metadata: Metadata::named(ENVIRONMENT)
-                .interpolater(|_: &Profile, path: &[&str]| keys::env_var(&owned(path))),
+                .interpolater(|_: &Profile, path: &[&str]| keys::env_var(&key_of(path))),
             table: environment.table,
         });
     }
@@ -125,8 +125,16 @@ pub fn load(
     })
 }
 
-fn owned(path: &[&str]) -> Vec<String> {
-    path.iter().map(|s| s.to_string()).collect()
+/// The key a figment path is in: `postgres_ports.0` (an item) is `postgres_ports`, so an
+/// error names the variable that was set.
+fn key_of(path: &[&str]) -> Vec<String> {
+    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    (1..=path.len())
+        .rev()
+        .map(|n| &path[..n])
+        .find(|prefix| keys::find(prefix).is_some())
+        .unwrap_or(&path)
+        .to_vec()
 }
 
 fn table_of(value: &impl serde::Serialize, origin: &str) -> Result<Dict> {

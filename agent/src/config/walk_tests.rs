@@ -125,12 +125,27 @@ fn empty_turns_every_optional_key_off() {
             "{name} should be optional"
         );
     }
+    let dir = tempfile::tempdir().expect("tempdir");
     for key in optional {
         let var = key.env_var();
-        // From a non-default value in a file, so "off" is seen to override something.
-        let loaded = load_env(&[(&var, "")]).unwrap_or_else(|e| panic!("{var}=\"\": {e}"));
+        // A file sets a value, so "off" is seen to override something, not keep a default.
+        let (_, value) = other_value(key);
+        let nested = key
+            .path
+            .iter()
+            .rev()
+            .fold(value, |inner, name| json!({ name.as_str(): inner }));
+        let file = dir.path().join("set.toml");
+        std::fs::write(&file, toml::to_string(&nested).expect("TOML")).expect("write");
+        let loaded = load(
+            Some(&file),
+            [(var.clone(), String::new())],
+            Flags::default(),
+        )
+        .unwrap_or_else(|e| panic!("{var}=\"\": {e}"));
         let config = serde_json::to_value(&loaded.config).expect("config serializes");
         assert_eq!(at(&config, key), &Json::Null, "{var}=\"\"");
+        assert_eq!(loaded.source_of(&key.path), var);
     }
     let loaded = load_env(&[("HERDWATCH_PROMETHEUS_LISTEN", "")]).expect("valid");
     assert_eq!(loaded.config.prometheus_listen, None);
@@ -218,6 +233,11 @@ fn bad_values_name_the_variable_and_the_problem() {
             "must be in (0, 1]",
         ),
         ("HERDWATCH_POSTGRES_PORTS", "70000", "70000"),
+        (
+            "HERDWATCH_POSTGRES_PORTS",
+            "5432,70000",
+            "expected u16 for key \"HERDWATCH_POSTGRES_PORTS\"",
+        ),
     ] {
         let Err(err) = load_env(&[(var, value)]) else {
             panic!("{var}={value} accepted");
