@@ -64,7 +64,7 @@ pub fn markdown() -> String {
             },
             key.kind.describe(),
             if key.optional {
-                " (optional: empty = unset)"
+                " (optional: an empty variable unsets it)"
             } else {
                 ""
             },
