@@ -2,11 +2,21 @@
 //! variables, then command-line flags — each validated with an error naming where it came from.
 use std::{path::Path, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+mod env;
+pub mod keys;
+mod layers;
+pub mod reference;
+#[cfg(test)]
+mod walk_tests;
+
+pub use env::{NOT_SETTING_PREFIXES, NOT_SETTINGS};
+pub use layers::{Flags, Loaded, load};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// How often a snapshot is taken and the live view refreshed, in milliseconds.
@@ -78,7 +88,7 @@ pub struct Config {
 /// Where the agent serves its local API unless configured otherwise.
 pub const DEFAULT_API_SOCKET: &str = "/run/herdwatch/api.sock";
 /// `[postgres]`: what the agent may ask PostgreSQL itself.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// A connection string (`host=… user=… dbname=…` or `postgresql://…`) for a role with
@@ -157,62 +167,6 @@ impl Config {
         })?;
         config.validate(origin)?;
         Ok(config)
-    }
-
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: format!("config file {}", path.display()),
-            source,
-        })?;
-        Self::from_toml(&text, &path.display().to_string())
-    }
-
-    /// Applies `HERDWATCH_INTERVAL_MS` and friends from `vars`.
-    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
-        for (key, value) in vars {
-            let Some(field) = key.strip_prefix("HERDWATCH_") else {
-                continue;
-            };
-            let bad = |m: String| Error::Config {
-                origin: format!("environment variable {key}"),
-                message: m,
-            };
-            let parse_u64 = |v: &str| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|e| bad(format!("{v:?}: {e}")))
-            };
-            match field {
-                "INTERVAL_MS" => self.interval_ms = parse_u64(&value)?,
-                "THREAD_MAP_ENTRIES" => {
-                    self.thread_map_entries =
-                        u32::try_from(parse_u64(&value)?).map_err(|e| bad(e.to_string()))?
-                }
-                "EVENT_RING_BYTES" => {
-                    self.event_ring_bytes =
-                        u32::try_from(parse_u64(&value)?).map_err(|e| bad(e.to_string()))?
-                }
-                "API_SOCKET" => self.api_socket = (!value.is_empty()).then(|| value.clone().into()),
-                "API_LISTEN" => self.api_listen = (!value.is_empty()).then(|| value.clone()),
-                "API_TLS_CERT" => {
-                    self.api_tls_cert = (!value.is_empty()).then(|| value.clone().into())
-                }
-                "API_TLS_KEY" => {
-                    self.api_tls_key = (!value.is_empty()).then(|| value.clone().into())
-                }
-                "API_TOKEN_FILE" => {
-                    self.api_token_file = (!value.is_empty()).then(|| value.clone().into())
-                }
-                "API_INSECURE" => self.api_insecure = parse_bool(&value).map_err(bad)?,
-                "STATE_DIR" => self.state_dir = (!value.is_empty()).then(|| value.clone().into()),
-                "EVENT_CHANNEL_CAPACITY" => {
-                    self.event_channel_capacity = parse_u64(&value)? as usize
-                }
-                // Other HERDWATCH_* variables belong to the test harness or tools.
-                _ => {}
-            }
-        }
-        self.validate("environment")
     }
 
     pub fn validate(&self, origin: &str) -> Result<()> {
@@ -383,6 +337,15 @@ fn parse_bool(value: &str) -> std::result::Result<bool, String> {
 mod tests {
     use super::*;
 
+    fn from_env(vars: &[(&str, &str)]) -> Result<Config> {
+        load(
+            None,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            Flags::default(),
+        )
+        .map(|l| l.config)
+    }
+
     #[test]
     fn defaults_are_valid_and_toml_overrides() {
         Config::default()
@@ -413,12 +376,9 @@ mod tests {
 
     #[test]
     fn env_overrides_and_rejects_garbage() {
-        let mut c = Config::default();
-        c.apply_env([("HERDWATCH_INTERVAL_MS".to_string(), "250".to_string())].into_iter())
-            .expect("valid");
+        let c = from_env(&[("HERDWATCH_INTERVAL_MS", "250")]).expect("valid");
         assert_eq!(c.interval_ms, 250);
-        let err = c
-            .apply_env([("HERDWATCH_INTERVAL_MS".to_string(), "x".to_string())].into_iter())
+        let err = from_env(&[("HERDWATCH_INTERVAL_MS", "x")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("HERDWATCH_INTERVAL_MS"), "{err}");
@@ -453,9 +413,7 @@ mod tests {
         assert_eq!(c.state_dir(), Some(Path::new("/tmp/hw")));
         let c = Config::from_toml("state_dir = \"\"\n", "t").expect("valid");
         assert_eq!(c.state_dir(), None);
-        let mut c = Config::default();
-        c.apply_env([("HERDWATCH_STATE_DIR".to_string(), String::new())].into_iter())
-            .expect("valid");
+        let c = from_env(&[("HERDWATCH_STATE_DIR", "")]).expect("valid");
         assert_eq!(c.state_dir(), None);
     }
 
@@ -471,18 +429,15 @@ mod tests {
         )
         .expect("valid");
         c.check_api_listen().expect("TLS and a token");
-        let mut c = Config::default();
-        let env = [
+        let c = from_env(&[
             ("HERDWATCH_API_LISTEN", "127.0.0.1:9466"),
             ("HERDWATCH_API_INSECURE", "true"),
-        ];
-        c.apply_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-            .expect("valid");
+        ])
+        .expect("valid");
         assert_eq!(c.api_listen.as_deref(), Some("127.0.0.1:9466"));
         assert!(c.api_insecure);
         c.check_api_listen().expect("insecure allows plaintext");
-        let err = c
-            .apply_env([("HERDWATCH_API_INSECURE".into(), "maybe".into())].into_iter())
+        let err = from_env(&[("HERDWATCH_API_INSECURE", "maybe")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("HERDWATCH_API_INSECURE"), "{err}");

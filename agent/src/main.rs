@@ -1,4 +1,4 @@
-//! The `herdwatch` binary: run, top, findings, check, version.
+//! The `herdwatch` binary: run, top, findings, check, config, version.
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
@@ -53,28 +53,53 @@ enum Cmd {
     Top(herdwatch::export::top::TopArgs),
     /// Preflight: kernel, BTF, tracefs, capabilities, and a real load+attach of each program.
     Check,
+    /// Print the config in effect as TOML, each key with where its value came from (default,
+    /// the config file, a HERDWATCH_* variable, a flag).
+    Config {
+        /// As `run --interval-ms` would override it.
+        #[arg(long)]
+        interval_ms: Option<u64>,
+        /// As `run --no-socket-tracing` would override it.
+        #[arg(long)]
+        no_socket_tracing: bool,
+        /// Print the reference of every key (docs/configuration.md) instead.
+        #[arg(long, hide = true)]
+        reference: bool,
+    },
     /// Print the version.
     Version,
 }
 
+/// The one way the config is read: defaults, the file, `HERDWATCH_*`, then flags.
 fn load_config(
     path: Option<&PathBuf>,
     interval_ms: Option<u64>,
     no_socket_tracing: bool,
 ) -> anyhow::Result<Config> {
-    let mut config = match path {
-        Some(p) => Config::from_file(p)?,
-        None => Config::default(),
+    Ok(load_layers(path, interval_ms, no_socket_tracing)?.config)
+}
+
+/// The config and the layers it came from (for `herdwatch config`).
+fn load_layers(
+    path: Option<&PathBuf>,
+    interval_ms: Option<u64>,
+    no_socket_tracing: bool,
+) -> anyhow::Result<herdwatch::config::Loaded> {
+    let flags = herdwatch::config::Flags {
+        interval_ms,
+        no_socket_tracing,
     };
-    config.apply_env(std::env::vars())?;
-    if no_socket_tracing {
-        config.socket_tracing = false;
-    }
-    if let Some(ms) = interval_ms {
-        config.interval_ms = ms;
-        config.validate("--interval-ms")?;
-    }
-    Ok(config)
+    Ok(herdwatch::config::load(
+        path.map(PathBuf::as_path),
+        // Lossy, not `vars()`: a variable that is not UTF-8 must not panic the agent.
+        std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        }),
+        flags,
+    )?)
 }
 
 fn main() -> ExitCode {
@@ -102,6 +127,20 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Check => Ok(run_check()),
+        Cmd::Config {
+            reference: true, ..
+        } => {
+            print!("{}", herdwatch::config::reference::markdown());
+            Ok(true)
+        }
+        Cmd::Config {
+            interval_ms,
+            no_socket_tracing,
+            reference: false,
+        } => load_layers(cli.config.as_ref(), interval_ms, no_socket_tracing).map(|loaded| {
+            print!("{}", loaded.render());
+            true
+        }),
         Cmd::Findings { json, api } => load_config(cli.config.as_ref(), None, false)
             .and_then(|c| print_findings(&c, &api, json)),
         Cmd::Top(args) => load_config(cli.config.as_ref(), None, false).and_then(|c| {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each does the setup it needs first, so a fresh
 //! machine needs nothing but `cargo`.
 mod bench;
+mod docs;
 mod fuzz;
 mod setup;
 mod test;
@@ -33,6 +34,8 @@ enum Cmd {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Regenerate docs/configuration.md from the config struct (a test fails when it is stale).
+    Docs,
     /// Fuzz every protocol parser (cargo-fuzz, nightly) for longer than `test` does.
     Fuzz {
         /// Seconds per target.
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                 .env("HERDWATCH_TEST_VENV", venv);
             setup::run_checked(&mut cmd)
         }
+        Cmd::Docs => docs::run(),
         Cmd::Fuzz { seconds } => {
             setup::build_prerequisites()?;
             fuzz::run_all(seconds)

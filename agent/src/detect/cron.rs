@@ -16,7 +16,7 @@ use super::{
     finding::{Report, Signal},
 };
 
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CronConfig {
     /// Periods looked for, seconds (add short ones for tests and demos).

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::model::ProcessView;
 
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DbPoolConfig {
     /// Client wait (p95 over an interval) that counts as saturated, ms.

@@ -33,7 +33,7 @@ use bursts::{
 };
 use report::{describe, with_copies};
 
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HerdConfig {
     pub min_copies: usize,

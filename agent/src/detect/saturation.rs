@@ -11,7 +11,7 @@ use super::{
 };
 use crate::model::{PoolView, ProcessView};
 
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SaturationConfig {
     /// Host CPU busy share (0..=1).

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::model::{Histogram, PoolView, TimeShare};
 
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StarvationConfig {
     /// Share of a pool's workers busy (0..=1).
