@@ -206,6 +206,28 @@ pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> R
     Ok(())
 }
 
+/// Detaches and unloads every program, all at once. Each detach waits for the kernel to be
+/// sure no CPU still runs the program (an RCU grace period, tens of ms on a busy host); one
+/// after the other, as dropping `Ebpf` does, two dozen of them took over a second of a
+/// service manager's stop timeout. Side by side, the waits overlap.
+pub fn detach_all(ebpf: &mut Ebpf) {
+    std::thread::scope(|scope| {
+        for (name, program) in ebpf.programs_mut() {
+            scope.spawn(move || {
+                let unloaded = match program {
+                    aya::programs::Program::TracePoint(p) => p.unload(),
+                    aya::programs::Program::RawTracePoint(p) => p.unload(),
+                    // Not a kind the agent loads; dropping `Ebpf` unloads it all the same.
+                    _ => Ok(()),
+                };
+                if let Err(e) = unloaded {
+                    tracing::debug!("detaching {name}: {e}");
+                }
+            });
+        }
+    });
+}
+
 /// Loads and attaches all programs; on error nothing stays attached (dropping `Ebpf` detaches).
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
     let (mut ebpf, raw_switch) = load(opts)?;
