@@ -139,7 +139,7 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 14] {
+    pub fn drops(&self) -> [(&'static str, u64); 17] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
@@ -164,6 +164,12 @@ impl AgentStats {
             ("api_watch_refused", self.export.api_watches_refused),
             ("api_watcher_too_slow", self.export.api_watchers_too_slow),
             ("api_unauthenticated", self.export.api_unauthenticated),
+            ("accept_failed", self.export.accept_failed),
+            (
+                "metrics_connection_refused",
+                self.export.metrics_connections_refused,
+            ),
+            ("protocol_errors", self.connections.protocol_errors),
         ]
     }
 }

@@ -205,6 +205,11 @@ pub struct ExportDrops {
     /// API calls on the TCP listener refused for a missing or wrong bearer token: a
     /// misconfigured client, or somebody guessing.
     pub api_unauthenticated: u64,
+    /// Accepts that failed on any listener (API socket, API TCP, `/metrics`), mostly for want
+    /// of file descriptors; each is followed by a pause rather than a retry at once.
+    pub accept_failed: u64,
+    /// `/metrics` connections closed at once because the endpoint had its limit open.
+    pub metrics_connections_refused: u64,
 }
 
 #[cfg(test)]
