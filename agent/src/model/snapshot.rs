@@ -279,4 +279,16 @@ mod tests {
         let drops: std::collections::HashMap<_, _> = stats.drops().into_iter().collect();
         assert_eq!(drops.get("detector_queue_full"), Some(&7));
     }
+
+    #[test]
+    fn protocol_errors_and_failed_accepts_are_drop_reasons() {
+        let mut stats = AgentStats::default();
+        stats.connections.protocol_errors = 3;
+        stats.export.accept_failed = 2;
+        stats.export.metrics_connections_refused = 1;
+        let drops: std::collections::HashMap<_, _> = stats.drops().into_iter().collect();
+        assert_eq!(drops.get("protocol_errors"), Some(&3));
+        assert_eq!(drops.get("accept_failed"), Some(&2));
+        assert_eq!(drops.get("metrics_connection_refused"), Some(&1));
+    }
 }
