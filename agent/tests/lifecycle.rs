@@ -362,3 +362,58 @@ fn connections_held_past_the_descriptor_limit_neither_spin_the_agent_nor_lock_it
     let (_, status) = agent.stop_with(libc::SIGTERM);
     assert_eq!(status.code(), Some(0), "{}", agent.stderr());
 }
+
+#[test]
+fn sigterm_flushes_otlp_before_the_exit() {
+    if !common::kernel_available("lifecycle::sigterm_flushes_otlp_before_the_exit") {
+        return;
+    }
+    // An OTLP/HTTP receiver counting metric exports. The agent's export interval is far
+    // longer than the test: the only export it can see is the final flush at the stop.
+    let receiver_port = common::free_port();
+    let exports = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runtime = common::runtime();
+    let counted = exports.clone();
+    runtime.spawn(async move {
+        let app = axum::Router::new().route(
+            "/v1/metrics",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                if !body.is_empty() {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                async {
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", receiver_port))
+            .await
+            .expect("bind");
+        let _ = axum::serve(listener, app).await;
+    });
+    let scene = Scene::new(common::free_port());
+    let mut config = std::fs::read_to_string(&scene.config).expect("config");
+    config.push_str(&format!(
+        "[otlp]\nendpoint = \"http://127.0.0.1:{receiver_port}\"\nprotocol = \"http/protobuf\"\ninterval_ms = 600000\n"
+    ));
+    std::fs::write(&scene.config, config).expect("config");
+    let mut agent = scene.spawn("agent.log");
+    agent.wait_serving(&scene.socket);
+    assert_eq!(exports.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let (took, status) = agent.stop_with(libc::SIGTERM);
+    println!("SIGTERM with OTLP: exited in {} ms", took.as_millis());
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
+    assert!(
+        took < Duration::from_secs(2),
+        "{took:?}\n{}",
+        agent.stderr()
+    );
+    assert!(
+        exports.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the final metrics reached the collector before the exit:\n{}",
+        agent.stderr()
+    );
+}
