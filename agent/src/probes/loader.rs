@@ -207,9 +207,11 @@ pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> R
 }
 
 /// Detaches and unloads every program, all at once. Each detach waits for the kernel to be
-/// sure no CPU still runs the program (an RCU grace period, tens of ms on a busy host); one
-/// after the other, as dropping `Ebpf` does, two dozen of them took over a second of a
-/// service manager's stop timeout. Side by side, the waits overlap.
+/// sure no CPU still runs the program (RCU grace periods, tens of ms on a busy host); one
+/// after the other, as dropping `Ebpf` does, two dozen of them took 1.9-2.1 s of a service
+/// manager's stop timeout on the busy 2-core test host. Side by side the waits partly
+/// overlap (1.0-1.1 s there); the rest the kernel serialises (perf tracepoint unregister
+/// holds one mutex), so only attaching without perf events would shorten it further.
 pub fn detach_all(ebpf: &mut Ebpf) {
     std::thread::scope(|scope| {
         for (name, program) in ebpf.programs_mut() {
