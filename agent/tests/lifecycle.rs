@@ -129,33 +129,8 @@ impl Drop for Agent {
 const ATTACHED: &str = "kernel programs loaded and attached";
 
 #[test]
-fn sigterm_and_sigint_stop_the_agent_within_two_seconds_and_remove_its_socket() {
-    if !common::kernel_available(
-        "lifecycle::sigterm_and_sigint_stop_the_agent_within_two_seconds_and_remove_its_socket",
-    ) {
-        return;
-    }
-    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-        let scene = Scene::new(common::free_port());
-        let mut agent = scene.spawn("agent.log");
-        agent.wait_serving(&scene.socket);
-        let (took, status) = agent.stop_with(signal);
-        let log = agent.stderr();
-        println!("{name}: exited in {} ms with {status}", took.as_millis());
-        assert!(log.contains(ATTACHED), "{log}");
-        assert_eq!(status.code(), Some(0), "{name}: a clean stop\n{log}");
-        // The issue's bound: a service manager waits this long before it kills.
-        assert!(took < Duration::from_secs(2), "{name}: {took:?}\n{log}");
-        assert!(
-            !scene.socket.exists(),
-            "{name}: the API socket is removed at exit"
-        );
-        assert!(!log.contains("panicked"), "{log}");
-    }
-}
-
-#[test]
 fn a_stale_socket_does_not_block_the_next_start_and_a_live_agent_does_before_any_load() {
+    // Also: SIGINT stops the live agent within the bound, its socket removed.
     if !common::kernel_available(
         "lifecycle::a_stale_socket_does_not_block_the_next_start_and_a_live_agent_does_before_any_load",
     ) {
@@ -206,9 +181,12 @@ fn a_stale_socket_does_not_block_the_next_start_and_a_live_agent_does_before_any
     );
     // The live agent keeps its socket and still answers.
     assert!(UnixStream::connect(&scene.socket).is_ok());
-    let (_, status) = live.stop_with(libc::SIGTERM);
+    // SIGINT (Ctrl-C) stops it as cleanly as SIGTERM.
+    let (took, status) = live.stop_with(libc::SIGINT);
+    println!("SIGINT: exited in {} ms with {status}", took.as_millis());
     assert_eq!(status.code(), Some(0), "{}", live.stderr());
-    assert!(!scene.socket.exists());
+    assert!(took < STOP_BOUND, "{took:?}\n{}", live.stderr());
+    assert!(!scene.socket.exists(), "the API socket is removed at exit");
 }
 
 #[test]
@@ -363,9 +341,14 @@ fn connections_held_past_the_descriptor_limit_neither_spin_the_agent_nor_lock_it
     assert_eq!(status.code(), Some(0), "{}", agent.stderr());
 }
 
+/// The bound the issue sets: a service manager waits this long before it kills.
+const STOP_BOUND: Duration = Duration::from_secs(2);
+
 #[test]
-fn sigterm_flushes_otlp_before_the_exit() {
-    if !common::kernel_available("lifecycle::sigterm_flushes_otlp_before_the_exit") {
+fn sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_socket() {
+    if !common::kernel_available(
+        "lifecycle::sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_socket",
+    ) {
         return;
     }
     // An OTLP/HTTP receiver counting metric exports. The agent's export interval is far
@@ -404,16 +387,15 @@ fn sigterm_flushes_otlp_before_the_exit() {
     agent.wait_serving(&scene.socket);
     assert_eq!(exports.load(std::sync::atomic::Ordering::SeqCst), 0);
     let (took, status) = agent.stop_with(libc::SIGTERM);
-    println!("SIGTERM with OTLP: exited in {} ms", took.as_millis());
-    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
-    assert!(
-        took < Duration::from_secs(2),
-        "{took:?}\n{}",
-        agent.stderr()
-    );
+    let log = agent.stderr();
+    println!("SIGTERM: exited in {} ms with {status}", took.as_millis());
+    assert!(log.contains(ATTACHED), "{log}");
+    assert_eq!(status.code(), Some(0), "a clean stop\n{log}");
+    assert!(took < STOP_BOUND, "{took:?}\n{log}");
+    assert!(!scene.socket.exists(), "the API socket is removed at exit");
     assert!(
         exports.load(std::sync::atomic::Ordering::SeqCst) >= 1,
-        "the final metrics reached the collector before the exit:\n{}",
-        agent.stderr()
+        "the final metrics reached the collector before the exit:\n{log}"
     );
+    assert!(!log.contains("panicked"), "{log}");
 }
