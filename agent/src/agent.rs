@@ -29,10 +29,12 @@ enum Command {
 }
 
 pub struct Agent {
-    // Dropping Ebpf detaches the programs: it lives exactly as long as the agent.
-    _ebpf: Ebpf,
+    // The programs: detached when the agent is dropped (`loader::detach_all`).
+    ebpf: Ebpf,
     // Dropping it flushes and stops OTLP export.
     _otlp: Option<crate::export::otlp::Otlp>,
+    // Dropping it removes the API socket file, so a stopped agent leaves nothing behind.
+    _api_socket: Option<crate::export::api::socket_file::SocketFile>,
     commands: mpsc::Sender<Command>,
     latest: watch::Receiver<Arc<Snapshot>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -45,6 +47,11 @@ impl Agent {
         // The API's TCP listener is checked first (plaintext refused, files read), so a
         // config that would expose findings fails before anything is loaded.
         let tcp_api = crate::export::api::TcpApi::prepare(config)?;
+        // So is the socket's path: a live agent there, or a file that is not a socket, turns
+        // this start away before seconds of loading and attaching.
+        if let Some(path) = &config.api_socket {
+            crate::export::api::socket_file::check(path)?;
+        }
         let (mut ebpf, inputs, mut tasks) = attach(config)?;
         let maps = KernelMaps::take(&mut ebpf)?;
         // Seed after attaching, so a process born during the scan is seen by one or the other.
@@ -74,7 +81,7 @@ impl Agent {
         // this one: mark it seen before anyone clones the receiver.
         let mut latest = latest;
         latest.borrow_and_update();
-        serve_readers(config, tcp_api, &latest, &mut analysis, &mut tasks).await?;
+        let api_socket = serve_readers(config, tcp_api, &latest, &mut analysis, &mut tasks).await?;
         // Statement texts from PostgreSQL itself, when a monitoring DSN is configured.
         let answers = match &config.postgres.monitor_dsn {
             Some(dsn) => {
@@ -97,8 +104,9 @@ impl Agent {
         };
         tasks.push(tokio::spawn(pipeline.run(config.interval())));
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             _otlp: otlp,
+            _api_socket: api_socket,
             commands,
             latest,
             tasks,
@@ -119,12 +127,22 @@ impl Agent {
     /// survives a restart (the statement and finding books) is written before the programs
     /// detach.
     pub async fn stop(self) -> Result<()> {
+        let started = std::time::Instant::now();
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Stop(tx))
             .await
             .map_err(|_| Error::PipelineStopped)?;
-        rx.await.map_err(|_| Error::PipelineStopped)
+        rx.await.map_err(|_| Error::PipelineStopped)?;
+        let drained = started.elapsed();
+        // Detaches the programs, flushes OTLP, removes the API socket.
+        drop(self);
+        tracing::info!(
+            "stopped in {} ms (pipeline drained and state written in {} ms)",
+            started.elapsed().as_millis(),
+            drained.as_millis()
+        );
+        Ok(())
     }
 
     /// The most recent periodic snapshot.
@@ -154,6 +172,7 @@ fn attach(config: &Config) -> Result<(Ebpf, Inputs, Vec<tokio::task::JoinHandle<
     } else {
         2
     };
+    let started = std::time::Instant::now();
     let mut ebpf = loader::load_and_attach(&LoadOptions {
         thread_map_entries: config.thread_map_entries,
         event_ring_bytes: config.event_ring_bytes,
@@ -163,6 +182,10 @@ fn attach(config: &Config) -> Result<(Ebpf, Inputs, Vec<tokio::task::JoinHandle<
         socket_tracing: config.socket_tracing,
         ..LoadOptions::default()
     })?;
+    tracing::info!(
+        "kernel programs loaded and attached in {} ms",
+        started.elapsed().as_millis()
+    );
     let event_counters = Arc::new(RingCounters::default());
     let (event_tx, events) = mpsc::channel(config.event_channel_capacity);
     let mut tasks = vec![reader::spawn_event_reader(
@@ -225,32 +248,53 @@ fn start_otlp(
 
 /// Starts the readers of published snapshots that serve others: the gRPC API on its socket
 /// and TCP listener (whose refusals, cut-off watchers and failed authentications join the
-/// agent's drops) and Prometheus `/metrics`.
+/// agent's drops) and Prometheus `/metrics`. Returns the API socket's file, removed when
+/// dropped: an error after it was bound (a taken port) leaves no socket behind.
 async fn serve_readers(
     config: &Config,
     tcp_api: Option<crate::export::api::TcpApi>,
     latest: &watch::Receiver<Arc<Snapshot>>,
     analysis: &mut Analysis,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<()> {
+) -> Result<Option<crate::export::api::socket_file::SocketFile>> {
+    let mut api_socket = None;
     if config.api_socket.is_some() || tcp_api.is_some() {
         let counters = Arc::new(crate::export::api::ApiCounters::default());
-        tasks.extend(crate::export::api::serve(
+        let served = crate::export::api::serve(
             config.api_socket.as_deref(),
             tcp_api,
             latest.clone(),
             crate::export::api::ApiLimits::default(),
             counters.clone(),
-        )?);
+        )?;
+        tasks.extend(served.tasks);
+        api_socket = served.socket;
         analysis.count_api_drops(counters);
     }
     if let Some(addr) = &config.prometheus_listen {
-        // Validated in Config::validate.
-        if let Ok(addr) = addr.parse() {
-            tasks.push(crate::export::prometheus::serve(addr, latest.clone()).await?);
+        let counters = Arc::default();
+        let served = crate::export::http::serve(
+            addr,
+            latest.clone(),
+            config.interval(),
+            Arc::clone(&counters),
+        )
+        .await;
+        match served {
+            Ok(task) => {
+                tasks.push(task);
+                analysis.count_metrics_drops(counters);
+            }
+            Err(err) => {
+                // The start fails: nothing it began may keep serving behind it.
+                for task in tasks.iter() {
+                    task.abort();
+                }
+                return Err(err);
+            }
         }
     }
-    Ok(())
+    Ok(api_socket)
 }
 
 /// The one task that owns the pipeline state: it applies events as they come, and on each
@@ -358,5 +402,6 @@ impl Drop for Agent {
         for task in &self.tasks {
             task.abort();
         }
+        loader::detach_all(&mut self.ebpf);
     }
 }

@@ -206,13 +206,13 @@ impl Config {
                 })?;
         }
         if let Some(addr) = &self.prometheus_listen {
-            addr.parse::<std::net::SocketAddr>()
-                .map_err(|e| Error::Config {
-                    origin: origin.to_string(),
-                    message: format!(
-                        "prometheus_listen = {addr:?}: {e} (want host:port, e.g. 127.0.0.1:9464)"
-                    ),
-                })?;
+            // A host name is resolved when the listener binds (`localhost:9464` works).
+            crate::export::http::check_listen_address(addr).map_err(|e| Error::Config {
+                origin: origin.to_string(),
+                message: format!(
+                    "prometheus_listen = {addr:?}: {e} (want host:port, e.g. 127.0.0.1:9464)"
+                ),
+            })?;
         }
         self.otlp
             .resolve(|k| std::env::var(k).ok())

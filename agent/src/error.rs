@@ -73,6 +73,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub const PRIVILEGE_HINT: &str = " — run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE \
 (systemd: AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_RESOURCE; Kubernetes: securityContext.capabilities.add)";
 
+/// An error and its causes on one line, each cause once: a message that already quotes its
+/// source (`I/O on x: No such file or directory (os error 2)`) is not followed by it again.
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// True when an OS error means "not permitted" rather than "not supported".
 pub fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -89,4 +105,31 @@ pub fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_described_once() {
+        let err = Error::Io {
+            what: "config file /nope".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let anyhow_err = anyhow::Error::from(err);
+        let text = describe(anyhow_err.as_ref());
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(text.starts_with("I/O on config file /nope: "), "{text}");
+        // What the binary printed before: the cause again after the message.
+        assert_eq!(format!("{anyhow_err:#}").matches("os error 2").count(), 2);
+    }
+
+    #[test]
+    fn a_cause_not_yet_said_is_added() {
+        let err = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::EACCES))
+            .context("reading the token");
+        let text = describe(err.as_ref());
+        assert_eq!(text, "reading the token: Permission denied (os error 13)");
+    }
 }

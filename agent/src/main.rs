@@ -159,7 +159,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
-            eprintln!("herdwatch: {err:#}");
+            // Each cause once: most of the library's errors already quote their source.
+            eprintln!("herdwatch: {}", herdwatch::error::describe(err.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -206,7 +207,16 @@ fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
-        let agent = Agent::start(&config).await?;
+        // Listening before the start: a service manager's SIGTERM during the seconds of
+        // loading still ends the agent cleanly, rather than by the default action.
+        let mut stop = StopSignals::listen()?;
+        let agent = tokio::select! {
+            agent = Agent::start(&config) => agent?,
+            signal = stop.next() => {
+                tracing::info!("{signal} during the start: stopping");
+                return Ok(true);
+            }
+        };
         let mut updates = agent.subscribe();
         let print = |snap: &herdwatch::model::Snapshot| -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
@@ -223,28 +233,51 @@ fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
             stdout.flush()?;
             Ok(())
         };
-        if once {
-            // The first periodic snapshot covers one full interval since start.
-            updates
-                .changed()
-                .await
-                .map_err(|_| herdwatch::Error::PipelineStopped)?;
-            let snap = updates.borrow_and_update().clone();
-            print(&snap)?;
-            return Ok(true);
-        }
         loop {
             tokio::select! {
                 changed = updates.changed() => {
                     if changed.is_err() { return Ok(false); }
                     let snap = updates.borrow_and_update().clone();
                     print(&snap)?;
+                    if once {
+                        // The first periodic snapshot covers one full interval since start.
+                        agent.stop().await?;
+                        return Ok(true);
+                    }
                 }
-                _ = tokio::signal::ctrl_c() => {
+                signal = stop.next() => {
+                    tracing::info!("{signal}: stopping");
+                    // Applies what is queued, flushes the exporters, detaches the programs
+                    // and removes the API socket.
                     agent.stop().await?;
                     return Ok(true);
                 }
             }
         }
     })
+}
+
+/// SIGTERM (what service managers and the kubelet send) and SIGINT (Ctrl-C): both stop the
+/// agent cleanly, with exit code 0.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    /// The name of the next stop signal received.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }

@@ -1,12 +1,14 @@
 //! What the agent loop does with each accounting snapshot the pipeline produces before it is
 //! published: the detectors run on it, finding transitions go to the OTLP log, and the
 //! exporters' own losses (OTLP's, the API's) join the agent's drop counts.
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use crate::{
     config::Config,
     detect::Detectors,
-    export::{api::ApiCounters, delivery::ExportCounters, logs::FindingLogger},
+    export::{
+        api::ApiCounters, delivery::ExportCounters, listen::ConnectionCounters, logs::FindingLogger,
+    },
     model::Snapshot,
     pipeline::state::PipelineState,
 };
@@ -20,6 +22,8 @@ pub(super) struct Analysis {
     export_counters: Option<Arc<ExportCounters>>,
     /// Watch streams the API refused or cut off, when the API is on.
     api_counters: Option<Arc<ApiCounters>>,
+    /// Connections `/metrics` refused and its failed accepts, when it is on.
+    metrics_counters: Option<Arc<ConnectionCounters>>,
 }
 
 impl Analysis {
@@ -33,6 +37,7 @@ impl Analysis {
             logs: None,
             export_counters: None,
             api_counters: None,
+            metrics_counters: None,
         }
     }
 
@@ -45,6 +50,11 @@ impl Analysis {
     /// The API is on: what it refuses or cuts off is counted from now on.
     pub fn count_api_drops(&mut self, counters: Arc<ApiCounters>) {
         self.api_counters = Some(counters);
+    }
+
+    /// `/metrics` is on: what it refuses, and its failed accepts, are counted from now on.
+    pub fn count_metrics_drops(&mut self, counters: Arc<ConnectionCounters>) {
+        self.metrics_counters = Some(counters);
     }
 
     /// The pipeline's accounting snapshot, completed: findings, pool events and export
@@ -63,6 +73,11 @@ impl Analysis {
         }
         if let Some(counters) = &self.api_counters {
             counters.add_to(&mut snap.agent.export);
+        }
+        if let Some(counters) = &self.metrics_counters {
+            let drops = &mut snap.agent.export;
+            drops.metrics_connections_refused = counters.refused.load(Ordering::Relaxed);
+            drops.accept_failed += counters.accept_failed.load(Ordering::Relaxed);
         }
         snap
     }

@@ -1,48 +1,10 @@
-//! The Prometheus endpoint: `/metrics` in the text exposition format, rendered from the latest
+//! The Prometheus exposition: `/metrics` in the text format (served by `http`), rendered from the latest
 //! snapshot with the names `names.rs` defines (OTLP→Prometheus translation), so one set of
 //! dashboards and rules serves the OTLP and the scrape path.
-use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, sync::Arc};
-
-use tokio::sync::watch;
+use std::{collections::HashMap, fmt::Write as _};
 
 use super::names::{self, Kind, MetricDef, prometheus_name};
-use crate::{
-    error::{Error, Result},
-    model::{Histogram, LATENCY_BUCKETS_MS, Snapshot},
-};
-
-/// Serves `/metrics` on `addr` until the task is aborted.
-pub async fn serve(
-    addr: SocketAddr,
-    latest: watch::Receiver<Arc<Snapshot>>,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Io {
-            what: format!("binding the Prometheus endpoint on {addr} (set prometheus_listen)"),
-            source,
-        })?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let snap = latest.borrow().clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    render(&snap),
-                )
-            }
-        }),
-    );
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("Prometheus endpoint stopped: {e}");
-        }
-    }))
-}
+use crate::model::{Histogram, LATENCY_BUCKETS_MS, Snapshot};
 
 /// One series' value while its family is being assembled.
 enum Value {

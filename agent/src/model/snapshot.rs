@@ -139,7 +139,7 @@ impl PoolView {
 
 impl AgentStats {
     /// Events lost, by where they were lost (`herdwatch.agent.dropped{reason}`).
-    pub fn drops(&self) -> [(&'static str, u64); 15] {
+    pub fn drops(&self) -> [(&'static str, u64); 18] {
         [
             ("kernel_ring_full", self.kernel.events_dropped),
             ("kernel_socket_ring_full", self.kernel.socket_events_dropped),
@@ -168,6 +168,12 @@ impl AgentStats {
                 "api_response_too_large",
                 self.export.api_responses_too_large,
             ),
+            ("accept_failed", self.export.accept_failed),
+            (
+                "metrics_connection_refused",
+                self.export.metrics_connections_refused,
+            ),
+            ("protocol_errors", self.connections.protocol_errors),
         ]
     }
 }
@@ -276,5 +282,17 @@ mod tests {
         };
         let drops: std::collections::HashMap<_, _> = stats.drops().into_iter().collect();
         assert_eq!(drops.get("detector_queue_full"), Some(&7));
+    }
+
+    #[test]
+    fn protocol_errors_and_failed_accepts_are_drop_reasons() {
+        let mut stats = AgentStats::default();
+        stats.connections.protocol_errors = 3;
+        stats.export.accept_failed = 2;
+        stats.export.metrics_connections_refused = 1;
+        let drops: std::collections::HashMap<_, _> = stats.drops().into_iter().collect();
+        assert_eq!(drops.get("protocol_errors"), Some(&3));
+        assert_eq!(drops.get("accept_failed"), Some(&2));
+        assert_eq!(drops.get("metrics_connection_refused"), Some(&1));
     }
 }

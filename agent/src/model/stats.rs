@@ -208,6 +208,11 @@ pub struct ExportDrops {
     /// API answers (or Watch stream messages) larger than the API's message limit, refused
     /// instead of sent: that client got nothing for its call.
     pub api_responses_too_large: u64,
+    /// Accepts that failed on any listener (API socket, API TCP, `/metrics`), mostly for want
+    /// of file descriptors; each is followed by a pause rather than a retry at once.
+    pub accept_failed: u64,
+    /// `/metrics` connections closed at once because the endpoint had its limit open.
+    pub metrics_connections_refused: u64,
 }
 
 #[cfg(test)]

@@ -8,13 +8,19 @@ use std::sync::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::model::ExportDrops;
+use crate::{export::listen::ConnectionCounters, model::ExportDrops};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiLimits {
     /// Connections open at once; one more is closed at once (and counted). Well below the
     /// agent's default file-descriptor limit (1024), which eBPF maps and /proc reads share.
     pub connections: usize,
+    /// A connection with no byte either way for this long is closed. Live clients never
+    /// reach it: the server pings every `keepalive` and their answers count.
+    pub idle: std::time::Duration,
+    /// HTTP/2 ping interval, so a live but quiet client (a Watch with nothing new) shows
+    /// activity, and a dead one fails to answer.
+    pub keepalive: std::time::Duration,
     /// Calls in progress on one connection; more wait (tower's concurrency limit).
     pub calls_per_connection: usize,
     /// HTTP/2 streams one connection may open at once (advertised to the client).
@@ -36,6 +42,8 @@ impl Default for ApiLimits {
     fn default() -> Self {
         Self {
             connections: 256,
+            idle: std::time::Duration::from_secs(60),
+            keepalive: std::time::Duration::from_secs(20),
             calls_per_connection: 16,
             streams_per_connection: 32,
             watch_streams: 32,
@@ -50,7 +58,8 @@ impl Default for ApiLimits {
 /// snapshot's `agent.export` (so `herdwatch.agent.dropped{reason="api_…"}` carries them).
 #[derive(Debug, Default)]
 pub struct ApiCounters {
-    pub connections_refused: AtomicU64,
+    /// The Unix socket's and the TCP listener's refusals and failed accepts.
+    pub connections: Arc<ConnectionCounters>,
     pub watches_refused: AtomicU64,
     pub watchers_too_slow: AtomicU64,
     /// Calls on the TCP listener refused for a missing or wrong bearer token.
@@ -62,7 +71,8 @@ pub struct ApiCounters {
 impl ApiCounters {
     /// Writes the API's counts into the snapshot's export losses.
     pub fn add_to(&self, drops: &mut ExportDrops) {
-        drops.api_connections_refused = self.connections_refused.load(Ordering::Relaxed);
+        drops.api_connections_refused = self.connections.refused.load(Ordering::Relaxed);
+        drops.accept_failed += self.connections.accept_failed.load(Ordering::Relaxed);
         drops.api_watches_refused = self.watches_refused.load(Ordering::Relaxed);
         drops.api_watchers_too_slow = self.watchers_too_slow.load(Ordering::Relaxed);
         drops.api_unauthenticated = self.unauthenticated.load(Ordering::Relaxed);

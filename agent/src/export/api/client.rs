@@ -51,11 +51,41 @@ pub async fn channel(socket: &Path) -> Result<Channel> {
         .await
         .map_err(|err| Error::Api {
             socket: socket.to_path_buf(),
-            message: format!(
-                "cannot connect (is `herdwatch run` running, and are you root?): {}",
-                causes(&err)
-            ),
+            message: if not_answering(&err) {
+                // A full accept queue (EAGAIN) or a connect that timed out: an agent is
+                // there, but too busy (or stuck) to take the connection.
+                format!(
+                    "did not answer within {} s (it is running but not accepting connections)",
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            } else {
+                format!(
+                    "cannot connect (is `herdwatch run` running, and are you root?): {}",
+                    causes(&err)
+                )
+            },
         })
+}
+
+/// True when the connection failed because the agent did not take it in time, rather than
+/// because nothing is there.
+fn not_answering(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        {
+            return true;
+        }
+        if e.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Every finding the agent keeps, active first, as the model has them.
@@ -396,6 +426,44 @@ mod tests {
         assert!(text.contains(&socket.display().to_string()), "{text}");
         assert!(text.contains("herdwatch run"), "{text}");
         assert!(text.contains("No such file"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_does_not_accept_is_said_not_to_answer() {
+        use std::os::fd::FromRawFd as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("api.sock");
+        // A listener with a backlog of one that never accepts: what an agent out of file
+        // descriptors looks like from outside.
+        // SAFETY: plain socket calls on a descriptor we own; the address is NUL-terminated
+        // within sun_path.
+        let listener = unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let path = socket.as_os_str().as_encoded_bytes();
+            for (dst, src) in addr.sun_path.iter_mut().zip(path) {
+                *dst = *src as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0);
+            assert_eq!(libc::listen(fd, 1), 0);
+            std::os::unix::net::UnixListener::from_raw_fd(fd)
+        };
+        // Fill the queue (a non-blocking connect fails at once when it is full).
+        let mut held = Vec::new();
+        while let Ok(stream) = tokio::net::UnixStream::connect(&socket).await {
+            held.push(stream);
+            assert!(held.len() < 64, "the backlog never filled");
+        }
+        let err = findings(&socket)
+            .await
+            .expect_err("nobody accepts")
+            .to_string();
+        assert!(err.contains("did not answer within 5 s"), "{err}");
+        assert!(!err.contains("os error 11"), "{err}");
+        drop(listener);
     }
 
     fn flags(api: &str) -> ApiFlags {

@@ -7,10 +7,11 @@
 //! never import it (the agent's wiring hands its drop counters to the snapshot, as it does
 //! OTLP's). One job per module:
 //! - `server`: binds the listeners and runs tonic on each with its bounds;
+//! - `socket_file`: claims the socket's path (never deleting anything but a stale socket)
+//!   and removes the agent's own socket at exit;
 //! - `tcp`: the TCP listener's settings, checked (and its files read) before the agent starts;
 //! - `tls`: rustls configs from PEM files, for the server and for clients;
 //! - `auth`: the bearer token: read from a private file, checked in constant time;
-//! - `connections`: admits at most so many connections at once per listener;
 //! - `service`: answers each call from the latest snapshot;
 //! - `watch_stream`: feeds a Watch stream through a bounded buffer, and cuts off a client
 //!   that stops reading;
@@ -21,17 +22,17 @@
 pub mod auth;
 mod bounds;
 pub mod client;
-mod connections;
 pub mod convert;
 mod server;
 mod service;
+pub mod socket_file;
 mod tcp;
 mod tls;
 mod transitions;
 mod watch_stream;
 
 pub use bounds::{ApiCounters, ApiLimits};
-pub use server::serve;
+pub use server::{Served, serve};
 pub use service::AgentApi;
 pub use tcp::TcpApi;
 pub use transitions::{Change, FindingTracker};

@@ -12,49 +12,63 @@
 use std::{path::Path, sync::Arc};
 
 use herdwatch_proto::v1::agent_service_server::AgentServiceServer;
-use tokio::{
-    net::{TcpListener, UnixListener},
-    sync::watch,
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::{service::interceptor::InterceptedService, transport::Server};
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 use super::{
     auth::BearerAuth,
     bounds::{ApiCounters, ApiLimits},
-    connections::AdmittedConnections,
     service::AgentApi,
+    socket_file::{self, SocketFile},
     tcp::TcpApi,
 };
 use crate::{
     error::{Error, Result},
+    export::listen::AdmittedConnections,
     model::Snapshot,
 };
 
+/// The API's tasks and the socket file it serves on (removed when dropped).
+#[derive(Debug)]
+pub struct Served {
+    pub tasks: Vec<JoinHandle<()>>,
+    pub socket: Option<SocketFile>,
+}
+
 /// Binds the socket (replacing a stale one left by a dead agent; refusing one a live agent
-/// serves) and the TCP address when given, and serves them until their tasks are aborted.
-/// Both serve one `AgentApi`, so the Watch limit is the agent's; each listener has its own
-/// connection limit (`connections`).
+/// serves, and anything that is not a socket) and the TCP address when given, and serves
+/// them until their tasks are aborted. Both serve one `AgentApi`, so the Watch limit is the
+/// agent's; each listener has its own connection limit (`connections`).
 pub fn serve(
     socket: Option<&Path>,
     tcp: Option<TcpApi>,
     latest: watch::Receiver<Arc<Snapshot>>,
     limits: ApiLimits,
     counters: Arc<ApiCounters>,
-) -> Result<Vec<JoinHandle<()>>> {
+) -> Result<Served> {
     // Both bound before either is served: a taken port fails the start with no task left
-    // running behind it.
-    let unix = socket
-        .map(|path| bind(path).map(|l| (l, path)))
-        .transpose()?;
+    // running behind it, and the socket file's guard removes what was created.
+    let (unix, socket_file) = match socket {
+        Some(path) => {
+            let (listener, file) = socket_file::bind(path)?;
+            (Some((listener, path)), Some(file))
+        }
+        None => (None, None),
+    };
     let tcp = tcp.map(|tcp| tcp_server(tcp, &limits)).transpose()?;
     let api = AgentApi::new(latest, &limits, counters.clone());
     let mut tasks = Vec::new();
     if let Some((listener, path)) = unix {
-        let incoming = AdmittedConnections::new(listener, limits.connections, counters.clone());
-        let service = agent_service(api.clone(), &limits);
         let shown = path.display().to_string();
+        let incoming = AdmittedConnections::new(
+            listener,
+            format!("the API socket {shown}"),
+            limits.connections,
+            limits.idle,
+            counters.connections.clone(),
+        );
+        let service = agent_service(api.clone(), &limits);
         tasks.push(tokio::spawn(async move {
             let served = server(&limits)
                 .add_service(health().await)
@@ -70,7 +84,13 @@ pub fn serve(
         let shown = tcp.shown(&listener);
         let auth = BearerAuth::new(tcp.token.clone(), counters.clone());
         let service = InterceptedService::new(agent_service(api, &limits), auth);
-        let incoming = AdmittedConnections::new(listener, limits.connections, counters);
+        let incoming = AdmittedConnections::new(
+            listener,
+            format!("the API on {shown}"),
+            limits.connections,
+            limits.idle,
+            counters.connections.clone(),
+        );
         tracing::info!("serving the API on {shown}");
         tasks.push(tokio::spawn(async move {
             let served = builder
@@ -83,7 +103,10 @@ pub fn serve(
             }
         }));
     }
-    Ok(tasks)
+    Ok(Served {
+        tasks,
+        socket: socket_file,
+    })
 }
 
 /// The TCP listener bound, and tonic's server for it with TLS when configured.
@@ -104,6 +127,8 @@ fn tcp_server(tcp: TcpApi, limits: &ApiLimits) -> Result<(TcpListener, TcpApi, S
 /// tonic's server with the per-connection bounds.
 fn server(limits: &ApiLimits) -> Server {
     Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive))
+        .http2_keepalive_timeout(Some(limits.keepalive))
         .concurrency_limit_per_connection(limits.calls_per_connection)
         .max_concurrent_streams(limits.streams_per_connection)
 }
@@ -119,33 +144,4 @@ async fn health() -> HealthServer<impl Health> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health_service
-}
-
-fn bind(path: &Path) -> Result<UnixListener> {
-    let io = |what: &str, source| Error::Io {
-        what: format!("{what} {}", path.display()),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::Config {
-                origin: "api_socket".into(),
-                message: format!(
-                    "another herdwatch agent already serves {}; stop it or set api_socket",
-                    path.display()
-                ),
-            });
-        }
-        std::fs::remove_file(path).map_err(|e| io("removing the stale socket", e))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| io("binding", e))?;
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("restricting", e))?;
-    }
-    Ok(listener)
 }
