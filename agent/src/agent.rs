@@ -26,6 +26,8 @@ enum Command {
     Snapshot(oneshot::Sender<Arc<Snapshot>>),
     /// Apply what is queued, write the state that survives a restart, stop the pipeline.
     Stop(oneshot::Sender<()>),
+    /// New detector thresholds (a config reload), used from the next evaluation on.
+    Reconfigure(Box<crate::detect::DetectConfig>, oneshot::Sender<()>),
 }
 
 pub struct Agent {
@@ -143,6 +145,18 @@ impl Agent {
             drained.as_millis()
         );
         Ok(())
+    }
+
+    /// Applies a reloaded config's detector thresholds (`[detect.*]`) without touching the
+    /// kernel programs: the detectors keep what they have seen and judge it by the new
+    /// thresholds from their next evaluation on. `config` must have been validated.
+    pub async fn reconfigure(&self, config: &Config) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Reconfigure(Box::new(config.detect.clone()), tx))
+            .await
+            .map_err(|_| Error::PipelineStopped)?;
+        rx.await.map_err(|_| Error::PipelineStopped)
     }
 
     /// The most recent periodic snapshot.
@@ -345,6 +359,10 @@ impl PipelineLoop {
                         let snap = Arc::new(analysis.snapshot(state));
                         snapshots.send_replace(snap.clone());
                         let _ = reply.send(snap);
+                    }
+                    Some(Command::Reconfigure(detect, reply)) => {
+                        analysis.detectors.reconfigure(&detect);
+                        let _ = reply.send(());
                     }
                     Some(Command::Stop(reply)) => {
                         drain(events, sockets, state, analysis);

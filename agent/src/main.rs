@@ -152,8 +152,11 @@ fn main() -> ExitCode {
             json,
             interval_ms,
             no_socket_tracing,
-        } => load_config(cli.config.as_ref(), interval_ms, no_socket_tracing)
-            .and_then(|config| run(config, once, json)),
+        } => {
+            // The same layers again at every SIGHUP: file, environment, flags.
+            let reload = || load_config(cli.config.as_ref(), interval_ms, no_socket_tracing);
+            reload().and_then(|config| run(config, once, json, &reload))
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -200,7 +203,12 @@ fn run_check() -> bool {
     lines.iter().all(|l| l.ok)
 }
 
-fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
+fn run(
+    config: Config,
+    once: bool,
+    json: bool,
+    reload: &dyn Fn() -> anyhow::Result<Config>,
+) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -210,6 +218,9 @@ fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
         // Listening before the start: a service manager's SIGTERM during the seconds of
         // loading still ends the agent cleanly, rather than by the default action.
         let mut stop = StopSignals::listen()?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
+        let mut running = config.clone();
         let agent = tokio::select! {
             agent = Agent::start(&config) => agent?,
             signal = stop.next() => {
@@ -245,6 +256,7 @@ fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
                         return Ok(true);
                     }
                 }
+                _ = hangup.recv() => reload_config(&agent, &mut running, reload).await,
                 signal = stop.next() => {
                     tracing::info!("{signal}: stopping");
                     // Applies what is queued, flushes the exporters, detaches the programs
@@ -255,6 +267,50 @@ fn run(config: Config, once: bool, json: bool) -> anyhow::Result<bool> {
             }
         }
     })
+}
+
+/// SIGHUP: the config is read again (same file, environment and flags) and its detector
+/// thresholds applied without reloading the kernel programs. A config that does not load or
+/// validate leaves the running one in place, with one error logged; keys that only a restart
+/// can apply (listeners, map sizes, exporters…) are named in a warning.
+async fn reload_config(
+    agent: &Agent,
+    running: &mut Config,
+    reload: &dyn Fn() -> anyhow::Result<Config>,
+) {
+    let new = match reload() {
+        Ok(new) => new,
+        Err(err) => {
+            tracing::error!("SIGHUP: the config is refused, the running one stays: {err:#}");
+            return;
+        }
+    };
+    if let Err(err) = agent.reconfigure(&new).await {
+        tracing::error!("SIGHUP: {err}");
+        return;
+    }
+    let at_restart = keys_needing_a_restart(running, &new);
+    tracing::info!("SIGHUP: config reloaded; detector thresholds in effect");
+    if !at_restart.is_empty() {
+        tracing::warn!(
+            "SIGHUP: {} changed and take(s) effect at the next restart",
+            at_restart.join(", ")
+        );
+    }
+    *running = new;
+}
+
+/// Top-level keys other than `detect` whose values differ.
+fn keys_needing_a_restart(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    new.iter()
+        .filter(|(key, value)| key.as_str() != "detect" && old.get(key.as_str()) != Some(value))
+        .map(|(key, _)| key.clone())
+        .collect()
 }
 
 /// SIGTERM (what service managers and the kubelet send) and SIGINT (Ctrl-C): both stop the

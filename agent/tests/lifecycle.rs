@@ -399,3 +399,101 @@ fn sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_soc
     );
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// The kinds of the findings `herdwatch findings --json` reads from the agent at `socket`.
+fn finding_kinds(socket: &Path) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_herdwatch"))
+        .args(["findings", "--json", "--api"])
+        .arg(socket)
+        .env("HERDWATCH_LOG", "warn")
+        .output()
+        .expect("herdwatch findings runs");
+    assert!(
+        out.status.success(),
+        "findings: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("findings JSON");
+    findings
+        .iter()
+        .filter_map(|f| f["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// SIGHUP reloads the config without reloading the programs: a detector threshold changes
+/// live (saturation at a host CPU share no host reaches → at one every host passes), and a
+/// config that does not load first leaves the running one in place with one error logged.
+#[test]
+fn sighup_changes_a_detector_threshold_live_and_a_bad_config_keeps_the_old_one() {
+    if !common::kernel_available(
+        "lifecycle::sighup_changes_a_detector_threshold_live_and_a_bad_config_keeps_the_old_one",
+    ) {
+        return;
+    }
+    let scene = Scene::new(common::free_port());
+    let base = std::fs::read_to_string(&scene.config).expect("config");
+    let saturation = |cpu: f64, for_s: u64| {
+        format!(
+            "{base}[detect.saturation]\ncpu = {cpu}\nfor_s = {for_s}\nrun_queue_ms_per_s_per_cpu = 1000000.0\n"
+        )
+    };
+    // Never: the whole host busy for an hour.
+    std::fs::write(&scene.config, saturation(1.0, 3600)).expect("config");
+    let mut agent = scene.spawn("agent.log");
+    agent.wait_serving(&scene.socket);
+    let hup = |agent: &Agent| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    };
+    let wait_log = |agent: &Agent, line: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent.stderr().contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?}:\n{}",
+                agent.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A config that does not parse: refused, the agent runs on with the old thresholds.
+    std::fs::write(&scene.config, format!("{base}interval_ms = \"soon\"\n")).expect("config");
+    hup(&agent);
+    wait_log(
+        &agent,
+        "SIGHUP: the config is refused, the running one stays",
+    );
+    assert!(
+        agent.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !finding_kinds(&scene.socket).contains(&"saturation".to_string()),
+        "the old threshold still holds"
+    );
+
+    // At most 1 % of the host's CPU for a second: any host, the agent's own work included.
+    std::fs::write(&scene.config, saturation(0.001, 1)).expect("config");
+    hup(&agent);
+    wait_log(&agent, "SIGHUP: config reloaded");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !finding_kinds(&scene.socket).contains(&"saturation".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "no saturation finding under the new threshold:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches(ATTACHED).count(),
+        1,
+        "the programs were loaded once, not reloaded:\n{log}"
+    );
+    let (_, status) = agent.stop_with(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
+}

@@ -185,6 +185,11 @@ impl HerdDetector {
         }
     }
 
+    /// New thresholds (a config reload); tracks and the baseline clock are kept.
+    pub fn reconfigure(&mut self, config: HerdConfig) {
+        self.config = config;
+    }
+
     /// Connection poolers: their server-side copies of client queries are not more copies.
     pub fn set_proxies(&mut self, pids: impl Iterator<Item = u32>) {
         self.proxies = pids.collect();

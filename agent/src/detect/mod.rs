@@ -158,6 +158,20 @@ impl Detectors {
         }
     }
 
+    /// New thresholds from a config reload: each detector keeps its history (windows,
+    /// baselines, onsets) and judges it by the new values from its next tick on. The finding
+    /// book's bound (`max_findings`) is not changed here: it takes effect at a restart.
+    pub fn reconfigure(&mut self, config: &DetectConfig) {
+        self.herd.reconfigure(config.herd.clone());
+        self.starvation.config = config.starvation.clone();
+        self.saturation.config = config.saturation.clone();
+        for detector in self.cgroup_saturation.values_mut() {
+            detector.config = config.saturation.clone();
+        }
+        self.db_pool.config = config.pool.clone();
+        self.cron.config = config.cron.clone();
+    }
+
     /// Keeps the finding book in `dir` from now on, starting from what a previous run left
     /// there (occurrences count on across restarts).
     pub fn keep_findings_in(&mut self, dir: &std::path::Path) {
