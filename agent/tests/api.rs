@@ -621,6 +621,32 @@ async fn garbage_and_a_huge_request(socket: &Path, api: &mut Api) {
     };
     let refused = api.list_routes(huge).await.expect_err("too large");
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+
+    // A string field that is not UTF-8 (a well-framed call with a bad body): an error status
+    // on the call, not a closed connection, and the same connection answers the next call.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RawListRoutes {
+        #[prost(bytes = "vec", tag = "1")]
+        pool: Vec<u8>,
+    }
+    let channel = client::channel(socket).await.expect("a channel");
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<RawListRoutes, pb::ListRoutesResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/herdwatch.v1.AgentService/ListRoutes",
+    );
+    let bad = RawListRoutes {
+        pool: vec![b'x', 0xff, 0xfe, b'y'],
+    };
+    let answer = raw.unary(tonic::Request::new(bad), path, codec).await;
+    let status = answer.expect_err("not UTF-8");
+    assert_ne!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{status:?}");
+    AgentServiceClient::new(channel)
+        .get_host(pb::GetHostRequest {})
+        .await
+        .expect("the same connection answers after a body that is not UTF-8");
 }
 
 /// A Watch stream whose client never reads is cut off once its buffer fills, and counted;
