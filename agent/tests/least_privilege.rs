@@ -76,9 +76,6 @@ struct Seen {
     query_calls: u64,
     query_text: Option<String>,
     route_requests: u64,
-    /// The normalised texts of the last snapshot's queries, and its /db routes' statuses.
-    queries: Vec<String>,
-    statuses: String,
 }
 
 impl Seen {

@@ -186,6 +186,8 @@ const DEBIAN: &[(&str, &str)] = &[
     // tests/deploy.rs: `systemd-analyze verify` on the unit, `dpkg -x` of the package.
     ("command -v systemd-analyze", "systemd"),
     ("command -v dpkg-deb", "dpkg"),
+    // tests/deploy.rs builds the Containerfile's runtime stage (FROM scratch, vfs storage).
+    ("command -v buildah", "buildah"),
 ];
 
 pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
