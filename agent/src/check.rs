@@ -19,19 +19,7 @@ fn line(ok: bool, name: &str, detail: impl Into<String>) -> CheckLine {
     }
 }
 
-/// Capability bits from /proc/self/status `CapEff`.
-fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
-}
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+pub mod capabilities;
 
 pub fn run_checks() -> Vec<CheckLine> {
     let mut lines = Vec::new();
@@ -65,21 +53,24 @@ pub fn run_checks() -> Vec<CheckLine> {
         },
     ));
 
-    let caps = effective_caps().unwrap_or(0);
-    let has = |bit: u32| caps & (1u64 << bit) != 0;
-    let cap_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    let caps = capabilities::effective().unwrap_or(0);
+    let lacking = capabilities::missing(caps);
     lines.push(line(
-        cap_ok,
+        lacking.is_empty(),
         "capabilities",
-        if cap_ok {
-            format!("CapEff {caps:#x}: CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN present")
+        if lacking.is_empty() {
+            format!("CapEff {caps:#x} holds {}", capabilities::needed_names())
         } else {
             format!(
-                "CapEff {caps:#x} lacks CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); fix: run as root or grant them \
-(systemd AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_RESOURCE)"
+                "CapEff {caps:#x} lacks {}; fix: run as root or grant exactly {} (systemd: \
+AmbientCapabilities=; Kubernetes: securityContext.capabilities.add)",
+                capabilities::describe(&lacking),
+                capabilities::needed_names()
             )
         },
     ));
+
+    lines.push(process_access());
 
     match tracefs::ensure_mounted() {
         Ok(path) => lines.push(line(
@@ -94,10 +85,107 @@ pub fn run_checks() -> Vec<CheckLine> {
     lines
 }
 
+/// Processes of other users whose executable link is tried before concluding that none can
+/// be read (some, such as a sandbox's init, refuse even root).
+const PROCESS_PROBES: usize = 64;
+
+/// Whether this process may read other users' processes: their executable links, which /proc
+/// guards with the same ptrace access check as the fds, maps and memory the agent reads of
+/// every gunicorn and uvicorn worker.
+fn process_access() -> CheckLine {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let entries = match std::fs::read_dir("/proc") {
+        Ok(entries) => entries,
+        Err(e) => return line(false, "process access", format!("reading /proc: {e}")),
+    };
+    let mut denied = None;
+    let mut tried = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // /proc/<pid> belongs to the process's effective user.
+        let Ok(owner) = entry.metadata().map(|m| m.uid()) else {
+            continue;
+        };
+        if owner == me {
+            continue;
+        }
+        match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(_) => {
+                return line(
+                    true,
+                    "process access",
+                    format!("reads other users' processes (/proc/{pid}/exe of uid {owner})"),
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                denied.get_or_insert((pid, owner, e));
+                tried += 1;
+                if tried >= PROCESS_PROBES {
+                    break;
+                }
+            }
+            // A kernel thread (no executable) or a process that just exited.
+            Err(_) => {}
+        }
+    }
+    match denied {
+        None => line(
+            true,
+            "process access",
+            "no other user's process to read (nothing to prove here)",
+        ),
+        Some((pid, owner, e)) => line(
+            false,
+            "process access",
+            format!(
+                "reading /proc/{pid}/exe of uid {owner}: {e}; workers of other users would be \
+                 invisible: needs CAP_SYS_PTRACE (to {}); fix: run as root or grant CAP_SYS_PTRACE",
+                capabilities::NEEDED
+                    .iter()
+                    .find(|c| c.name == "CAP_SYS_PTRACE")
+                    .map_or("read other processes", |c| c.purpose)
+            ),
+        ),
+    }
+}
+
+/// A failure's detail, with the missing capabilities among `relevant` named (a permission
+/// error from the kernel does not say which one it wanted).
+fn with_missing_caps(detail: String, relevant: &[&str]) -> String {
+    let lacking: Vec<_> = capabilities::missing(capabilities::effective().unwrap_or(0))
+        .into_iter()
+        .filter(|c| relevant.contains(&c.name))
+        .collect();
+    if lacking.is_empty() {
+        detail
+    } else {
+        format!(
+            "{detail}; this process lacks {}",
+            capabilities::describe(&lacking)
+        )
+    }
+}
+
+/// Loading tracing programs wants both; attaching them, CAP_PERFMON.
+const LOAD_CAPS: [&str; 3] = ["CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"];
+const ATTACH_CAPS: [&str; 1] = ["CAP_PERFMON"];
+
 /// Loads the eBPF object and attaches each program, one line per program.
 fn check_programs(lines: &mut Vec<CheckLine>) {
     match loader::load(&LoadOptions::default()) {
-        Err(e) => lines.push(line(false, "load", e.to_string())),
+        Err(e) => lines.push(line(
+            false,
+            "load",
+            with_missing_caps(e.to_string(), &LOAD_CAPS),
+        )),
         Ok((mut ebpf, task_offsets_known)) => {
             lines.push(line(true, "load", "eBPF object accepted by the kernel"));
             lines.push(line(
@@ -116,7 +204,11 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                         "program sched_switch_raw",
                         "attached to raw tracepoint sched_switch",
                     )),
-                    Err(e) => lines.push(line(false, "program sched_switch_raw", e.to_string())),
+                    Err(e) => lines.push(line(
+                        false,
+                        "program sched_switch_raw",
+                        with_missing_caps(e.to_string(), &ATTACH_CAPS),
+                    )),
                 }
             }
             for (name, category, event) in PROGRAMS {
@@ -127,7 +219,11 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                         &label,
                         format!("attached to {category}:{event}"),
                     )),
-                    Err(e) => lines.push(line(false, &label, e.to_string())),
+                    Err(e) => lines.push(line(
+                        false,
+                        &label,
+                        with_missing_caps(e.to_string(), &ATTACH_CAPS),
+                    )),
                 }
             }
         }

@@ -12,6 +12,13 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
+        "tracefs is mounted at {path} but this process may not read it ({source}): reading tracepoint ids and formats needs CAP_DAC_READ_SEARCH (tracefs is mode 0700); fix: run as root or grant CAP_DAC_READ_SEARCH"
+    )]
+    TracefsUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
         "tracepoint {category}:{name} is not available ({detail}); this kernel lacks it or tracefs is incomplete"
     )]
     TracepointMissing {
@@ -70,8 +77,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The fix to print when the kernel refused us for lack of privilege.
-pub const PRIVILEGE_HINT: &str = " — run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE \
-(systemd: AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_RESOURCE; Kubernetes: securityContext.capabilities.add)";
+pub const PRIVILEGE_HINT: &str = " — run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and \
+CAP_DAC_READ_SEARCH (`herdwatch check` names the one missing; systemd: AmbientCapabilities=CAP_BPF \
+CAP_PERFMON CAP_SYS_PTRACE CAP_DAC_READ_SEARCH; Kubernetes: securityContext.capabilities.add)";
 
 /// An error and its causes on one line, each cause once: a message that already quotes its
 /// source (`I/O on x: No such file or directory (os error 2)`) is not followed by it again.

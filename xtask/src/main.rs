@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each does the setup it needs first, so a fresh
 //! machine needs nothing but `cargo`.
 mod bench;
+mod dist;
 mod docs;
 mod fuzz;
 mod setup;
@@ -48,6 +49,9 @@ enum Cmd {
         /// Which replay.
         name: String,
     },
+    /// Build the release agent and package it: a .deb (binary, hardened systemd unit, default
+    /// config, docs) and a tarball of the same files, in `<target>/dist/`.
+    Dist,
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
         /// Which benchmark: `sched` (tracing overhead), `pipeline` (decode+parse+stitch rate),
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
                 .env("HERDWATCH_TEST_VENV", venv);
             setup::run_checked(&mut cmd)
         }
+        Cmd::Dist => dist::run(),
         Cmd::Docs => docs::run(),
         Cmd::Fuzz { seconds } => {
             setup::build_prerequisites()?;

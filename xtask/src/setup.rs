@@ -183,6 +183,11 @@ const DEBIAN: &[(&str, &str)] = &[
         "command -v prometheus-alertmanager",
         "prometheus-alertmanager",
     ),
+    // tests/deploy.rs: `systemd-analyze verify` on the unit, `dpkg -x` of the package.
+    ("command -v systemd-analyze", "systemd"),
+    ("command -v dpkg-deb", "dpkg"),
+    // tests/deploy.rs builds the Containerfile's runtime stage (FROM scratch, vfs storage).
+    ("command -v buildah", "buildah"),
 ];
 
 pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
@@ -212,7 +217,29 @@ pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
+    cargo_deb()?;
     python_venv()
+}
+
+/// The cargo-deb `[package.metadata.deb]` in agent/Cargo.toml is written for.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+/// cargo-deb, which `cargo xtask dist` and tests/deploy.rs package the agent with.
+pub fn cargo_deb() -> anyhow::Result<()> {
+    let installed = output(Command::new("cargo").args(["deb", "--version"])).unwrap_or_default();
+    if installed.split_whitespace().nth(1) == Some(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    say(&format!(
+        "installing cargo-deb {CARGO_DEB_VERSION} (packages the agent as a .deb); a minute or two"
+    ));
+    run_checked(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 /// A venv with the pinned test-app requirements, rebuilt when the requirements file changes.

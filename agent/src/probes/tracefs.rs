@@ -13,6 +13,11 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     if let Some(found) = find_mounted() {
         return Ok(found);
     }
+    // Mounted but closed to this user (tracefs is mode 0700): mounting again would not help,
+    // and "not mounted" would send the reader the wrong way.
+    if let Some((path, source)) = find_unreadable() {
+        return Err(Error::TracefsUnreadable { path, source });
+    }
     let target = PathBuf::from(CANDIDATES[0]);
     mount_tracefs(&target).map_err(|source| Error::TracefsUnavailable {
         path: target.clone(),
@@ -34,6 +39,19 @@ pub fn find_mounted() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.join("events").is_dir())
+}
+
+/// A candidate this process may not list (permission denied), with the error: tracefs is
+/// there, an unmounted candidate is an ordinary readable sysfs or debugfs directory.
+fn find_unreadable() -> Option<(PathBuf, std::io::Error)> {
+    CANDIDATES
+        .iter()
+        .find_map(|candidate| match std::fs::read_dir(candidate) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Some((PathBuf::from(candidate), e))
+            }
+            _ => None,
+        })
 }
 
 fn mount_tracefs(target: &Path) -> std::io::Result<()> {
