@@ -253,7 +253,12 @@ fn healthy() {
         for q in &snap.queries {
             eprintln!("  {} calls={} {}", q.id, q.calls, q.normalized);
         }
-        assert!(requests > 5000 && queries > 5000, "the workload was traced");
+        // The load runs ~60 requests/s (~4 300 in the 70 s); most of them must be traced.
+        let floor = 35 * HEALTHY_FOR.as_secs();
+        assert!(
+            requests > floor && queries > floor,
+            "the workload was traced: {requests} requests, {queries} queries (floor {floor})"
+        );
         assert!(snap.findings.is_empty(), "{:#?}", snap.findings);
     });
 }
