@@ -26,8 +26,15 @@ enum Command {
     Snapshot(oneshot::Sender<Arc<Snapshot>>),
     /// Apply what is queued, write the state that survives a restart, stop the pipeline.
     Stop(oneshot::Sender<()>),
-    /// New detector thresholds (a config reload), used from the next evaluation on.
-    Reconfigure(Box<crate::detect::DetectConfig>, oneshot::Sender<()>),
+    /// What a config reload changes live: detector thresholds (from the next evaluation on)
+    /// and route patterns (for requests from now on).
+    Reconfigure(Box<Reload>, oneshot::Sender<()>),
+}
+
+/// The parts of a config that apply without a restart.
+struct Reload {
+    detect: crate::detect::DetectConfig,
+    routes: herdwatch_protocol::route::RouteGrouper,
 }
 
 pub struct Agent {
@@ -147,13 +154,18 @@ impl Agent {
         Ok(())
     }
 
-    /// Applies a reloaded config's detector thresholds (`[detect.*]`) without touching the
-    /// kernel programs: the detectors keep what they have seen and judge it by the new
-    /// thresholds from their next evaluation on. `config` must have been validated.
+    /// Applies a reloaded config's detector thresholds (`[detect.*]`) and route patterns
+    /// without touching the kernel programs: the detectors keep what they have seen and judge
+    /// it by the new thresholds from their next evaluation on; requests from now on are
+    /// grouped by the new patterns. `config` must have been validated.
     pub async fn reconfigure(&self, config: &Config) -> Result<()> {
         let (tx, rx) = oneshot::channel();
+        let reload = Reload {
+            detect: config.detect.clone(),
+            routes: config.route_grouper(),
+        };
         self.commands
-            .send(Command::Reconfigure(Box::new(config.detect.clone()), tx))
+            .send(Command::Reconfigure(Box::new(reload), tx))
             .await
             .map_err(|_| Error::PipelineStopped)?;
         rx.await.map_err(|_| Error::PipelineStopped)
@@ -360,8 +372,11 @@ impl PipelineLoop {
                         snapshots.send_replace(snap.clone());
                         let _ = reply.send(snap);
                     }
-                    Some(Command::Reconfigure(detect, reply)) => {
-                        analysis.detectors.reconfigure(&detect);
+                    Some(Command::Reconfigure(reload, reply)) => {
+                        // Requests already queued were made under the old patterns.
+                        drain(events, sockets, state, analysis);
+                        analysis.detectors.reconfigure(&reload.detect);
+                        state.set_route_grouper(reload.routes);
                         let _ = reply.send(());
                     }
                     Some(Command::Stop(reply)) => {

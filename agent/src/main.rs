@@ -270,7 +270,7 @@ fn run(
 }
 
 /// SIGHUP: the config is read again (same file, environment and flags) and its detector
-/// thresholds applied without reloading the kernel programs. A config that does not load or
+/// thresholds and route patterns applied without reloading the kernel programs. A config that does not load or
 /// validate leaves the running one in place, with one error logged; keys that only a restart
 /// can apply (listeners, map sizes, exporters…) are named in a warning.
 async fn reload_config(
@@ -290,7 +290,7 @@ async fn reload_config(
         return;
     }
     let at_restart = keys_needing_a_restart(running, &new);
-    tracing::info!("SIGHUP: config reloaded; detector thresholds in effect");
+    tracing::info!("SIGHUP: config reloaded; detector thresholds and route patterns in effect");
     if !at_restart.is_empty() {
         tracing::warn!(
             "SIGHUP: {} changed and take(s) effect at the next restart",
@@ -300,7 +300,7 @@ async fn reload_config(
     *running = new;
 }
 
-/// Top-level keys other than `detect` whose values differ.
+/// Top-level keys whose values differ, other than those a reload applies.
 fn keys_needing_a_restart(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))
@@ -308,7 +308,8 @@ fn keys_needing_a_restart(old: &Config, new: &Config) -> Vec<String> {
         return Vec::new();
     };
     new.iter()
-        .filter(|(key, value)| key.as_str() != "detect" && old.get(key.as_str()) != Some(value))
+        .filter(|(key, _)| !["detect", "route_patterns"].contains(&key.as_str()))
+        .filter(|(key, value)| old.get(key.as_str()) != Some(value))
         .map(|(key, _)| key.clone())
         .collect()
 }

@@ -99,6 +99,12 @@ pub struct Aggregates {
 }
 
 impl Aggregates {
+    /// New route patterns (a config reload): requests from now on are grouped by them; routes
+    /// already counted keep their names (a series is never renamed under its counts).
+    pub fn set_route_grouper(&mut self, grouper: RouteGrouper) {
+        self.grouper = grouper;
+    }
+
     pub fn new(max_queries: usize, max_routes: usize, grouper: RouteGrouper) -> Self {
         Self {
             fingerprints: hashbrown::HashMap::default(),

@@ -337,6 +337,11 @@ impl PipelineState {
             .map(|m| m.stats)
     }
 
+    /// Route patterns from a config reload, used for requests from now on.
+    pub fn set_route_grouper(&mut self, grouper: herdwatch_protocol::route::RouteGrouper) {
+        self.aggregates.set_route_grouper(grouper);
+    }
+
     /// Writes what must survive a restart (the statement book) now: at shutdown.
     pub fn persist(&mut self) {
         self.connections.statement_book.save();

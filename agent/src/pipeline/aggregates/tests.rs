@@ -80,3 +80,23 @@ fn literals_group_and_the_limit_holds() {
     );
     assert!(v.iter().all(|s| !s.normalized.contains("= 1")));
 }
+
+#[test]
+fn reloaded_route_patterns_group_new_requests_and_leave_counted_routes_alone() {
+    use herdwatch_protocol::route::RoutePattern;
+    let mut a = Aggregates::new(8, 8, RouteGrouper::default());
+    let before = a.route_of("/api/users/alice");
+    let pattern = RoutePattern::parse("/api/users/{name}").expect("pattern");
+    a.set_route_grouper(RouteGrouper::new(vec![pattern]));
+    let after = a.route_of("/api/users/bob");
+    assert_eq!(&*after, "/api/users/{name}");
+    assert_ne!(
+        before, after,
+        "the first request was grouped before the reload"
+    );
+    assert_eq!(
+        &*a.route_of("/health"),
+        "/health",
+        "paths the patterns miss group as before"
+    );
+}
