@@ -125,6 +125,19 @@ pub async fn connect_to(target: &Target) -> Result<Client> {
         .max_decoding_message_size(ApiLimits::default().max_response_bytes))
 }
 
+/// The agent's snapshot stream at `target` (its current snapshot first, then each new
+/// one), for `top`'s live view and its `--record`.
+pub async fn watch_snapshots(
+    target: &Target,
+) -> Result<tonic::Streaming<pb::WatchSnapshotsResponse>> {
+    let mut api = connect_to(target).await?;
+    let answer = api
+        .watch_snapshots(pb::WatchSnapshotsRequest {})
+        .await
+        .map_err(|status| target.status_error(&status))?;
+    Ok(answer.into_inner())
+}
+
 /// How the CLI names the agent to ask: nothing (the local socket) or `--api` and its
 /// companions. Shared by every subcommand that reads the API.
 #[derive(Debug, Clone, Default, clap::Args)]

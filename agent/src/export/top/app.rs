@@ -25,16 +25,20 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// `herdwatch top` against the agent at `target` (its socket or its address), until `q`.
-pub fn run(target: Target) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// The single-threaded runtime every `top` mode runs on (one connection, one screen).
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| Error::Io {
             what: "starting the tokio runtime".into(),
             source,
-        })?;
-    runtime.block_on(async {
+        })
+}
+
+/// `herdwatch top` against the agent at `target` (its socket or its address), until `q`.
+pub fn run(target: Target) -> Result<()> {
+    runtime()?.block_on(async {
         let mut screen = Screen::enter()?;
         let (tx, mut rx) = mpsc::channel(4);
         let state = UiState::new(target.address());

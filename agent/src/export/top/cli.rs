@@ -13,7 +13,7 @@ use super::{
     state::{Pane, UiState},
 };
 use crate::{
-    error::{Error, Result},
+    error::Result,
     export::api::client::{self, ApiFlags, Target},
 };
 
@@ -69,13 +69,7 @@ pub fn main(args: &TopArgs, socket: Option<&Path>) -> Result<()> {
     if !args.print && args.record.is_none() {
         return app::run(target);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Io {
-            what: "starting the tokio runtime".into(),
-            source,
-        })?;
+    let runtime = app::runtime()?;
     if let Some(path) = &args.record {
         let snapshots = runtime.block_on(watch(&target, usize::from(args.snapshots)))?;
         recording::write(path, &snapshots)?;
@@ -119,12 +113,7 @@ async fn fetch(target: &Target) -> Result<pb::Snapshot> {
 
 /// The agent's current snapshot and the next ones, `count` in all, from its Watch stream.
 async fn watch(target: &Target, count: usize) -> Result<Vec<pb::Snapshot>> {
-    let mut api = client::connect_to(target).await?;
-    let answer = api
-        .watch_snapshots(pb::WatchSnapshotsRequest {})
-        .await
-        .map_err(|status| target.status_error(&status))?;
-    let mut stream = answer.into_inner();
+    let mut stream = client::watch_snapshots(target).await?;
     let mut snapshots: Vec<pb::Snapshot> = Vec::with_capacity(count);
     while snapshots.len() < count {
         let next = tokio::time::timeout(SNAPSHOT_WAIT, stream.message())

@@ -59,12 +59,7 @@ pub async fn follow(target: Target, tx: mpsc::Sender<FeedEvent>) {
 
 /// One connection: `Ok` only when the screen is gone; any end of the stream is an error.
 async fn watch(target: &Target, tx: &mpsc::Sender<FeedEvent>, attempt: &mut u32) -> Result<()> {
-    let mut api = client::connect_to(target).await?;
-    let answer = api
-        .watch_snapshots(pb::WatchSnapshotsRequest {})
-        .await
-        .map_err(|status| target.status_error(&status))?;
-    let mut stream = answer.into_inner();
+    let mut stream = client::watch_snapshots(target).await?;
     loop {
         match stream.message().await {
             Ok(Some(message)) => {
