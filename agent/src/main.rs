@@ -302,15 +302,19 @@ async fn reload_config(
 
 /// Top-level keys whose values differ, other than those a reload applies.
 fn keys_needing_a_restart(old: &Config, new: &Config) -> Vec<String> {
+    // The finding book's bound is under `detect` but sized at the start.
+    let book_bound = (old.detect.max_findings != new.detect.max_findings)
+        .then(|| "detect.max_findings".to_string());
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))
     else {
-        return Vec::new();
+        return book_bound.into_iter().collect();
     };
     new.iter()
         .filter(|(key, _)| !["detect", "route_patterns"].contains(&key.as_str()))
         .filter(|(key, value)| old.get(key.as_str()) != Some(value))
         .map(|(key, _)| key.clone())
+        .chain(book_bound)
         .collect()
 }
 
