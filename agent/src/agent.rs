@@ -6,7 +6,9 @@ use aya::Ebpf;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod analysis;
+mod exporters;
 use analysis::Analysis;
+use exporters::{ExporterCounters, Exporters, OtlpFeeds};
 
 use crate::{
     config::Config,
@@ -26,24 +28,29 @@ enum Command {
     Snapshot(oneshot::Sender<Arc<Snapshot>>),
     /// Apply what is queued, write the state that survives a restart, stop the pipeline.
     Stop(oneshot::Sender<()>),
-    /// What a config reload changes live: detector thresholds (from the next evaluation on)
-    /// and route patterns (for requests from now on).
-    Reconfigure(Box<Reload>, oneshot::Sender<()>),
+    /// What a config reload changes inside the pipeline: detector thresholds (from the next
+    /// evaluation on), route patterns (for requests from now on) and, when OTLP was
+    /// restarted, what it feeds on. The reply hands back the feeds replaced.
+    Reconfigure(
+        Box<Reload>,
+        oneshot::Sender<Vec<Box<dyn crate::model::RecordSink>>>,
+    ),
 }
 
 /// The parts of a config that apply without a restart.
 struct Reload {
     detect: crate::detect::DetectConfig,
     routes: herdwatch_protocol::route::RouteGrouper,
+    /// Some when OTLP was restarted (None inside: it is off now).
+    otlp: Option<Option<OtlpFeeds>>,
 }
 
 pub struct Agent {
     // The programs: detached when the agent is dropped (`loader::detach_all`).
     ebpf: Ebpf,
-    // Dropping it flushes and stops OTLP export.
-    _otlp: Option<crate::export::otlp::Otlp>,
-    // Dropping it removes the API socket file, so a stopped agent leaves nothing behind.
-    _api_socket: Option<crate::export::api::socket_file::SocketFile>,
+    // Dropping them stops the listeners, removes the API socket file (a stopped agent leaves
+    // nothing behind) and flushes OTLP.
+    exporters: Exporters,
     commands: mpsc::Sender<Command>,
     latest: watch::Receiver<Arc<Snapshot>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -78,10 +85,16 @@ impl Agent {
             inputs.socket_counters,
             config,
         )?;
-        let mut analysis = Analysis::new(config);
+        let counters = ExporterCounters::default();
+        let mut analysis = Analysis::new(config, &counters);
+        let mut exporters = Exporters::new(counters);
         // Exporters read snapshots from this channel; the first real one replaces the empty.
         let (snap_tx, latest) = watch::channel(Arc::new(Snapshot::default()));
-        let otlp = start_otlp(config, &mut state, &mut analysis, &latest)?;
+        if let Some((otlp, feeds)) = exporters.start_otlp(config, &latest)? {
+            state.subscribe(feeds.telemetry);
+            analysis.log_findings_to(Some(feeds.logs));
+            exporters.replace_otlp(Some(otlp));
+        }
         let first = analysis.snapshot(&mut state);
         let seeded = state.seed_existing_sockets();
         tracing::info!("tracing {seeded} sockets that were open before the agent started");
@@ -90,7 +103,13 @@ impl Agent {
         // this one: mark it seen before anyone clones the receiver.
         let mut latest = latest;
         latest.borrow_and_update();
-        let api_socket = serve_readers(config, tcp_api, &latest, &mut analysis, &mut tasks).await?;
+        if let Err(err) = exporters.serve_readers(config, tcp_api, &latest).await {
+            // The start fails: nothing it began may keep running behind it.
+            for task in &tasks {
+                task.abort();
+            }
+            return Err(err);
+        }
         // Statement texts from PostgreSQL itself, when a monitoring DSN is configured.
         let answers = match &config.postgres.monitor_dsn {
             Some(dsn) => {
@@ -114,8 +133,7 @@ impl Agent {
         tasks.push(tokio::spawn(pipeline.run(config.interval())));
         Ok(Self {
             ebpf,
-            _otlp: otlp,
-            _api_socket: api_socket,
+            exporters,
             commands,
             latest,
             tasks,
@@ -154,21 +172,47 @@ impl Agent {
         Ok(())
     }
 
-    /// Applies a reloaded config's detector thresholds (`[detect.*]`) and route patterns
-    /// without touching the kernel programs: the detectors keep what they have seen and judge
-    /// it by the new thresholds from their next evaluation on; requests from now on are
-    /// grouped by the new patterns. `config` must have been validated.
-    pub async fn reconfigure(&self, config: &Config) -> Result<()> {
+    /// Applies a reloaded config without touching the kernel programs: detector thresholds
+    /// (the detectors keep what they have seen and judge it by the new thresholds from their
+    /// next evaluation on), route patterns (for requests from now on), and the exporters
+    /// whose keys changed (OTLP, the API listeners, `/metrics`), restarted. `new` must have
+    /// been validated; `old` is the config running now. Returns the exporters restarted.
+    pub async fn reconfigure(&mut self, old: &Config, new: &Config) -> Result<Vec<&'static str>> {
+        // Started before anything changes: a bad OTLP setting leaves all as it was.
+        let otlp = if old.otlp != new.otlp {
+            Some(self.exporters.start_otlp(new, &self.latest)?)
+        } else {
+            None
+        };
+        let (otlp_handle, feeds) = match otlp {
+            Some(Some((handle, feeds))) => (Some(Some(handle)), Some(Some(feeds))),
+            Some(None) => (Some(None), Some(None)),
+            None => (None, None),
+        };
         let (tx, rx) = oneshot::channel();
         let reload = Reload {
-            detect: config.detect.clone(),
-            routes: config.route_grouper(),
+            detect: new.detect.clone(),
+            routes: new.route_grouper(),
+            otlp: feeds,
         };
         self.commands
             .send(Command::Reconfigure(Box::new(reload), tx))
             .await
             .map_err(|_| Error::PipelineStopped)?;
-        rx.await.map_err(|_| Error::PipelineStopped)
+        let replaced_feeds = rx.await.map_err(|_| Error::PipelineStopped)?;
+        let mut restarted = Vec::new();
+        if let Some(handle) = otlp_handle {
+            let replaced = self.exporters.replace_otlp(handle);
+            // Their flush waits up to the export timeout on a collector that is gone.
+            tokio::task::spawn_blocking(move || drop((replaced, replaced_feeds)));
+            restarted.push("OTLP");
+        }
+        restarted.extend(
+            self.exporters
+                .restart_readers(old, new, &self.latest)
+                .await?,
+        );
+        Ok(restarted)
     }
 
     /// The most recent periodic snapshot.
@@ -241,88 +285,6 @@ fn attach(config: &Config) -> Result<(Ebpf, Inputs, Vec<tokio::task::JoinHandle<
     Ok((ebpf, inputs, tasks))
 }
 
-/// Starts OTLP export when an endpoint is configured: its recorder subscribes to the
-/// pipeline's finished records, its log to the findings.
-fn start_otlp(
-    config: &Config,
-    state: &mut PipelineState,
-    analysis: &mut Analysis,
-    latest: &watch::Receiver<Arc<Snapshot>>,
-) -> Result<Option<crate::export::otlp::Otlp>> {
-    let resolved = config
-        .otlp
-        .resolve(|k| std::env::var(k).ok())
-        .map_err(|message| Error::Config {
-            origin: "otlp".into(),
-            message,
-        })?;
-    let Some((endpoint, transport)) = resolved else {
-        return Ok(None);
-    };
-    let (otlp, exporters) = crate::export::otlp::start(
-        &config.otlp,
-        &endpoint,
-        transport,
-        latest.clone(),
-        Arc::default(),
-    )?;
-    state.subscribe(Box::new(exporters.telemetry));
-    analysis.export_to(exporters.logs, exporters.counters);
-    tracing::info!("exporting OTLP metrics, spans and logs to {endpoint} ({transport:?})");
-    Ok(Some(otlp))
-}
-
-/// Starts the readers of published snapshots that serve others: the gRPC API on its socket
-/// and TCP listener (whose refusals, cut-off watchers and failed authentications join the
-/// agent's drops) and Prometheus `/metrics`. Returns the API socket's file, removed when
-/// dropped: an error after it was bound (a taken port) leaves no socket behind.
-async fn serve_readers(
-    config: &Config,
-    tcp_api: Option<crate::export::api::TcpApi>,
-    latest: &watch::Receiver<Arc<Snapshot>>,
-    analysis: &mut Analysis,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<Option<crate::export::api::socket_file::SocketFile>> {
-    let mut api_socket = None;
-    if config.api_socket.is_some() || tcp_api.is_some() {
-        let counters = Arc::new(crate::export::api::ApiCounters::default());
-        let served = crate::export::api::serve(
-            config.api_socket.as_deref(),
-            tcp_api,
-            latest.clone(),
-            crate::export::api::ApiLimits::default(),
-            counters.clone(),
-        )?;
-        tasks.extend(served.tasks);
-        api_socket = served.socket;
-        analysis.count_api_drops(counters);
-    }
-    if let Some(addr) = &config.prometheus_listen {
-        let counters = Arc::default();
-        let served = crate::export::http::serve(
-            addr,
-            latest.clone(),
-            config.interval(),
-            Arc::clone(&counters),
-        )
-        .await;
-        match served {
-            Ok(task) => {
-                tasks.push(task);
-                analysis.count_metrics_drops(counters);
-            }
-            Err(err) => {
-                // The start fails: nothing it began may keep serving behind it.
-                for task in tasks.iter() {
-                    task.abort();
-                }
-                return Err(err);
-            }
-        }
-    }
-    Ok(api_socket)
-}
-
 /// The one task that owns the pipeline state: it applies events as they come, and on each
 /// tick (or command) takes the accounting snapshot, completes it with the detectors' view
 /// and publishes it.
@@ -375,9 +337,21 @@ impl PipelineLoop {
                     Some(Command::Reconfigure(reload, reply)) => {
                         // Requests already queued were made under the old patterns.
                         drain(events, sockets, state, analysis);
-                        analysis.detectors.reconfigure(&reload.detect);
-                        state.set_route_grouper(reload.routes);
-                        let _ = reply.send(());
+                        let Reload { detect, routes, otlp } = *reload;
+                        analysis.detectors.reconfigure(&detect);
+                        state.set_route_grouper(routes);
+                        let replaced = match otlp {
+                            Some(feeds) => {
+                                let (sinks, logs) = match feeds {
+                                    Some(f) => (vec![f.telemetry], Some(f.logs)),
+                                    None => (Vec::new(), None),
+                                };
+                                analysis.log_findings_to(logs);
+                                state.replace_subscribers(sinks)
+                            }
+                            None => Vec::new(),
+                        };
+                        let _ = reply.send(replaced);
                     }
                     Some(Command::Stop(reply)) => {
                         drain(events, sockets, state, analysis);

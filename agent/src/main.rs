@@ -221,7 +221,7 @@ fn run(
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("listening for SIGHUP")?;
         let mut running = config.clone();
-        let agent = tokio::select! {
+        let mut agent = tokio::select! {
             agent = Agent::start(&config) => agent?,
             signal = stop.next() => {
                 tracing::info!("{signal} during the start: stopping");
@@ -256,7 +256,7 @@ fn run(
                         return Ok(true);
                     }
                 }
-                _ = hangup.recv() => reload_config(&agent, &mut running, reload).await,
+                _ = hangup.recv() => reload_config(&mut agent, &mut running, reload).await,
                 signal = stop.next() => {
                     tracing::info!("{signal}: stopping");
                     // Applies what is queued, flushes the exporters, detaches the programs
@@ -269,12 +269,14 @@ fn run(
     })
 }
 
-/// SIGHUP: the config is read again (same file, environment and flags) and its detector
-/// thresholds and route patterns applied without reloading the kernel programs. A config that does not load or
-/// validate leaves the running one in place, with one error logged; keys that only a restart
-/// can apply (listeners, map sizes, exporters…) are named in a warning.
+/// SIGHUP: the config is read again (same file, environment and flags) and applied without
+/// reloading the kernel programs: detector thresholds, route patterns, and the exporters
+/// (OTLP, the API listeners, `/metrics`) whose keys changed. A config that does not load or
+/// validate, or an exporter that does not start, leaves the running one in place with one
+/// error logged; keys that only a restart can apply (map sizes, intervals…) are named in a
+/// warning.
 async fn reload_config(
-    agent: &Agent,
+    agent: &mut Agent,
     running: &mut Config,
     reload: &dyn Fn() -> anyhow::Result<Config>,
 ) {
@@ -285,12 +287,22 @@ async fn reload_config(
             return;
         }
     };
-    if let Err(err) = agent.reconfigure(&new).await {
-        tracing::error!("SIGHUP: {err}");
-        return;
-    }
+    let restarted = match agent.reconfigure(running, &new).await {
+        Ok(restarted) => restarted,
+        Err(err) => {
+            tracing::error!("SIGHUP: {err}");
+            return;
+        }
+    };
     let at_restart = keys_needing_a_restart(running, &new);
-    tracing::info!("SIGHUP: config reloaded; detector thresholds and route patterns in effect");
+    let exporters = if restarted.is_empty() {
+        String::new()
+    } else {
+        format!("; restarted {}", restarted.join(", "))
+    };
+    tracing::info!(
+        "SIGHUP: config reloaded; detector thresholds and route patterns in effect{exporters}"
+    );
     if !at_restart.is_empty() {
         tracing::warn!(
             "SIGHUP: {} changed and take(s) effect at the next restart",
@@ -299,6 +311,20 @@ async fn reload_config(
     }
     *running = new;
 }
+
+/// Top-level keys a reload applies: the rest changed only take effect at a restart.
+const RELOADED_KEYS: [&str; 10] = [
+    "detect",
+    "route_patterns",
+    "otlp",
+    "api_socket",
+    "api_listen",
+    "api_tls_cert",
+    "api_tls_key",
+    "api_token_file",
+    "api_insecure",
+    "prometheus_listen",
+];
 
 /// Top-level keys whose values differ, other than those a reload applies.
 fn keys_needing_a_restart(old: &Config, new: &Config) -> Vec<String> {
@@ -311,7 +337,7 @@ fn keys_needing_a_restart(old: &Config, new: &Config) -> Vec<String> {
         return book_bound.into_iter().collect();
     };
     new.iter()
-        .filter(|(key, _)| !["detect", "route_patterns"].contains(&key.as_str()))
+        .filter(|(key, _)| !RELOADED_KEYS.contains(&key.as_str()))
         .filter(|(key, value)| old.get(key.as_str()) != Some(value))
         .map(|(key, _)| key.clone())
         .chain(book_bound)

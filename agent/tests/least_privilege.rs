@@ -1,8 +1,8 @@
 //! Least privilege, proven (issue 15, item 4 and defect 5): the agent as `nobody` holding
 //! exactly the four capabilities of `herdwatch::check::capabilities::NEEDED` traces a gunicorn
-//! pool run by another user (root) and its PostgreSQL queries, payloads included, and serves
-//! `/metrics` and its API; with any one of the four removed, `herdwatch check` fails and names
-//! that capability and what it is for.
+//! pool run by another user (root) and its PostgreSQL queries, payloads included, raises a
+//! finding naming that pool and route, and serves `/metrics` and its API; with any one of the
+//! four removed, `herdwatch check` fails and names that capability and what it is for.
 mod common;
 
 use std::{
@@ -142,7 +142,8 @@ fn nobody_with_the_four_capabilities_traces_pools_queries_and_serves_metrics() {
         &config,
         format!(
             "interval_ms = 500\napi_socket = {socket:?}\nprometheus_listen = \"127.0.0.1:{metrics_port}\"\n\
-             state_dir = {state_dir:?}\npostgres_ports = [{}]\n",
+             state_dir = {state_dir:?}\npostgres_ports = [{}]\n\
+             [detect.saturation]\ncpu = 0.01\nfor_s = 1\nrun_queue_ms_per_s_per_cpu = 1000000.0\n",
             pg.port
         ),
     )
@@ -196,6 +197,8 @@ fn nobody_with_the_four_capabilities_traces_pools_queries_and_serves_metrics() {
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = http_get(app_port, "/db");
+                // CPU for the saturation finding to name the pool and route by.
+                let _ = http_get(app_port, "/cpu");
             }
         })
     };
@@ -212,8 +215,6 @@ fn nobody_with_the_four_capabilities_traces_pools_queries_and_serves_metrics() {
             Err(_) => break,
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = load.join();
     eprintln!("as nobody: {seen:?}");
     assert_eq!(
         seen.pool_workers,
@@ -232,6 +233,47 @@ fn nobody_with_the_four_capabilities_traces_pools_queries_and_serves_metrics() {
         "GET /db requests counted: {seen:?}"
     );
 
+    // A finding, read over the API by the same unprivileged user without any capability:
+    // a saturation (at a threshold any host passes) naming the pool and the route whose CPU
+    // the kernel programs attributed.
+    let read_findings = || {
+        let out = as_nobody_with(&bin, &[])
+            .arg("--config")
+            .arg(&config)
+            .args(["findings", "--json"])
+            .output()
+            .expect("findings runs");
+        assert!(
+            out.status.success(),
+            "findings over the API: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("findings JSON")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let saturation = loop {
+        let findings = read_findings();
+        if let Some(f) = findings.into_iter().find(|f| {
+            f["kind"] == "saturation" && f["subject"]["pool"] == "gunicorn shop.app:app"
+        }) {
+            break f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no saturation finding naming the pool as nobody"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.join();
+    eprintln!("as nobody, a finding: {saturation:.400}");
+    assert!(
+        saturation["subject"]["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.ends_with("/cpu")))),
+        "the route burning CPU is named: {saturation}"
+    );
+
     let metrics = http_get(metrics_port, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics:.200}");
     assert!(
@@ -239,21 +281,6 @@ fn nobody_with_the_four_capabilities_traces_pools_queries_and_serves_metrics() {
         "/metrics carries the traced route:\n{metrics:.2000}"
     );
 
-    // The API, read by the same unprivileged user without any capability.
-    let findings = as_nobody_with(&bin, &[])
-        .arg("--config")
-        .arg(&config)
-        .args(["findings", "--json"])
-        .output()
-        .expect("findings runs");
-    assert!(
-        findings.status.success(),
-        "findings over the API: {}",
-        String::from_utf8_lossy(&findings.stderr)
-    );
-    let parsed: serde_json::Value =
-        serde_json::from_slice(&findings.stdout).expect("findings are JSON");
-    assert!(parsed.is_array() || parsed.is_object(), "{parsed}");
     drop(agent);
     drop(app);
 }

@@ -344,18 +344,13 @@ fn connections_held_past_the_descriptor_limit_neither_spin_the_agent_nor_lock_it
 /// The bound the issue sets: a service manager waits this long before it kills.
 const STOP_BOUND: Duration = Duration::from_secs(2);
 
-#[test]
-fn sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_socket() {
-    if !common::kernel_available(
-        "lifecycle::sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_socket",
-    ) {
-        return;
-    }
-    // An OTLP/HTTP receiver counting metric exports. The agent's export interval is far
-    // longer than the test: the only export it can see is the final flush at the stop.
+/// An OTLP/HTTP receiver on `runtime` counting the metric exports it is sent: its port and
+/// the count.
+fn otlp_receiver(
+    runtime: &tokio::runtime::Runtime,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let receiver_port = common::free_port();
     let exports = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let runtime = common::runtime();
     let counted = exports.clone();
     runtime.spawn(async move {
         let app = axum::Router::new().route(
@@ -377,6 +372,20 @@ fn sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_soc
             .expect("bind");
         let _ = axum::serve(listener, app).await;
     });
+    (receiver_port, exports)
+}
+
+#[test]
+fn sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_socket() {
+    if !common::kernel_available(
+        "lifecycle::sigterm_stops_the_agent_within_two_seconds_flushing_otlp_and_removing_its_socket",
+    ) {
+        return;
+    }
+    // The agent's export interval is far longer than the test: the only export the receiver
+    // can see is the final flush at the stop.
+    let runtime = common::runtime();
+    let (receiver_port, exports) = otlp_receiver(&runtime);
     let scene = Scene::new(common::free_port());
     let mut config = std::fs::read_to_string(&scene.config).expect("config");
     config.push_str(&format!(
@@ -446,17 +455,6 @@ fn sighup_changes_a_detector_threshold_live_and_a_bad_config_keeps_the_old_one()
         // SAFETY: signalling our own child.
         unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
     };
-    let wait_log = |agent: &Agent, line: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.stderr().contains(line) {
-            assert!(
-                Instant::now() < deadline,
-                "no {line:?}:\n{}",
-                agent.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
 
     // A config that does not parse: refused, the agent runs on with the old thresholds.
     std::fs::write(&scene.config, format!("{base}interval_ms = \"soon\"\n")).expect("config");
@@ -496,4 +494,112 @@ fn sighup_changes_a_detector_threshold_live_and_a_bad_config_keeps_the_old_one()
     );
     let (_, status) = agent.stop_with(libc::SIGTERM);
     assert_eq!(status.code(), Some(0), "{}", agent.stderr());
+}
+
+/// Waits (at most 20 s) until the agent's log holds `line`.
+fn wait_log(agent: &Agent, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.stderr().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?}:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `/metrics` answers on `port` with the agent's own series.
+fn serves_metrics(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        && common::http_get(port, "/metrics").contains("herdwatch_agent")
+}
+
+/// SIGHUP restarts the exporters whose keys changed without reloading the programs: OTLP
+/// turned on starts exporting, `/metrics` moves to its new port (the old one closes), the API
+/// socket moves to its new path (the old file is removed). A new `/metrics` address that is
+/// taken leaves the running one serving, with one error logged.
+#[test]
+fn sighup_restarts_the_exporters_whose_keys_changed() {
+    if !common::kernel_available("lifecycle::sighup_restarts_the_exporters_whose_keys_changed") {
+        return;
+    }
+    let runtime = common::runtime();
+    let (receiver_port, exports) = otlp_receiver(&runtime);
+    let first_port = common::free_port();
+    let scene = Scene::new(first_port);
+    let base = std::fs::read_to_string(&scene.config).expect("config");
+    let mut agent = scene.spawn("agent.log");
+    agent.wait_serving(&scene.socket);
+    assert!(serves_metrics(first_port), "{}", agent.stderr());
+
+    let moved_socket = scene.dir.path().join("run/moved.sock");
+    let second_port = common::free_port();
+    let moved = base
+        .replace(
+            &format!("127.0.0.1:{first_port}"),
+            &format!("127.0.0.1:{second_port}"),
+        )
+        .replace(
+            &scene.socket.display().to_string(),
+            &moved_socket.display().to_string(),
+        );
+    std::fs::write(
+        &scene.config,
+        format!(
+            "{moved}[otlp]\nendpoint = \"http://127.0.0.1:{receiver_port}\"\nprotocol = \"http/protobuf\"\ninterval_ms = 500\n"
+        ),
+    )
+    .expect("config");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    wait_log(&agent, "restarted OTLP, API, /metrics");
+    agent.wait_serving(&moved_socket);
+    assert!(!scene.socket.exists(), "the old API socket is removed");
+    assert!(serves_metrics(second_port), "{}", agent.stderr());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", first_port)).is_err(),
+        "the old /metrics port is closed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exports.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "OTLP turned on by the reload never exported:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A taken address: the reload fails, the running /metrics stays.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port();
+    let config = std::fs::read_to_string(&scene.config).expect("config");
+    std::fs::write(
+        &scene.config,
+        config.replace(
+            &format!("127.0.0.1:{second_port}"),
+            &format!("127.0.0.1:{taken_port}"),
+        ),
+    )
+    .expect("config");
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    wait_log(&agent, "binding the Prometheus endpoint");
+    assert!(serves_metrics(second_port), "{}", agent.stderr());
+    agent.wait_serving(&moved_socket);
+
+    let log = agent.stderr();
+    assert_eq!(
+        log.matches(ATTACHED).count(),
+        1,
+        "the programs were loaded once, not reloaded:\n{log}"
+    );
+    let (_, status) = agent.stop_with(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
+    assert!(
+        !moved_socket.exists(),
+        "the moved socket is removed at exit"
+    );
+    assert!(!agent.stderr().contains("panicked"), "{}", agent.stderr());
 }

@@ -27,7 +27,7 @@ pub(super) struct Analysis {
 }
 
 impl Analysis {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, counters: &super::ExporterCounters) -> Self {
         let mut detectors = Detectors::new(&config.detect);
         if let Some(dir) = config.state_dir() {
             detectors.keep_findings_in(dir);
@@ -35,26 +35,16 @@ impl Analysis {
         Self {
             detectors,
             logs: None,
-            export_counters: None,
-            api_counters: None,
-            metrics_counters: None,
+            // The counters stay zero while their exporter is off.
+            export_counters: Some(counters.otlp.clone()),
+            api_counters: Some(counters.api.clone()),
+            metrics_counters: Some(counters.metrics.clone()),
         }
     }
 
-    /// OTLP is on: findings are logged and its losses counted from now on.
-    pub fn export_to(&mut self, logs: FindingLogger, counters: Arc<ExportCounters>) {
-        self.logs = Some(logs);
-        self.export_counters = Some(counters);
-    }
-
-    /// The API is on: what it refuses or cuts off is counted from now on.
-    pub fn count_api_drops(&mut self, counters: Arc<ApiCounters>) {
-        self.api_counters = Some(counters);
-    }
-
-    /// `/metrics` is on: what it refuses, and its failed accepts, are counted from now on.
-    pub fn count_metrics_drops(&mut self, counters: Arc<ConnectionCounters>) {
-        self.metrics_counters = Some(counters);
+    /// Finding occurrences and resolutions go to `logs` from now on (None: OTLP is off).
+    pub fn log_findings_to(&mut self, logs: Option<FindingLogger>) {
+        self.logs = logs;
     }
 
     /// The pipeline's accounting snapshot, completed: findings, pool events and export

@@ -141,6 +141,15 @@ impl Aggregates {
         self.sinks.push(sink);
     }
 
+    /// Hands every finished exchange and query to `sinks` from now on; returns the
+    /// subscribers they replace.
+    pub fn replace_subscribers(
+        &mut self,
+        sinks: Vec<Box<dyn RecordSink>>,
+    ) -> Vec<Box<dyn RecordSink>> {
+        std::mem::replace(&mut self.sinks, sinks)
+    }
+
     /// Whether a subscriber wants the queries of each exchange (spans).
     pub fn wants_query_spans(&self) -> bool {
         self.sinks.iter().any(|s| s.wants_query_spans())

@@ -90,6 +90,16 @@ impl PipelineState {
         self.pools_generation = u64::MAX;
     }
 
+    /// Hands finished records to `sinks` instead of the subscribers so far, which are
+    /// returned (an exporter restarted by a reload).
+    pub fn replace_subscribers(
+        &mut self,
+        sinks: Vec<Box<dyn RecordSink>>,
+    ) -> Vec<Box<dyn RecordSink>> {
+        self.pools_generation = u64::MAX;
+        self.aggregates.replace_subscribers(sinks)
+    }
+
     /// Tells the aggregates which pool each pool process belongs to, and the subscribers
     /// each pool's name (an exporter gives each pool its own service).
     fn name_pools(&mut self) {
