@@ -304,6 +304,9 @@ async fn serve_readers(
             latest.clone(),
             config.interval(),
             Arc::clone(&counters),
+            Arc::new(crate::export::resource::PoolNaming::new(
+                config.otlp.services.clone(),
+            )),
         )
         .await;
         match served {
