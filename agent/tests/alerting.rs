@@ -258,6 +258,13 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
             "{firing:#}"
         );
         assert_eq!(firing["labels"]["severity"], "critical");
+        // The pool by its service name, the `job` of its series (docs/metrics.md), and the
+        // dashboard that shows it.
+        assert_eq!(firing["labels"]["pool"], "checkout.app", "{firing:#}");
+        assert_eq!(
+            firing["annotations"]["dashboard_url"],
+            "/d/herdwatch-pool-detail?var-pool=checkout.app"
+        );
         assert!(
             firing["labels"]["query"]
                 .as_str()
