@@ -429,11 +429,13 @@ fn same_series_on_both_paths(received: &Received, metrics_port: u16) {
                 pool_scraped.len() >= 8,
                 "the pool's workers, CPU and routes: {pool_scraped:#?}"
             );
+            // `<host>/<pool name>`; the name gains ` on <address>` when another shop.app pool
+            // runs on this host (twins told apart).
             let instance = format!("{}/gunicorn shop.app:app", hostname());
             assert!(
                 pool_scraped
                     .iter()
-                    .all(|(_, l)| l.get("instance") == Some(&instance)),
+                    .all(|(_, l)| l.get("instance").is_some_and(|i| i.starts_with(&instance))),
                 "{pool_scraped:#?}"
             );
             return;
@@ -544,15 +546,17 @@ fn run(protocol: &str) {
             .and_then(|rm| rm.resource.clone())
             .expect("the agent's own resource");
         assert_eq!(attr(&agent_resource.attributes, "process.pid"), std::process::id().to_string());
+        assert_eq!(attr(&agent_resource.attributes, "service.instance.id"), hostname(), "one agent per host");
         for key in ["host.name", "host.id"] {
             assert!(!attr(&agent_resource.attributes, key).is_empty(), "agent resource lacks {key}");
         }
+        // This test's pool by its master (another shop.app may run on the host meanwhile).
         let pool = resources
             .values()
-            .find(|rm| rm.resource.as_ref().is_some_and(|r| attr(&r.attributes, "service.name") == "shop.app"))
-            .expect("a resource for the gunicorn pool, named by its app module");
+            .find(|rm| rm.resource.as_ref().is_some_and(|r| attr(&r.attributes, "process.pid") == app_master.to_string()))
+            .expect("a resource for the gunicorn pool, with its master's pid");
         let pool_attrs = &pool.resource.as_ref().expect("resource").attributes;
-        assert_eq!(attr(pool_attrs, "process.pid"), app_master.to_string(), "the pool's master");
+        assert_eq!(attr(pool_attrs, "service.name"), "shop.app", "named by its app module");
         assert!(attr(pool_attrs, "process.command_args").contains("shop.app:app"), "{pool_attrs:?}");
         assert!(!attr(pool_attrs, "host.name").is_empty());
         let pool_metrics: Vec<Metric> = pool.scope_metrics.iter().flat_map(|sm| sm.metrics.clone()).collect();
@@ -646,13 +650,30 @@ fn run(protocol: &str) {
         same_series_on_both_paths(&received, metrics_port);
         // And on the status code of the HTTP histogram, with the pool that served it.
         let body = get(metrics_port, "/metrics");
-        let broken_series = format!(
-            "http_server_request_duration_seconds_count{{job=\"shop.app\",instance=\"{}/gunicorn shop.app:app\",http_request_method=\"GET\",http_route=\"/broken\",http_response_status_code=\"500\"}}",
-            hostname()
-        );
-        assert!(
-            body.lines().any(|l| l == format!("{broken_series} {broken}")),
-            "/metrics lacks {broken_series} {broken}"
+        // The pool's instance is `<host>/<pool name>`; the name gains ` on <address>` when
+        // another shop.app pool runs on this host (twins told apart).
+        let instances = [
+            format!("{}/gunicorn shop.app:app", hostname()),
+            format!("{}/gunicorn shop.app:app on 127.0.0.1:{app_port}", hostname()),
+        ];
+        let broken_series: Vec<&str> = body
+            .lines()
+            .filter(|l| {
+                instances.iter().any(|i| {
+                    l.starts_with(&format!(
+                        "http_server_request_duration_seconds_count{{job=\"shop.app\",instance=\"{i}\",http_request_method=\"GET\",http_route=\"/broken\",http_response_status_code=\"500\"}} "
+                    ))
+                })
+            })
+            .collect();
+        assert_eq!(
+            broken_series
+                .iter()
+                .map(|l| l.rsplit_once(' ').map(|(_, v)| v))
+                .collect::<Vec<_>>(),
+            [Some(broken.to_string().as_str())],
+            "/metrics' /broken series: {:#?}",
+            body.lines().filter(|l| l.contains("/broken")).collect::<Vec<_>>()
         );
         drop(agent);
     });

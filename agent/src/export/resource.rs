@@ -107,6 +107,12 @@ pub fn agent(env: &dyn Fn(&str) -> Option<String>) -> Resource {
         });
     let own_cgroup = crate::procs::cgroup::of_pid(std::process::id()).map(|c| c.path);
     let mut attrs = host_attributes();
+    // One agent per host: the host names the instance, so after OTLP→Prometheus the agent's
+    // series carry `instance` (rules aggregate `by (instance)`) as scraped ones do.
+    attrs.push(KeyValue::new(
+        "service.instance.id",
+        crate::host::hostname(),
+    ));
     attrs.push(KeyValue::new("process.pid", i64::from(std::process::id())));
     attrs.extend(container_attributes(own_cgroup.as_deref()));
     // The agent's pod: the downward API is the truth for it, cgroup parsing a fallback.
