@@ -485,6 +485,39 @@ mod tests {
         }
     }
 
+    /// The example: a uvicorn pool's route is labelled with the pool's OTLP
+    /// `service.name` as `job` and its `service.instance.id` as `instance`, as the
+    /// OTLP→Prometheus translation labels the same series; `[otlp.services]` renames both.
+    #[test]
+    fn a_pools_series_carry_the_job_and_instance_of_its_otlp_resource() {
+        let route = RouteStats {
+            pool: "uvicorn billing_async:app".into(),
+            method: "GET".into(),
+            route: "/invoices/{id}".into(),
+            cpu_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let snap = Snapshot {
+            routes: vec![route],
+            ..Default::default()
+        };
+        for (services, job) in [
+            (std::collections::BTreeMap::new(), "billing_async"),
+            (
+                [("billing_async:app".to_string(), "billing".to_string())].into(),
+                "billing",
+            ),
+        ] {
+            let naming = PoolNaming::on_host(services, "node-a".into());
+            let text = render(&snap, &naming);
+            let want = format!(
+                "herdwatch_route_cpu_time_seconds_total{{job=\"{job}\",instance=\"node-a/uvicorn billing_async:app\",http_request_method=\"GET\",http_route=\"/invoices/{{id}}\"}} 1"
+            );
+            assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+            assert!(!text.contains("service_name"), "{text}");
+        }
+    }
+
     #[test]
     fn query_records_the_detectors_missed_reach_the_drops_family() {
         let mut snap = Snapshot::default();
