@@ -180,7 +180,7 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{}]\n\
              alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n\
-             scrape_configs:\n  - job_name: herdwatch\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n",
+             scrape_configs:\n  - job_name: herdwatch\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n",
             rules.display()
         ),
     )
@@ -258,6 +258,13 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
             "{firing:#}"
         );
         assert_eq!(firing["labels"]["severity"], "critical");
+        // The pool by its service name, the `job` of its series (docs/metrics.md), and the
+        // dashboard that shows it.
+        assert_eq!(firing["labels"]["pool"], "checkout.app", "{firing:#}");
+        assert_eq!(
+            firing["annotations"]["dashboard_url"],
+            "/d/herdwatch-pool-detail?var-pool=checkout.app"
+        );
         assert!(
             firing["labels"]["query"]
                 .as_str()

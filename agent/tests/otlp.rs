@@ -272,6 +272,187 @@ fn prometheus_families(port: u16) -> BTreeSet<String> {
     families
 }
 
+type Labels = BTreeMap<String, String>;
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string()
+}
+
+/// The series the OTLP→Prometheus translation makes of the latest exports, written here from
+/// the OpenTelemetry spec ("Prometheus and OpenMetrics Compatibility"), independently of the
+/// agent: a resource's `service.name` (behind `service.namespace/` when set) becomes `job`,
+/// its `service.instance.id` `instance`, every data-point attribute a label with `.` → `_`.
+fn translated_series(received: &Received) -> BTreeSet<(String, Labels)> {
+    let mut series = BTreeSet::new();
+    for rm in latest_by_resource(received).values() {
+        let attrs = rm
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.clone())
+            .unwrap_or_default();
+        let mut target = Labels::new();
+        let (namespace, name) = (
+            attr(&attrs, "service.namespace"),
+            attr(&attrs, "service.name"),
+        );
+        let job = if namespace.is_empty() {
+            name
+        } else {
+            format!("{namespace}/{name}")
+        };
+        target.insert("job".into(), job);
+        let instance = attr(&attrs, "service.instance.id");
+        if !instance.is_empty() {
+            target.insert("instance".into(), instance);
+        }
+        for m in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+            let points: Vec<&[KeyValue]> = match &m.data {
+                Some(Data::Histogram(h)) => {
+                    h.data_points.iter().map(|p| &p.attributes[..]).collect()
+                }
+                Some(Data::Sum(s)) => s.data_points.iter().map(|p| &p.attributes[..]).collect(),
+                Some(Data::Gauge(g)) => g.data_points.iter().map(|p| &p.attributes[..]).collect(),
+                _ => Vec::new(),
+            };
+            for point in points {
+                let mut labels = target.clone();
+                for a in point {
+                    labels.insert(a.key.replace('.', "_"), text(&a.value));
+                }
+                series.insert((prometheus_name(m), labels));
+            }
+        }
+    }
+    series
+}
+
+/// The series `/metrics` shows as Prometheus stores them with `honor_labels: true` in a scrape
+/// job named `herdwatch`: a series without `job` takes the scrape job's. Histograms by family
+/// (no `le`, no `_bucket`/`_sum`/`_count`).
+fn exposed_series(port: u16) -> BTreeSet<(String, Labels)> {
+    let body = get(port, "/metrics");
+    let mut series = BTreeSet::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let Some((name, rest)) = line.split_once('{') else {
+            if let Some((name, _)) = line.split_once(' ')
+                && !name.starts_with("HTTP/")
+                && !name.contains(':')
+            {
+                let labels = Labels::from([("job".into(), "herdwatch".into())]);
+                series.insert((name.to_string(), labels));
+            }
+            continue;
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|base| body.contains(&format!("# TYPE {base} histogram")))
+            .unwrap_or(name);
+        let mut labels = parse_labels(rest);
+        labels.remove("le");
+        labels
+            .entry("job".into())
+            .or_insert_with(|| "herdwatch".into());
+        series.insert((family.to_string(), labels));
+    }
+    series
+}
+
+/// `k="v",…}` of an exposition line, with the format's escapes.
+fn parse_labels(text: &str) -> Labels {
+    let mut labels = Labels::new();
+    let mut chars = text.chars();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() || key.starts_with('}') {
+            return labels;
+        }
+        assert_eq!(chars.next(), Some('"'), "{text}");
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(c) => value.push(c),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_string(), value);
+    }
+}
+
+/// The documented differences: the agent's series get `instance` from the scrape target (an
+/// address) on one path and none on the other, and OTLP's query histogram also splits failed
+/// queries by `db.response.status_code` (semantic conventions) where `/metrics` does not.
+fn comparable(series: BTreeSet<(String, Labels)>) -> BTreeSet<(String, Labels)> {
+    series
+        .into_iter()
+        .map(|(family, mut labels)| {
+            if labels.get("job").is_some_and(|j| j == "herdwatch") {
+                labels.remove("instance");
+            }
+            if family == "db_client_operation_duration_seconds" {
+                labels.remove("db_response_status_code");
+            }
+            (family, labels)
+        })
+        .collect()
+}
+
+/// Every series, with the labels dashboards and rules select on, is the same on `/metrics` and
+/// on OTLP after the translation; the pool's exactly, `instance` included. Values move between
+/// an export and a scrape, label sets settle: compare until they agree or 15 s pass.
+fn same_series_on_both_paths(received: &Received, metrics_port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let translated = translated_series(received);
+        let exposed = exposed_series(metrics_port);
+        let pool = |s: &BTreeSet<(String, Labels)>| -> BTreeSet<(String, Labels)> {
+            s.iter()
+                .filter(|(_, l)| l.get("job").is_some_and(|j| j == "shop.app"))
+                .cloned()
+                .collect()
+        };
+        let (pool_otlp, pool_scraped) = (pool(&translated), pool(&exposed));
+        let (otlp, scraped) = (comparable(translated), comparable(exposed));
+        if pool_otlp == pool_scraped && otlp == scraped {
+            assert!(
+                pool_scraped.len() >= 8,
+                "the pool's workers, CPU and routes: {pool_scraped:#?}"
+            );
+            // `<host>/<pool name>`; the name gains ` on <address>` when another shop.app pool
+            // runs on this host (twins told apart).
+            let instance = format!("{}/gunicorn shop.app:app", hostname());
+            assert!(
+                pool_scraped
+                    .iter()
+                    .all(|(_, l)| l.get("instance").is_some_and(|i| i.starts_with(&instance))),
+                "{pool_scraped:#?}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "label sets differ.\nthe pool's only on OTLP: {:#?}\nonly on /metrics: {:#?}\n\
+             all only on OTLP: {:#?}\nonly on /metrics: {:#?}",
+            pool_otlp.difference(&pool_scraped).collect::<Vec<_>>(),
+            pool_scraped.difference(&pool_otlp).collect::<Vec<_>>(),
+            otlp.difference(&scraped).collect::<Vec<_>>(),
+            scraped.difference(&otlp).collect::<Vec<_>>(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// PostgreSQL with the shop schema and the shop under gunicorn with `workers` workers.
 fn shop(workers: u32) -> (Postgres, Proc, u16) {
     let pg = Postgres::start();
@@ -322,33 +503,40 @@ fn run(protocol: &str) {
         .await
         .expect("load");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let metrics = loop {
+        // The pool's and the agent's resources export on their own clocks; wait for both.
+        let errors_42p01 = |metrics: &[Metric]| {
+            metrics.iter().any(|m| {
+                m.name == "herdwatch.db.client.errors"
+                    && matches!(&m.data, Some(Data::Sum(s)) if s.data_points.iter().any(|p| {
+                        p.attributes.iter().any(|a| a.key == "db.response.status_code" && text(&a.value) == "42P01")
+                    }))
+            })
+        };
+        let broken_500 = |metrics: &[Metric]| {
+            histogram_count(
+                metrics,
+                "http.server.request.duration",
+                &[("http.route", "/broken"), ("http.response.status_code", "500")],
+            )
+        };
+        loop {
             let m = latest_metrics(&received);
             let http = histogram_count(&m, "http.server.request.duration", &[("http.route", "/orders/{id}")]);
             let db = histogram_count(&m, "db.client.operation.duration", &[("db.query.summary", "SELECT orders")]);
-            if http == orders && db == orders {
-                break m;
+            let (status, errors) = (broken_500(&m), errors_42p01(&m));
+            if http == orders && db == orders && status == broken && errors {
+                break;
             }
             assert!(
                 Instant::now() < deadline,
-                "OTLP never showed {orders} requests and queries (http {http}, db {db}); {} exports",
+                "OTLP never showed {orders} requests and queries (http {http}, db {db}), {broken} \
+                 answered 500 ({status}: status codes ride on the HTTP histogram) and SQLSTATE \
+                 42P01 counted ({errors}); {} exports",
                 received.0.lock().expect("lock").len()
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        let broken_500 = histogram_count(
-            &metrics,
-            "http.server.request.duration",
-            &[("http.route", "/broken"), ("http.response.status_code", "500")],
-        );
-        assert_eq!(broken_500, broken, "status codes ride on the HTTP histogram");
-        let errors = metrics.iter().any(|m| {
-            m.name == "herdwatch.db.client.errors"
-                && matches!(&m.data, Some(Data::Sum(s)) if s.data_points.iter().any(|p| {
-                    p.attributes.iter().any(|a| a.key == "db.response.status_code" && text(&a.value) == "42P01")
-                }))
-        });
-        assert!(errors, "SQLSTATE 42P01 counted");
+        }
+        let metrics = latest_metrics(&received);
         // Resources: the agent is one service, the gunicorn pool another, named by its app
         // module and carrying its master process; the pool's requests are recorded there.
         let resources = latest_by_resource(&received);
@@ -358,15 +546,17 @@ fn run(protocol: &str) {
             .and_then(|rm| rm.resource.clone())
             .expect("the agent's own resource");
         assert_eq!(attr(&agent_resource.attributes, "process.pid"), std::process::id().to_string());
+        assert_eq!(attr(&agent_resource.attributes, "service.instance.id"), hostname(), "one agent per host");
         for key in ["host.name", "host.id"] {
             assert!(!attr(&agent_resource.attributes, key).is_empty(), "agent resource lacks {key}");
         }
+        // This test's pool by its master (another shop.app may run on the host meanwhile).
         let pool = resources
             .values()
-            .find(|rm| rm.resource.as_ref().is_some_and(|r| attr(&r.attributes, "service.name") == "shop.app"))
-            .expect("a resource for the gunicorn pool, named by its app module");
+            .find(|rm| rm.resource.as_ref().is_some_and(|r| attr(&r.attributes, "process.pid") == app_master.to_string()))
+            .expect("a resource for the gunicorn pool, with its master's pid");
         let pool_attrs = &pool.resource.as_ref().expect("resource").attributes;
-        assert_eq!(attr(pool_attrs, "process.pid"), app_master.to_string(), "the pool's master");
+        assert_eq!(attr(pool_attrs, "service.name"), "shop.app", "named by its app module");
         assert!(attr(pool_attrs, "process.command_args").contains("shop.app:app"), "{pool_attrs:?}");
         assert!(!attr(pool_attrs, "host.name").is_empty());
         let pool_metrics: Vec<Metric> = pool.scope_metrics.iter().flat_map(|sm| sm.metrics.clone()).collect();
@@ -455,12 +645,35 @@ fn run(protocol: &str) {
         let scraped = prometheus_families(metrics_port);
         eprintln!("OTLP (translated): {otlp:?}\nPrometheus: {scraped:?}");
         assert_eq!(otlp, scraped, "OTLP and /metrics disagree on names");
+        // And on the labels: the pool's series are selected by the same label set on both
+        // paths, the agent's too (but for `instance`, the scrape target's address there).
+        same_series_on_both_paths(&received, metrics_port);
         // And on the status code of the HTTP histogram, with the pool that served it.
         let body = get(metrics_port, "/metrics");
-        let broken_series = "http_server_request_duration_seconds_count{service_name=\"gunicorn shop.app:app\",http_request_method=\"GET\",http_route=\"/broken\",http_response_status_code=\"500\"}";
-        assert!(
-            body.lines().any(|l| l == format!("{broken_series} {broken}")),
-            "/metrics lacks {broken_series} {broken}"
+        // The pool's instance is `<host>/<pool name>`; the name gains ` on <address>` when
+        // another shop.app pool runs on this host (twins told apart).
+        let instances = [
+            format!("{}/gunicorn shop.app:app", hostname()),
+            format!("{}/gunicorn shop.app:app on 127.0.0.1:{app_port}", hostname()),
+        ];
+        let broken_series: Vec<&str> = body
+            .lines()
+            .filter(|l| {
+                instances.iter().any(|i| {
+                    l.starts_with(&format!(
+                        "http_server_request_duration_seconds_count{{job=\"shop.app\",instance=\"{i}\",http_request_method=\"GET\",http_route=\"/broken\",http_response_status_code=\"500\"}} "
+                    ))
+                })
+            })
+            .collect();
+        assert_eq!(
+            broken_series
+                .iter()
+                .map(|l| l.rsplit_once(' ').map(|(_, v)| v))
+                .collect::<Vec<_>>(),
+            [Some(broken.to_string().as_str())],
+            "/metrics' /broken series: {:#?}",
+            body.lines().filter(|l| l.contains("/broken")).collect::<Vec<_>>()
         );
         drop(agent);
     });

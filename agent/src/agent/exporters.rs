@@ -149,11 +149,13 @@ impl Exporters {
         let Some(addr) = &config.prometheus_listen else {
             return Ok(None);
         };
+        let naming = crate::export::resource::PoolNaming::new(config.otlp.services.clone());
         let task = crate::export::http::serve(
             addr,
             latest.clone(),
             config.interval(),
             self.counters.metrics.clone(),
+            Arc::new(naming),
         )
         .await?;
         Ok(Some(task))
@@ -161,7 +163,7 @@ impl Exporters {
 
     /// Restarts the API listeners when their keys changed, or when a TCP listener is on (so
     /// a reload re-reads a rotated certificate, key or token), and `/metrics` when its
-    /// address changed. Everything that can be checked is checked before anything running
+    /// address or the pools' service names changed. Everything that can be checked is checked before anything running
     /// stops; a new listener that cannot bind leaves the old one serving (`/metrics`) or
     /// brings the old one back (the API, whose socket path or port it may share).
     pub async fn restart_readers(
@@ -198,11 +200,19 @@ impl Exporters {
             }
             restarted.push("API");
         }
-        if old.prometheus_listen != new.prometheus_listen {
-            // Bound before the old one stops: an address that is taken changes nothing.
-            let metrics = self.serve_metrics(new, latest).await?;
-            if let Some(old_task) = std::mem::replace(&mut self.metrics, metrics) {
+        // The series' job and instance labels come from the OTLP service naming.
+        let same_address = old.prometheus_listen == new.prometheus_listen;
+        if !same_address || old.otlp.services != new.otlp.services {
+            if same_address && let Some(old_task) = self.metrics.take() {
+                // The same address: the old listener must close before the new one binds.
                 stop(old_task).await;
+                self.metrics = self.serve_metrics(new, latest).await?;
+            } else {
+                // Bound before the old one stops: an address that is taken changes nothing.
+                let metrics = self.serve_metrics(new, latest).await?;
+                if let Some(old_task) = std::mem::replace(&mut self.metrics, metrics) {
+                    stop(old_task).await;
+                }
             }
             restarted.push("/metrics");
         }

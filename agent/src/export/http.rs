@@ -17,6 +17,7 @@ use super::{
     health::Readiness,
     listen::{AdmittedConnections, ConnectionCounters},
     prometheus,
+    resource::PoolNaming,
 };
 use crate::{
     error::{Error, Result},
@@ -48,6 +49,7 @@ pub async fn serve(
     latest: watch::Receiver<Arc<Snapshot>>,
     interval: Duration,
     counters: Arc<ConnectionCounters>,
+    naming: Arc<PoolNaming>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -55,7 +57,9 @@ pub async fn serve(
             what: format!("binding the Prometheus endpoint on {addr} (set prometheus_listen)"),
             source,
         })?;
-    Ok(serve_on(listener, addr, latest, interval, counters, BOUNDS))
+    Ok(serve_on(
+        listener, addr, latest, interval, counters, BOUNDS, naming,
+    ))
 }
 
 /// Serves on a bound `listener` (`addr` names it in the log).
@@ -66,12 +70,13 @@ fn serve_on(
     interval: Duration,
     counters: Arc<ConnectionCounters>,
     bounds: Bounds,
+    naming: Arc<PoolNaming>,
 ) -> tokio::task::JoinHandle<()> {
     let shown = listener
         .local_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
     let readiness = Readiness::new(interval);
-    let app = router(latest.clone(), readiness.clone());
+    let app = router(latest.clone(), readiness.clone(), naming);
     let mut incoming = AdmittedConnections::new(
         listener,
         format!("the Prometheus endpoint {shown}"),
@@ -124,19 +129,24 @@ pub fn check_listen_address(addr: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn router(latest: watch::Receiver<Arc<Snapshot>>, readiness: Readiness) -> axum::Router {
+fn router(
+    latest: watch::Receiver<Arc<Snapshot>>,
+    readiness: Readiness,
+    naming: Arc<PoolNaming>,
+) -> axum::Router {
     axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(move || {
                 let snap = latest.borrow().clone();
+                let naming = naming.clone();
                 async move {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "text/plain; version=0.0.4; charset=utf-8",
                         )],
-                        prometheus::render(&snap),
+                        prometheus::render(&snap, &naming),
                     )
                 }
             }),
@@ -200,9 +210,15 @@ mod tests {
         let (_tx, latest) = watch::channel(Arc::new(Snapshot::default()));
         let counters = Arc::new(ConnectionCounters::default());
         // Port 0 on a host name: resolved and bound.
-        let task = serve("localhost:0", latest, Duration::from_secs(1), counters)
-            .await
-            .expect("localhost resolves");
+        let task = serve(
+            "localhost:0",
+            latest,
+            Duration::from_secs(1),
+            counters,
+            Arc::default(),
+        )
+        .await
+        .expect("localhost resolves");
         task.abort();
     }
 
@@ -244,6 +260,7 @@ mod tests {
             Duration::from_secs(1),
             counters,
             BOUNDS,
+            Arc::default(),
         );
         assert_eq!(get(port, "/healthz").await.0, "HTTP/1.1 200 OK");
         let (status, body) = get(port, "/readyz").await;
@@ -287,6 +304,7 @@ mod tests {
             Duration::from_secs(1),
             counters,
             bounds,
+            Arc::default(),
         );
         let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -332,6 +350,7 @@ mod tests {
             Duration::from_secs(1),
             counters.clone(),
             bounds,
+            Arc::default(),
         );
         let mut held = Vec::new();
         for _ in 0..bounds.connections {

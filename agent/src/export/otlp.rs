@@ -170,7 +170,10 @@ impl RecordSink for Telemetry {
     }
 
     fn query(&mut self, q: &FinishedQuery<'_>) {
-        self.signals(q.pool).metrics.query(
+        // On the agent's resource, not the pool's: `/metrics` has one query histogram per
+        // host (its statistics are per fingerprint, not per pool), and both paths must
+        // select the same series (`job="herdwatch"`).
+        self.agent.metrics.query(
             q.operation,
             q.summary,
             q.sqlstate,
@@ -278,7 +281,8 @@ pub fn start(
     let logs = super::logs::FindingLogger::new(&logger_provider);
     let meter = provider.meter("herdwatch");
     let agent = factory.signals(&meter, &tracer_provider);
-    observe_agent(&meter, latest.clone());
+    let naming = Arc::new(super::resource::PoolNaming::new(config.services.clone()));
+    observe_agent(&meter, latest.clone(), naming);
     Ok((
         Otlp {
             provider,

@@ -1,9 +1,17 @@
 //! The Prometheus exposition: `/metrics` in the text format (served by `http`), rendered from the latest
 //! snapshot with the names `names.rs` defines (OTLP→Prometheus translation), so one set of
 //! dashboards and rules serves the OTLP and the scrape path.
+//!
+//! A pool's series carry `job` (its OTLP `service.name`) and `instance` (its
+//! `service.instance.id`): the labels the translation makes of the pool's resource. Prometheus
+//! keeps them when the scrape job has `honor_labels: true`; the agent's own series carry
+//! neither and take the scrape job's (`herdwatch`, the agent's own `service.name`).
 use std::{collections::HashMap, fmt::Write as _};
 
-use super::names::{self, Kind, MetricDef, prometheus_name};
+use super::{
+    names::{self, Kind, MetricDef, prometheus_name},
+    resource::PoolNaming,
+};
 use crate::model::{Histogram, LATENCY_BUCKETS_MS, Snapshot};
 
 /// One series' value while its family is being assembled.
@@ -170,12 +178,44 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     out.push('}');
 }
 
-/// A route's labels: the pool that served it (`service_name`, as on the pool's gauges; none
-/// outside a pool), method and route.
-fn route_labels(r: &crate::model::RouteStats) -> Vec<(&'static str, &str)> {
-    let mut labels = Vec::with_capacity(3);
-    if !r.pool.is_empty() {
-        labels.push(("service.name", r.pool.as_str()));
+/// `job` and `instance` of each pool by pool name, as its OTLP resource names it.
+struct PoolIds<'n> {
+    naming: &'n PoolNaming,
+    known: HashMap<String, (String, String)>,
+}
+
+impl<'n> PoolIds<'n> {
+    fn new(s: &Snapshot, naming: &'n PoolNaming) -> Self {
+        let known = s
+            .pools
+            .iter()
+            .map(|p| {
+                let ids = (naming.service_name(&p.pool), naming.instance_id(&p.name));
+                (p.name.clone(), ids)
+            })
+            .collect();
+        Self { naming, known }
+    }
+
+    /// A pool gone from the snapshot (its routes and findings stay) is named from its name.
+    fn of(&mut self, pool: &str) -> &(String, String) {
+        let naming = self.naming;
+        self.known
+            .entry(pool.to_string())
+            .or_insert_with(|| (naming.service_name_by_name(pool), naming.instance_id(pool)))
+    }
+}
+
+/// A route's labels: the pool that served it (`job`/`instance`, as on the pool's gauges; none
+/// outside a pool, like the agent's own series), method and route.
+fn route_labels<'a>(
+    r: &'a crate::model::RouteStats,
+    ids: Option<&'a (String, String)>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut labels = Vec::with_capacity(4);
+    if let Some((job, instance)) = ids {
+        labels.push(("job", job.as_str()));
+        labels.push(("instance", instance.as_str()));
     }
     labels.push(("http.request.method", r.method.as_str()));
     labels.push(("http.route", r.route.as_str()));
@@ -183,15 +223,16 @@ fn route_labels(r: &crate::model::RouteStats) -> Vec<(&'static str, &str)> {
 }
 
 /// The whole exposition for one snapshot.
-pub fn render(s: &Snapshot) -> String {
+pub fn render(s: &Snapshot, naming: &PoolNaming) -> String {
     let mut out = String::new();
-    render_routes(&mut out, s);
+    let mut ids = PoolIds::new(s, naming);
+    render_routes(&mut out, s, &mut ids);
     render_queries(&mut out, s);
-    render_pools(&mut out, s);
+    render_pools(&mut out, s, &mut ids);
     if let Some(u) = s.host.cpu_utilization {
         Family::new(&mut out, &names::HOST_CPU).sample(&[], u);
     }
-    render_findings(&mut out, s);
+    render_findings(&mut out, s, &mut ids);
     {
         let mut drops = Family::new(&mut out, &names::AGENT_DROPS);
         for (reason, n) in s.agent.drops() {
@@ -209,27 +250,32 @@ pub fn render(s: &Snapshot) -> String {
 }
 
 /// Request latency by route and status, and the routes' CPU and DB wait.
-fn render_routes(out: &mut String, s: &Snapshot) {
+fn render_routes(out: &mut String, s: &Snapshot, ids: &mut PoolIds<'_>) {
+    let pools: Vec<Option<(String, String)>> = s
+        .routes
+        .iter()
+        .map(|r| (!r.pool.is_empty()).then(|| ids.of(&r.pool).clone()))
+        .collect();
     {
         let mut f = Family::new(out, &names::HTTP_SERVER_DURATION);
-        for r in &s.routes {
+        for (r, pool) in s.routes.iter().zip(&pools) {
             // One series per status, as OTLP's histogram has; unanswered requests without.
             for (status, latency) in &r.latency_by_status {
                 let status = status.to_string();
-                let mut labels = route_labels(r);
+                let mut labels = route_labels(r, pool.as_ref());
                 labels.push(("http.response.status_code", &status));
                 f.histogram(&labels, &latency.histogram, latency.total_ns);
             }
             if r.unanswered_latency.count() > 0 {
                 let l = &r.unanswered_latency;
-                f.histogram(&route_labels(r), &l.histogram, l.total_ns);
+                f.histogram(&route_labels(r, pool.as_ref()), &l.histogram, l.total_ns);
             }
         }
     }
     for (def, ns) in names::ROUTE_TIMES {
         let mut f = Family::new(out, def);
-        for r in &s.routes {
-            f.sample(&route_labels(r), ns(r) as f64 / 1e9);
+        for (r, pool) in s.routes.iter().zip(&pools) {
+            f.sample(&route_labels(r, pool.as_ref()), ns(r) as f64 / 1e9);
         }
     }
 }
@@ -268,7 +314,8 @@ fn render_queries(out: &mut String, s: &Snapshot) {
 }
 
 /// Worker-pool gauges and cumulative times, one service per pool.
-fn render_pools(out: &mut String, s: &Snapshot) {
+fn render_pools(out: &mut String, s: &Snapshot, ids: &mut PoolIds<'_>) {
+    let pools: Vec<(String, String)> = s.pools.iter().map(|p| ids.of(&p.name).clone()).collect();
     for (def, value) in [
         (&names::WORKERS_BUSY, 0usize),
         (&names::WORKERS_IDLE, 1),
@@ -276,7 +323,7 @@ fn render_pools(out: &mut String, s: &Snapshot) {
         (&names::ACCEPT_QUEUE, 3),
     ] {
         let mut f = Family::new(out, def);
-        for p in &s.pools {
+        for (p, (job, instance)) in s.pools.iter().zip(&pools) {
             let v = match value {
                 0 => p.busy_workers as f64,
                 1 => p.worker_states.len().saturating_sub(p.busy_workers) as f64,
@@ -286,14 +333,14 @@ fn render_pools(out: &mut String, s: &Snapshot) {
                     None => continue,
                 },
             };
-            f.sample(&[("service.name", &p.name)], v);
+            f.sample(&[("job", job), ("instance", instance)], v);
         }
     }
     for (def, samples) in names::POOL_TIMES {
         let mut f = Family::new(out, def);
-        for p in &s.pools {
+        for (p, (job, instance)) in s.pools.iter().zip(&pools) {
             for (mode, ns) in samples(p) {
-                let mut labels = vec![("service.name", p.name.as_str())];
+                let mut labels = vec![("job", job.as_str()), ("instance", instance.as_str())];
                 labels.extend(mode.map(|m| ("cpu.mode", m)));
                 f.sample(&labels, ns as f64 / 1e9);
             }
@@ -302,17 +349,23 @@ fn render_pools(out: &mut String, s: &Snapshot) {
 }
 
 /// Findings: active, occurrences, and the sentence behind each.
-fn render_findings(out: &mut String, s: &Snapshot) {
+fn render_findings(out: &mut String, s: &Snapshot, ids: &mut PoolIds<'_>) {
+    let services: Vec<Option<String>> = s
+        .findings
+        .iter()
+        .map(|f| f.subject.pool.as_ref().map(|p| ids.of(p).0.clone()))
+        .collect();
     {
         let mut active = Family::new(out, &names::FINDING_ACTIVE);
-        for f in &s.findings {
-            active.sample(&finding_labels(f), if f.active { 1.0 } else { 0.0 });
+        for (f, service) in s.findings.iter().zip(&services) {
+            let labels = finding_labels(f, service.as_deref());
+            active.sample(&labels, if f.active { 1.0 } else { 0.0 });
         }
     }
     {
         let mut occ = Family::new(out, &names::FINDING_OCCURRENCES);
-        for f in &s.findings {
-            occ.sample(&finding_labels(f), f.occurrences as f64);
+        for (f, service) in s.findings.iter().zip(&services) {
+            occ.sample(&finding_labels(f, service.as_deref()), f.occurrences as f64);
         }
     }
     {
@@ -332,14 +385,19 @@ fn render_findings(out: &mut String, s: &Snapshot) {
 }
 
 /// Labels alert rules route on: stable for the life of a finding (the sentence lives in
-/// `herdwatch_finding_info`, so a changing number does not make a new alert).
-pub(crate) fn finding_labels(f: &crate::model::Finding) -> Vec<(&'static str, &str)> {
+/// `herdwatch_finding_info`, so a changing number does not make a new alert). `service` is the
+/// finding's pool by its service name, the `job` of the pool's own series; on OTLP it is a
+/// data-point attribute on the agent's resource, so it never meets the pool's resource.
+pub(crate) fn finding_labels<'a>(
+    f: &'a crate::model::Finding,
+    service: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
     let mut labels = vec![
         ("finding.id", f.id.as_str()),
         ("finding.kind", f.kind.label()),
         ("host", f.subject.host.as_str()),
     ];
-    if let Some(p) = &f.subject.pool {
+    if let Some(p) = service {
         labels.push(("service.name", p));
     }
     if let Some(r) = &f.subject.route {
@@ -377,7 +435,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = render(&snap);
+        let text = render(&snap, &PoolNaming::default());
         assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
         let ok_series =
             "http_request_method=\"GET\",http_route=\"/a\\\"b\",http_response_status_code=\"200\"";
@@ -427,11 +485,44 @@ mod tests {
         }
     }
 
+    /// The issue's example: a uvicorn pool's route is labelled with the pool's OTLP
+    /// `service.name` as `job` and its `service.instance.id` as `instance`, as the
+    /// OTLP→Prometheus translation labels the same series; `[otlp.services]` renames both.
+    #[test]
+    fn a_pools_series_carry_the_job_and_instance_of_its_otlp_resource() {
+        let route = RouteStats {
+            pool: "uvicorn billing_async:app".into(),
+            method: "GET".into(),
+            route: "/invoices/{id}".into(),
+            cpu_ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let snap = Snapshot {
+            routes: vec![route],
+            ..Default::default()
+        };
+        for (services, job) in [
+            (std::collections::BTreeMap::new(), "billing_async"),
+            (
+                [("billing_async:app".to_string(), "billing".to_string())].into(),
+                "billing",
+            ),
+        ] {
+            let naming = PoolNaming::on_host(services, "node-a".into());
+            let text = render(&snap, &naming);
+            let want = format!(
+                "herdwatch_route_cpu_time_seconds_total{{job=\"{job}\",instance=\"node-a/uvicorn billing_async:app\",http_request_method=\"GET\",http_route=\"/invoices/{{id}}\"}} 1"
+            );
+            assert!(text.lines().any(|l| l == want), "{want}\n{text}");
+            assert!(!text.contains("service_name"), "{text}");
+        }
+    }
+
     #[test]
     fn query_records_the_detectors_missed_reach_the_drops_family() {
         let mut snap = Snapshot::default();
         snap.agent.detector_records_dropped = 5;
-        let text = render(&snap);
+        let text = render(&snap, &PoolNaming::default());
         assert!(
             text.lines()
                 .any(|l| l.contains("reason=\"detector_queue_full\"") && l.ends_with(" 5")),
@@ -444,7 +535,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.agent.resident_bytes = 39_000_000;
         snap.agent.tables.connections = 12;
-        let text = render(&snap);
+        let text = render(&snap, &PoolNaming::default());
         assert!(
             text.lines()
                 .any(|l| l == "herdwatch_agent_memory_resident_bytes 39000000"),
@@ -494,7 +585,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let text = render(&snap);
+        let text = render(&snap, &PoolNaming::default());
         let all = series(&text);
         let mut seen = std::collections::HashSet::new();
         for (key, _) in &all {

@@ -107,6 +107,12 @@ pub fn agent(env: &dyn Fn(&str) -> Option<String>) -> Resource {
         });
     let own_cgroup = crate::procs::cgroup::of_pid(std::process::id()).map(|c| c.path);
     let mut attrs = host_attributes();
+    // One agent per host: the host names the instance, so after OTLP→Prometheus the agent's
+    // series carry `instance` (rules aggregate `by (instance)`) as scraped ones do.
+    attrs.push(KeyValue::new(
+        "service.instance.id",
+        crate::host::hostname(),
+    ));
     attrs.push(KeyValue::new("process.pid", i64::from(std::process::id())));
     attrs.extend(container_attributes(own_cgroup.as_deref()));
     // The agent's pod: the downward API is the truth for it, cgroup parsing a fallback.
@@ -133,11 +139,14 @@ pub fn agent(env: &dyn Fn(&str) -> Option<String>) -> Resource {
 /// The service name of a pool: an override from `[otlp.services]` (keyed by the pool's name,
 /// e.g. `gunicorn shop.app:app`, or its app, `shop.app:app`), else the app's module.
 pub fn pool_service_name(pool: &Pool, overrides: &BTreeMap<String, String>) -> String {
-    let name = pool.name();
-    if let Some(s) = overrides.get(&name) {
+    service_name_of(&pool.name(), pool.app.as_deref(), overrides)
+}
+
+fn service_name_of(name: &str, app: Option<&str>, overrides: &BTreeMap<String, String>) -> String {
+    if let Some(s) = overrides.get(name) {
         return s.clone();
     }
-    if let Some(app) = &pool.app {
+    if let Some(app) = app {
         if let Some(s) = overrides.get(app) {
             return s.clone();
         }
@@ -149,6 +158,48 @@ pub fn pool_service_name(pool: &Pool, overrides: &BTreeMap<String, String>) -> S
     name.replace(' ', "-")
 }
 
+/// How a pool is named on every export path: the OTLP resource's `service.name` and
+/// `service.instance.id`, which `/metrics` writes as the `job` and `instance` labels the
+/// OTLP→Prometheus translation makes of them (docs/metrics.md), so one set of dashboards and
+/// alert rules selects the same series on both paths.
+#[derive(Debug, Clone, Default)]
+pub struct PoolNaming {
+    services: BTreeMap<String, String>,
+    host: String,
+}
+
+impl PoolNaming {
+    /// Names by `[otlp.services]` on this host.
+    pub fn new(services: BTreeMap<String, String>) -> Self {
+        Self::on_host(services, crate::host::hostname())
+    }
+
+    pub fn on_host(services: BTreeMap<String, String>, host: String) -> Self {
+        Self { services, host }
+    }
+
+    pub fn service_name(&self, pool: &Pool) -> String {
+        pool_service_name(pool, &self.services)
+    }
+
+    /// The service name of a pool known only by its name (`gunicorn shop.app:app`, maybe
+    /// `… on :8001`): a finding's pool may have exited. The same result as `service_name`
+    /// for a pool of that name.
+    pub fn service_name_by_name(&self, name: &str) -> String {
+        let app = name
+            .split_once(' ')
+            .map(|(_, rest)| rest.split(" on ").next().unwrap_or(rest))
+            .filter(|app| app.contains(':'));
+        service_name_of(name, app, &self.services)
+    }
+
+    /// `service.instance.id` of a pool: host and pool name, unique on the host (pools sharing a
+    /// name are one service there) and stable across the master's restarts.
+    pub fn instance_id(&self, pool_name: &str) -> String {
+        format!("{}/{pool_name}", self.host)
+    }
+}
+
 /// A pool's resource: its service, its master process, its container and pod.
 pub fn pool(
     pool: &Pool,
@@ -158,10 +209,9 @@ pub fn pool(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Resource {
     let mut attrs = host_attributes();
-    let host = crate::host::hostname();
     attrs.push(KeyValue::new(
         "service.instance.id",
-        format!("{host}/{}", pool.master),
+        PoolNaming::new(BTreeMap::new()).instance_id(&pool.name()),
     ));
     attrs.push(KeyValue::new("process.pid", i64::from(pool.master)));
     let args: Vec<StringValue> = master_cmdline
@@ -270,6 +320,31 @@ mod tests {
         assert_eq!(
             pool_service_name(&gunicorn(Some("shop.app:app")), &by_name),
             "api"
+        );
+    }
+
+    #[test]
+    fn a_pool_known_only_by_name_is_named_as_the_pool_itself() {
+        let by_app = BTreeMap::from([("billing:app".to_string(), "billing-api".to_string())]);
+        let naming = PoolNaming::on_host(by_app.clone(), "node-a".into());
+        for pool in [
+            gunicorn(Some("shop.app:app")),
+            gunicorn(Some("billing:app")),
+            gunicorn(None),
+        ] {
+            assert_eq!(
+                naming.service_name_by_name(&pool.name()),
+                pool_service_name(&pool, &by_app),
+                "{}",
+                pool.name()
+            );
+        }
+        let mut twin = gunicorn(Some("shop.app:app"));
+        twin.distinct_by = Some(":8001".into());
+        assert_eq!(naming.service_name_by_name(&twin.name()), "shop.app");
+        assert_eq!(
+            naming.instance_id(&twin.name()),
+            "node-a/gunicorn shop.app:app on :8001"
         );
     }
 

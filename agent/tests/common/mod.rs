@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod checkout;
+pub mod dashboards;
 pub mod load;
 pub mod pki;
 pub mod postgres;

@@ -6,7 +6,10 @@ use opentelemetry::{KeyValue, metrics::Meter};
 use tokio::sync::watch;
 
 use crate::{
-    export::names::{self, MetricDef},
+    export::{
+        names::{self, MetricDef},
+        resource::PoolNaming,
+    },
     model::Snapshot,
 };
 
@@ -151,7 +154,11 @@ pub(super) fn observe_pool(meter: &Meter, latest: &watch::Receiver<Arc<Snapshot>
 
 /// The agent's own instruments: host, findings, drops, query errors, and the routes of
 /// processes outside any pool.
-pub(super) fn observe_agent(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>>) {
+pub(super) fn observe_agent(
+    meter: &Meter,
+    latest: watch::Receiver<Arc<Snapshot>>,
+    naming: Arc<PoolNaming>,
+) {
     observe_route_times(meter, &latest, |r| r.pool.is_empty());
     observable(meter, &names::DB_CLIENT_ERRORS, &latest, |s| {
         s.queries
@@ -176,16 +183,17 @@ pub(super) fn observe_agent(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>
             .map(|u| vec![(u, Vec::new())])
             .unwrap_or_default()
     });
-    observable(meter, &names::FINDING_ACTIVE, &latest, |s| {
+    let names = naming.clone();
+    observable(meter, &names::FINDING_ACTIVE, &latest, move |s| {
         s.findings
             .iter()
-            .map(|f| (if f.active { 1.0 } else { 0.0 }, finding_attrs(f)))
+            .map(|f| (if f.active { 1.0 } else { 0.0 }, finding_attrs(f, &names)))
             .collect()
     });
-    observable(meter, &names::FINDING_OCCURRENCES, &latest, |s| {
+    observable(meter, &names::FINDING_OCCURRENCES, &latest, move |s| {
         s.findings
             .iter()
-            .map(|f| (f.occurrences as f64, finding_attrs(f)))
+            .map(|f| (f.occurrences as f64, finding_attrs(f, &naming)))
             .collect()
     });
     observable(meter, &names::FINDING_INFO, &latest, |s| {
@@ -224,9 +232,15 @@ pub(super) fn observe_agent(meter: &Meter, latest: watch::Receiver<Arc<Snapshot>
     });
 }
 
-/// The same labels `/metrics` puts on finding series (`prometheus::finding_labels`).
-fn finding_attrs(f: &crate::model::Finding) -> Vec<KeyValue> {
-    crate::export::prometheus::finding_labels(f)
+/// The same labels `/metrics` puts on finding series (`prometheus::finding_labels`), the pool
+/// named by its service as there.
+fn finding_attrs(f: &crate::model::Finding, naming: &PoolNaming) -> Vec<KeyValue> {
+    let service = f
+        .subject
+        .pool
+        .as_deref()
+        .map(|p| naming.service_name_by_name(p));
+    crate::export::prometheus::finding_labels(f, service.as_deref())
         .into_iter()
         .map(|(k, v)| kv(k, v))
         .collect()
