@@ -76,6 +76,9 @@ test('plaintext is off by default, and turning it on says lab only', async () =>
   await userEvent.click(toggle);
   expect(saved[saved.length - 1].jsonData.insecurePlaintext).toBe(true);
   expect(screen.getByText('Plaintext is on')).toBeInTheDocument();
+  // The backend refuses https:// agents with plaintext on (and http:// with it off).
+  await userEvent.type(screen.getByPlaceholderText(/https:\/\/node-a:7443/), 'https://node-a:7443{Enter}');
+  expect(screen.getByText('Not http://host:port: https://node-a:7443')).toBeInTheDocument();
 });
 
 test('a malformed agent address and DNS name are named', async () => {

@@ -6,8 +6,9 @@ import { HerdwatchOptions, HerdwatchSecureOptions } from '../types';
 
 type Props = DataSourcePluginOptionsEditorProps<HerdwatchOptions, HerdwatchSecureOptions>;
 
-/** What the backend accepts as an agent address. */
-const AGENT_ADDRESS = /^https?:\/\/[^\s/:]+(:\d{1,5})$/;
+/** What the backend accepts as an agent address: https, or http only with plaintext on. */
+const agentAddress = (plaintext: boolean) =>
+  plaintext ? /^http:\/\/[^\s/:]+:\d{1,5}$/ : /^https:\/\/[^\s/:]+:\d{1,5}$/;
 const DNS_NAME = /^[A-Za-z0-9.-]+:\d{1,5}$/;
 /** The placeholder only: the backend applies its own default when the field is empty. */
 const TIMEOUT_PLACEHOLDER = '5000';
@@ -30,10 +31,11 @@ export function ConfigEditor({ options, onOptionsChange }: Props) {
       secureJsonData: { ...secureJsonData, [key]: '' },
     });
 
-  const agents = jsonData.agents ?? [];
-  const badAgents = agents.filter((a) => !AGENT_ADDRESS.test(a));
-  const dnsName = jsonData.dnsName ?? '';
   const plaintext = jsonData.insecurePlaintext ?? false;
+  const scheme = plaintext ? 'http' : 'https';
+  const agents = jsonData.agents ?? [];
+  const badAgents = agents.filter((a) => !agentAddress(plaintext).test(a));
+  const dnsName = jsonData.dnsName ?? '';
 
   return (
     <>
@@ -42,7 +44,7 @@ export function ConfigEditor({ options, onOptionsChange }: Props) {
           label="Agent addresses"
           description="Each agent's API as https://host:port. Combine with a DNS name or use either."
           invalid={badAgents.length > 0}
-          error={`Not https://host:port: ${badAgents.join(', ')}`}
+          error={`Not ${scheme}://host:port: ${badAgents.join(', ')}`}
         >
           <TagsInput
             id="config-agents"
