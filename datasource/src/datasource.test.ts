@@ -63,8 +63,8 @@ describe('variable support', () => {
       'queries?pool=gunicorn shop.app:app': [{ text: 'SELECT … FROM invoices', value: 'q1' }],
     });
     const ds = newDataSource();
-    expect(await ds.metricFindQuery({ resource: 'hosts' })).toEqual([{ text: 'node-a', value: 'node-a' }]);
-    expect(await ds.metricFindQuery({ resource: 'queries', pool: '$pool' })).toEqual([
+    expect(await ds.metricFindQuery({ refId: 'V', resource: 'hosts' })).toEqual([{ text: 'node-a', value: 'node-a' }]);
+    expect(await ds.metricFindQuery({ refId: 'V', resource: 'queries', pool: '$pool' })).toEqual([
       { text: 'SELECT … FROM invoices', value: 'q1' },
     ]);
     expect(backend.requests).toEqual(['hosts', 'queries?pool=gunicorn shop.app:app']);
@@ -72,13 +72,15 @@ describe('variable support', () => {
 
   test('a backend answering something other than a list is a clear error', async () => {
     installGrafana(VARIABLES, { pools: { error: 'boom' } });
-    await expect(newDataSource().metricFindQuery({ resource: 'pools' })).rejects.toThrow(
+    await expect(newDataSource().metricFindQuery({ refId: 'V', resource: 'pools' })).rejects.toThrow(
       'herdwatch: /pools answered object, expected a list of {text, value}'
     );
   });
 
   test('entries without text and value are skipped', async () => {
     installGrafana(VARIABLES, { pools: [{ text: 'a', value: 'a' }, { text: 1 }, null, 'b'] });
-    expect(await newDataSource().metricFindQuery({ resource: 'pools' })).toEqual([{ text: 'a', value: 'a' }]);
+    expect(await newDataSource().metricFindQuery({ refId: 'V', resource: 'pools' })).toEqual([
+      { text: 'a', value: 'a' },
+    ]);
   });
 });

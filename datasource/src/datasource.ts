@@ -10,10 +10,12 @@ import {
   VariableResource,
 } from './types';
 import { expandHosts, expandString } from './templating';
+import { HerdwatchVariableSupport } from './variables';
 
 export class DataSource extends DataSourceWithBackend<HerdwatchQuery, HerdwatchOptions> {
   constructor(instanceSettings: DataSourceInstanceSettings<HerdwatchOptions>) {
     super(instanceSettings);
+    this.variables = new HerdwatchVariableSupport(this);
   }
 
   getDefaultQuery(_: CoreApp): Partial<HerdwatchQuery> {
@@ -55,7 +57,7 @@ export class DataSource extends DataSourceWithBackend<HerdwatchQuery, HerdwatchO
     return values.filter(isResourceValue);
   }
 
-  /** Template-variable values (Grafana's variable editor calls this with our VariableQueryEditor's query). */
+  /** Template-variable values, for HerdwatchVariableSupport (and Grafana's legacy callers). */
   async metricFindQuery(
     query: HerdwatchVariableQuery,
     options?: { scopedVars?: ScopedVars }

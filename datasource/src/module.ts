@@ -3,10 +3,8 @@ import { DataSourcePlugin } from '@grafana/data';
 import { DataSource } from './datasource';
 import { ConfigEditor } from './components/ConfigEditor';
 import { QueryEditor } from './components/QueryEditor';
-import { VariableQueryEditor } from './components/VariableQueryEditor';
 import { HerdwatchOptions, HerdwatchQuery } from './types';
 
 export const plugin = new DataSourcePlugin<DataSource, HerdwatchQuery, HerdwatchOptions>(DataSource)
   .setConfigEditor(ConfigEditor)
-  .setQueryEditor(QueryEditor)
-  .setVariableQueryEditor(VariableQueryEditor);
+  .setQueryEditor(QueryEditor);

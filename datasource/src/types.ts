@@ -67,7 +67,7 @@ export const DEFAULT_QUERY: Partial<HerdwatchQuery> = defaultsFor('findings');
 /** A template-variable query: which backend resource lists the values. */
 export type VariableResource = 'hosts' | 'pools' | 'routes' | 'queries';
 
-export interface HerdwatchVariableQuery {
+export interface HerdwatchVariableQuery extends DataQuery {
   resource: VariableResource;
   /** For routes and queries: the pool to list them for; '' = all pools. */
   pool?: string;

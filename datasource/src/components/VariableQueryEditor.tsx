@@ -1,12 +1,11 @@
 import React from 'react';
+import { QueryEditorProps } from '@grafana/data';
 import { InlineField, InlineFieldRow, Input, Select } from '@grafana/ui';
 
-import { HerdwatchVariableQuery, VariableResource } from '../types';
+import type { DataSource } from '../datasource';
+import { HerdwatchOptions, HerdwatchQuery, HerdwatchVariableQuery, VariableResource } from '../types';
 
-interface Props {
-  query: HerdwatchVariableQuery;
-  onChange: (query: HerdwatchVariableQuery, definition: string) => void;
-}
+type Props = QueryEditorProps<DataSource, HerdwatchQuery, HerdwatchOptions, HerdwatchVariableQuery>;
 
 const RESOURCES: Array<{ value: VariableResource; label: string }> = [
   { value: 'hosts', label: 'Hosts' },
@@ -15,17 +14,11 @@ const RESOURCES: Array<{ value: VariableResource; label: string }> = [
   { value: 'queries', label: 'Queries' },
 ];
 
-/** The definition Grafana shows in the variable list, e.g. `routes(pool=$pool)`. */
-export function definitionOf(q: HerdwatchVariableQuery): string {
-  return q.pool !== undefined && (q.resource === 'routes' || q.resource === 'queries')
-    ? `${q.resource}(pool=${q.pool})`
-    : q.resource;
-}
+const byPool = (resource: VariableResource) => resource === 'routes' || resource === 'queries';
 
 export function VariableQueryEditor({ query, onChange }: Props) {
   const resource: VariableResource = query.resource ?? 'hosts';
-  const byPool = resource === 'routes' || resource === 'queries';
-  const emit = (next: HerdwatchVariableQuery) => onChange(next, definitionOf(next));
+  const refId = query.refId ?? 'HerdwatchVariableQuery';
 
   return (
     <InlineFieldRow>
@@ -37,13 +30,12 @@ export function VariableQueryEditor({ query, onChange }: Props) {
           value={resource}
           onChange={(s) => {
             const next = s.value ?? 'hosts';
-            emit(
-              next === 'routes' || next === 'queries' ? { resource: next, pool: query.pool ?? '' } : { resource: next }
-            );
+            // Only routes and queries are listed per pool; the others carry no pool.
+            onChange(byPool(next) ? { refId, resource: next, pool: query.pool ?? '' } : { refId, resource: next });
           }}
         />
       </InlineField>
-      {byPool && (
+      {byPool(resource) && (
         <InlineField
           label="Pool"
           labelWidth={14}
@@ -55,7 +47,7 @@ export function VariableQueryEditor({ query, onChange }: Props) {
             width={30}
             defaultValue={query.pool ?? ''}
             placeholder="all pools"
-            onBlur={(e) => emit({ resource, pool: e.currentTarget.value })}
+            onBlur={(e) => onChange({ refId, resource, pool: e.currentTarget.value })}
           />
         </InlineField>
       )}
