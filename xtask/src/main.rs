@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each does the setup it needs first, so a fresh
 //! machine needs nothing but `cargo`.
 mod bench;
+mod datasource;
 mod dist;
 mod docs;
 mod fuzz;
@@ -49,9 +50,13 @@ enum Cmd {
         /// Which replay.
         name: String,
     },
-    /// Build the release agent and package it: a .deb (binary, hardened systemd unit, default
-    /// config, docs) and a tarball of the same files, in `<target>/dist/`.
-    Dist,
+    /// Package for release in `<target>/dist/`: the agent as a .deb (binary, hardened systemd
+    /// unit, default config, docs) and a tarball of the same files; the Grafana datasource
+    /// plugin as a directory ready for Grafana's plugins folder and a zip of it.
+    Dist {
+        /// Only one of them: `agent` or `datasource` (default: both).
+        what: Option<DistWhat>,
+    },
     /// Benchmarks that print ratios measured side by side in one run.
     Bench {
         /// Which benchmark: `sched` (tracing overhead), `pipeline` (decode+parse+stitch rate),
@@ -66,12 +71,19 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum DistWhat {
+    Agent,
+    Datasource,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup { tests } => {
             setup::build_prerequisites()?;
             if tests {
                 setup::test_prerequisites()?;
+                setup::datasource_node_modules()?;
             }
             Ok(())
         }
@@ -96,7 +108,15 @@ fn main() -> anyhow::Result<()> {
                 .env("HERDWATCH_TEST_VENV", venv);
             setup::run_checked(&mut cmd)
         }
-        Cmd::Dist => dist::run(),
+        Cmd::Dist { what } => {
+            if what != Some(DistWhat::Datasource) {
+                dist::run()?;
+            }
+            if what != Some(DistWhat::Agent) {
+                datasource::dist()?;
+            }
+            Ok(())
+        }
         Cmd::Docs => docs::run(),
         Cmd::Fuzz { seconds } => {
             setup::build_prerequisites()?;

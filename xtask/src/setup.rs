@@ -191,7 +191,14 @@ const DEBIAN: &[(&str, &str)] = &[
 ];
 
 pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
-    let missing: Vec<&str> = DEBIAN
+    debian_packages(DEBIAN)?;
+    cargo_deb()?;
+    python_venv()
+}
+
+/// Installs the Debian packages whose shell check (`command -v x`) fails.
+pub fn debian_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|(check, _)| {
             !Command::new("sh")
@@ -217,8 +224,50 @@ pub fn test_prerequisites() -> anyhow::Result<PathBuf> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
-    cargo_deb()?;
-    python_venv()
+    Ok(())
+}
+
+/// The oldest Node.js the datasource frontend's toolchain (webpack via ts-node, Jest) runs on.
+const NODE_MAJOR_MIN: u32 = 20;
+
+/// `npm ci` in datasource/ when its node_modules was not installed from the current
+/// package-lock.json (a copy of the lockfile it was installed from is kept beside it).
+pub fn datasource_node_modules() -> anyhow::Result<()> {
+    let version = output(Command::new("node").arg("--version"))
+        .context("the datasource frontend needs Node.js (node and npm on PATH)")?;
+    let major = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .with_context(|| format!("unreadable `node --version`: {version:?}"))?;
+    if major < NODE_MAJOR_MIN {
+        bail!(
+            "node {} is older than the {NODE_MAJOR_MIN} the datasource frontend needs",
+            version.trim()
+        );
+    }
+    let dir = workspace_root().join("datasource");
+    let lock = std::fs::read(dir.join("package-lock.json"))
+        .context("reading datasource/package-lock.json")?;
+    let stamp = dir.join("node_modules/.herdwatch-installed-lock.json");
+    if std::fs::read(&stamp).ok().as_deref() == Some(lock.as_slice()) {
+        return Ok(());
+    }
+    say("npm ci in datasource/ (the frontend's toolchain, from package-lock.json)");
+    let started = std::time::Instant::now();
+    run_checked(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )?;
+    say(&format!(
+        "npm ci took {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    std::fs::write(&stamp, lock).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
 }
 
 /// The cargo-deb `[package.metadata.deb]` in agent/Cargo.toml is written for.

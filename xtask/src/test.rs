@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{fuzz, setup};
+use crate::{datasource, fuzz, setup};
 
 /// Seconds each fuzz target runs in `cargo xtask test` (`cargo xtask fuzz` runs longer).
 const FUZZ_SECONDS_IN_TEST: u32 = 10;
@@ -156,6 +156,40 @@ fn gate(name: &str, cmd: &mut Command, tally: &mut Tally) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The Grafana plugin's frontend checks and backend build: each gate one test, each Jest test
+/// one test, a step that cannot run yet a skip with its reason.
+fn datasource_checks(skip_dir: &std::path::Path, tally: &mut Tally) -> anyhow::Result<()> {
+    let outcome = datasource::test()?;
+    for step in &outcome.steps {
+        println!(
+            "datasource {} ... {} ({:.0} s)",
+            step.name,
+            if step.ok { "ok" } else { "FAILED" },
+            step.seconds
+        );
+        if step.ok {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+        }
+    }
+    let jest = &outcome.jest;
+    println!(
+        "datasource jest: {} passed, {} failed, {} pending, {} suites that did not run",
+        jest.passed, jest.failed, jest.pending, jest.broken_suites
+    );
+    tally.passed += jest.passed;
+    tally.failed += jest.failed + jest.broken_suites;
+    tally.ignored += jest.pending;
+    for (i, reason) in outcome.skips.iter().enumerate() {
+        // Counted as passed here and subtracted as skipped at the end, as the Rust tests'
+        // recorded skips are.
+        std::fs::write(skip_dir.join(format!("datasource-{i}")), reason)?;
+        tally.passed += 1;
+    }
+    Ok(())
+}
+
 pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     setup::build_prerequisites()?;
     let venv = setup::test_prerequisites()?;
@@ -217,6 +251,10 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         // A build failure, or a test binary that crashed before reporting.
         tally.failed += 1;
         eprintln!("xtask test: cargo test exited with {status} (saw results: {saw_results})");
+    }
+
+    if filter.is_none() {
+        datasource_checks(&skip_dir, &mut tally)?;
     }
 
     if filter.is_none() {
