@@ -67,6 +67,10 @@ pub fn pools_frame<'a>(
             .collect::<Vec<_>>()
             .into_field("pool"),
         rows.iter()
+            .map(|(_, p)| p.master_pid)
+            .collect::<Vec<_>>()
+            .into_field("master_pid"),
+        rows.iter()
             .map(|(_, p)| p.workers.len() as u32)
             .collect::<Vec<_>>()
             .into_field("workers"),
