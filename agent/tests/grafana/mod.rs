@@ -40,8 +40,10 @@ pub fn plugin_binary() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
     let sources = [
-        workspace.join("datasource/backend"),
-        workspace.join("proto"),
+        workspace.join("datasource/backend/src"),
+        workspace.join("datasource/backend/Cargo.toml"),
+        workspace.join("proto/herdwatch"),
+        workspace.join("proto/src"),
         workspace.join("Cargo.lock"),
     ];
     if built.is_some_and(|built| sources.iter().all(|s| newest(s) <= built)) {
