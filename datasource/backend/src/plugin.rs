@@ -145,40 +145,46 @@ fn one_query(
     q: &backend::DataQuery<serde_json::Value>,
     fleet: &std::result::Result<FleetAnswer, String>,
 ) -> std::result::Result<backend::DataResponse, QueryError> {
-    let fail = |message: String| QueryError {
-        ref_id: q.ref_id.clone(),
-        message,
-    };
-    let fleet = fleet.as_ref().map_err(|e| fail(e.clone()))?;
     let window = Window {
         from: q.time_range.from,
         to: q.time_range.to,
         interval_ms: u64::try_from(q.interval.as_millis()).unwrap_or(u64::MAX),
     };
-    let query = Query::parse(&q.ref_id, &q.query, &q.query_type, &window)
-        .map_err(|e| fail(e.to_string()))?;
-    if fleet.answers.is_empty() {
-        return Err(fail(
-            Error::AllFailed(
-                fleet
-                    .failures
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-            .to_string(),
-        ));
-    }
-    let frames = frames_for(&query, &window, fleet);
+    let frames =
+        query_frames(&q.ref_id, &q.query, &q.query_type, &window, fleet).map_err(|message| {
+            QueryError {
+                ref_id: q.ref_id.clone(),
+                message,
+            }
+        })?;
     let checked = frames
         .iter()
         .map(|f| {
-            f.check()
-                .map_err(|e| fail(Error::Frame(e.to_string()).to_string()))
+            f.check().map_err(|e| QueryError {
+                ref_id: q.ref_id.clone(),
+                message: Error::Frame(e.to_string()).to_string(),
+            })
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(backend::DataResponse::new(q.ref_id.clone(), checked))
+}
+
+/// One query's frames, or the one-line error its panel shows: the settings' fault, the
+/// query's, or every agent's.
+pub fn query_frames(
+    ref_id: &str,
+    json: &serde_json::Value,
+    query_type: &str,
+    window: &Window,
+    fleet: &std::result::Result<FleetAnswer, String>,
+) -> std::result::Result<Vec<Frame>, String> {
+    let fleet = fleet.as_ref().map_err(Clone::clone)?;
+    let query = Query::parse(ref_id, json, query_type, window).map_err(|e| e.to_string())?;
+    if fleet.answers.is_empty() {
+        let all: Vec<String> = fleet.failures.iter().map(ToString::to_string).collect();
+        return Err(Error::AllFailed(all.join("; ")).to_string());
+    }
+    Ok(frames_for(&query, window, fleet))
 }
 
 #[backend::async_trait]
@@ -572,6 +578,51 @@ mod tests {
         let frames = frames_for(&query, &window(), &fleet(vec![Error::Settings("x".into())]));
         assert_eq!(frames.len(), 1);
         assert!(frames[0].meta.is_some());
+    }
+
+    #[test]
+    fn bad_settings_bad_queries_and_a_dead_fleet_are_per_query_errors() {
+        let no_token = Settings::from_json(
+            &serde_json::json!({"agents": ["https://a:1"]}),
+            &serde_json::json!({}),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+        let fleet_of = |e: String| -> std::result::Result<FleetAnswer, String> { Err(e) };
+        let q = serde_json::json!({"queryType": "findings"});
+        let err = query_frames(
+            "A",
+            &q,
+            "",
+            &window(),
+            &fleet_of(no_token.expect_err("no token")),
+        )
+        .expect_err("settings");
+        assert!(err.contains("secureJsonData.token"), "{err}");
+        let err = query_frames(
+            "B",
+            &serde_json::json!({"queryType": "pools", "hosts": "node-a"}),
+            "",
+            &window(),
+            &Ok(fleet(Vec::new())),
+        )
+        .expect_err("hosts is a list");
+        assert!(err.contains("query B") && err.contains("hosts"), "{err}");
+        let dead = FleetAnswer {
+            answers: Vec::new(),
+            failures: vec![Error::Agent {
+                address: "https://127.0.0.1:2".into(),
+                message: "no answer within 5000 ms".into(),
+            }],
+            asked: 1,
+        };
+        let err = query_frames("C", &q, "", &window(), &Ok(dead)).expect_err("all failed");
+        assert!(
+            err.starts_with("no agent answered: agent https://127.0.0.1:2"),
+            "{err}"
+        );
+        let frames = query_frames("D", &q, "", &window(), &Ok(fleet(Vec::new()))).expect("frames");
+        assert_eq!(frames.len(), 1);
     }
 
     #[test]
