@@ -72,6 +72,22 @@ pub fn unix_minus_monotonic_ns() -> i128 {
     unix - i128::from(monotonic_ns())
 }
 
+/// The node's name as the fleet knows it: `K8S_NODE_NAME` when set (the DaemonSet sets it
+/// from the downward API, since a pod's hostname is the pod's), else the kernel's hostname.
+/// The API's `Host.name` and every finding's `Subject.host` use it, so they agree.
+/// Read once: neither changes while the agent runs, and every snapshot names it.
+pub fn node_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| node_name_from(std::env::var("K8S_NODE_NAME").ok()))
+}
+
+fn node_name_from(k8s_node_name: Option<String>) -> String {
+    k8s_node_name
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(hostname)
+}
+
 /// This host's name, as the kernel knows it.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -96,5 +112,13 @@ mod tests {
         assert_eq!(utilization(a, b), Some(0.8));
         assert_eq!(utilization(b, b), None);
         assert_eq!(utilization(b, a), None);
+    }
+
+    #[test]
+    fn the_node_name_is_k8s_node_name_else_the_hostname() {
+        assert_eq!(node_name_from(Some("node-a".into())), "node-a");
+        assert_eq!(node_name_from(Some(" node-b\n".into())), "node-b");
+        assert_eq!(node_name_from(Some("  ".into())), hostname());
+        assert_eq!(node_name_from(None), hostname());
     }
 }

@@ -3,60 +3,10 @@
 //! it; the cgroup one must.
 mod common;
 
-use std::{
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use common::{load::Load, *};
+use common::{cgroup::CpuLimitedCgroup, load::Load, *};
 use herdwatch::{Config, model::FindingKind};
-
-/// A CPU-limited cgroup made for the test (cgroup v2, or v1 `cpu` + `cpuacct`), removed on
-/// drop.
-struct CpuLimitedCgroup {
-    dirs: Vec<PathBuf>,
-    /// `cgroup.procs` files a process must join.
-    procs: Vec<PathBuf>,
-}
-
-impl CpuLimitedCgroup {
-    fn create(name: &str, cpus: f64) -> Option<Self> {
-        let root = PathBuf::from("/sys/fs/cgroup");
-        let quota = (cpus * 100_000.0) as u64;
-        if root.join("cgroup.controllers").exists() {
-            let dir = root.join(name);
-            std::fs::create_dir(&dir).ok()?;
-            std::fs::write(dir.join("cpu.max"), format!("{quota} 100000")).ok()?;
-            return Some(Self {
-                procs: vec![dir.join("cgroup.procs")],
-                dirs: vec![dir],
-            });
-        }
-        let cpu = root.join("cpu").join(name);
-        let acct = root.join("cpuacct").join(name);
-        std::fs::create_dir(&cpu).ok()?;
-        std::fs::create_dir(&acct).ok()?;
-        std::fs::write(cpu.join("cpu.cfs_period_us"), "100000").ok()?;
-        std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string()).ok()?;
-        Some(Self {
-            procs: vec![cpu.join("cgroup.procs"), acct.join("cgroup.procs")],
-            dirs: vec![cpu, acct],
-        })
-    }
-}
-
-impl Drop for CpuLimitedCgroup {
-    fn drop(&mut self) {
-        for dir in &self.dirs {
-            // Killed members take a moment to leave.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
 
 #[test]
 fn a_pool_at_its_cgroup_quota_is_a_saturation_finding() {
@@ -73,19 +23,7 @@ fn a_pool_at_its_cgroup_quota_is_a_saturation_finding() {
         return;
     };
     let port = free_port();
-    // The shell joins the cgroup, then becomes gunicorn: its workers are forked inside.
-    let joins: String = cgroup
-        .procs
-        .iter()
-        .map(|p| format!("echo $$ > {} && ", p.display()))
-        .collect();
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(format!(
-        "{joins}exec {} --workers 2 --bind 127.0.0.1:{port} --chdir {} shop.app:app",
-        venv().join("bin/gunicorn").display(),
-        apps_dir().display()
-    ));
-    let app = Proc::spawn(&mut cmd);
+    let app = cgroup.gunicorn_shop(2, port);
     wait_http(port);
     let mut config = Config {
         interval_ms: 1000,

@@ -5,7 +5,9 @@
 //! the book shows *which pattern keeps repeating*, not a stream of one-off alerts.
 use std::collections::BTreeMap;
 
-use crate::model::finding::{Evidence, Finding, FindingKind, Severity, Subject, Transition};
+use crate::model::finding::{
+    Evidence, Finding, FindingKind, MAX_RECENT_ONSETS, Severity, Subject, Transition,
+};
 use herdwatch_protocol::fingerprint::fnv1a64;
 
 /// What a detector reports for one pattern on one evaluation.
@@ -44,6 +46,15 @@ pub fn finding_id(kind: FindingKind, pattern: &str) -> String {
         kind.label(),
         fnv1a64(format!("{}\0{pattern}", kind.label()).as_bytes())
     )
+}
+
+/// Adds an occurrence's onset to the bounded history, dropping the oldest past the bound.
+fn remember_onset(onsets: &mut Vec<u64>, onset_unix_ms: u64) {
+    onsets.push(onset_unix_ms);
+    if onsets.len() > MAX_RECENT_ONSETS {
+        let excess = onsets.len() - MAX_RECENT_ONSETS;
+        onsets.drain(..excess);
+    }
 }
 
 /// Transitions kept until the pipeline takes them.
@@ -128,6 +139,7 @@ impl FindingBook {
             prevention: String::new(),
             remediation: String::new(),
             annotations: Vec::new(),
+            recent_onsets_unix_ms: Vec::new(),
         });
         // An "ongoing" report for a pattern not active (the agent restarted, or the book
         // evicted it) still starts an occurrence: nothing is counted twice or lost.
@@ -136,6 +148,7 @@ impl FindingBook {
             f.occurrences += 1;
             f.onset_unix_ms = r.onset_unix_ms;
             f.reported_unix_ms = now;
+            remember_onset(&mut f.recent_onsets_unix_ms, r.onset_unix_ms);
         }
         f.active = true;
         f.last_seen_unix_ms = now;
@@ -235,6 +248,39 @@ mod tests {
         assert_eq!(v[0].onset_unix_ms, 60_000);
         assert_eq!(v[0].id, finding_id(FindingKind::ThunderingHerd, "fp1"));
         assert!(v[0].id.starts_with("herd-"));
+    }
+
+    #[test]
+    fn each_occurrence_onset_is_kept_and_the_history_is_bounded() {
+        let mut book = FindingBook::new(8);
+        let end = || Signal::Ended {
+            kind: FindingKind::ThunderingHerd,
+            pattern: "fp1".into(),
+        };
+        book.apply(Signal::Onset(report("fp1", 1_000)), 1_100);
+        // Refreshing an ongoing occurrence is not a new onset.
+        book.apply(Signal::Ongoing(report("fp1", 1_000)), 1_200);
+        book.apply(end(), 1_300);
+        book.apply(Signal::Onset(report("fp1", 5_000)), 5_100);
+        assert_eq!(book.list()[0].recent_onsets_unix_ms, vec![1_000, 5_000]);
+        let extra = MAX_RECENT_ONSETS as u64 + 10;
+        for n in 0..extra {
+            book.apply(end(), 0);
+            let at = 10_000 + n * 1_000;
+            book.apply(Signal::Onset(report("fp1", at)), at + 100);
+        }
+        let f = &book.list()[0];
+        assert_eq!(f.occurrences, 2 + extra, "the count still counts every one");
+        assert_eq!(f.recent_onsets_unix_ms.len(), MAX_RECENT_ONSETS);
+        assert_eq!(
+            f.recent_onsets_unix_ms.last(),
+            Some(&(10_000 + (extra - 1) * 1_000)),
+            "the newest is kept"
+        );
+        assert!(
+            f.recent_onsets_unix_ms.windows(2).all(|w| w[0] < w[1]),
+            "oldest first"
+        );
     }
 
     #[test]

@@ -202,6 +202,33 @@ mod tests {
             (3, 1_000)
         );
         assert!(next[0].active);
+        // The onsets' history survives the restart and goes on.
+        assert_eq!(next[0].recent_onsets_unix_ms, vec![1_000, 60_000, 120_000]);
+    }
+
+    #[test]
+    fn a_book_written_before_onset_history_reads_with_an_empty_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, mut book) = reopen(dir.path());
+        book.apply(onset("fp1", 1_000), 1_100);
+        store.save(&book);
+        // Strip the field, as an older herdwatch wrote the file.
+        let path = dir.path().join("findings.json");
+        let mut file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        let findings = file["findings"].as_array_mut().expect("findings");
+        for f in findings.iter_mut() {
+            let had = f
+                .as_object_mut()
+                .and_then(|o| o.remove("recent_onsets_unix_ms"));
+            assert!(had.is_some(), "the history is persisted: {f}");
+        }
+        std::fs::write(&path, file.to_string()).expect("write");
+        let (_store, after) = reopen(dir.path());
+        let back = after.list();
+        assert_eq!(back.len(), 1, "an old file still reads");
+        assert!(back[0].recent_onsets_unix_ms.is_empty());
+        assert_eq!(back[0].occurrences, 1);
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Detectors {
             windows: window::Windows::default(),
             book: finding::FindingBook::new(config.max_findings.unwrap_or(256)),
             store: None,
-            host: host::hostname(),
+            host: host::node_name().to_string(),
             unix_minus_mono_ms: host::unix_minus_monotonic_ns() / 1_000_000,
         }
     }

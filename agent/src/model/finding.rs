@@ -116,7 +116,15 @@ pub struct Finding {
     /// A proposal; herdwatch never acts on a process.
     pub remediation: String,
     pub annotations: Vec<String>,
+    /// Onsets of the most recent occurrences, oldest first, at most `MAX_RECENT_ONSETS`:
+    /// occurrences over time, which first/last seen and the count cannot give. Files
+    /// written before it existed read as empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_onsets_unix_ms: Vec<u64>,
 }
+
+/// Onsets a finding keeps (the oldest goes first).
+pub const MAX_RECENT_ONSETS: usize = 64;
 
 impl Finding {
     pub fn evidence(&self, name: &str) -> Option<f64> {

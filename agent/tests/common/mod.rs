@@ -2,6 +2,7 @@
 //! reasons, child processes that are killed when the test ends, polling for a snapshot.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod checkout;
 pub mod dashboards;
 pub mod load;

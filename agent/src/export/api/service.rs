@@ -280,6 +280,7 @@ mod tests {
             prevention: String::new(),
             remediation: String::new(),
             annotations: Vec::new(),
+            recent_onsets_unix_ms: Vec::new(),
         }
     }
 

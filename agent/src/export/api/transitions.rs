@@ -116,6 +116,7 @@ mod tests {
             prevention: "prevent".into(),
             remediation: "propose".into(),
             annotations: Vec::new(),
+            recent_onsets_unix_ms: Vec::new(),
         }
     }
 

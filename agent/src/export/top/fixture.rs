@@ -177,6 +177,7 @@ pub fn snapshot(at: u64, extra: u64) -> pb::Snapshot {
         host: Some(pb::Host {
             cpus: 2,
             cpu_utilization: Some(0.93),
+            name: "node-a".into(),
         }),
         pools: vec![
             pool(SHOP, "sync", 4, 17, (0.08, 0.87, 0.05)),

@@ -134,6 +134,7 @@ impl From<&Finding> for pb::Finding {
             prevention: f.prevention.clone(),
             remediation: f.remediation.clone(),
             annotations: f.annotations.clone(),
+            recent_onsets_unix_ms: f.recent_onsets_unix_ms.clone(),
         }
     }
 }
@@ -167,6 +168,7 @@ impl TryFrom<pb::Finding> for Finding {
             prevention: f.prevention,
             remediation: f.remediation,
             annotations: f.annotations,
+            recent_onsets_unix_ms: f.recent_onsets_unix_ms,
         })
     }
 }

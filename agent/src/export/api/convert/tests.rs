@@ -51,6 +51,7 @@ fn finding() -> Finding {
         prevention: "Single-flight the cache refill".into(),
         remediation: "wrap stats() in a lock".into(),
         annotations: vec!["master 10 reloaded".into()],
+        recent_onsets_unix_ms: vec![1_000, 61_000],
     }
 }
 

@@ -45,6 +45,7 @@ impl From<&HostView> for pb::Host {
         Self {
             cpus: count32(h.cpus),
             cpu_utilization: h.cpu_utilization,
+            name: crate::host::node_name().to_string(),
         }
     }
 }
