@@ -17,6 +17,56 @@ use common::{cgroup::CpuLimitedCgroup, load::Load, pki, *};
 use grafana::{Answer, Plugin};
 use serde_json::json;
 
+/// The values the dashboards' variables take in this test, as the frontend would expand
+/// them (the fleet here has a saturation finding).
+const DASHBOARD_VARIABLES: [(&str, &str); 1] = [("$kind", "saturation")];
+
+/// Runs every herdwatch-datasource target of `dashboards/` through QueryData and checks its
+/// frames against its panel type: a time field first for time series, rows for tables.
+async fn dashboard_panels_answer(plugin: &Plugin) {
+    let dashboards = common::dashboards::load(&common::dashboards::dir(env!("CARGO_MANIFEST_DIR")));
+    let targets = common::dashboards::targets_of_type(&dashboards, common::dashboards::HERDWATCH);
+    assert!(!targets.is_empty(), "the dashboards have herdwatch panels");
+    for t in targets {
+        // Which datasource answers is Grafana's business (`${herdwatch}`), not the query's.
+        let mut query = t.target.clone();
+        if let Some(fields) = query.as_object_mut() {
+            fields.remove("datasource");
+        }
+        let mut text = serde_json::to_string(&query).expect("JSON");
+        for (variable, value) in DASHBOARD_VARIABLES {
+            text = text.replace(variable, value);
+        }
+        let target: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let unexpanded = text.replace("$__", "").contains('$');
+        assert!(
+            !unexpanded,
+            "{} / {}: a variable this test does not set: {text}",
+            t.dashboard, t.panel_title
+        );
+        let answer = plugin.query(target, 3_600_000, 10_000).await;
+        let panel = format!("{} / {} ({})", t.dashboard, t.panel_title, t.panel_type);
+        assert!(answer.error.is_empty(), "{panel}: {}", answer.error);
+        assert!(
+            answer.frames.iter().any(|f| f.rows() > 0),
+            "{panel}: no data: {answer:#?}"
+        );
+        for frame in &answer.frames {
+            match t.panel_type {
+                "timeseries" => assert!(
+                    frame.fields.first().is_some_and(|f| matches!(
+                        f.data_type,
+                        grafana_plugin_sdk::arrow2::datatypes::DataType::Timestamp(..)
+                    )),
+                    "{panel}: a time series needs a time field first: {frame:#?}"
+                ),
+                "table" => assert!(!frame.fields.is_empty(), "{panel}: {frame:#?}"),
+                other => panic!("{panel}: no frame-shape check for panel type {other}"),
+            }
+        }
+    }
+}
+
 /// An agent of the fleet: `herdwatch run` as its own process, named `node` by
 /// `K8S_NODE_NAME`, its API on TCP at `port` with the test PKI's TLS and token.
 fn agent(node: &str, port: u16, pki: &pki::Pki, dir: &Path) -> Proc {
@@ -223,6 +273,12 @@ fn the_fleet_through_the_grafana_plugin_protocol() {
             .map(|(h, _)| h)
             .collect();
         assert_eq!(shop, ["node-a", "node-b"], "{frame:#?}");
+
+        // Every herdwatch panel of the dashboards, sent as Grafana sends it once the frontend
+        // has expanded the dashboard's variables: frames of the shape its panel draws, with
+        // data from this fleet.
+        dashboard_panels_answer(&plugin).await;
+        phase("the dashboards' herdwatch panels");
 
         // Template variables.
         let (code, hosts) = plugin.resource("hosts").await;

@@ -67,9 +67,17 @@ fn severity_rank(name: &str) -> u8 {
     }
 }
 
-/// True when the query keeps a finding of this kind.
+/// True when the query keeps a finding of this kind. The short names the agent's metric
+/// labels and alert rules use (`herd`, `cron`, `pool`) select the same kinds, so a
+/// variable filled from Prometheus' `finding_kind` works on these panels too.
 fn wants_kind(query: &Query, kind: &str) -> bool {
-    query.kind.is_empty() || query.kind == kind
+    let short = match kind {
+        "thundering_herd" => "herd",
+        "cron_alignment" => "cron",
+        "pool_saturation" => "pool",
+        other => other,
+    };
+    query.kind.is_empty() || query.kind == kind || query.kind == short
 }
 
 /// Each host's findings, merged by id. `answers` are (host, findings) of the agents that
@@ -270,6 +278,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_kind_is_selected_by_its_api_name_or_its_metric_label() {
+        let with_kind = |kind: &str| Query {
+            kind: kind.into(),
+            ..Query::default()
+        };
+        assert!(wants_kind(&with_kind(""), "cron_alignment"));
+        assert!(wants_kind(&with_kind("thundering_herd"), "thundering_herd"));
+        assert!(wants_kind(&with_kind("herd"), "thundering_herd"));
+        assert!(wants_kind(&with_kind("pool"), "pool_saturation"));
+        assert!(!wants_kind(&with_kind("herd"), "cron_alignment"));
+        assert!(!wants_kind(&with_kind("saturation"), "pool_saturation"));
+    }
 
     fn finding(id: &str, kind: pb::FindingKind, occurrences: u64, last: u64) -> pb::Finding {
         pb::Finding {
