@@ -7,6 +7,7 @@ pub mod findings;
 pub mod fleet;
 pub mod plugin;
 pub mod query;
+pub mod rates;
 pub mod settings;
 pub mod tables;
 

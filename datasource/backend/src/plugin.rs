@@ -108,7 +108,11 @@ pub fn frames_for(query: &Query, window: &Window, fleet: &FleetAnswer) -> Vec<Fr
             findings::occurrence_frames(&findings::merge(found, query), window)
         }
         Some(QueryType::Pools) => vec![tables::pools_frame(fleet.pairs(), query)],
-        Some(QueryType::Routes) => vec![tables::routes_frame(fleet.pairs(), query)],
+        Some(QueryType::Routes) => vec![tables::routes_frame(
+            fleet.pairs(),
+            query,
+            &crate::rates::ROUTE_RATES,
+        )],
         Some(QueryType::Queries) => vec![tables::queries_frame(fleet.pairs(), query)],
         None => Vec::new(),
     };

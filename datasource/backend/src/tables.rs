@@ -95,14 +95,16 @@ pub fn pools_frame<'a>(
     ])
 }
 
-/// Routes per host and pool. The agent's counts run since it started, so `rate` is requests
-/// per second over the agent's snapshot interval only when the agent says how long that
-/// was; the per-request figures are over the agent's whole run.
+/// Routes per host and pool: requests per second between this answer's agent snapshot and
+/// the last one the plugin saw (`rates`), and per-request figures over the agent's whole run
+/// (the agent counts since it started).
 pub fn routes_frame<'a>(
     answers: impl IntoIterator<Item = (&'a str, &'a pb::Snapshot)>,
     query: &Query,
+    rates: &crate::rates::RouteRates,
 ) -> Frame {
     let mut rows: Vec<(String, &pb::Route)> = Vec::new();
+    let mut per_s = std::collections::HashMap::new();
     for (host, snap) in answers {
         if !query.wants_host(host) {
             continue;
@@ -113,6 +115,17 @@ pub fn routes_frame<'a>(
             {
                 continue;
             }
+            let rate = rates.per_s(
+                host,
+                &route.pool,
+                &route_name(route),
+                route.requests,
+                snap.taken_at_unix_ms,
+            );
+            per_s.insert(
+                (host.to_string(), route.pool.clone(), route_name(route)),
+                rate,
+            );
             rows.push((host.to_string(), route));
         }
     }
@@ -135,6 +148,15 @@ pub fn routes_frame<'a>(
             .map(|(_, r)| r.requests)
             .collect::<Vec<_>>()
             .into_field("requests"),
+        rows.iter()
+            .map(|(h, r)| {
+                per_s
+                    .get(&(h.clone(), r.pool.clone(), route_name(r)))
+                    .copied()
+                    .flatten()
+            })
+            .collect::<Vec<_>>()
+            .into_opt_field("requests_per_s"),
         rows.iter()
             .map(|(_, r)| quantile_ms(r.latency.as_ref(), 0.99, r.max_ns))
             .collect::<Vec<_>>()
@@ -372,6 +394,7 @@ mod tests {
             &query(
                 serde_json::json!({"queryType": "routes", "hosts": ["node-b"], "route": "GET /invoices/{id}"}),
             ),
+            &crate::rates::RouteRates::default(),
         );
         routes.check().expect("valid");
         assert_eq!(routes.fields()[0].values().len(), 1);
