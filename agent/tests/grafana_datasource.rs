@@ -274,6 +274,24 @@ fn the_fleet_through_the_grafana_plugin_protocol() {
             .collect();
         assert_eq!(shop, ["node-a", "node-b"], "{frame:#?}");
 
+        // Routes: a request rate from two readings of the agents' counts a few seconds apart.
+        let routes_target = json!({"refId": "R", "queryType": "routes", "route": "GET /cpu"});
+        plugin.query(routes_target.clone(), 3_600_000, 10_000).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let routes = plugin.query(routes_target, 3_600_000, 10_000).await;
+        assert!(routes.error.is_empty(), "{}", routes.error);
+        let rates: Vec<f64> = routes.frames[0]
+            .field("requests_per_s")
+            .values
+            .iter()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        assert!(
+            !rates.is_empty() && rates.iter().all(|r| *r > 0.0),
+            "GET /cpu is served all along on both hosts: {:#?}",
+            routes.frames[0]
+        );
+
         // Every herdwatch panel of the dashboards, sent as Grafana sends it once the frontend
         // has expanded the dashboard's variables: frames of the shape its panel draws, with
         // data from this fleet.
