@@ -316,6 +316,8 @@ fn starvation_alert_fires_through_alertmanager_and_resolves() {
                 assert_eq!(o.severity_text, "ERROR");
                 assert!(body(o).contains("POST /api/checkout"), "{}", body(o));
                 assert!(has_attr(o, "http.route", "POST /api/checkout"));
+                // The pool under the service name its metrics carry (the `job`).
+                assert!(has_attr(o, "service.name", "checkout.app"), "{o:#?}");
                 assert!(o.attributes.iter().any(|a| a.key == "evidence.busy_share"));
                 break;
             }

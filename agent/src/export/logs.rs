@@ -3,11 +3,14 @@
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 
+use super::resource::PoolNaming;
 use crate::model::{Finding, Transition};
 
 #[derive(Clone)]
 pub struct FindingLogger {
     logger: SdkLogger,
+    /// A finding's pool goes out under the same `service.name` as the pool's metrics.
+    naming: PoolNaming,
 }
 
 impl std::fmt::Debug for FindingLogger {
@@ -17,9 +20,10 @@ impl std::fmt::Debug for FindingLogger {
 }
 
 impl FindingLogger {
-    pub fn new(provider: &SdkLoggerProvider) -> Self {
+    pub fn new(provider: &SdkLoggerProvider, naming: PoolNaming) -> Self {
         Self {
             logger: provider.logger("herdwatch"),
+            naming,
         }
     }
 
@@ -44,8 +48,13 @@ impl FindingLogger {
         record.add_attribute("finding.prevention", f.prevention.clone());
         record.add_attribute("finding.remediation", f.remediation.clone());
         record.add_attribute("host.name", f.subject.host.clone());
+        if let Some(pool) = &f.subject.pool {
+            record.add_attribute("service.name", self.naming.service_name_by_name(pool));
+        }
         for (key, value) in [
-            ("service.name", &f.subject.pool),
+            // The pool as the agent names it (server, app, binds), as `herdwatch findings`
+            // shows it.
+            ("herdwatch.pool", &f.subject.pool),
             ("http.route", &f.subject.route),
             ("db.query.summary", &f.subject.query_summary),
             // The statement's normalised (literal-free, bounded) text and id, which tell apart

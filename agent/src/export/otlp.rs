@@ -278,7 +278,10 @@ pub fn start(
     let provider = factory.meter_provider(resource.clone())?;
     let tracer_provider = factory.tracer_provider(resource.clone())?;
     let logger_provider = factory.logger_provider(resource)?;
-    let logs = super::logs::FindingLogger::new(&logger_provider);
+    let logs = super::logs::FindingLogger::new(
+        &logger_provider,
+        super::resource::PoolNaming::new(config.services.clone()),
+    );
     let meter = provider.meter("herdwatch");
     let agent = factory.signals(&meter, &tracer_provider);
     let naming = Arc::new(super::resource::PoolNaming::new(config.services.clone()));
