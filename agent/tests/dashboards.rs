@@ -433,18 +433,6 @@ fn instant(prom_port: u16, expr: &str) -> Result<Vec<f64>, String> {
         .collect())
 }
 
-/// The thundering-herd replay's endpoints (tests/replays.rs): all seven share one expensive
-/// query, so the run has pools, routes, queries, run-queue delay and a finding.
-const HERD_ENDPOINTS: [&str; 7] = [
-    "GET /api/dashboard",
-    "GET /api/payments/summary",
-    "GET /api/refunds",
-    "GET /api/large-payments",
-    "GET /api/kpis",
-    "GET /api/home",
-    "GET /api/finance/overview",
-];
-
 #[test]
 fn every_prometheus_panel_returns_data_during_a_replay() {
     if !kernel_available("dashboards::every_prometheus_panel_returns_data_during_a_replay") {
@@ -470,22 +458,9 @@ fn every_prometheus_panel_returns_data_during_a_replay() {
     .expect("prometheus.yml");
     let _prometheus = prometheus(dir.path(), prom_port);
     let pg = Postgres::start();
-    pg.sql(
-        "CREATE TABLE payments AS SELECT g AS id, \
-         (ARRAY['paid','refunded','pending'])[1 + g % 3] AS status, \
-         (g % 1000)::numeric AS amount FROM generate_series(1, 1200000) g",
-    );
-    pg.sql("ANALYZE payments");
+    common::herd::payments(&pg);
     let port = free_port();
-    let _app = Proc::spawn(
-        Command::new(venv().join("bin/uvicorn"))
-            .args(["herd.app:app", "--workers", "4", "--host", "127.0.0.1"])
-            .args(["--port", &port.to_string(), "--app-dir"])
-            .arg(apps_dir())
-            .args(["--log-level", "warning"])
-            .env("PG_DSN", pg.tcp_url())
-            .env("HERD_TTL_S", "10"),
-    );
+    let _app = common::herd::uvicorn(&pg, port, 10);
     wait_http(port);
     wait_http(prom_port);
     let mut config = Config {
@@ -499,7 +474,12 @@ fn every_prometheus_panel_returns_data_during_a_replay() {
     config.detect.herd.baseline_s = 10;
     runtime().block_on(async {
         let agent = start_agent_with(config).await;
-        let load = Load::start(port, &HERD_ENDPOINTS, 14, Duration::from_millis(20));
+        let load = Load::start(
+            port,
+            &common::herd::ENDPOINTS,
+            14,
+            Duration::from_millis(20),
+        );
         wait_for(&agent, Duration::from_secs(90), "a herd finding", |s| {
             s.findings
                 .iter()

@@ -74,26 +74,6 @@ fn findings_of(snap: &Snapshot, kind: FindingKind) -> Vec<&Finding> {
     snap.findings.iter().filter(|f| f.kind == kind).collect()
 }
 
-/// A table of 1.2 M payments, built with generate_series.
-fn payments(pg: &Postgres) {
-    pg.sql(
-        "CREATE TABLE payments AS SELECT g AS id, \
-         (ARRAY['paid','refunded','pending'])[1 + g % 3] AS status, \
-         (g % 1000)::numeric AS amount FROM generate_series(1, 1200000) g",
-    );
-    pg.sql("ANALYZE payments");
-}
-
-const HERD_ENDPOINTS: [&str; 7] = [
-    "GET /api/dashboard",
-    "GET /api/payments/summary",
-    "GET /api/refunds",
-    "GET /api/large-payments",
-    "GET /api/kpis",
-    "GET /api/home",
-    "GET /api/finance/overview",
-];
-
 /// Thundering herd: four uvicorn workers serve seven dashboard endpoints that all need the
 /// same `count(*) FILTER (...)` over 1.2 M rows, cached per worker until the next 15 s
 /// boundary. At every boundary each worker misses and each in-flight request runs the query.
@@ -105,16 +85,9 @@ fn herd() {
         return;
     }
     let pg = Postgres::start();
-    payments(&pg);
+    common::herd::payments(&pg);
     let port = free_port();
-    let mut cmd = Command::new(venv().join("bin/uvicorn"));
-    cmd.args(["herd.app:app", "--workers", "4", "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string(), "--app-dir"])
-        .arg(apps_dir())
-        .args(["--log-level", "warning"])
-        .env("PG_DSN", pg.tcp_url())
-        .env("HERD_TTL_S", "15");
-    let _app = Proc::spawn(&mut cmd);
+    let _app = common::herd::uvicorn(&pg, port, 15);
     wait_http(port);
     let stats_sql = std::fs::read_to_string(apps_dir().join("herd/app.py"))
         .ok()
@@ -127,7 +100,12 @@ fn herd() {
     let herd_fp = fingerprint(&stats_sql).hex_id();
     runtime().block_on(async {
         let agent = start_agent_with(replay_config()).await;
-        let load = Load::start(port, &HERD_ENDPOINTS, 14, Duration::from_millis(20));
+        let load = Load::start(
+            port,
+            &common::herd::ENDPOINTS,
+            14,
+            Duration::from_millis(20),
+        );
         let first = wait_for(&agent, Duration::from_secs(90), "a herd finding", |s| {
             findings_of(s, FindingKind::ThunderingHerd)
                 .first()
@@ -168,7 +146,7 @@ fn herd() {
             "{herd:#?}"
         );
         assert!(herd.evidence("db_time_on_duplicates").unwrap_or(0.0) > 0.0);
-        for endpoint in HERD_ENDPOINTS {
+        for endpoint in common::herd::ENDPOINTS {
             let route = endpoint.trim_start_matches("GET ");
             assert!(
                 herd.subject.routes.iter().any(|r| r == route),

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod checkout;
 pub mod dashboards;
+pub mod herd;
 pub mod load;
 pub mod pki;
 pub mod postgres;

@@ -129,9 +129,8 @@ async fn resolve(name: &str, timeout: Duration) -> Result<Vec<SocketAddr>> {
             "want name:port, e.g. herdwatch.herdwatch.svc.cluster.local:7443".into(),
         ));
     }
-    let addrs = tokio::time::timeout(timeout, tokio::net::lookup_host(name))
-        .await
-        .map_err(|_| fail(format!("no answer within {} ms", timeout.as_millis())))?
+    let addrs = within(timeout, tokio::net::lookup_host(name), &fail)
+        .await?
         .map_err(|e| fail(format!("cannot resolve: {e}")))?;
     let mut addrs: Vec<SocketAddr> = addrs.take(MAX_AGENTS).collect();
     addrs.sort();
@@ -194,14 +193,8 @@ pub async fn connect(agent: &Agent, settings: &Settings) -> Result<Client> {
             .tls_config(tls)
             .map_err(|e| fail(format!("cannot set up TLS: {}", causes(&e))))?;
     }
-    let channel = tokio::time::timeout(settings.timeout, endpoint.connect())
-        .await
-        .map_err(|_| {
-            fail(format!(
-                "no answer within {} ms",
-                settings.timeout.as_millis()
-            ))
-        })?
+    let channel = within(settings.timeout, endpoint.connect(), &fail)
+        .await?
         .map_err(|e| fail(format!("cannot connect: {}", causes(&e))))?;
     Ok(AgentServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_ANSWER_BYTES))
@@ -225,14 +218,18 @@ pub async fn snapshot(agent: &Agent, settings: &Settings) -> Result<pb::Snapshot
             .snapshot
             .ok_or_else(|| fail("answered without a snapshot".into()))
     };
-    tokio::time::timeout(settings.timeout, call)
+    within(settings.timeout, call, &fail).await?
+}
+
+/// `work`'s output, or the error `fail` makes of "no answer within …" once `timeout` passed.
+async fn within<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = T>,
+    fail: impl Fn(String) -> Error,
+) -> Result<T> {
+    tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| {
-            fail(format!(
-                "no answer within {} ms",
-                settings.timeout.as_millis()
-            ))
-        })?
+        .map_err(|_| fail(format!("no answer within {} ms", timeout.as_millis())))
 }
 
 /// What each agent answered (or why not), asking `settings.concurrency` at a time.
