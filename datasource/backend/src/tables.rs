@@ -103,70 +103,62 @@ pub fn routes_frame<'a>(
     query: &Query,
     rates: &crate::rates::RouteRates,
 ) -> Frame {
-    let mut rows: Vec<(String, &pb::Route)> = Vec::new();
-    let mut per_s = std::collections::HashMap::new();
+    // (host, route, requests per second)
+    let mut rows: Vec<(String, &pb::Route, Option<f64>)> = Vec::new();
     for (host, snap) in answers {
         if !query.wants_host(host) {
             continue;
         }
         for route in &snap.routes {
+            let name = route_name(route);
             if (!query.pool.is_empty() && route.pool != query.pool)
-                || (!query.route.is_empty() && route_name(route) != query.route)
+                || (!query.route.is_empty() && name != query.route)
             {
                 continue;
             }
             let rate = rates.per_s(
                 host,
                 &route.pool,
-                &route_name(route),
+                &name,
                 route.requests,
                 snap.taken_at_unix_ms,
             );
-            per_s.insert(
-                (host.to_string(), route.pool.clone(), route_name(route)),
-                rate,
-            );
-            rows.push((host.to_string(), route));
+            rows.push((host.to_string(), route, rate));
         }
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.1.total_ns));
     rows.truncate(query.limit());
     Frame::new("routes").with_fields([
         rows.iter()
-            .map(|(h, _)| h.clone())
+            .map(|(h, _, _)| h.clone())
             .collect::<Vec<_>>()
             .into_field("host"),
         rows.iter()
-            .map(|(_, r)| r.pool.clone())
+            .map(|(_, r, _)| r.pool.clone())
             .collect::<Vec<_>>()
             .into_field("pool"),
         rows.iter()
-            .map(|(_, r)| route_name(r))
+            .map(|(_, r, _)| route_name(r))
             .collect::<Vec<_>>()
             .into_field("route"),
         rows.iter()
-            .map(|(_, r)| r.requests)
+            .map(|(_, r, _)| r.requests)
             .collect::<Vec<_>>()
             .into_field("requests"),
         rows.iter()
-            .map(|(h, r)| {
-                per_s
-                    .get(&(h.clone(), r.pool.clone(), route_name(r)))
-                    .copied()
-                    .flatten()
-            })
+            .map(|(_, _, rate)| *rate)
             .collect::<Vec<_>>()
             .into_opt_field("requests_per_s"),
         rows.iter()
-            .map(|(_, r)| quantile_ms(r.latency.as_ref(), 0.99, r.max_ns))
+            .map(|(_, r, _)| quantile_ms(r.latency.as_ref(), 0.99, r.max_ns))
             .collect::<Vec<_>>()
             .into_opt_field("p99_ms"),
         rows.iter()
-            .map(|(_, r)| per_request_ms(r.cpu_ns, r.requests))
+            .map(|(_, r, _)| per_request_ms(r.cpu_ns, r.requests))
             .collect::<Vec<_>>()
             .into_opt_field("cpu_per_request_ms"),
         rows.iter()
-            .map(|(_, r)| per_request_ms(r.db_wait_ns, r.requests))
+            .map(|(_, r, _)| per_request_ms(r.db_wait_ns, r.requests))
             .collect::<Vec<_>>()
             .into_opt_field("db_wait_per_request_ms"),
     ])
