@@ -49,6 +49,22 @@ fn load(port: u16, plan: Vec<String>, concurrency: usize) -> BTreeMap<String, Ve
         .expect("lock")
 }
 
+/// Whether `pid` is blocked in nanosleep or clock_nanosleep (Python's `time.sleep`).
+fn in_a_sleep_call(pid: u32) -> bool {
+    #[cfg(target_arch = "aarch64")]
+    const SLEEP_CALLS: [&str; 2] = ["101", "115"]; // nanosleep, clock_nanosleep
+    #[cfg(not(target_arch = "aarch64"))]
+    const SLEEP_CALLS: [&str; 2] = ["35", "230"]; // x86_64 nanosleep, clock_nanosleep
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|l| {
+            l.split_whitespace()
+                .next()
+                .map(|nr| SLEEP_CALLS.contains(&nr))
+        })
+        .unwrap_or(false)
+}
+
 fn route<'a>(routes: &'a [RouteStats], path: &str) -> Option<&'a RouteStats> {
     routes.iter().find(|r| r.method == "GET" && r.route == path)
 }
@@ -325,7 +341,10 @@ fn a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state() {
         let master = server.pid();
         pool_ready(&agent, master, 2).await;
         let client = std::thread::spawn(move || get(port, "/sleep?s=20"));
-        // The worker serving it is blocked in its sleep with one open connection.
+        // The worker serving it is blocked in its sleep with one open connection. "Blocked"
+        // alone is not enough: the idle worker's heartbeat can catch it outside its select for
+        // an instant, and killing that one leaves nothing unanswered. The victim is the worker
+        // whose kernel stack shows the sleep itself.
         let victim = wait_for(
             &agent,
             Duration::from_secs(20),
@@ -335,24 +354,32 @@ fn a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state() {
                 s.pool_of_master(master)?
                     .worker_states
                     .iter()
-                    .find(|w| w.state == herdwatch::procs::worker_state::WorkerState::Blocked)
+                    .find(|w| {
+                        w.state == herdwatch::procs::worker_state::WorkerState::Blocked
+                            && in_a_sleep_call(w.pid)
+                    })
                     .map(|w| w.pid)
             },
         )
         .await;
         // SAFETY: killing a worker of the server this test started.
         assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
-        let snap = wait_for(
-            &agent,
-            Duration::from_secs(20),
-            "the unanswered request",
-            |s| {
-                route(&s.routes, "/sleep")
-                    .filter(|r| r.unanswered == 1)
-                    .map(|_| s.clone())
-            },
-        )
-        .await;
+        let mut last = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let snap = loop {
+            let s = agent.snapshot_now().await.expect("snapshot");
+            if route(&s.routes, "/sleep").is_some_and(|r| r.unanswered == 1) {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "no unanswered /sleep after killing worker {victim}: routes {:#?}, connections {:?}, workers {:?}, before {last:?}",
+                    s.routes, s.agent.connections, s.pool_of_master(master).map(|p| &p.worker_states)
+                );
+            }
+            last = route(&s.routes, "/sleep").map(|r| (r.requests, r.unanswered));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         assert_eq!(
             snap.agent.connections.open, 0,
             "the dead worker's connection state is gone"
