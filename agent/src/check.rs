@@ -211,6 +211,18 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                     )),
                 }
             }
+            match loader::load_socket_exit_handler(&mut ebpf) {
+                Ok(()) => lines.push(line(
+                    true,
+                    &format!("program {}", loader::SOCKET_EXIT_IO),
+                    "loaded into the socket exits' jump table",
+                )),
+                Err(e) => lines.push(line(
+                    false,
+                    &format!("program {}", loader::SOCKET_EXIT_IO),
+                    with_missing_caps(e.to_string(), &LOAD_CAPS),
+                )),
+            }
             for (name, category, event) in PROGRAMS {
                 let label = format!("program {name}");
                 match loader::attach_one(&mut ebpf, name, category, event) {

@@ -1,14 +1,26 @@
 //! Offsets of the scheduler's own per-task totals in `struct task_struct`, from the kernel's
 //! BTF (btfparse; aya keeps its BTF type lookups private).
-use std::{fs::File, os::unix::fs::FileExt as _, path::Path};
+use std::path::Path;
 
 use btfparse::{Offset, Readable, TypeInformation};
 
-struct BtfFile(File);
+/// The BTF blob in memory. btfparse reads it a few bytes at a time: from the file that was one
+/// `pread` per field, millions of them for vmlinux (seconds of every agent start); from memory
+/// the parse takes a small fraction of that. vmlinux BTF is a few MiB and is dropped after.
+struct BtfBytes(Vec<u8>);
 
-impl Readable for BtfFile {
+impl Readable for BtfBytes {
     fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        self.0.read_exact_at(buffer, offset).map_err(Into::into)
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.0.get(start..start.checked_add(buffer.len())?));
+        match bytes {
+            Some(bytes) => {
+                buffer.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+        }
     }
 }
 
@@ -22,8 +34,8 @@ pub struct TaskOffsets {
 
 /// The offsets from this kernel's BTF, or the reason they are unavailable.
 pub fn task_offsets(vmlinux: &Path) -> Result<TaskOffsets, String> {
-    let file = File::open(vmlinux).map_err(|e| format!("{}: {e}", vmlinux.display()))?;
-    let types = TypeInformation::new(&BtfFile(file))
+    let bytes = std::fs::read(vmlinux).map_err(|e| format!("{}: {e}", vmlinux.display()))?;
+    let types = TypeInformation::new(&BtfBytes(bytes))
         .map_err(|e| format!("parsing {}: {e:?}", vmlinux.display()))?;
     let task = types
         .id_of("task_struct")

@@ -194,12 +194,47 @@ pub fn attach_raw_sched_switch(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// The read/write exit handler every `sys_exit_*` socket program tail-calls.
+pub const SOCKET_EXIT_IO: &str = "socket_exit_io";
+
+/// Loads (verifies, once) the shared read/write exit handler and puts it in the `EXIT_IO`
+/// jump table. Must run before the `sys_exit_*` socket programs are attached: until then
+/// their records are lost (and counted as dropped).
+pub fn load_socket_exit_handler(ebpf: &mut Ebpf) -> Result<()> {
+    let handler: &mut TracePoint = program(ebpf, SOCKET_EXIT_IO)?;
+    handler
+        .load()
+        .map_err(|e| program_error(SOCKET_EXIT_IO, "load", e))?;
+    let fd = handler
+        .fd()
+        .map_err(|e| program_error(SOCKET_EXIT_IO, "load", e))?
+        .try_clone()
+        .map_err(|e| Error::Map {
+            name: "EXIT_IO",
+            detail: format!("duplicating the handler's fd: {e}"),
+        })?;
+    let map = ebpf.map_mut("EXIT_IO").ok_or_else(|| Error::Map {
+        name: "EXIT_IO",
+        detail: "not in the eBPF object".into(),
+    })?;
+    let mut table = aya::maps::ProgramArray::try_from(map).map_err(|e| Error::Map {
+        name: "EXIT_IO",
+        detail: e.to_string(),
+    })?;
+    table.set(0, &fd, 0).map_err(|e| Error::Map {
+        name: "EXIT_IO",
+        detail: e.to_string(),
+    })
+}
+
 /// Loads (verifies) and attaches one program by name.
 pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
     let tracepoint: &mut TracePoint = program(ebpf, name)?;
+    let started = std::time::Instant::now();
     tracepoint
         .load()
         .map_err(|e| program_error(name, "load", e))?;
+    tracing::debug!("{name} verified in {} ms", started.elapsed().as_millis());
     tracepoint
         .attach(category, event)
         .map_err(|e| program_error(name, "attach", e))?;
@@ -235,6 +270,9 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
     let (mut ebpf, raw_switch) = load(opts)?;
     if raw_switch {
         attach_raw_sched_switch(&mut ebpf)?;
+    }
+    if opts.socket_tracing {
+        load_socket_exit_handler(&mut ebpf)?;
     }
     for (name, category, event) in PROGRAMS {
         if (category == "syscalls" && !opts.socket_tracing)
