@@ -419,7 +419,10 @@ pub mod stat {
     /// Python stacks walked, and the kernel time the walks took (ns): what attribution costs.
     pub const PY_WALKS: u32 = 7;
     pub const PY_WALK_NS: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// TCP connects not traced because their destination already showed it does not speak
+    /// PostgreSQL (not a loss: what the destination cache saved).
+    pub const KNOWN_NOT_POSTGRES: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken by the agent from

@@ -75,10 +75,7 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> u32 {
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
     let raw_state: u64 = ctx.arg(3);
-    let pid_of = |task: u64| unsafe {
-        bpf_probe_read_kernel((task as *const u8).wrapping_add(off.task_pid as usize) as *const i32)
-    };
-    let (Ok(prev_pid), Ok(next_pid)) = (pid_of(prev), pid_of(next)) else {
+    let (Ok(prev_pid), Ok(next_pid)) = (task_pid(&off, prev), task_pid(&off, next)) else {
         count(stat::READ_FAILED);
         return 0;
     };
@@ -92,6 +89,14 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> u32 {
         switch_in(next_pid, ts);
     }
     0
+}
+
+/// `task->pid` (the thread id) of a `task_struct` pointer a raw tracepoint was handed.
+#[inline(always)]
+fn task_pid(off: &herdwatch_common::TracepointOffsets, task: u64) -> Result<i32, i32> {
+    unsafe {
+        bpf_probe_read_kernel((task as *const u8).wrapping_add(off.task_pid as usize) as *const i32)
+    }
 }
 
 /// The raw `prev->__state` expressed as the classic tracepoint's `prev_state`, so one
@@ -206,9 +211,10 @@ fn switch_in(tid: u32, ts: u64) {
 }
 
 /// A sleeping thread became runnable: close its off-CPU interval and open its run-queue wait.
+/// `pid` is the woken thread's id as the tracepoint read it.
 #[inline(always)]
-fn wakeup(ctx: &TracePointContext) -> u32 {
-    let tid = match unsafe { ctx.read_at::<i32>(offsets().wakeup_pid as usize) } {
+fn wakeup(pid: Result<i32, i32>) -> u32 {
+    let tid = match pid {
         Ok(pid) if pid > 0 => pid as u32,
         Ok(_) => return 0,
         Err(_) => {
@@ -239,12 +245,30 @@ fn wakeup(ctx: &TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
+fn woken_pid(ctx: &TracePointContext) -> Result<i32, i32> {
+    unsafe { ctx.read_at::<i32>(offsets().wakeup_pid as usize) }
+}
+
 #[tracepoint]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
-    wakeup(&ctx)
+    wakeup(woken_pid(&ctx))
 }
 
 #[tracepoint]
 pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    wakeup(&ctx)
+    wakeup(woken_pid(&ctx))
+}
+
+/// `sched_wakeup` as a raw tracepoint, `(struct task_struct *p)`: like `sched_switch_raw`, no
+/// trace record is built (comm, prio, target CPU) for a program that wants only the pid.
+/// Runs several times per request on a busy server; used when task_struct offsets are known.
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> u32 {
+    wakeup(task_pid(&offsets(), ctx.arg(0)))
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> u32 {
+    wakeup(task_pid(&offsets(), ctx.arg(0)))
 }

@@ -46,6 +46,20 @@ pub static AGENT_TGIDS: Array<u64> = Array::with_max_entries(TGID_FILTER_WORDS, 
 static TGID_WORDS: Global<u32> = Global::new(TGID_FILTER_WORDS);
 #[map]
 static PENDING_CONNECT: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
+/// TCP destinations whose candidate connection did not speak PostgreSQL first, with when that
+/// was learnt (ns). New connections to them are not candidates: no tracking, no first-write
+/// test, and the connecting process is not marked, so its later reads and writes stay behind
+/// the byte test. Without this every HTTP or Redis client on the host paid the candidate path
+/// on every connection. An entry counts for `NOT_POSTGRES_FOR_NS`, then is learnt again.
+#[map]
+pub static NOT_POSTGRES: LruHashMap<Destination, u64> =
+    LruHashMap::with_max_entries(NOT_POSTGRES_ENTRIES, 0);
+const NOT_POSTGRES_ENTRIES: u32 = 4_096;
+const NOT_POSTGRES_FOR_NS: u64 = 300_000_000_000;
+/// Where each undecided candidate socket (by `socket_key`) connects to.
+#[map]
+static CANDIDATE_DESTINATIONS: LruHashMap<u64, Destination> =
+    LruHashMap::with_max_entries(16_384, 0);
 #[map]
 static ACTIVE_CALLS: LruHashMap<u32, ActiveCall> = LruHashMap::with_max_entries(16_384, 0);
 #[map]
@@ -98,6 +112,16 @@ struct PendingConnect {
     family: u32,
     port: u32,
     kind: u32,
+    destination: Destination,
+}
+
+/// A TCP destination as a map key: the family and port, and the address (IPv4 in the last
+/// word). Zeroed for Unix sockets, which are never candidates.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Destination {
+    family_port: u32,
+    address: [u32; 4],
 }
 
 /// How the exit handler finds the payload.
@@ -183,12 +207,24 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let Ok(family) = (unsafe { bpf_probe_read_user(addr as *const u16) }) else {
         return 0;
     };
+    let mut destination = Destination::default();
     let port = match family {
-        AF_INET | AF_INET6 => {
-            let Ok(be) = (unsafe { bpf_probe_read_user((addr + 2) as *const u16) }) else {
+        AF_INET => {
+            // struct sockaddr_in: family, port (big-endian), address.
+            let Ok(sin) = (unsafe { bpf_probe_read_user(addr as *const [u8; 8]) }) else {
                 return 0;
             };
-            u16::from_be(be)
+            destination.address[3] = u32::from_ne_bytes([sin[4], sin[5], sin[6], sin[7]]);
+            u16::from_be_bytes([sin[2], sin[3]])
+        }
+        AF_INET6 => {
+            // struct sockaddr_in6: family, port (big-endian), flow info, address.
+            let Ok(sin6) = (unsafe { bpf_probe_read_user(addr as *const [u32; 6]) }) else {
+                return 0;
+            };
+            destination.address = [sin6[2], sin6[3], sin6[4], sin6[5]];
+            let port = sin6[0].to_ne_bytes();
+            u16::from_be_bytes([port[2], port[3]])
         }
         AF_UNIX => {
             let Ok(path) = (unsafe { bpf_probe_read_user((addr + 2) as *const [u8; SUN_PATH]) })
@@ -203,9 +239,14 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         _ => return 0,
     };
     let (tid, _) = ids();
-    // A known PostgreSQL port or socket path, or a TCP connection that may turn out to be one.
+    destination.family_port = (u32::from(family) << 16) | u32::from(port);
+    // A known PostgreSQL port or socket path, or a TCP connection that may turn out to be one
+    // (unless this destination already showed it is not).
     let kind = if family == AF_UNIX || unsafe { PG_PORTS.get(&port) }.is_some() {
         sock_kind::POSTGRES
+    } else if known_not_postgres(&destination) {
+        count(stat::KNOWN_NOT_POSTGRES);
+        return 0;
     } else {
         sock_kind::CANDIDATE
     };
@@ -214,6 +255,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         family: family as u32,
         port: port as u32,
         kind,
+        destination,
     };
     if PENDING_CONNECT.insert(tid, pending, 0).is_err() {
         count(stat::SOCKET_INSERT_FAILED);
@@ -240,7 +282,30 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         pending.family,
         pending.port,
     );
+    if pending.kind == sock_kind::CANDIDATE {
+        let key = socket_key(tgid, pending.fd);
+        let _ = CANDIDATE_DESTINATIONS.insert(key, pending.destination, 0);
+    }
     0
+}
+
+/// Whether `destination` showed it does not speak PostgreSQL, recently enough to believe.
+#[inline(always)]
+fn known_not_postgres(destination: &Destination) -> bool {
+    match unsafe { NOT_POSTGRES.get(destination) } {
+        Some(learnt) => now().saturating_sub(*learnt) < NOT_POSTGRES_FOR_NS,
+        None => false,
+    }
+}
+
+/// The candidate socket `key` was decided: remember its destination when it is not
+/// PostgreSQL, and forget where it connects either way.
+#[inline(always)]
+fn candidate_decided(key: u64, postgres: bool) {
+    if !postgres && let Some(destination) = unsafe { CANDIDATE_DESTINATIONS.get(&key) }.copied() {
+        let _ = NOT_POSTGRES.insert(destination, now(), 0);
+    }
+    let _ = CANDIDATE_DESTINATIONS.remove(&key);
 }
 
 /// Whether `tgid` may have a traced socket: false only when neither side marked it.
@@ -422,8 +487,11 @@ fn exit_io_traced(ctx: &TracePointContext) -> u32 {
         return 0; // EAGAIN on a non-blocking socket, EOF, or an error: no bytes moved
     }
     if call.kind == sock_kind::CANDIDATE {
-        if !speaks_postgres(&call, moved as u64) {
-            let _ = SOCKETS.remove(&socket_key(tgid, call.fd));
+        let key = socket_key(tgid, call.fd);
+        let postgres = speaks_postgres(&call, moved as u64);
+        candidate_decided(key, postgres);
+        if !postgres {
+            let _ = SOCKETS.remove(&key);
             return 0;
         }
         call.kind = sock_kind::POSTGRES;
@@ -600,6 +668,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     };
     let _ = SOCKETS.remove(&key);
     if info.kind == sock_kind::CANDIDATE {
+        let _ = CANDIDATE_DESTINATIONS.remove(&key);
         return 0; // never announced, nothing to close in the agent
     }
     let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketCloseEvent>(0) else {

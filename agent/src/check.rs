@@ -198,17 +198,20 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                 },
             ));
             if task_offsets_known {
-                match loader::attach_raw_sched_switch(&mut ebpf) {
-                    Ok(()) => lines.push(line(
-                        true,
-                        "program sched_switch_raw",
-                        "attached to raw tracepoint sched_switch",
-                    )),
-                    Err(e) => lines.push(line(
-                        false,
-                        "program sched_switch_raw",
-                        with_missing_caps(e.to_string(), &ATTACH_CAPS),
-                    )),
+                for (name, tracepoint, _) in loader::RAW_SCHEDULER_PROGRAMS {
+                    let label = format!("program {name}");
+                    match loader::attach_raw(&mut ebpf, name, tracepoint) {
+                        Ok(()) => lines.push(line(
+                            true,
+                            &label,
+                            format!("attached to raw tracepoint {tracepoint}"),
+                        )),
+                        Err(e) => lines.push(line(
+                            false,
+                            &label,
+                            with_missing_caps(e.to_string(), &ATTACH_CAPS),
+                        )),
+                    }
                 }
             }
             match loader::load_socket_exit_handler(&mut ebpf) {

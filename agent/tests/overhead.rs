@@ -13,7 +13,8 @@
 //! that target at the end with `kernel.bpf_stats_enabled` on (per-program ns per run of the
 //! agent's programs) and, when `perf` is installed, `perf record --call-graph dwarf` of the
 //! agent for 10 s (top symbols printed). `HERDWATCH_OVERHEAD_PROFILE_ONLY=1` skips the rounds
-//! and runs just that profile (for iterating on one cost).
+//! and runs just that profile (for iterating on one cost). `HERDWATCH_OVERHEAD_AGENT=<binary>`
+//! runs another build of the agent instead of this one (before/after comparisons).
 mod common;
 
 use std::{
@@ -212,7 +213,7 @@ fn start_agent(dir: &Path) -> Tracer {
     .expect("agent config");
     let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
     Tracer::start(
-        Command::new(env!("CARGO_BIN_EXE_herdwatch"))
+        Command::new(agent_binary())
             .arg("--config")
             .arg(&config)
             .args(["run", "--json"])
@@ -221,6 +222,15 @@ fn start_agent(dir: &Path) -> Tracer {
         // The first snapshot: programs attached, /proc seeded, one interval traced.
         "{",
         libc::SIGTERM,
+    )
+}
+
+/// The agent under test: this build's, or `HERDWATCH_OVERHEAD_AGENT` (another build of it, to
+/// compare two versions' programs on the same machine in the same hour).
+fn agent_binary() -> PathBuf {
+    std::env::var_os("HERDWATCH_OVERHEAD_AGENT").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_herdwatch")),
+        PathBuf::from,
     )
 }
 
@@ -520,7 +530,7 @@ fn overhead() {
     );
     println!(
         "  agent: {} run --json (embedded defaults: socket tracing and Python frames on, 2000 ms interval; only its Prometheus port, API socket and state dir moved to a temp dir)",
-        env!("CARGO_BIN_EXE_herdwatch")
+        agent_binary().display()
     );
     println!(
         "  {:<36} {:>10} {:>10} {:>7}  {:<10} {:>17}  goal",

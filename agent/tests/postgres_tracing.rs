@@ -226,3 +226,64 @@ fn postgres_on_an_unconfigured_port_is_recognised_by_its_first_bytes() {
         assert_eq!(snap.agent.socket_events_malformed, 0);
     });
 }
+
+/// A TCP destination whose first connection did not speak PostgreSQL is learnt once: the
+/// kernel side stops treating further connections to it as candidates (no tracking, no
+/// first-write test), and PostgreSQL on the same address is still traced.
+#[test]
+fn a_destination_that_is_not_postgres_is_learnt_once() {
+    if !kernel_available("a_destination_that_is_not_postgres_is_learnt_once") {
+        return;
+    }
+    const CONNECTIONS: u64 = 20;
+    let pg = Postgres::start();
+    pg.shop_schema();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for _ in 0..CONNECTIONS {
+            let (mut c, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 64];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"bye\n");
+        }
+    });
+    runtime().block_on(async {
+        let agent = start_agent().await;
+        let before = agent
+            .snapshot_now()
+            .await
+            .expect("snapshot")
+            .agent
+            .connects_known_not_postgres;
+        // One client process, one connection after the other: the first is a candidate
+        // until its first write; every later one goes to a destination known not to be
+        // PostgreSQL.
+        let client = format!(
+            "import socket\nfor _ in range({CONNECTIONS}):\n    s = socket.create_connection(('127.0.0.1', {port}))\n    s.sendall(b'hello\\n')\n    s.recv(16)\n    s.close()\n"
+        );
+        let status = Command::new(venv().join("bin/python"))
+            .args(["-c", &client])
+            .status()
+            .expect("python client");
+        assert!(status.success());
+        server.join().expect("server thread");
+        run_client(&pg.tcp_dsn());
+        let snap = all_tracked_queries(&agent, "queries after the non-PostgreSQL client").await;
+        let skipped = snap.agent.connects_known_not_postgres - before;
+        assert!(
+            skipped >= CONNECTIONS - 1,
+            "{skipped} of {CONNECTIONS} connections to 127.0.0.1:{port} skipped the candidate path"
+        );
+        let server_calls = server_calls_by_fingerprint(&pg);
+        for q in TRACKED {
+            let ours = snap.query_like(q).expect("traced");
+            assert_eq!(
+                ours.calls - ours.errors - ours.aborted,
+                server_calls.get(&ours.id).copied().unwrap_or(0),
+                "{q}"
+            );
+        }
+    });
+}

@@ -191,6 +191,9 @@ pub struct AgentStats {
     pub threads_tracked: usize,
     pub socket_events_received: u64,
     pub socket_events_malformed: u64,
+    /// TCP connects not traced because their destination already showed, on an earlier
+    /// connection, that it does not speak PostgreSQL (the kernel's destination cache).
+    pub connects_known_not_postgres: u64,
     pub connections: ConnectionStats,
     /// Query records (starts, ends, finished queries) the detectors never saw because
     /// their queue between two pipeline events was full.

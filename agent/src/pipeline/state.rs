@@ -444,6 +444,7 @@ impl PipelineState {
             threads_tracked,
             socket_events_received: self.socket_reader.received.load(Ordering::Relaxed),
             socket_events_malformed: self.socket_reader.malformed.load(Ordering::Relaxed),
+            connects_known_not_postgres: self.maps.connects_known_not_postgres(),
             connections: self.connections.stats,
             detector_records_dropped: self.aggregates.outbox_dropped,
             python: self.python_stats(),

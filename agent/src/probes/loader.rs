@@ -94,7 +94,7 @@ fn hint_for(err: &(dyn std::error::Error + 'static)) -> &'static str {
 }
 
 /// Loads the object with this kernel's tracepoint offsets, without attaching anything. The
-/// flag says whether task_struct offsets were found in BTF (the raw `sched_switch` can run).
+/// flag says whether task_struct offsets were found in BTF (the raw scheduler programs can run).
 /// Unread bytes in the socket ring at which the kernel side wakes the agent: a quarter of
 /// the ring, so a burst between two drain timer ticks never has to fill it.
 fn socket_wakeup_bytes(ring_bytes: u32) -> u64 {
@@ -154,8 +154,18 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
         .map(|ebpf| (ebpf, task_offsets_known))
 }
 
-/// The raw-tracepoint variant of `sched_switch`, used when task_struct offsets are known.
-pub const RAW_SCHED_SWITCH: &str = "sched_switch_raw";
+/// Raw-tracepoint variants of the scheduler programs, used when task_struct offsets are
+/// known (they read the pid from the task): (program, raw tracepoint, classic program it
+/// replaces). The kernel builds no trace record for them.
+pub const RAW_SCHEDULER_PROGRAMS: [(&str, &str, &str); 3] = [
+    ("sched_switch_raw", "sched_switch", "sched_switch"),
+    ("sched_wakeup_raw", "sched_wakeup", "sched_wakeup"),
+    (
+        "sched_wakeup_new_raw",
+        "sched_wakeup_new",
+        "sched_wakeup_new",
+    ),
+];
 
 fn program_error(
     program: &str,
@@ -184,13 +194,12 @@ where
         .map_err(|e| program_error(name, "convert", e))
 }
 
-/// Loads and attaches the raw `sched_switch` program.
-pub fn attach_raw_sched_switch(ebpf: &mut Ebpf) -> Result<()> {
-    let raw: &mut aya::programs::RawTracePoint = program(ebpf, RAW_SCHED_SWITCH)?;
-    raw.load()
-        .map_err(|e| program_error(RAW_SCHED_SWITCH, "load", e))?;
-    raw.attach("sched_switch")
-        .map_err(|e| program_error(RAW_SCHED_SWITCH, "attach", e))?;
+/// Loads and attaches one raw-tracepoint program.
+pub fn attach_raw(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<()> {
+    let raw: &mut aya::programs::RawTracePoint = program(ebpf, name)?;
+    raw.load().map_err(|e| program_error(name, "load", e))?;
+    raw.attach(tracepoint)
+        .map_err(|e| program_error(name, "attach", e))?;
     Ok(())
 }
 
@@ -267,16 +276,21 @@ pub fn detach_all(ebpf: &mut Ebpf) {
 
 /// Loads and attaches all programs; on error nothing stays attached (dropping `Ebpf` detaches).
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
-    let (mut ebpf, raw_switch) = load(opts)?;
-    if raw_switch {
-        attach_raw_sched_switch(&mut ebpf)?;
+    let (mut ebpf, raw_scheduler) = load(opts)?;
+    if raw_scheduler {
+        for (name, tracepoint, _) in RAW_SCHEDULER_PROGRAMS {
+            attach_raw(&mut ebpf, name, tracepoint)?;
+        }
     }
     if opts.socket_tracing {
         load_socket_exit_handler(&mut ebpf)?;
     }
     for (name, category, event) in PROGRAMS {
         if (category == "syscalls" && !opts.socket_tracing)
-            || (raw_switch && name == "sched_switch")
+            || (raw_scheduler
+                && RAW_SCHEDULER_PROGRAMS
+                    .iter()
+                    .any(|(_, _, replaced)| *replaced == name))
         {
             continue;
         }

@@ -237,6 +237,12 @@ impl KernelMaps {
         (self.stat(stat::PY_WALKS), self.stat(stat::PY_WALK_NS))
     }
 
+    /// TCP connects the kernel side did not trace because their destination already showed
+    /// it does not speak PostgreSQL.
+    pub fn connects_known_not_postgres(&self) -> u64 {
+        self.stat(stat::KNOWN_NOT_POSTGRES)
+    }
+
     /// One `STATS` counter summed over the CPUs.
     fn stat(&self, index: u32) -> u64 {
         self.stats
