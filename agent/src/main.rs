@@ -10,6 +10,15 @@ use herdwatch::{Agent, Config, check, view};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The start parsed the kernel's BTF and verified the programs on this thread: tens of MiB
+/// allocated and freed. mimalloc purges freed pages lazily, on later allocator work in the
+/// same heap, which a mostly idle agent may never do; collected here, they leave the agent's
+/// resident set (measured: 25 MiB anonymous after the start, 7 MiB once collected).
+fn release_startup_memory() {
+    // SAFETY: mi_collect only walks and frees this thread's heap; no pointer is handed over.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "herdwatch",
@@ -228,6 +237,7 @@ fn run(
                 return Ok(true);
             }
         };
+        release_startup_memory();
         let mut updates = agent.subscribe();
         let print = |snap: &herdwatch::model::Snapshot| -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
