@@ -100,3 +100,19 @@ fn reloaded_route_patterns_group_new_requests_and_leave_counted_routes_alone() {
         "paths the patterns miss group as before"
     );
 }
+
+#[test]
+fn prepared_statement_ids_are_computed_once_per_name_and_bounded() {
+    let mut a = Aggregates::new(16, 16, RouteGrouper::default());
+    assert_eq!(
+        &*a.prepared_label("__asyncpg_stmt_1__"),
+        prepared_id("__asyncpg_stmt_1__")
+    );
+    for i in 0..FINGERPRINT_CACHE + 10 {
+        a.prepared_label(&format!("stmt{i}"));
+    }
+    assert!(a.prepared_ids.len() <= FINGERPRINT_CACHE);
+    // After the cache started over, a name still gets its one id.
+    assert_eq!(&*a.prepared_label("stmt3"), prepared_id("stmt3"));
+    assert_eq!(&*a.prepared_label("stmt3"), prepared_id("stmt3"));
+}
