@@ -174,6 +174,21 @@ fn with_missing_caps(detail: String, relevant: &[&str]) -> String {
     }
 }
 
+/// One `program <name>` line: `done` on success, else the error with the missing capabilities
+/// among `relevant` named.
+fn program_line(
+    name: &str,
+    outcome: crate::error::Result<()>,
+    done: String,
+    relevant: &[&str],
+) -> CheckLine {
+    let label = format!("program {name}");
+    match outcome {
+        Ok(()) => line(true, &label, done),
+        Err(e) => line(false, &label, with_missing_caps(e.to_string(), relevant)),
+    }
+}
+
 /// Loading tracing programs wants both; attaching them, CAP_PERFMON.
 const LOAD_CAPS: [&str; 3] = ["CAP_BPF", "CAP_PERFMON", "CAP_DAC_READ_SEARCH"];
 const ATTACH_CAPS: [&str; 1] = ["CAP_PERFMON"];
@@ -199,47 +214,27 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
             ));
             if task_offsets_known {
                 for (name, tracepoint, _) in loader::RAW_SCHEDULER_PROGRAMS {
-                    let label = format!("program {name}");
-                    match loader::attach_raw(&mut ebpf, name, tracepoint) {
-                        Ok(()) => lines.push(line(
-                            true,
-                            &label,
-                            format!("attached to raw tracepoint {tracepoint}"),
-                        )),
-                        Err(e) => lines.push(line(
-                            false,
-                            &label,
-                            with_missing_caps(e.to_string(), &ATTACH_CAPS),
-                        )),
-                    }
+                    lines.push(program_line(
+                        name,
+                        loader::attach_raw(&mut ebpf, name, tracepoint),
+                        format!("attached to raw tracepoint {tracepoint}"),
+                        &ATTACH_CAPS,
+                    ));
                 }
             }
-            match loader::load_socket_exit_handler(&mut ebpf) {
-                Ok(()) => lines.push(line(
-                    true,
-                    &format!("program {}", loader::SOCKET_EXIT_IO),
-                    "loaded into the socket exits' jump table",
-                )),
-                Err(e) => lines.push(line(
-                    false,
-                    &format!("program {}", loader::SOCKET_EXIT_IO),
-                    with_missing_caps(e.to_string(), &LOAD_CAPS),
-                )),
-            }
+            lines.push(program_line(
+                loader::SOCKET_EXIT_IO,
+                loader::load_socket_exit_handler(&mut ebpf),
+                "loaded into the socket exits' jump table".into(),
+                &LOAD_CAPS,
+            ));
             for (name, category, event) in PROGRAMS {
-                let label = format!("program {name}");
-                match loader::attach_one(&mut ebpf, name, category, event) {
-                    Ok(()) => lines.push(line(
-                        true,
-                        &label,
-                        format!("attached to {category}:{event}"),
-                    )),
-                    Err(e) => lines.push(line(
-                        false,
-                        &label,
-                        with_missing_caps(e.to_string(), &ATTACH_CAPS),
-                    )),
-                }
+                lines.push(program_line(
+                    name,
+                    loader::attach_one(&mut ebpf, name, category, event),
+                    format!("attached to {category}:{event}"),
+                    &ATTACH_CAPS,
+                ));
             }
         }
     }

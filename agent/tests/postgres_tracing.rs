@@ -214,15 +214,7 @@ fn postgres_on_an_unconfigured_port_is_recognised_by_its_first_bytes() {
         let agent = start_agent().await; // default ports: 5432 and 6432 only
         run_client(&pg.tcp_dsn());
         let snap = all_tracked_queries(&agent, "queries on the unconfigured port").await;
-        let server = server_calls_by_fingerprint(&pg);
-        for q in TRACKED {
-            let ours = snap.query_like(q).expect("traced");
-            assert_eq!(
-                ours.calls - ours.errors - ours.aborted,
-                server.get(&ours.id).copied().unwrap_or(0),
-                "{q}"
-            );
-        }
+        assert_every_tracked_statement_matches_the_server(&snap, &pg);
         assert_eq!(snap.agent.socket_events_malformed, 0);
     });
 }
@@ -276,14 +268,22 @@ fn a_destination_that_is_not_postgres_is_learnt_once() {
             skipped >= CONNECTIONS - 1,
             "{skipped} of {CONNECTIONS} connections to 127.0.0.1:{port} skipped the candidate path"
         );
-        let server_calls = server_calls_by_fingerprint(&pg);
-        for q in TRACKED {
-            let ours = snap.query_like(q).expect("traced");
-            assert_eq!(
-                ours.calls - ours.errors - ours.aborted,
-                server_calls.get(&ours.id).copied().unwrap_or(0),
-                "{q}"
-            );
-        }
+        assert_every_tracked_statement_matches_the_server(&snap, &pg);
     });
+}
+
+/// Each TRACKED statement's successful calls, as traced, equal the server's own count.
+fn assert_every_tracked_statement_matches_the_server(
+    snap: &herdwatch::model::Snapshot,
+    pg: &Postgres,
+) {
+    let server = server_calls_by_fingerprint(pg);
+    for q in TRACKED {
+        let ours = snap.query_like(q).expect("traced");
+        assert_eq!(
+            ours.calls - ours.errors - ours.aborted,
+            server.get(&ours.id).copied().unwrap_or(0),
+            "{q}"
+        );
+    }
 }
