@@ -364,22 +364,25 @@ fn a_worker_killed_mid_request_leaves_an_unanswered_request_and_no_state() {
         .await;
         // SAFETY: killing a worker of the server this test started.
         assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
-        let mut last = None;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let snap = loop {
-            let s = agent.snapshot_now().await.expect("snapshot");
-            if route(&s.routes, "/sleep").is_some_and(|r| r.unanswered == 1) {
-                break s;
-            }
-            if std::time::Instant::now() > deadline {
-                panic!(
-                    "no unanswered /sleep after killing worker {victim}: routes {:#?}, connections {:?}, workers {:?}, before {last:?}",
-                    s.routes, s.agent.connections, s.pool_of_master(master).map(|p| &p.worker_states)
-                );
-            }
-            last = route(&s.routes, "/sleep").map(|r| (r.requests, r.unanswered));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let snap = wait_for_or_explain(
+            &agent,
+            Duration::from_secs(20),
+            "the unanswered request",
+            |s| {
+                route(&s.routes, "/sleep")
+                    .filter(|r| r.unanswered == 1)
+                    .map(|_| s.clone())
+            },
+            |s| {
+                format!(
+                    " after killing worker {victim}: routes {:#?}, connections {:?}, workers {:?}",
+                    s.routes,
+                    s.agent.connections,
+                    s.pool_of_master(master).map(|p| &p.worker_states)
+                )
+            },
+        )
+        .await;
         assert_eq!(
             snap.agent.connections.open, 0,
             "the dead worker's connection state is gone"

@@ -261,7 +261,18 @@ pub async fn wait_for<T>(
     agent: &Agent,
     timeout: Duration,
     what: &str,
+    check: impl FnMut(&Arc<Snapshot>) -> Option<T>,
+) -> T {
+    wait_for_or_explain(agent, timeout, what, check, |_| String::new()).await
+}
+
+/// `wait_for`, whose timeout panic also says what `explain` finds in the last snapshot.
+pub async fn wait_for_or_explain<T>(
+    agent: &Agent,
+    timeout: Duration,
+    what: &str,
     mut check: impl FnMut(&Arc<Snapshot>) -> Option<T>,
+    explain: impl Fn(&Snapshot) -> String,
 ) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -269,7 +280,11 @@ pub async fn wait_for<T>(
         if let Some(v) = check(&snap) {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}{}",
+            explain(&snap)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
