@@ -315,7 +315,7 @@ impl PipelineLoop {
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => state.apply(&event, &mut analysis.detectors),
+                    Some(event) => apply_process_event(&event, sockets, state, analysis),
                     None => return,
                 },
                 read = sockets.apply_ready(SOCKET_RECORDS_PER_WAKE, |record| {
@@ -397,11 +397,36 @@ fn drain(
     analysis: &mut Analysis,
 ) {
     while let Ok(event) = rx.try_recv() {
-        state.apply(&event, &mut analysis.detectors);
+        apply_process_event(&event, sockets, state, analysis);
     }
     sockets.apply_waiting(SOCKET_RECORDS_BEFORE_SNAPSHOT, |record| {
         state.apply_socket_record(record, &mut analysis.detectors)
     });
+}
+
+/// Applies one process event. A process's exit first takes the socket records already
+/// written: they came before it (a process reads and writes before it dies), but they travel
+/// in the other ring, drained on a short timer, while exits arrive at once. Applied after the
+/// exit, a request read just before a SIGKILL found its connection already closed, was never
+/// counted as unanswered, and left a connection of a dead process in the table.
+fn apply_process_event(
+    event: &crate::probes::ProcessEvent,
+    sockets: &mut reader::SocketRing,
+    state: &mut PipelineState,
+    analysis: &mut Analysis,
+) {
+    if matches!(
+        event,
+        crate::probes::ProcessEvent::Exit {
+            group_dead: true,
+            ..
+        }
+    ) {
+        sockets.apply_waiting(SOCKET_RECORDS_BEFORE_SNAPSHOT, |record| {
+            state.apply_socket_record(record, &mut analysis.detectors)
+        });
+    }
+    state.apply(event, &mut analysis.detectors);
 }
 
 impl Drop for Agent {
