@@ -203,44 +203,22 @@ impl Aggregates {
 
     /// Counts the query under its fingerprint; returns the fingerprint id it was counted under.
     fn count_query(&mut self, pid: u32, q: &QueryEvent, caller: Caller<'_>) -> Label {
-        let (id, summary, operation, normalized, text_unknown) = match (&q.sql, &q.statement) {
-            (Some(sql), _) => {
-                // Borrowed from the cache: no reference count taken per query.
-                let known = Self::fingerprint_of(&mut self.fingerprints, sql);
-                if let Some(entry) = self.queries.get_mut(&*known.id) {
-                    // The common case: a statement seen before. No allocation past the lookup.
-                    Self::count(entry, pid, q, caller);
-                    Self::charge(
-                        &mut self.db_wait_by_pid,
-                        &mut self.sinks,
-                        self.pool_of_pid.get(&pid).map(|p| &**p),
-                        entry,
-                        pid,
-                        q,
-                    );
-                    return known.id.clone();
-                }
-                (
-                    known.id.to_string(),
-                    known.summary.clone(),
-                    known.operation.clone(),
-                    known.normalized.clone(),
-                    false,
-                )
-            }
-            (None, name) => {
-                let name = name.clone().unwrap_or_default();
-                (
-                    prepared_id(&name),
-                    format!("EXECUTE {name}"),
-                    "EXECUTE".to_string(),
-                    format!(
-                        "EXECUTE {name} -- prepared before herdwatch started; text not seen yet"
-                    ),
-                    true,
-                )
-            }
-        };
+        let id = self.statement_id(q.sql.as_ref(), q.statement.as_deref());
+        if let Some(entry) = self.queries.get_mut(&*id) {
+            // The common case: a statement seen before. No allocation past the lookup.
+            Self::count(entry, pid, q, caller);
+            Self::charge(
+                &mut self.db_wait_by_pid,
+                &mut self.sinks,
+                self.pool_of_pid.get(&pid).map(|p| &**p),
+                entry,
+                pid,
+                q,
+            );
+            return id;
+        }
+        let (summary, operation, normalized, text_unknown) = self.describe(q);
+        let id = id.to_string();
         let full = self.queries.len() >= self.max_queries && !self.queries.contains_key(&id);
         let entry = if full {
             self.queries
@@ -390,14 +368,50 @@ impl Aggregates {
         sql: Option<&std::sync::Arc<str>>,
         statement: Option<&str>,
     ) -> Label {
-        let id = match sql {
-            Some(sql) => Self::fingerprint_of(&mut self.fingerprints, sql).id.clone(),
-            None => self.prepared_label(statement.unwrap_or_default()),
-        };
+        let id = self.statement_id(sql, statement);
         if self.queries.contains_key(&*id) || self.queries.len() < self.max_queries {
             id
         } else {
             Label::from(OTHER_ID)
+        }
+    }
+
+    /// A statement's id: the fingerprint of its text, or, known only by name, its prepared id.
+    fn statement_id(
+        &mut self,
+        sql: Option<&std::sync::Arc<str>>,
+        statement: Option<&str>,
+    ) -> Label {
+        match sql {
+            Some(sql) => Self::fingerprint_of(&mut self.fingerprints, sql).id.clone(),
+            None => self.prepared_label(statement.unwrap_or_default()),
+        }
+    }
+
+    /// How a statement counted for the first time is shown: (summary, operation, normalized
+    /// text, whether its text is unknown — prepared before the agent saw it).
+    fn describe(&mut self, q: &QueryEvent) -> (String, String, String, bool) {
+        match (&q.sql, &q.statement) {
+            (Some(sql), _) => {
+                let known = Self::fingerprint_of(&mut self.fingerprints, sql);
+                (
+                    known.summary.clone(),
+                    known.operation.clone(),
+                    known.normalized.clone(),
+                    false,
+                )
+            }
+            (None, name) => {
+                let name = name.as_deref().unwrap_or_default();
+                (
+                    format!("EXECUTE {name}"),
+                    "EXECUTE".to_string(),
+                    format!(
+                        "EXECUTE {name} -- prepared before herdwatch started; text not seen yet"
+                    ),
+                    true,
+                )
+            }
         }
     }
 
