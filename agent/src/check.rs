@@ -213,7 +213,7 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                 },
             ));
             if task_offsets_known {
-                for (name, tracepoint, _) in loader::RAW_SCHEDULER_PROGRAMS {
+                for (name, tracepoint) in loader::RAW_SCHEDULER_PROGRAMS {
                     lines.push(program_line(
                         name,
                         loader::attach_raw(&mut ebpf, name, tracepoint),

@@ -155,16 +155,12 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
 }
 
 /// Raw-tracepoint variants of the scheduler programs, used when task_struct offsets are
-/// known (they read the pid from the task): (program, raw tracepoint, classic program it
-/// replaces). The kernel builds no trace record for them.
-pub const RAW_SCHEDULER_PROGRAMS: [(&str, &str, &str); 3] = [
-    ("sched_switch_raw", "sched_switch", "sched_switch"),
-    ("sched_wakeup_raw", "sched_wakeup", "sched_wakeup"),
-    (
-        "sched_wakeup_new_raw",
-        "sched_wakeup_new",
-        "sched_wakeup_new",
-    ),
+/// known (they read the pid from the task): (program, tracepoint). Each replaces the classic
+/// program named after its tracepoint; the kernel builds no trace record for them.
+pub const RAW_SCHEDULER_PROGRAMS: [(&str, &str); 3] = [
+    ("sched_switch_raw", "sched_switch"),
+    ("sched_wakeup_raw", "sched_wakeup"),
+    ("sched_wakeup_new_raw", "sched_wakeup_new"),
 ];
 
 fn program_error(
@@ -239,11 +235,9 @@ pub fn load_socket_exit_handler(ebpf: &mut Ebpf) -> Result<()> {
 /// Loads (verifies) and attaches one program by name.
 pub fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, event: &str) -> Result<()> {
     let tracepoint: &mut TracePoint = program(ebpf, name)?;
-    let started = std::time::Instant::now();
     tracepoint
         .load()
         .map_err(|e| program_error(name, "load", e))?;
-    tracing::debug!("{name} verified in {} ms", started.elapsed().as_millis());
     tracepoint
         .attach(category, event)
         .map_err(|e| program_error(name, "attach", e))?;
@@ -278,7 +272,7 @@ pub fn detach_all(ebpf: &mut Ebpf) {
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
     let (mut ebpf, raw_scheduler) = load(opts)?;
     if raw_scheduler {
-        for (name, tracepoint, _) in RAW_SCHEDULER_PROGRAMS {
+        for (name, tracepoint) in RAW_SCHEDULER_PROGRAMS {
             attach_raw(&mut ebpf, name, tracepoint)?;
         }
     }
@@ -290,7 +284,7 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
             || (raw_scheduler
                 && RAW_SCHEDULER_PROGRAMS
                     .iter()
-                    .any(|(_, _, replaced)| *replaced == name))
+                    .any(|(_, tracepoint)| *tracepoint == name))
         {
             continue;
         }
