@@ -180,9 +180,10 @@ pub async fn connect(agent: &Agent, settings: &Settings) -> Result<Client> {
         }
         None => Bearer(None),
     };
-    let mut endpoint = Endpoint::from(agent.uri.clone())
-        .connect_timeout(settings.timeout)
-        .timeout(settings.timeout);
+    // No per-request `Endpoint::timeout`: every call is already bounded by `within` (or the
+    // stream's own open timeout), and a second timer racing it would end the same wait as
+    // "Cancelled: Timeout expired" instead of the "no answer within" the user is told.
+    let mut endpoint = Endpoint::from(agent.uri.clone()).connect_timeout(settings.timeout);
     if !settings.insecure_plaintext {
         let mut tls = ClientTlsConfig::new().domain_name(agent.tls_name.clone());
         tls = match &settings.ca_cert {
