@@ -65,6 +65,13 @@ struct Sample {
     /// The tracer's CPU over the loaded window, in % of one core.
     cpu_pct: Option<f64>,
     hwm_kib: Option<u64>,
+    /// The whole machine's busy CPU time (user, nice, system, irq, softirq; not idle, iowait
+    /// or steal) per request served, in µs: what a request costs, apps, kernel, wrk and
+    /// tracer together. Unlike throughput it does not move when a neighbour on the host
+    /// steals CPU, so its traced/untraced ratio is the steadier estimate of the overhead.
+    busy_us_per_request: f64,
+    /// CPU stolen by the hypervisor during the round, % of the machine.
+    steal_pct: f64,
     /// Other eBPF tracers (herdwatch or bpftrace processes not ours) running during the round:
     /// their programs run in the apps' syscalls too, in every mode.
     others: usize,
@@ -95,6 +102,68 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / hz
+}
+
+/// The machine's (busy, steal, all) CPU ticks so far, from the `cpu` line of /proc/stat.
+fn machine_ticks() -> (u64, u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat readable");
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .expect("cpu line")
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    let all = (0..8).map(at).sum();
+    (busy, at(7), all)
+}
+
+/// Read and write calls of one `dd` run in `bystander_syscall_cost`.
+const DD_CALLS: u64 = 2_000_000;
+
+/// CPU seconds of the children reaped so far (user + system).
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU ns per call of a `dd` copying one byte per call, a process no tracer wants: what the
+/// agent's syscall programs cost everyone else on the host.
+fn dd_ns_per_call() -> f64 {
+    let before = children_cpu();
+    let status = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1"])
+        .arg(format!("count={}", DD_CALLS / 2))
+        .stderr(Stdio::null())
+        .status()
+        .expect("dd runs");
+    assert!(status.success(), "dd failed");
+    1e9 * (children_cpu() - before) / DD_CALLS as f64
+}
+
+/// (untraced ns per call, ns added by the agent) for a bystander's reads and writes, the
+/// median of paired rounds. The agent is measured while it runs (not yet reaped), so only
+/// dd's own CPU is in the figure.
+fn bystander_syscall_cost(dir: &Path) -> (f64, f64) {
+    eprintln!("bystander syscalls: dd bs=1, {ROUNDS} rounds");
+    let mut base = Vec::new();
+    let mut added = Vec::new();
+    for _ in 0..ROUNDS {
+        let untraced = dd_ns_per_call();
+        let agent = start_agent(dir);
+        let traced = dd_ns_per_call();
+        drop(agent);
+        base.push(untraced);
+        added.push(traced - untraced);
+    }
+    (median(base), median(added))
 }
 
 /// A `Vm*:` line of /proc/<pid>/status in KiB.
@@ -324,9 +393,11 @@ fn round(target: &Target, mode: Mode, dir: &Path, script: &Path, bt: &str) -> Sa
     };
     let others = other_tracers(tracer.as_ref().map(Tracer::pid)).len();
     let cpu0 = tracer.as_ref().map(|t| cpu_seconds(t.pid()));
+    let ticks0 = machine_ticks();
     let start = Instant::now();
     let (rps, errors) = wrk(target, LOAD_S, script);
     let window = start.elapsed().as_secs_f64();
+    let ticks1 = machine_ticks();
     let cpu_pct = tracer
         .as_ref()
         .zip(cpu0)
@@ -336,18 +407,25 @@ fn round(target: &Target, mode: Mode, dir: &Path, script: &Path, bt: &str) -> Sa
         .filter(|_| mode == Mode::Agent)
         .map(|t| status_kib(t.pid(), "VmHWM:"));
     let records = tracer.as_ref().and_then(Tracer::socket_records);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let busy_s = (ticks1.0 - ticks0.0) as f64 / hz;
     let s = Sample {
         rps,
         errors,
+        busy_us_per_request: 1e6 * busy_s / (rps * window).max(1.0),
+        steal_pct: 100.0 * (ticks1.1 - ticks0.1) as f64 / (ticks1.2 - ticks0.2).max(1) as f64,
         cpu_pct,
         hwm_kib,
         others,
     };
     eprintln!(
-        "  {:<36} {:<9} {:>8.0} req/s{}{}{}{}",
+        "  {:<36} {:<9} {:>8.0} req/s, {:.0} µs CPU per request (steal {:.1} %){}{}{}{}",
         target.name,
         format!("{mode:?}"),
         rps,
+        s.busy_us_per_request,
+        s.steal_pct,
         if errors > 0 {
             format!(" ({errors} errors)")
         } else {
@@ -468,7 +546,11 @@ fn overhead() {
     if let Some(target) = profiled
         && std::env::var_os("HERDWATCH_OVERHEAD_PROFILE_ONLY").is_some()
     {
-        profile(target, dir.path(), &script);
+        if std::env::var_os("HERDWATCH_OVERHEAD_PROFILE_SYSTEM").is_some() {
+            system_profile(target, dir.path(), &script);
+        } else {
+            profile(target, dir.path(), &script);
+        }
         return;
     }
     let bt = bpftrace_program(&workers);
@@ -486,6 +568,8 @@ fn overhead() {
             }
         }
     }
+
+    let bystander = bystander_syscall_cost(dir.path());
 
     // Idle: the apps stay up, nothing loads them.
     eprintln!("idle agent, {IDLE_S} s");
@@ -526,18 +610,23 @@ fn overhead() {
     // Each round's traced run against the same round's untraced run, minutes apart at most:
     // the host's speed drifts by more than the agent costs (untraced /ping ran 4204, 3985,
     // 5249 req/s in three rounds of one run), so ratios of separate medians mix that drift in.
-    let round_ratios = |t: usize, mode: Mode| -> Vec<f64> {
-        let rps = |m: Mode| {
+    // Per round, `f` of the traced run over `f` of the same round's untraced run.
+    let paired = |t: usize, mode: Mode, f: fn(&Sample) -> f64| -> Vec<f64> {
+        let of = |m: Mode| {
             samples[t]
                 .iter()
                 .filter(move |(x, _)| *x == m)
-                .map(|(_, s)| s.rps)
+                .map(move |(_, s)| f(s))
         };
-        rps(mode)
-            .zip(rps(Mode::Untraced))
+        of(mode)
+            .zip(of(Mode::Untraced))
             .map(|(a, b)| a / b)
             .collect()
     };
+    let round_ratios = |t: usize, mode: Mode| paired(t, mode, |s| s.rps);
+    // Requests per busy CPU-second of the machine: traced/untraced is the throughput ratio a
+    // CPU-bound host would see, without the hypervisor's steal in it.
+    let cost_ratios = |t: usize, mode: Mode| paired(t, mode, |s| 1.0 / s.busy_us_per_request);
     let spread = |ratios: &[f64]| {
         let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -553,8 +642,16 @@ fn overhead() {
         agent_binary().display()
     );
     println!(
-        "  {:<36} {:>10} {:>10} {:>7} {:>11}  {:<10} {:>17}  goal",
-        "target", "untraced", "traced", "ratio", "(rounds)", "goal", "agent CPU/1k rps"
+        "  {:<36} {:>10} {:>10} {:>7} {:>11}  {:<10} {:>17}  goal   {:>10} {:>11}",
+        "target",
+        "untraced",
+        "traced",
+        "ratio",
+        "(rounds)",
+        "goal",
+        "agent CPU/1k rps",
+        "cost ratio",
+        "(rounds)"
     );
     let mut ping_ratio = f64::NAN;
     for (t, target) in targets.iter().enumerate() {
@@ -563,6 +660,8 @@ fn overhead() {
         let ratios = round_ratios(t, Mode::Agent);
         let ratio = median(ratios.clone());
         let per_1k = pick(t, Mode::Agent, &|s| Some(s.cpu_pct? / (s.rps / 1000.0)));
+        let costs = cost_ratios(t, Mode::Agent);
+        let cost = median(costs.clone());
         if t == 0 {
             ping_ratio = ratio;
         }
@@ -571,8 +670,13 @@ fn overhead() {
         } else {
             "—".to_string()
         };
+        let cost_goal = if target.gunicorn {
+            mark(cost >= GOAL_RATIO)
+        } else {
+            ""
+        };
         println!(
-            "  {:<36} {:>6.0} r/s {:>6.0} r/s {:>7.3} {:>11}  {:<10} {:>9.2} % core  ≤ {GOAL_CPU_PER_1K} % {}",
+            "  {:<36} {:>6.0} r/s {:>6.0} r/s {:>7.3} {:>11}  {:<10} {:>9.2} % core  ≤ {GOAL_CPU_PER_1K} % {}   {:>8.3} {} {:>11}",
             target.name,
             base,
             traced,
@@ -580,11 +684,18 @@ fn overhead() {
             spread(&ratios),
             ratio_goal,
             per_1k,
-            mark(per_1k <= GOAL_CPU_PER_1K)
+            mark(per_1k <= GOAL_CPU_PER_1K),
+            cost,
+            cost_goal,
+            spread(&costs)
         );
     }
     println!(
         "  (agent CPU = its process's utime+stime over the loaded window; its eBPF programs run in the apps' syscalls and show in the ratio)"
+    );
+    let steal = median(samples.iter().flatten().map(|(_, s)| s.steal_pct).collect());
+    println!(
+        "  (cost ratio = requests per busy CPU-second of the whole machine, traced over untraced, paired by round: the throughput a CPU-bound host keeps, without the {steal:.1} % median steal of this run's hypervisor in it)"
     );
     let errors: u64 = samples.iter().flatten().map(|(_, s)| s.errors).sum();
     if errors > 0 {
@@ -610,8 +721,9 @@ fn overhead() {
         let bt_ratios = round_ratios(0, Mode::Bpftrace);
         let bt_ratio = median(bt_ratios.clone());
         let bt_cpu = pick(0, Mode::Bpftrace, &|s| s.cpu_pct);
+        let bt_cost = median(cost_ratios(0, Mode::Bpftrace));
         println!(
-            "  peer on gunicorn /ping: bpftrace (enter+exit of read/write/sendto/recvfrom, 200 B prefix into a map; accept4/close counted; the 3 workers' pids only) ratio {bt_ratio:.3} (rounds {}), its userspace {bt_cpu:.1} % of a core; herdwatch {ping_ratio:.3} ({})",
+            "  peer on gunicorn /ping: bpftrace (enter+exit of read/write/sendto/recvfrom, 200 B prefix into a map; accept4/close counted; the 3 workers' pids only) ratio {bt_ratio:.3} (rounds {}), cost ratio {bt_cost:.3}, its userspace {bt_cpu:.1} % of a core; herdwatch {ping_ratio:.3} ({})",
             spread(&bt_ratios),
             if ping_ratio >= bt_ratio {
                 "at or above the floor ✓"
@@ -632,6 +744,10 @@ fn overhead() {
         } else {
             String::new()
         }
+    );
+    println!(
+        "  a process nobody traces (dd bs=1, {DD_CALLS} reads and writes, median of {ROUNDS} paired rounds): {:.0} ns per call untraced, {:+.0} ns with the agent",
+        bystander.0, bystander.1
     );
     let peak_kib = samples
         .iter()
@@ -814,5 +930,100 @@ fn profile(target: &Target, dir: &Path, script: &Path) {
         .take(10)
     {
         println!("  {}", line.trim_end());
+    }
+}
+
+/// CPU µs per request by symbol (kernel and user, every process) over one `wrk` round of
+/// `target`, from a system-wide `perf record`; and the requests served.
+fn machine_symbols(
+    target: &Target,
+    script: &Path,
+    name: &str,
+) -> Option<(Vec<(String, f64)>, f64)> {
+    const HZ: f64 = 999.0;
+    // Kept after the run, for `perf report -i` on other sort keys.
+    let data = PathBuf::from(format!("/tmp/herdwatch-overhead-system-{name}.data"));
+    let perf = Command::new("perf")
+        .args(["record", "-a", "-e", "cpu-clock", "-F", "999", "-o"])
+        .arg(&data)
+        .args(["--", "sleep", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let (rps, _) = wrk(target, 10, script);
+    let mut perf = perf;
+    if !perf.wait().is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let out = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "-n",
+            "--sort",
+            "dso,symbol",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .ok()?;
+    let requests = (rps * 10.0).max(1.0);
+    let rows = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            // "  12.34%   5678  dso  [k] symbol"
+            let mut f = l.split_whitespace();
+            f.next()?;
+            let samples: f64 = f.next()?.parse().ok()?;
+            let symbol = f.collect::<Vec<_>>().join(" ");
+            Some((symbol, 1e6 * samples / HZ / requests))
+        })
+        .collect();
+    Some((rows, rps))
+}
+
+/// Where the traced machine spends more CPU per request than the untraced one.
+fn system_profile(target: &Target, dir: &Path, script: &Path) {
+    let Some((untraced, base_rps)) = machine_symbols(target, script, "untraced") else {
+        println!("perf record -a failed or perf is missing: no system profile");
+        return;
+    };
+    let agent = start_agent(dir);
+    let traced = machine_symbols(target, script, "traced");
+    drop(agent);
+    let Some((traced, rps)) = traced else {
+        println!("perf record -a failed during the traced round");
+        return;
+    };
+    let total = |rows: &[(String, f64)]| rows.iter().map(|r| r.1).sum::<f64>();
+    println!();
+    println!(
+        "system profile of {} (perf cpu-clock 999 Hz, all CPUs, 10 s each): untraced {base_rps:.0} req/s, {:.0} µs CPU per request; traced {rps:.0} req/s, {:.0} µs",
+        target.name,
+        total(&untraced),
+        total(&traced)
+    );
+    let before: std::collections::HashMap<&str, f64> =
+        untraced.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+    let mut grown: Vec<(&str, f64, f64)> = traced
+        .iter()
+        .map(|(s, v)| {
+            (
+                s.as_str(),
+                before.get(s.as_str()).copied().unwrap_or(0.0),
+                *v,
+            )
+        })
+        .collect();
+    grown.sort_by(|a, b| (b.2 - b.1).total_cmp(&(a.2 - a.1)));
+    println!(
+        "  {:>9} {:>9} {:>9}  symbol (µs per request)",
+        "untraced", "traced", "grown"
+    );
+    for (symbol, a, b) in grown.into_iter().take(30) {
+        println!("  {a:>9.2} {b:>9.2} {:>+9.2}  {symbol}", b - a);
     }
 }
