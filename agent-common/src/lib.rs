@@ -471,6 +471,76 @@ impl TracepointOffsets {
     };
 }
 
+/// The host's system-call ABI, for the socket programs attached to the raw `sys_enter` and
+/// `sys_exit` tracepoints: where `struct pt_regs` keeps the call's number and first two
+/// arguments, how a native call is told from a 32-bit compat one (whose numbers mean other
+/// calls), and the numbers of the calls traced. The agent patches it for the architecture
+/// it was built for; `enabled` = 0 leaves the raw programs inert.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallAbi {
+    pub enabled: u32,
+    /// Byte offsets in `struct pt_regs` of the first and second argument and of the number.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_nr: u32,
+    /// A native call has `(regs[native_at] & native_mask) == native_value` (x86-64: the code
+    /// segment is `__USER_CS`; arm64: pstate's 32-bit mode bit is clear).
+    pub regs_native_at: u32,
+    pub _pad: u32,
+    pub native_mask: u64,
+    pub native_value: u64,
+    pub nr: SyscallNumbers,
+}
+
+/// Numbers of the traced calls; `NO_SYSCALL` for one the architecture lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallNumbers {
+    pub read: u32,
+    pub recvfrom: u32,
+    pub readv: u32,
+    pub recvmsg: u32,
+    pub write: u32,
+    pub sendto: u32,
+    pub writev: u32,
+    pub sendmsg: u32,
+    pub connect: u32,
+    pub accept: u32,
+    pub accept4: u32,
+    pub close: u32,
+}
+
+pub const NO_SYSCALL: u32 = u32::MAX;
+
+impl SyscallAbi {
+    /// Until the agent patches it: the raw programs do nothing.
+    pub const INERT: Self = Self {
+        enabled: 0,
+        regs_arg0: 0,
+        regs_arg1: 0,
+        regs_nr: 0,
+        regs_native_at: 0,
+        _pad: 0,
+        native_mask: 0,
+        native_value: 0,
+        nr: SyscallNumbers {
+            read: NO_SYSCALL,
+            recvfrom: NO_SYSCALL,
+            readv: NO_SYSCALL,
+            recvmsg: NO_SYSCALL,
+            write: NO_SYSCALL,
+            sendto: NO_SYSCALL,
+            writev: NO_SYSCALL,
+            sendmsg: NO_SYSCALL,
+            connect: NO_SYSCALL,
+            accept: NO_SYSCALL,
+            accept4: NO_SYSCALL,
+            close: NO_SYSCALL,
+        },
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -480,4 +550,5 @@ mod pod {
     unsafe impl aya::Pod for CpuCurrent {}
     unsafe impl aya::Pod for SocketInfo {}
     unsafe impl aya::Pod for PyProcess {}
+    unsafe impl aya::Pod for SyscallAbi {}
 }

@@ -11,6 +11,7 @@ mod process;
 mod python;
 mod sched;
 mod socket;
+mod syscalls;
 
 #[cfg(not(test))]
 #[panic_handler]

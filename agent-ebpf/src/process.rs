@@ -134,6 +134,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // The final totals, straight from the exiting task.
     crate::sched::read_kernel_totals(&mut counters);
     let _ = THREADS.remove(tid);
+    crate::socket::forget_thread(tid);
     let _ = EXITED.insert(tid, 1, 0);
     if group_dead != 0 {
         // Its fds are gone with it; a process reusing the id starts untraced.

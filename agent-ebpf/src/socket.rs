@@ -1,4 +1,6 @@
-//! Socket tracing from syscall tracepoints (kprobes and fentry are unavailable by design).
+//! Socket tracing from syscall tracepoints (kprobes and fentry are unavailable by design):
+//! the handlers, attached either through the raw `sys_enter`/`sys_exit` programs of
+//! `syscalls.rs` or, where the agent does not know the host's ABI, one program per call here.
 //!
 //! Only sockets in `SOCKETS` are traced: client connections to a PostgreSQL port or Unix
 //! socket (`.s.PGSQL.<port>`), and connections accepted by processes in `HTTP_SERVERS` (pool
@@ -8,7 +10,7 @@
 //!
 //! Syscall tracepoint records have a fixed layout: args at 16 + 8·i, `ret` at 16.
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
@@ -60,6 +62,10 @@ const NOT_POSTGRES_FOR_NS: u64 = 300_000_000_000;
 #[map]
 static CANDIDATE_DESTINATIONS: LruHashMap<u64, Destination> =
     LruHashMap::with_max_entries(16_384, 0);
+/// The open read/write call of each thread that has used a traced socket, by thread id. The
+/// entry stays with its thread (a call is closed by zeroing `enter_ns`, reopened by writing it
+/// in place) and goes when the thread exits: inserting and deleting an LRU element around
+/// every traced call was the largest part of the socket programs' cost.
 #[map]
 static ACTIVE_CALLS: LruHashMap<u32, ActiveCall> = LruHashMap::with_max_entries(16_384, 0);
 #[map]
@@ -125,14 +131,15 @@ pub struct Destination {
 }
 
 /// How the exit handler finds the payload.
-const BUF_PLAIN: u32 = 0;
-const BUF_IOVEC: u32 = 1;
-const BUF_MSGHDR: u32 = 2;
+pub const BUF_PLAIN: u32 = 0;
+pub const BUF_IOVEC: u32 = 1;
+pub const BUF_MSGHDR: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct ActiveCall {
     buf: u64,
+    /// When the call entered; 0 = no call open on this thread.
     enter_ns: u64,
     fd: u32,
     kind: u32,
@@ -147,18 +154,24 @@ struct Iovec {
     len: u64,
 }
 
+/// Syscall argument `i` (args at 16 + 8·i). A tracepoint program may load its own record
+/// directly at an aligned constant offset (the verifier checks it), so no helper is called:
+/// these programs run for every read, write and close on the host.
 #[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> Option<u64> {
-    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.ok()
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    // SAFETY: the record of a syscall enter tracepoint holds six u64 args from offset 16.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(16 + 8 * i) as *const u64) }
+}
+
+/// The syscall's return value (`ret` at 16), loaded directly like `arg`.
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: the record of a syscall exit tracepoint holds `long ret` at offset 16.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(16) as *const i64) }
 }
 
 #[inline(always)]
-fn ret(ctx: &TracePointContext) -> Option<i64> {
-    unsafe { ctx.read_at::<i64>(16) }.ok()
-}
-
-#[inline(always)]
-fn ids() -> (u32, u32) {
+pub fn ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();
     (id as u32, (id >> 32) as u32)
 }
@@ -201,21 +214,30 @@ fn is_pg_unix_path(path: &[u8; SUN_PATH]) -> bool {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let (Some(fd), Some(addr)) = (arg(&ctx, 0), arg(&ctx, 1)) else {
-        return 0;
+    connect_entered(arg(&ctx, 0), arg(&ctx, 1))
+}
+
+/// `connect(fd, addr, …)` began: remember a connection to PostgreSQL (or one that may be) for
+/// its exit.
+#[inline(always)]
+pub fn connect_entered(fd: u64, addr: u64) -> u32 {
+    // One read serves every family's first 8 bytes (an IPv4 address whole): this runs for
+    // every connect on the host, and each helper call counts. A shorter Unix address ending
+    // at a page boundary can fail it; then the family alone is read.
+    let head = match unsafe { bpf_probe_read_user(addr as *const [u8; 8]) } {
+        Ok(head) => head,
+        Err(_) => match unsafe { bpf_probe_read_user(addr as *const [u8; 2]) } {
+            Ok([a, b]) if u16::from_ne_bytes([a, b]) == AF_UNIX => [a, b, 0, 0, 0, 0, 0, 0],
+            _ => return 0, // an IP address this short is not one connect accepts
+        },
     };
-    let Ok(family) = (unsafe { bpf_probe_read_user(addr as *const u16) }) else {
-        return 0;
-    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
     let mut destination = Destination::default();
     let port = match family {
         AF_INET => {
             // struct sockaddr_in: family, port (big-endian), address.
-            let Ok(sin) = (unsafe { bpf_probe_read_user(addr as *const [u8; 8]) }) else {
-                return 0;
-            };
-            destination.address[3] = u32::from_ne_bytes([sin[4], sin[5], sin[6], sin[7]]);
-            u16::from_be_bytes([sin[2], sin[3]])
+            destination.address[3] = u32::from_ne_bytes([head[4], head[5], head[6], head[7]]);
+            u16::from_be_bytes([head[2], head[3]])
         }
         AF_INET6 => {
             // struct sockaddr_in6: family, port (big-endian), flow info, address.
@@ -238,7 +260,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         }
         _ => return 0,
     };
-    let (tid, _) = ids();
+    let (tid, tgid) = ids();
     destination.family_port = (u32::from(family) << 16) | u32::from(port);
     // A known PostgreSQL port or socket path, or a TCP connection that may turn out to be one
     // (unless this destination already showed it is not).
@@ -259,19 +281,29 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     };
     if PENDING_CONNECT.insert(tid, pending, 0).is_err() {
         count(stat::SOCKET_INSERT_FAILED);
+        return 0;
     }
+    // Marked already, so the raw exit program (which turns unmarked groups away before it
+    // looks at the call) sees this connect's exit.
+    mark_traced(tgid, true);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    connect_exited(ret(&ctx))
+}
+
+/// `connect` returned `result`: a connection remembered at its entry is now traced.
+#[inline(always)]
+pub fn connect_exited(result: i64) -> u32 {
     let (tid, tgid) = ids();
     let Some(pending) = (unsafe { PENDING_CONNECT.get(&tid) }).copied() else {
         return 0;
     };
     let _ = PENDING_CONNECT.remove(&tid);
-    match ret(&ctx) {
-        Some(0) | Some(EINPROGRESS) => {}
+    match result {
+        0 | EINPROGRESS => {}
         _ => return 0,
     }
     track(
@@ -310,7 +342,7 @@ fn candidate_decided(key: u64, postgres: bool) {
 
 /// Whether `tgid` may have a traced socket: false only when neither side marked it.
 #[inline(always)]
-fn maybe_traced(tgid: u32) -> bool {
+pub fn maybe_traced(tgid: u32) -> bool {
     let Some((word, shift)) = tgid_lane(tgid, TGID_WORDS.load()) else {
         return true;
     };
@@ -387,10 +419,10 @@ fn announce(tgid: u32, tid: u32, fd: u32, kind: u32, family: u32, port: u32) {
     entry.submit(ring_flags());
 }
 
+/// `accept`/`accept4` returned `fd`: a pool worker's new HTTP connection.
 #[inline(always)]
-fn accepted(ctx: &TracePointContext) -> u32 {
+pub fn accepted(fd: i64) -> u32 {
     let (tid, tgid) = ids();
-    let Some(fd) = ret(ctx) else { return 0 };
     if fd < 0 || !agent_marked(tgid) || unsafe { HTTP_SERVERS.get(&tgid) }.is_none() {
         return 0;
     }
@@ -400,23 +432,27 @@ fn accepted(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    accepted(&ctx)
+    accepted(ret(&ctx))
 }
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    accepted(&ctx)
+    accepted(ret(&ctx))
 }
 
 #[inline(always)]
 fn enter_io(ctx: &TracePointContext, dir: u32, buf_mode: u32) -> u32 {
-    let (Some(fd), Some(buf)) = (arg(ctx, 0), arg(ctx, 1)) else {
-        return 0;
-    };
     let (tid, tgid) = ids();
     if !maybe_traced(tgid) {
         return 0;
     }
+    io_entered(tid, tgid, arg(ctx, 0), arg(ctx, 1), dir, buf_mode)
+}
+
+/// A read/write-family call of a group that passed the byte test began on `fd`: open the
+/// thread's call if the socket is traced.
+#[inline(always)]
+pub fn io_entered(tid: u32, tgid: u32, fd: u64, buf: u64, dir: u32, buf_mode: u32) -> u32 {
     let Some(info) = (unsafe { SOCKETS.get(&socket_key(tgid, fd as u32)) }).copied() else {
         return 0;
     };
@@ -428,10 +464,23 @@ fn enter_io(ctx: &TracePointContext, dir: u32, buf_mode: u32) -> u32 {
         direction: dir,
         buf_mode,
     };
-    if ACTIVE_CALLS.insert(tid, call, 0).is_err() {
-        count(stat::SOCKET_INSERT_FAILED);
+    match ACTIVE_CALLS.get_ptr_mut(tid) {
+        // SAFETY: a live element of this thread's own entry; only this thread writes it, and
+        // a thread runs one system call at a time.
+        Some(slot) => unsafe { *slot = call },
+        None => {
+            if ACTIVE_CALLS.insert(tid, call, 0).is_err() {
+                count(stat::SOCKET_INSERT_FAILED);
+            }
+        }
     }
     0
+}
+
+/// An exiting thread's open-call entry goes with it.
+#[inline(always)]
+pub fn forget_thread(tid: u32) {
+    let _ = ACTIVE_CALLS.remove(&tid);
 }
 
 /// The first buffer of the call and how long it is.
@@ -472,17 +521,23 @@ fn exit_io(ctx: &TracePointContext) -> u32 {
 /// records share one layout: `ret` at 16). Not attached to any event itself.
 #[tracepoint]
 pub fn socket_exit_io(ctx: TracePointContext) -> u32 {
-    exit_io_traced(&ctx)
+    io_exited(ret(&ctx))
 }
 
+/// A read/write-family call returned `moved`: the thread's open call (if any) becomes one
+/// data record.
 #[inline(always)]
-fn exit_io_traced(ctx: &TracePointContext) -> u32 {
+pub fn io_exited(moved: i64) -> u32 {
     let (tid, tgid) = ids();
-    let Some(mut call) = (unsafe { ACTIVE_CALLS.get(&tid) }).copied() else {
+    let Some(slot) = ACTIVE_CALLS.get_ptr_mut(tid) else {
         return 0;
     };
-    let _ = ACTIVE_CALLS.remove(&tid);
-    let Some(moved) = ret(ctx) else { return 0 };
+    // SAFETY: this thread's own entry (see `enter_io`).
+    let mut call = unsafe { *slot };
+    if call.enter_ns == 0 {
+        return 0; // its enter found no traced socket: the entry is from an earlier call
+    }
+    unsafe { (*slot).enter_ns = 0 };
     if moved <= 0 {
         return 0; // EAGAIN on a non-blocking socket, EOF, or an error: no bytes moved
     }
@@ -657,11 +712,16 @@ io_programs! {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let Some(fd) = arg(&ctx, 0) else { return 0 };
     let (tid, tgid) = ids();
     if !maybe_traced(tgid) {
         return 0;
     }
+    close_entered(tid, tgid, arg(&ctx, 0))
+}
+
+/// `close(fd)` began in a group that passed the byte test: a traced socket is closed.
+#[inline(always)]
+pub fn close_entered(tid: u32, tgid: u32, fd: u64) -> u32 {
     let key = socket_key(tgid, fd as u32);
     let Some(info) = (unsafe { SOCKETS.get(&key) }).copied() else {
         return 0;

@@ -201,7 +201,11 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
             "load",
             with_missing_caps(e.to_string(), &LOAD_CAPS),
         )),
-        Ok((mut ebpf, task_offsets_known)) => {
+        Ok(loader::Loaded {
+            mut ebpf,
+            task_offsets_known,
+            raw_syscalls,
+        }) => {
             lines.push(line(true, "load", "eBPF object accepted by the kernel"));
             lines.push(line(
                 true,
@@ -214,6 +218,18 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
             ));
             if task_offsets_known {
                 for (name, tracepoint) in loader::RAW_SCHEDULER_PROGRAMS {
+                    lines.push(program_line(
+                        name,
+                        loader::attach_raw(&mut ebpf, name, tracepoint),
+                        format!("attached to raw tracepoint {tracepoint}"),
+                        &ATTACH_CAPS,
+                    ));
+                }
+            }
+            // The raw pair is what the agent runs where the ABI is known; the per-call
+            // programs below (its fallback elsewhere) are checked too.
+            if raw_syscalls {
+                for (name, tracepoint) in loader::RAW_SYSCALL_PROGRAMS {
                     lines.push(program_line(
                         name,
                         loader::attach_raw(&mut ebpf, name, tracepoint),

@@ -113,7 +113,17 @@ pub fn tgid_filter_words() -> u32 {
         .clamp(1, herdwatch_common::TGID_FILTER_WORDS)
 }
 
-pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
+/// The loaded (not yet attached) object and what this host allows of it.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// task_struct offsets were found in BTF: the raw scheduler programs can run.
+    pub task_offsets_known: bool,
+    /// The host's syscall ABI is known: the raw `sys_enter`/`sys_exit` socket programs can
+    /// run instead of one `syscalls:*` program per call.
+    pub raw_syscalls: bool,
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     raise_memlock_limit();
     let tracefs = tracefs::ensure_mounted()?;
     let mut offsets: TracepointOffsets = tracefs::read_offsets(&tracefs)?;
@@ -134,7 +144,10 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
     let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
     let wakeup_bytes = socket_wakeup_bytes(opts.socket_ring_bytes);
     let tgid_words = tgid_filter_words();
+    let syscall_abi = super::syscall_abi::host();
+    let inert = herdwatch_common::SyscallAbi::INERT;
     EbpfLoader::new()
+        .override_global("SYSCALL_ABI", syscall_abi.as_ref().unwrap_or(&inert), true)
         .override_global("OFFSETS", &offsets, true)
         .override_global("CAPTURE_BYTES", &capture, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -151,8 +164,17 @@ pub fn load(opts: &LoadOptions) -> Result<(Ebpf, bool)> {
             hint: hint_for(&source),
             source: Box::new(source),
         })
-        .map(|ebpf| (ebpf, task_offsets_known))
+        .map(|ebpf| Loaded {
+            ebpf,
+            task_offsets_known,
+            raw_syscalls: syscall_abi.is_some(),
+        })
 }
+
+/// The socket programs on raw tracepoints: (program, tracepoint). Used instead of the
+/// `syscalls` programs of `PROGRAMS` (and their exit handler) when the host's ABI is known.
+pub const RAW_SYSCALL_PROGRAMS: [(&str, &str); 2] =
+    [("syscall_enter", "sys_enter"), ("syscall_exit", "sys_exit")];
 
 /// Raw-tracepoint variants of the scheduler programs, used when task_struct offsets are
 /// known (they read the pid from the task): (program, tracepoint). Each replaces the classic
@@ -270,17 +292,27 @@ pub fn detach_all(ebpf: &mut Ebpf) {
 
 /// Loads and attaches all programs; on error nothing stays attached (dropping `Ebpf` detaches).
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
-    let (mut ebpf, raw_scheduler) = load(opts)?;
+    let Loaded {
+        mut ebpf,
+        task_offsets_known: raw_scheduler,
+        raw_syscalls,
+    } = load(opts)?;
     if raw_scheduler {
         for (name, tracepoint) in RAW_SCHEDULER_PROGRAMS {
             attach_raw(&mut ebpf, name, tracepoint)?;
         }
     }
-    if opts.socket_tracing {
+    let per_call_syscalls = opts.socket_tracing && !raw_syscalls;
+    if opts.socket_tracing && raw_syscalls {
+        for (name, tracepoint) in RAW_SYSCALL_PROGRAMS {
+            attach_raw(&mut ebpf, name, tracepoint)?;
+        }
+    }
+    if per_call_syscalls {
         load_socket_exit_handler(&mut ebpf)?;
     }
     for (name, category, event) in PROGRAMS {
-        if (category == "syscalls" && !opts.socket_tracing)
+        if (category == "syscalls" && !per_call_syscalls)
             || (raw_scheduler
                 && RAW_SCHEDULER_PROGRAMS
                     .iter()

@@ -7,6 +7,7 @@ pub mod maps;
 pub mod python_code;
 pub mod reader;
 pub mod socket_events;
+pub mod syscall_abi;
 pub mod tracefs;
 
 pub use events::ProcessEvent;
