@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 
 mod maps;
+mod per_call;
 mod process;
 mod python;
 mod sched;

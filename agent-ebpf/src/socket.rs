@@ -1,20 +1,18 @@
 //! Socket tracing from syscall tracepoints (kprobes and fentry are unavailable by design):
-//! the handlers, attached either through the raw `sys_enter`/`sys_exit` programs of
-//! `syscalls.rs` or, where the agent does not know the host's ABI, one program per call here.
+//! the maps and handlers, run from the raw `sys_enter`/`sys_exit` programs of `syscalls.rs`
+//! or, where the agent does not know the host's ABI, from one program per call
+//! (`per_call.rs`).
 //!
 //! Only sockets in `SOCKETS` are traced: client connections to a PostgreSQL port or Unix
 //! socket (`.s.PGSQL.<port>`), and connections accepted by processes in `HTTP_SERVERS` (pool
 //! workers). The agent seeds both maps from /proc at start. For each read/write-family call on
 //! such a socket, the exit handler sends one record: the call's real length and a prefix of the
 //! payload (`CAPTURE_BYTES`, at most 4 KiB), sized to what was captured.
-//!
-//! Syscall tracepoint records have a fixed layout: args at 16 + 8·i, `ret` at 16.
 use aya_ebpf::{
-    EbpfContext, Global,
+    Global,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    programs::TracePointContext,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use herdwatch_common::{
     EventHeader, EventKind, MAX_CAPTURE, SOCKET_MAP_ENTRIES, SOCKET_RING_BYTES, SocketCloseEvent,
@@ -72,13 +70,6 @@ static ACTIVE_CALLS: LruHashMap<u32, ActiveCall> = LruHashMap::with_max_entries(
 static SCRATCH: PerCpuArray<SocketDataEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_RING_BYTES, 0);
-/// Slot 0: `socket_exit_io`, the one copy of the read/write exit handler, which the eight
-/// `sys_exit_*` programs tail-call. Inlined into each of them, the handler (payload capture,
-/// the Python stack walk) was verified eight times: 0.6-0.8 s of kernel CPU each, most of
-/// every agent start. The agent fills the slot before it attaches the exits.
-#[map]
-pub static EXIT_IO: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
 /// Payload bytes captured per call; the agent patches it (≤ MAX_CAPTURE).
 #[unsafe(no_mangle)]
 static CAPTURE_BYTES: Global<u32> = Global::new(herdwatch_common::DEFAULT_CAPTURE);
@@ -154,22 +145,6 @@ struct Iovec {
     len: u64,
 }
 
-/// Syscall argument `i` (args at 16 + 8·i). A tracepoint program may load its own record
-/// directly at an aligned constant offset (the verifier checks it), so no helper is called:
-/// these programs run for every read, write and close on the host.
-#[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    // SAFETY: the record of a syscall enter tracepoint holds six u64 args from offset 16.
-    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(16 + 8 * i) as *const u64) }
-}
-
-/// The syscall's return value (`ret` at 16), loaded directly like `arg`.
-#[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: the record of a syscall exit tracepoint holds `long ret` at offset 16.
-    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(16) as *const i64) }
-}
-
 #[inline(always)]
 pub fn ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();
@@ -210,11 +185,6 @@ fn is_pg_unix_path(path: &[u8; SUN_PATH]) -> bool {
         i += 1;
     }
     false
-}
-
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    connect_entered(arg(&ctx, 0), arg(&ctx, 1))
 }
 
 /// `connect(fd, addr, …)` began: remember a connection to PostgreSQL (or one that may be) for
@@ -287,11 +257,6 @@ pub fn connect_entered(fd: u64, addr: u64) -> u32 {
     // looks at the call) sees this connect's exit.
     mark_traced(tgid, true);
     0
-}
-
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    connect_exited(ret(&ctx))
 }
 
 /// `connect` returned `result`: a connection remembered at its entry is now traced.
@@ -430,25 +395,6 @@ pub fn accepted(fd: i64) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    accepted(ret(&ctx))
-}
-
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    accepted(ret(&ctx))
-}
-
-#[inline(always)]
-fn enter_io(ctx: &TracePointContext, dir: u32, buf_mode: u32) -> u32 {
-    let (tid, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    io_entered(tid, tgid, arg(ctx, 0), arg(ctx, 1), dir, buf_mode)
-}
-
 /// A read/write-family call of a group that passed the byte test began on `fd`: open the
 /// thread's call if the socket is traced.
 #[inline(always)]
@@ -500,28 +446,6 @@ fn payload_source(call: &ActiveCall) -> Option<(u64, u64)> {
         }
         _ => None,
     }
-}
-
-/// What every `sys_exit_*` read/write program runs: turn away processes with no traced
-/// socket (the byte test), then jump to the shared handler.
-#[inline(always)]
-fn exit_io(ctx: &TracePointContext) -> u32 {
-    let (_, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0; // its enter found nothing to trace either
-    }
-    // SAFETY: ctx is this program's own context; on success the call does not return.
-    unsafe { EXIT_IO.tail_call(ctx, 0) };
-    // Only an empty slot gets here (the agent fills it before attaching): a lost record.
-    count(stat::SOCKET_EVENTS_DROPPED);
-    0
-}
-
-/// The read/write exit handler, entered only by tail call from `exit_io` (all syscall exit
-/// records share one layout: `ret` at 16). Not attached to any event itself.
-#[tracepoint]
-pub fn socket_exit_io(ctx: TracePointContext) -> u32 {
-    io_exited(ret(&ctx))
 }
 
 /// A read/write-family call returned `moved`: the thread's open call (if any) becomes one
@@ -684,39 +608,6 @@ fn speaks_postgres(call: &ActiveCall, moved: u64) -> bool {
         c if c >> 16 == 3 => (8..=10_000).contains(&len) && len as u64 <= moved,
         _ => false,
     }
-}
-
-macro_rules! io_programs {
-    ($($enter:ident, $exit:ident, $dir:expr, $mode:expr;)*) => {$(
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter_io(&ctx, $dir, $mode)
-        }
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_io(&ctx)
-        }
-    )*};
-}
-
-io_programs! {
-    sys_enter_read, sys_exit_read, direction::INGRESS, BUF_PLAIN;
-    sys_enter_recvfrom, sys_exit_recvfrom, direction::INGRESS, BUF_PLAIN;
-    sys_enter_readv, sys_exit_readv, direction::INGRESS, BUF_IOVEC;
-    sys_enter_recvmsg, sys_exit_recvmsg, direction::INGRESS, BUF_MSGHDR;
-    sys_enter_write, sys_exit_write, direction::EGRESS, BUF_PLAIN;
-    sys_enter_sendto, sys_exit_sendto, direction::EGRESS, BUF_PLAIN;
-    sys_enter_writev, sys_exit_writev, direction::EGRESS, BUF_IOVEC;
-    sys_enter_sendmsg, sys_exit_sendmsg, direction::EGRESS, BUF_MSGHDR;
-}
-
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let (tid, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    close_entered(tid, tgid, arg(&ctx, 0))
 }
 
 /// `close(fd)` began in a group that passed the byte test: a traced socket is closed.

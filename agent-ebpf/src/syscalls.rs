@@ -5,13 +5,13 @@
 //! a trace record is allocated and filled with every argument, and a perf recursion context
 //! is taken, for each call of that kind by any process on the host. Measured on the 2-core
 //! test host (`dd bs=1`, 6 M reads and writes of an untraced process), that machinery cost
-//! 330 ns per call with empty programs — more than the agent's own programs — and every
-//! read, write and close of every process paid it. A raw tracepoint hands the program
-//! `(regs, id)` directly; calls of other numbers return after a few compares, and calls of
-//! groups with no traced socket after the byte test, before any argument is read.
-//!
-//! Used when the agent knows the host's ABI (x86-64, arm64); elsewhere the per-call
-//! tracepoint programs in `socket.rs` run the same handlers.
+//! 330 ns per call with empty programs. A raw tracepoint hands the program `(regs, id)`
+//! directly; calls of other numbers return after a few compares, and calls of groups with
+//! no traced socket after the byte test, before any argument is read — but every call of
+//! every process runs it (about 0.1 µs). On the bench's gunicorn and uvicorn apps, whose
+//! servers and clients make many other calls, that cost more than it saved, so these run
+//! only with `raw_syscall_tracepoints = true` and where the agent knows the host's ABI
+//! (x86-64, arm64); otherwise the per-call programs in `per_call.rs` run the same handlers.
 use aya_ebpf::{
     Global, helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
 };

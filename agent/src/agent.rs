@@ -250,6 +250,7 @@ fn attach(config: &Config) -> Result<(Ebpf, Inputs, Vec<tokio::task::JoinHandle<
         capture_bytes: config.capture_bytes,
         socket_ring_bytes: config.socket_ring_bytes,
         socket_tracing: config.socket_tracing,
+        raw_syscalls: config.raw_syscall_tracepoints,
         ..LoadOptions::default()
     })?;
     tracing::info!(

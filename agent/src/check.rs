@@ -195,7 +195,13 @@ const ATTACH_CAPS: [&str; 1] = ["CAP_PERFMON"];
 
 /// Loads the eBPF object and attaches each program, one line per program.
 fn check_programs(lines: &mut Vec<CheckLine>) {
-    match loader::load(&LoadOptions::default()) {
+    // With the raw syscall pair patched in, so both ways of attaching the socket programs
+    // are checked.
+    let options = LoadOptions {
+        raw_syscalls: true,
+        ..LoadOptions::default()
+    };
+    match loader::load(&options) {
         Err(e) => lines.push(line(
             false,
             "load",
@@ -226,8 +232,8 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                     ));
                 }
             }
-            // The raw pair is what the agent runs where the ABI is known; the per-call
-            // programs below (its fallback elsewhere) are checked too.
+            // The raw pair (`raw_syscall_tracepoints`) where the ABI is known, and the
+            // per-call programs below, which the agent runs by default.
             if raw_syscalls {
                 for (name, tracepoint) in loader::RAW_SYSCALL_PROGRAMS {
                     lines.push(program_line(

@@ -30,6 +30,14 @@ pub struct Config {
     /// Trace sockets (PostgreSQL queries, HTTP requests). Off = CPU, run-queue and process
     /// accounting only: no syscall tracepoints, no payloads captured.
     pub socket_tracing: bool,
+    /// Run the socket programs on the raw `sys_enter`/`sys_exit` tracepoints (x86-64 and
+    /// arm64) instead of one `syscalls:*` program per traced call. Raw: every system call on
+    /// the host runs a short program (about 0.1 µs), and reads, writes and closes skip the
+    /// perf record the kernel fills for a `syscalls:*` tracepoint (about 0.3 µs each). Off
+    /// (the default): other calls cost nothing. Measured on gunicorn and uvicorn apps, the
+    /// default cost less or the same (their servers and clients make many other calls); on
+    /// for hosts whose busiest processes mostly read and write.
+    pub raw_syscall_tracepoints: bool,
     /// Walk Python workers' frames at their socket writes: exact query ↔ request pairing on
     /// asyncio workers and each query's call site. Off = the thread heuristic (counted as such).
     pub python_frames: bool,
@@ -112,6 +120,7 @@ impl Default for Config {
             event_ring_bytes: herdwatch_common::EVENT_RING_BYTES,
             event_channel_capacity: 8192,
             socket_tracing: true,
+            raw_syscall_tracepoints: false,
             python_frames: true,
             postgres_ports: vec![5432, 6432],
             capture_bytes: herdwatch_common::DEFAULT_CAPTURE,

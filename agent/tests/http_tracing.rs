@@ -98,13 +98,27 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
     if !kernel_available("gunicorn_routes_cpu_and_db_wait_per_request") {
         return;
     }
+    routes_cpu_and_db_wait(false);
+}
+
+/// The same with the socket handlers on the raw `sys_enter`/`sys_exit` tracepoints
+/// (`raw_syscall_tracepoints = true`): accepts, requests, queries and closes all arrive.
+#[test]
+fn gunicorn_routes_with_the_raw_syscall_programs() {
+    if !kernel_available("gunicorn_routes_with_the_raw_syscall_programs") {
+        return;
+    }
+    routes_cpu_and_db_wait(true);
+}
+
+fn routes_cpu_and_db_wait(raw_syscall_tracepoints: bool) {
     let pg = Postgres::start();
     pg.shop_schema();
     let port = free_port();
     let server = gunicorn_shop(4, port, Some(&pg.unix_dsn()));
     wait_http(port);
     runtime().block_on(async {
-        let agent = start_agent_with(Config { postgres_ports: vec![pg.port], ..test_config() }).await;
+        let agent = start_agent_with(Config { postgres_ports: vec![pg.port], raw_syscall_tracepoints, ..test_config() }).await;
         let master = server.pid();
         pool_ready(&agent, master, 4).await;
         let sent = tokio::task::spawn_blocking(move || load(port, plan(), 4)).await.expect("load");

@@ -944,7 +944,7 @@ fn machine_symbols(
     // Kept after the run, for `perf report -i` on other sort keys.
     let data = PathBuf::from(format!("/tmp/herdwatch-overhead-system-{name}.data"));
     let perf = Command::new("perf")
-        .args(["record", "-a", "-e", "cpu-clock", "-F", "999", "-o"])
+        .args(["record", "-a", "-g", "-e", "cpu-clock", "-F", "999", "-o"])
         .arg(&data)
         .args(["--", "sleep", "10"])
         .stdout(Stdio::null())

@@ -70,7 +70,7 @@ const TRACKED: [&str; 5] = [
     "SELECT total FROM orders WHERE id = $1",
 ];
 
-fn assert_counts_match(transport: &str) {
+fn assert_counts_match(transport: &str, raw_syscall_tracepoints: bool) {
     let pg = &Postgres::start();
     let dsn = if transport == "tcp" {
         pg.tcp_dsn()
@@ -82,6 +82,7 @@ fn assert_counts_match(transport: &str) {
         // The test server listens on a free port, not 5432.
         let agent = start_agent_with(Config {
             postgres_ports: vec![pg.port],
+            raw_syscall_tracepoints,
             ..test_config()
         })
         .await;
@@ -132,7 +133,7 @@ fn query_counts_match_pg_stat_statements_over_tcp() {
     if !kernel_available("query_counts_match_pg_stat_statements_over_tcp") {
         return;
     }
-    assert_counts_match("tcp");
+    assert_counts_match("tcp", false);
 }
 
 #[test]
@@ -140,7 +141,17 @@ fn query_counts_match_pg_stat_statements_over_the_unix_socket() {
     if !kernel_available("query_counts_match_pg_stat_statements_over_the_unix_socket") {
         return;
     }
-    assert_counts_match("unix");
+    assert_counts_match("unix", false);
+}
+
+/// The same handlers attached the other way: two programs on the raw `sys_enter`/`sys_exit`
+/// tracepoints, dispatching on the call's number (`raw_syscall_tracepoints = true`).
+#[test]
+fn query_counts_match_pg_stat_statements_with_the_raw_syscall_programs() {
+    if !kernel_available("query_counts_match_pg_stat_statements_with_the_raw_syscall_programs") {
+        return;
+    }
+    assert_counts_match("tcp", true);
 }
 
 #[test]

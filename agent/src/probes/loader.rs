@@ -53,6 +53,8 @@ pub struct LoadOptions {
     pub socket_map_entries: u32,
     /// Attach the socket (syscall) programs.
     pub socket_tracing: bool,
+    /// Attach them to the raw `sys_enter`/`sys_exit` tracepoints where the ABI is known.
+    pub raw_syscalls: bool,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +67,7 @@ impl Default for LoadOptions {
             socket_ring_bytes: herdwatch_common::SOCKET_RING_BYTES,
             socket_map_entries: herdwatch_common::SOCKET_MAP_ENTRIES,
             socket_tracing: true,
+            raw_syscalls: false,
         }
     }
 }
@@ -144,7 +147,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
     let wakeup_bytes = socket_wakeup_bytes(opts.socket_ring_bytes);
     let tgid_words = tgid_filter_words();
-    let syscall_abi = super::syscall_abi::host();
+    let syscall_abi = opts.raw_syscalls.then(super::syscall_abi::host).flatten();
     let inert = herdwatch_common::SyscallAbi::INERT;
     EbpfLoader::new()
         .override_global("SYSCALL_ABI", syscall_abi.as_ref().unwrap_or(&inert), true)
