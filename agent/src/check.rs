@@ -222,27 +222,20 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                     "from switch timestamps (no task_struct offsets in BTF; a skipped sched_switch can lose time)"
                 },
             ));
-            if task_offsets_known {
-                for (name, tracepoint) in loader::RAW_SCHEDULER_PROGRAMS {
-                    lines.push(program_line(
-                        name,
-                        loader::attach_raw(&mut ebpf, name, tracepoint),
-                        format!("attached to raw tracepoint {tracepoint}"),
-                        &ATTACH_CAPS,
-                    ));
-                }
-            }
-            // The raw pair (`raw_syscall_tracepoints`) where the ABI is known, and the
-            // per-call programs below, which the agent runs by default.
-            if raw_syscalls {
-                for (name, tracepoint) in loader::RAW_SYSCALL_PROGRAMS {
-                    lines.push(program_line(
-                        name,
-                        loader::attach_raw(&mut ebpf, name, tracepoint),
-                        format!("attached to raw tracepoint {tracepoint}"),
-                        &ATTACH_CAPS,
-                    ));
-                }
+            // The raw scheduler programs (with BTF offsets), the raw syscall pair
+            // (`raw_syscall_tracepoints`, where the ABI is known), then every classic one:
+            // the per-call socket programs are what the agent runs by default.
+            let raw = loader::RAW_SCHEDULER_PROGRAMS
+                .iter()
+                .filter(|_| task_offsets_known)
+                .chain(loader::RAW_SYSCALL_PROGRAMS.iter().filter(|_| raw_syscalls));
+            for &(name, tracepoint) in raw {
+                lines.push(program_line(
+                    name,
+                    loader::attach_raw(&mut ebpf, name, tracepoint),
+                    format!("attached to raw tracepoint {tracepoint}"),
+                    &ATTACH_CAPS,
+                ));
             }
             lines.push(program_line(
                 loader::SOCKET_EXIT_IO,
