@@ -456,7 +456,7 @@ pub fn io_exited(moved: i64) -> u32 {
     let Some(slot) = ACTIVE_CALLS.get_ptr_mut(tid) else {
         return 0;
     };
-    // SAFETY: this thread's own entry (see `enter_io`).
+    // SAFETY: this thread's own entry (see `io_entered`).
     let mut call = unsafe { *slot };
     if call.enter_ns == 0 {
         return 0; // its enter found no traced socket: the entry is from an earlier call

@@ -99,9 +99,13 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields 14 and 15 of stat(5); `after` starts at field 3.
     let ticks: u64 =
         fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / ticks_per_second()
+}
+
+/// The unit of /proc's CPU times (USER_HZ).
+fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks as f64 / hz
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// The machine's (busy, steal, all) CPU ticks so far, from the `cpu` line of /proc/stat.
@@ -407,9 +411,7 @@ fn round(target: &Target, mode: Mode, dir: &Path, script: &Path, bt: &str) -> Sa
         .filter(|_| mode == Mode::Agent)
         .map(|t| status_kib(t.pid(), "VmHWM:"));
     let records = tracer.as_ref().and_then(Tracer::socket_records);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let busy_s = (ticks1.0 - ticks0.0) as f64 / hz;
+    let busy_s = (ticks1.0 - ticks0.0) as f64 / ticks_per_second();
     let s = Sample {
         rps,
         errors,
@@ -943,7 +945,7 @@ fn machine_symbols(
     const HZ: f64 = 999.0;
     // Kept after the run, for `perf report -i` on other sort keys.
     let data = PathBuf::from(format!("/tmp/herdwatch-overhead-system-{name}.data"));
-    let perf = Command::new("perf")
+    let mut perf = Command::new("perf")
         .args(["record", "-a", "-g", "-e", "cpu-clock", "-F", "999", "-o"])
         .arg(&data)
         .args(["--", "sleep", "10"])
@@ -952,7 +954,6 @@ fn machine_symbols(
         .spawn()
         .ok()?;
     let (rps, _) = wrk(target, 10, script);
-    let mut perf = perf;
     if !perf.wait().is_ok_and(|s| s.success()) {
         return None;
     }
@@ -961,6 +962,8 @@ fn machine_symbols(
             "report",
             "--stdio",
             "--no-children",
+            "-g",
+            "none",
             "-n",
             "--sort",
             "dso,symbol",

@@ -217,10 +217,9 @@ impl Aggregates {
             );
             return id;
         }
-        let (summary, operation, normalized, text_unknown) = self.describe(q);
-        let id = id.to_string();
-        let full = self.queries.len() >= self.max_queries && !self.queries.contains_key(&id);
-        let entry = if full {
+        // A statement not counted before: its own entry while there is room (described only
+        // then), else the overflow entry.
+        let entry = if self.queries.len() >= self.max_queries {
             self.queries
                 .entry(OTHER_ID.to_string())
                 .or_insert_with(|| QueryStats {
@@ -231,6 +230,8 @@ impl Aggregates {
                     ..Default::default()
                 })
         } else {
+            let (summary, operation, normalized, text_unknown) = self.describe(q);
+            let id = id.to_string();
             self.queries
                 .entry(id.clone())
                 .or_insert_with(|| QueryStats {

@@ -147,10 +147,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
     let wakeup_bytes = socket_wakeup_bytes(opts.socket_ring_bytes);
     let tgid_words = tgid_filter_words();
-    let syscall_abi = opts.raw_syscalls.then(super::syscall_abi::host).flatten();
-    let inert = herdwatch_common::SyscallAbi::INERT;
+    let syscall_abi = opts
+        .raw_syscalls
+        .then(super::syscall_abi::host)
+        .flatten()
+        .unwrap_or(herdwatch_common::SyscallAbi::INERT);
     EbpfLoader::new()
-        .override_global("SYSCALL_ABI", syscall_abi.as_ref().unwrap_or(&inert), true)
+        .override_global("SYSCALL_ABI", &syscall_abi, true)
         .override_global("OFFSETS", &offsets, true)
         .override_global("CAPTURE_BYTES", &capture, true)
         .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
@@ -170,7 +173,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .map(|ebpf| Loaded {
             ebpf,
             task_offsets_known,
-            raw_syscalls: syscall_abi.is_some(),
+            raw_syscalls: syscall_abi.enabled != 0,
         })
 }
 
@@ -300,16 +303,14 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
         task_offsets_known: raw_scheduler,
         raw_syscalls,
     } = load(opts)?;
-    if raw_scheduler {
-        for (name, tracepoint) in RAW_SCHEDULER_PROGRAMS {
-            attach_raw(&mut ebpf, name, tracepoint)?;
-        }
-    }
+    let raw_socket = opts.socket_tracing && raw_syscalls;
     let per_call_syscalls = opts.socket_tracing && !raw_syscalls;
-    if opts.socket_tracing && raw_syscalls {
-        for (name, tracepoint) in RAW_SYSCALL_PROGRAMS {
-            attach_raw(&mut ebpf, name, tracepoint)?;
-        }
+    let raw = RAW_SCHEDULER_PROGRAMS
+        .iter()
+        .filter(|_| raw_scheduler)
+        .chain(RAW_SYSCALL_PROGRAMS.iter().filter(|_| raw_socket));
+    for &(name, tracepoint) in raw {
+        attach_raw(&mut ebpf, name, tracepoint)?;
     }
     if per_call_syscalls {
         load_socket_exit_handler(&mut ebpf)?;
