@@ -250,6 +250,38 @@ fn statements_sharing_a_summary_reach_a_real_prometheus_whole() {
 /// load with the production herd settings: one herd finding whose occurrences equal the bursts
 /// (± 1), each reported ≤ 2 s after the burst began on the app's clock; it names the statement
 /// by text and id and only the routes that issued copies, with their counts.
+/// The herd log's refills by cache period: (sent at, worker pid), in log order.
+fn refills_by_period(log: &str) -> BTreeMap<u64, Vec<(u64, u32)>> {
+    let mut periods: BTreeMap<u64, Vec<(u64, u32)>> = BTreeMap::new();
+    for line in log.lines() {
+        let mut fields = line.split(' ').map(str::parse::<u64>);
+        if let (Some(Ok(ms)), Some(Ok(period)), Some(Ok(pid))) =
+            (fields.next(), fields.next(), fields.next())
+        {
+            periods
+                .entry(period)
+                .or_default()
+                .push((ms, u32::try_from(pid).unwrap_or(u32::MAX)));
+        }
+    }
+    periods
+}
+
+/// When a period's refills first hold `min_workers` distinct workers within `window_ms`: the
+/// detector's own definition of a burst. None when they never do.
+fn burst_onset(sent: &[(u64, u32)], min_workers: usize, window_ms: u64) -> Option<u64> {
+    let mut sent = sent.to_vec();
+    sent.sort_unstable();
+    (0..sent.len()).find_map(|i| {
+        let workers: HashSet<u32> = sent[i..]
+            .iter()
+            .take_while(|(ms, _)| *ms <= sent[i].0 + window_ms)
+            .map(|(_, pid)| *pid)
+            .collect();
+        (workers.len() >= min_workers).then_some(sent[i].0)
+    })
+}
+
 #[test]
 fn every_herd_burst_is_an_occurrence_reported_within_two_seconds() {
     if !kernel_available(
@@ -299,20 +331,33 @@ fn every_herd_burst_is_an_occurrence_reported_within_two_seconds() {
             .iter()
             .filter(|f| f.kind == FindingKind::ThunderingHerd)
             .collect();
-        // App ground truth: the first miss of each cache period is its burst's onset.
-        let mut bursts: BTreeMap<u64, u64> = BTreeMap::new();
-        for line in std::fs::read_to_string(&herd_log).unwrap_or_default().lines() {
-            if let Some((ms, bucket)) = line.split_once(' ')
-                && let (Ok(ms), Ok(bucket)) = (ms.parse::<u64>(), bucket.parse::<u64>())
-            {
-                let e = bursts.entry(bucket).or_insert(ms);
-                *e = (*e).min(ms);
-            }
+        // App ground truth: a cache period is a burst when enough workers sent their refill
+        // within one detector window to be one (the load's first and last periods may catch
+        // only a few); its first refill is the burst's onset.
+        let herd_config = Config::default().detect.herd;
+        let refills = refills_by_period(&std::fs::read_to_string(&herd_log).unwrap_or_default());
+        let onsets: Vec<u64> = refills
+            .values()
+            .filter_map(|sent| burst_onset(sent, herd_config.min_copies, herd_config.window_ms))
+            .collect();
+        // Each occurrence is timed from its period's first refill, burst or not: a period the
+        // agent judged a burst by a millisecond the app's clock did not is still where it began.
+        let period_starts: Vec<u64> = refills
+            .values()
+            .filter_map(|sent| sent.iter().map(|(ms, _)| *ms).min())
+            .collect();
+        eprintln!(
+            "bursts (app clock): {} of {} cache periods",
+            onsets.len(),
+            refills.len()
+        );
+        for sent in refills.values() {
+            let first = sent.iter().map(|(ms, _)| *ms).min().unwrap_or_default();
+            let offsets: Vec<u64> = sent.iter().map(|(ms, _)| ms - first).collect();
+            eprintln!("  period from {first}: refills at +{offsets:?} ms");
         }
-        let onsets: Vec<u64> = bursts.values().copied().collect();
-        eprintln!("bursts (app clock): {}", onsets.len());
         for (n, onset, reported) in &seen {
-            let app = onsets.iter().copied().filter(|a| *a <= onset + 1_000).max();
+            let app = period_starts.iter().copied().filter(|a| *a <= onset + 1_000).max();
             eprintln!(
                 "occurrence {n}: app onset {app:?} → agent onset {onset} (+{} ms) → reported {reported} (+{} ms after the app's onset)",
                 app.map_or(0, |a| onset.saturating_sub(a)),
@@ -333,7 +378,7 @@ fn every_herd_burst_is_an_occurrence_reported_within_two_seconds() {
         // one by one; a poll that skipped one shows only the latest).
         assert!(!seen.is_empty());
         for (_, onset, reported) in &seen {
-            let app = onsets
+            let app = period_starts
                 .iter()
                 .copied()
                 .filter(|a| *a <= onset + 1_000)

@@ -9,8 +9,8 @@ Routes (each request runs exactly the statements listed; the counts are the grou
   /api/open-count       SELECT count(*) FROM invoices WHERE status = %s AND customer = %s
   /health               no statement
 
-Each cache miss appends "<unix ms> <bucket>" to HERD_LOG, so the test knows every burst's onset
-on the app's own clock.
+Each cache miss appends "<unix ms> <bucket> <pid>" to HERD_LOG as its query is sent, so the test
+knows every burst's onset on the app's own clock and how many workers refilled in it.
 """
 import os
 import time
@@ -44,10 +44,11 @@ def db():
 def stats():
     bucket = int(time.time() // TTL_S)
     if _cache["bucket"] != bucket:
+        conn = db()
         if HERD_LOG:
             with open(HERD_LOG, "a") as f:
-                f.write(f"{int(time.time() * 1000)} {bucket}\n")
-        row = db().execute(STATS_SQL).fetchone()
+                f.write(f"{int(time.time() * 1000)} {bucket} {os.getpid()}\n")
+        row = conn.execute(STATS_SQL).fetchone()
         _cache.update(bucket=bucket, value={"paid": row[0], "overdue": row[1], "revenue": float(row[2])})
     return _cache["value"]
 
