@@ -13,6 +13,7 @@ mod python;
 mod sched;
 mod socket;
 mod syscalls;
+mod trampoline;
 
 #[cfg(not(test))]
 #[panic_handler]

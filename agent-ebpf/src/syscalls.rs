@@ -22,13 +22,14 @@ use crate::socket::{
     ids, io_entered, io_exited, maybe_traced,
 };
 
-/// The host's syscall ABI; the agent patches it (inert until then).
+/// The host's syscall ABI; the agent patches it (inert until then). The trampoline programs
+/// read their arguments with it too.
 #[unsafe(no_mangle)]
-static SYSCALL_ABI: Global<SyscallAbi> = Global::new(SyscallAbi::INERT);
+pub(crate) static SYSCALL_ABI: Global<SyscallAbi> = Global::new(SyscallAbi::INERT);
 
 /// The u64 at byte `at` of the caller's saved registers.
 #[inline(always)]
-fn saved(regs: u64, at: u32) -> Option<u64> {
+pub(crate) fn saved(regs: u64, at: u32) -> Option<u64> {
     unsafe { bpf_probe_read_kernel((regs + u64::from(at)) as *const u64) }.ok()
 }
 

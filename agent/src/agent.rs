@@ -251,6 +251,7 @@ fn attach(config: &Config) -> Result<(Ebpf, Inputs, Vec<tokio::task::JoinHandle<
         socket_ring_bytes: config.socket_ring_bytes,
         socket_tracing: config.socket_tracing,
         raw_syscalls: config.raw_syscall_tracepoints,
+        trampolines: config.syscall_trampolines,
         ..LoadOptions::default()
     })?;
     tracing::info!(

@@ -195,12 +195,9 @@ const ATTACH_CAPS: [&str; 1] = ["CAP_PERFMON"];
 
 /// Loads the eBPF object and attaches each program, one line per program.
 fn check_programs(lines: &mut Vec<CheckLine>) {
-    // With the raw syscall pair patched in, so both ways of attaching the socket programs
-    // are checked.
-    let options = LoadOptions {
-        raw_syscalls: true,
-        ..LoadOptions::default()
-    };
+    // The syscall ABI is patched in where known, so every way of attaching the socket
+    // programs is checked: raw pair, trampolines, per-call tracepoints.
+    let options = LoadOptions::default();
     match loader::load(&options) {
         Err(e) => lines.push(line(
             false,
@@ -210,7 +207,7 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
         Ok(loader::Loaded {
             mut ebpf,
             task_offsets_known,
-            raw_syscalls,
+            syscall_abi_known: raw_syscalls,
         }) => {
             lines.push(line(true, "load", "eBPF object accepted by the kernel"));
             lines.push(line(
@@ -237,6 +234,9 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                     &ATTACH_CAPS,
                 ));
             }
+            if raw_syscalls {
+                check_trampolines(&mut ebpf, lines);
+            }
             lines.push(program_line(
                 loader::SOCKET_EXIT_IO,
                 loader::load_socket_exit_handler(&mut ebpf),
@@ -253,4 +253,28 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
             }
         }
     }
+}
+
+/// The socket programs as fentry/fexit programs (`syscall_trampolines`): one informational
+/// line, as the agent runs without them (one `syscalls:*` tracepoint per call instead).
+fn check_trampolines(ebpf: &mut aya::Ebpf, lines: &mut Vec<CheckLine>) {
+    use crate::probes::trampolines;
+    let detail = match trampolines::attach_all(ebpf) {
+        Ok(()) => format!(
+            "{} fentry/fexit programs attached to the syscall functions: \
+             syscall_trampolines = true can run here",
+            trampolines::ENTRY_PROGRAMS.len()
+                + trampolines::EXIT_PROGRAMS.len()
+                + trampolines::EXIT_HANDLERS.len()
+        ),
+        Err(e) => {
+            trampolines::unload_all(ebpf);
+            format!(
+                "not available: {}; the socket programs use one syscalls:* tracepoint per \
+                 call (syscall_trampolines = true falls back to them)",
+                trampolines::refusal(&e)
+            )
+        }
+    };
+    lines.push(line(true, "trampolines", detail));
 }

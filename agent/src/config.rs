@@ -38,6 +38,14 @@ pub struct Config {
     /// default cost less or the same (their servers and clients make many other calls); on
     /// for hosts whose busiest processes mostly read and write.
     pub raw_syscall_tracepoints: bool,
+    /// Attach the socket programs as fentry/fexit programs on the kernel's syscall functions
+    /// (BPF trampolines): no perf record is filled per call, so every process's reads and
+    /// writes cost less. Needs a kernel that loads tracing programs (BTF, trampolines; x86-64
+    /// or arm64); where it refuses them the agent says why and uses one `syscalls:*`
+    /// tracepoint per call. Off by default: the development hosts' kernel refuses tracing
+    /// programs, so this path has not been measured there. `raw_syscall_tracepoints` takes
+    /// precedence.
+    pub syscall_trampolines: bool,
     /// Walk Python workers' frames at their socket writes: exact query ↔ request pairing on
     /// asyncio workers and each query's call site. Off = the thread heuristic (counted as such).
     pub python_frames: bool,
@@ -121,6 +129,7 @@ impl Default for Config {
             event_channel_capacity: 8192,
             socket_tracing: true,
             raw_syscall_tracepoints: false,
+            syscall_trampolines: false,
             python_frames: true,
             postgres_ports: vec![5432, 6432],
             capture_bytes: herdwatch_common::DEFAULT_CAPTURE,

@@ -98,7 +98,7 @@ fn gunicorn_routes_cpu_and_db_wait_per_request() {
     if !kernel_available("gunicorn_routes_cpu_and_db_wait_per_request") {
         return;
     }
-    routes_cpu_and_db_wait(false);
+    routes_cpu_and_db_wait(SocketPrograms::PerCall);
 }
 
 /// The same with the socket handlers on the raw `sys_enter`/`sys_exit` tracepoints
@@ -108,17 +108,70 @@ fn gunicorn_routes_with_the_raw_syscall_programs() {
     if !kernel_available("gunicorn_routes_with_the_raw_syscall_programs") {
         return;
     }
-    routes_cpu_and_db_wait(true);
+    routes_cpu_and_db_wait(SocketPrograms::Raw);
 }
 
-fn routes_cpu_and_db_wait(raw_syscall_tracepoints: bool) {
+/// The same with `syscall_trampolines = true`: through fentry/fexit programs where the
+/// kernel loads them, else through the per-call tracepoints it falls back to (and the
+/// trampoline path is counted as skipped, with the kernel's reason).
+#[test]
+fn gunicorn_routes_with_syscall_trampolines_or_their_fallback() {
+    if !kernel_available("gunicorn_routes_with_syscall_trampolines_or_their_fallback") {
+        return;
+    }
+    routes_cpu_and_db_wait(SocketPrograms::Trampolines);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SocketPrograms {
+    PerCall,
+    Raw,
+    Trampolines,
+}
+
+/// BPF programs of type tracing (fentry/fexit, `BPF_PROG_TYPE_TRACING` = 26) this process
+/// holds, from its fds' `fdinfo`.
+fn tracing_programs_held() -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_to_string(fd.path()).is_ok_and(|info| {
+                info.lines()
+                    .any(|l| l.split_whitespace().eq(["prog_type:", "26"]))
+            })
+        })
+        .count()
+}
+
+fn routes_cpu_and_db_wait(programs: SocketPrograms) {
     let pg = Postgres::start();
     pg.shop_schema();
     let port = free_port();
     let server = gunicorn_shop(4, port, Some(&pg.unix_dsn()));
     wait_http(port);
     runtime().block_on(async {
-        let agent = start_agent_with(Config { postgres_ports: vec![pg.port], raw_syscall_tracepoints, ..test_config() }).await;
+        let agent = start_agent_with(Config {
+            postgres_ports: vec![pg.port],
+            raw_syscall_tracepoints: programs == SocketPrograms::Raw,
+            syscall_trampolines: programs == SocketPrograms::Trampolines,
+            ..test_config()
+        })
+        .await;
+        if programs == SocketPrograms::Trampolines {
+            // Entries, exits and the two shared exit handlers, or none at all (the fallback).
+            let held = tracing_programs_held();
+            eprintln!("fentry/fexit programs held: {held}");
+            if held == 0 {
+                skip(
+                    "http_tracing::gunicorn_routes_with_syscall_trampolines (the trampoline path)",
+                    "this kernel refuses fentry/fexit programs (see `herdwatch check`); the per-call fallback was traced instead",
+                );
+            } else {
+                assert_eq!(held, 23, "every socket program through a trampoline, or none");
+            }
+        }
         let master = server.pid();
         pool_ready(&agent, master, 4).await;
         let sent = tokio::task::spawn_blocking(move || load(port, plan(), 4)).await.expect("load");

@@ -55,6 +55,9 @@ pub struct LoadOptions {
     pub socket_tracing: bool,
     /// Attach them to the raw `sys_enter`/`sys_exit` tracepoints where the ABI is known.
     pub raw_syscalls: bool,
+    /// Otherwise attach them as fentry/fexit programs on the syscall functions where the
+    /// kernel allows (falling back to the per-call `syscalls:*` tracepoints).
+    pub trampolines: bool,
 }
 
 impl Default for LoadOptions {
@@ -68,6 +71,7 @@ impl Default for LoadOptions {
             socket_map_entries: herdwatch_common::SOCKET_MAP_ENTRIES,
             socket_tracing: true,
             raw_syscalls: false,
+            trampolines: false,
         }
     }
 }
@@ -121,9 +125,9 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     /// task_struct offsets were found in BTF: the raw scheduler programs can run.
     pub task_offsets_known: bool,
-    /// The host's syscall ABI is known: the raw `sys_enter`/`sys_exit` socket programs can
-    /// run instead of one `syscalls:*` program per call.
-    pub raw_syscalls: bool,
+    /// The host's syscall ABI is known: the raw `sys_enter`/`sys_exit` pair or the
+    /// trampoline programs can run instead of one `syscalls:*` program per call.
+    pub syscall_abi_known: bool,
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
@@ -147,11 +151,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let capture = opts.capture_bytes.min(herdwatch_common::MAX_CAPTURE as u32);
     let wakeup_bytes = socket_wakeup_bytes(opts.socket_ring_bytes);
     let tgid_words = tgid_filter_words();
-    let syscall_abi = opts
-        .raw_syscalls
-        .then(super::syscall_abi::host)
-        .flatten()
-        .unwrap_or(herdwatch_common::SyscallAbi::INERT);
+    let syscall_abi = super::syscall_abi::host().unwrap_or(herdwatch_common::SyscallAbi::INERT);
     EbpfLoader::new()
         .override_global("SYSCALL_ABI", &syscall_abi, true)
         .override_global("OFFSETS", &offsets, true)
@@ -173,7 +173,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .map(|ebpf| Loaded {
             ebpf,
             task_offsets_known,
-            raw_syscalls: syscall_abi.enabled != 0,
+            syscall_abi_known: syscall_abi.enabled != 0,
         })
 }
 
@@ -191,7 +191,7 @@ pub const RAW_SCHEDULER_PROGRAMS: [(&str, &str); 3] = [
     ("sched_wakeup_new_raw", "sched_wakeup_new"),
 ];
 
-fn program_error(
+pub(super) fn program_error(
     program: &str,
     action: &'static str,
     source: aya::programs::ProgramError,
@@ -205,7 +205,7 @@ fn program_error(
 }
 
 /// The program `name` in the object, as its concrete type.
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -285,6 +285,8 @@ pub fn detach_all(ebpf: &mut Ebpf) {
                 let unloaded = match program {
                     aya::programs::Program::TracePoint(p) => p.unload(),
                     aya::programs::Program::RawTracePoint(p) => p.unload(),
+                    aya::programs::Program::FEntry(p) => p.unload(),
+                    aya::programs::Program::FExit(p) => p.unload(),
                     // Not a kind the agent loads; dropping `Ebpf` unloads it all the same.
                     _ => Ok(()),
                 };
@@ -301,30 +303,54 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Ebpf> {
     let Loaded {
         mut ebpf,
         task_offsets_known: raw_scheduler,
-        raw_syscalls,
+        syscall_abi_known,
     } = load(opts)?;
-    let raw_socket = opts.socket_tracing && raw_syscalls;
-    let per_call_syscalls = opts.socket_tracing && !raw_syscalls;
-    let raw = RAW_SCHEDULER_PROGRAMS
-        .iter()
-        .filter(|_| raw_scheduler)
-        .chain(RAW_SYSCALL_PROGRAMS.iter().filter(|_| raw_socket));
-    for &(name, tracepoint) in raw {
+    // The scheduler and process programs first: a missing privilege fails here, before the
+    // socket programs' way of attaching is chosen.
+    for &(name, tracepoint) in RAW_SCHEDULER_PROGRAMS.iter().filter(|_| raw_scheduler) {
         attach_raw(&mut ebpf, name, tracepoint)?;
     }
-    if per_call_syscalls {
-        load_socket_exit_handler(&mut ebpf)?;
-    }
     for (name, category, event) in PROGRAMS {
-        if (category == "syscalls" && !per_call_syscalls)
-            || (raw_scheduler
-                && RAW_SCHEDULER_PROGRAMS
-                    .iter()
-                    .any(|(_, tracepoint)| *tracepoint == name))
-        {
-            continue;
+        let replaced_by_raw = raw_scheduler
+            && RAW_SCHEDULER_PROGRAMS
+                .iter()
+                .any(|(_, tracepoint)| *tracepoint == name);
+        if category != "syscalls" && !replaced_by_raw {
+            attach_one(&mut ebpf, name, category, event)?;
         }
-        attach_one(&mut ebpf, name, category, event)?;
+    }
+    if opts.socket_tracing {
+        attach_socket_programs(&mut ebpf, opts, syscall_abi_known)?;
     }
     Ok(ebpf)
+}
+
+/// The socket programs: the raw pair when asked for, else through trampolines when asked for
+/// and the kernel allows, else one `syscalls:*` tracepoint program per call.
+fn attach_socket_programs(ebpf: &mut Ebpf, opts: &LoadOptions, abi_known: bool) -> Result<()> {
+    if abi_known && opts.raw_syscalls {
+        for &(name, tracepoint) in &RAW_SYSCALL_PROGRAMS {
+            attach_raw(ebpf, name, tracepoint)?;
+        }
+        return Ok(());
+    }
+    if abi_known && opts.trampolines {
+        match super::trampolines::attach_all(ebpf) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                super::trampolines::unload_all(ebpf);
+                tracing::warn!(
+                    "syscall_trampolines: {}; using one syscalls:* tracepoint per call instead",
+                    super::trampolines::refusal(&e)
+                );
+            }
+        }
+    }
+    load_socket_exit_handler(ebpf)?;
+    for (name, category, event) in PROGRAMS {
+        if category == "syscalls" {
+            attach_one(ebpf, name, category, event)?;
+        }
+    }
+    Ok(())
 }

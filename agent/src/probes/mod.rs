@@ -9,6 +9,7 @@ pub mod reader;
 pub mod socket_events;
 pub mod syscall_abi;
 pub mod tracefs;
+pub mod trampolines;
 
 pub use events::ProcessEvent;
 pub use loader::{LoadOptions, PROGRAMS};
