@@ -68,16 +68,17 @@ fn enter_io(ctx: &TracePointContext, dir: u32, buf_mode: u32) -> u32 {
     io_entered(tid, tgid, arg(ctx, 0), arg(ctx, 1), dir, buf_mode)
 }
 
-/// What every `sys_exit_*` read/write program runs: turn away processes with no traced
-/// socket (the byte test), then jump to the shared handler.
+/// What every read/write exit program runs (here and in `trampoline.rs`): turn away
+/// processes with no traced socket (the byte test), then jump to the shared handler in
+/// `handlers`.
 #[inline(always)]
-fn exit_io(ctx: &TracePointContext) -> u32 {
+pub(crate) fn exit_io<C: EbpfContext>(ctx: &C, handlers: &ProgramArray) -> u32 {
     let (_, tgid) = ids();
     if !maybe_traced(tgid) {
         return 0; // its enter found nothing to trace either
     }
     // SAFETY: ctx is this program's own context; on success the call does not return.
-    unsafe { EXIT_IO.tail_call(ctx, 0) };
+    unsafe { handlers.tail_call(ctx, 0) };
     // Only an empty slot gets here (the agent fills it before attaching): a lost record.
     count(stat::SOCKET_EVENTS_DROPPED);
     0
@@ -98,7 +99,7 @@ macro_rules! io_programs {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_io(&ctx)
+            exit_io(&ctx, &EXIT_IO)
         }
     )*};
 }

@@ -15,9 +15,9 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::{FEntryContext, FExitContext},
 };
-use herdwatch_common::{direction, stat};
+use herdwatch_common::direction;
 
-use crate::maps::count;
+use crate::per_call::exit_io;
 use crate::socket::{
     BUF_IOVEC, BUF_MSGHDR, BUF_PLAIN, accepted, close_entered, connect_entered, connect_exited,
     ids, io_entered, io_exited, maybe_traced,
@@ -99,21 +99,6 @@ fn enter_io(ctx: &FEntryContext, dir: u32, buf_mode: u32) -> u32 {
         Some((fd, buf)) => io_entered(tid, tgid, fd, buf, dir, buf_mode),
         None => 0,
     }
-}
-
-/// What every read/write fexit program runs: turn away processes with no traced socket,
-/// then jump to its file's handler.
-#[inline(always)]
-fn exit_io(ctx: &FExitContext, handlers: &ProgramArray) -> u32 {
-    let (_, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0; // its entry found nothing to trace either
-    }
-    // SAFETY: ctx is this program's own context; on success the call does not return.
-    unsafe { handlers.tail_call(ctx, 0) };
-    // Only an empty slot gets here (the agent fills it before attaching): a lost record.
-    count(stat::SOCKET_EVENTS_DROPPED);
-    0
 }
 
 /// The read/write exit handler of `fs/read_write.c`'s calls, entered only by tail call (the

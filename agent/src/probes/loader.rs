@@ -241,23 +241,26 @@ pub fn load_socket_exit_handler(ebpf: &mut Ebpf) -> Result<()> {
     let fd = handler
         .fd()
         .map_err(|e| program_error(SOCKET_EXIT_IO, "load", e))?
-        .try_clone()
-        .map_err(|e| Error::Map {
-            name: "EXIT_IO",
-            detail: format!("duplicating the handler's fd: {e}"),
-        })?;
-    let map = ebpf.map_mut("EXIT_IO").ok_or_else(|| Error::Map {
+        .try_clone();
+    into_jump_table(ebpf, "EXIT_IO", fd)
+}
+
+/// Puts a loaded handler's program fd (duplicated) in slot 0 of jump table `table`.
+pub(super) fn into_jump_table(
+    ebpf: &mut Ebpf,
+    table: &str,
+    fd: std::io::Result<aya::programs::ProgramFd>,
+) -> Result<()> {
+    let fail = |detail: String| Error::Map {
         name: "EXIT_IO",
-        detail: "not in the eBPF object".into(),
-    })?;
-    let mut table = aya::maps::ProgramArray::try_from(map).map_err(|e| Error::Map {
-        name: "EXIT_IO",
-        detail: e.to_string(),
-    })?;
-    table.set(0, &fd, 0).map_err(|e| Error::Map {
-        name: "EXIT_IO",
-        detail: e.to_string(),
-    })
+        detail: format!("{table}: {detail}"),
+    };
+    let fd = fd.map_err(|e| fail(format!("duplicating the handler's fd: {e}")))?;
+    let map = ebpf
+        .map_mut(table)
+        .ok_or_else(|| fail("not in the eBPF object".into()))?;
+    let mut slots = aya::maps::ProgramArray::try_from(map).map_err(|e| fail(e.to_string()))?;
+    slots.set(0, &fd, 0).map_err(|e| fail(e.to_string()))
 }
 
 /// Loads (verifies) and attaches one program by name.

@@ -10,7 +10,7 @@ use aya::{
 
 use crate::error::{Error, Result, is_permission_error};
 
-use super::loader::{program, program_error};
+use super::loader::{into_jump_table, program, program_error};
 
 /// The fentry programs: (program, traced call).
 pub const ENTRY_PROGRAMS: [(&str, &str); 10] = [
@@ -88,23 +88,8 @@ pub fn load_exit_handlers(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
         let fd = handler
             .fd()
             .map_err(|e| program_error(name, "load", e))?
-            .try_clone()
-            .map_err(|e| Error::Map {
-                name: "EXIT_IO",
-                detail: format!("duplicating the handler's fd: {e}"),
-            })?;
-        let map = ebpf.map_mut(table_name).ok_or_else(|| Error::Map {
-            name: "EXIT_IO",
-            detail: format!("{table_name} is not in the eBPF object"),
-        })?;
-        let mut table = aya::maps::ProgramArray::try_from(map).map_err(|e| Error::Map {
-            name: "EXIT_IO",
-            detail: e.to_string(),
-        })?;
-        table.set(0, &fd, 0).map_err(|e| Error::Map {
-            name: "EXIT_IO",
-            detail: format!("{table_name}: {e}"),
-        })?;
+            .try_clone();
+        into_jump_table(ebpf, table_name, fd)?;
     }
     Ok(())
 }
