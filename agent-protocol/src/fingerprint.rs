@@ -50,42 +50,14 @@ fn tokenize(sql: &str) -> Vec<Token> {
                 i += 1;
             }
         } else if c == '/' && next == Some('*') {
-            let mut depth = 0;
-            while i < n {
-                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    i += 2;
-                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = past_block_comment(&chars, i);
         } else if c == '\''
             || (matches!(c, 'e' | 'E' | 'b' | 'B' | 'x' | 'X' | 'n' | 'N')
                 && next == Some('\'')
                 && !prev_is_word(&chars, i))
         {
             let backslash = matches!(c, 'e' | 'E');
-            i += if c == '\'' { 1 } else { 2 };
-            while i < n {
-                if backslash && chars[i] == '\\' {
-                    i += 2;
-                } else if chars[i] == '\'' {
-                    if chars.get(i + 1) == Some(&'\'') {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = past_string(&chars, i + if c == '\'' { 1 } else { 2 }, backslash);
             out.push(Token::Placeholder);
         } else if c == '$' && next.is_some_and(|d| d.is_ascii_digit()) {
             i += 1;
@@ -94,47 +66,22 @@ fn tokenize(sql: &str) -> Vec<Token> {
             }
             out.push(Token::Placeholder);
         } else if c == '$' {
-            // Dollar quoting: $$…$$ or $tag$…$tag$.
-            let mut j = i + 1;
-            while j < n && (chars[j].is_alphanumeric() || chars[j] == '_') {
-                j += 1;
-            }
-            if j < n && chars[j] == '$' {
-                let tag: String = chars[i..=j].iter().collect();
-                let body_start = j + 1;
-                let rest: String = chars[body_start..].iter().collect();
-                i = match rest.find(&tag) {
-                    Some(pos) => body_start + rest[..pos].chars().count() + tag.chars().count(),
-                    None => n,
-                };
-                out.push(Token::Placeholder);
-            } else {
-                out.push(Token::Punct('$'));
-                i += 1;
+            match past_dollar_quoted(&chars, i) {
+                Some(end) => {
+                    i = end;
+                    out.push(Token::Placeholder);
+                }
+                None => {
+                    out.push(Token::Punct('$'));
+                    i += 1;
+                }
             }
         } else if c.is_ascii_digit() || (c == '.' && next.is_some_and(|d| d.is_ascii_digit())) {
-            while i < n
-                && (chars[i].is_ascii_alphanumeric()
-                    || chars[i] == '.'
-                    || ((chars[i] == '+' || chars[i] == '-') && matches!(chars[i - 1], 'e' | 'E')))
-            {
-                i += 1;
-            }
+            i = past_number(&chars, i);
             out.push(Token::Placeholder);
         } else if c == '"' {
             let start = i;
-            i += 1;
-            while i < n {
-                if chars[i] == '"' {
-                    if chars.get(i + 1) == Some(&'"') {
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            }
+            i = past_quoted_identifier(&chars, i + 1);
             out.push(Token::Quoted(chars[start..i].iter().collect()));
         } else if c.is_alphanumeric() || c == '_' {
             let start = i;
@@ -162,6 +109,92 @@ fn tokenize(sql: &str) -> Vec<Token> {
         }
     }
     out
+}
+
+/// Past a `/* … */` comment starting at `i` (they nest in PostgreSQL).
+fn past_block_comment(chars: &[char], mut i: usize) -> usize {
+    let mut depth = 0;
+    while i < chars.len() {
+        if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+            depth += 1;
+            i += 2;
+        } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Past a string literal whose body starts at `i`: `''` is a quote inside it, and with
+/// `backslash` (E'…') so is `\'`.
+fn past_string(chars: &[char], mut i: usize, backslash: bool) -> usize {
+    while i < chars.len() {
+        if backslash && chars[i] == '\\' {
+            i += 2;
+        } else if chars[i] == '\'' {
+            if chars.get(i + 1) == Some(&'\'') {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Past a dollar-quoted body (`$$…$$` or `$tag$…$tag$`) whose opening `$` is at `i`; None
+/// when no tag opens there (a lone `$`).
+fn past_dollar_quoted(chars: &[char], i: usize) -> Option<usize> {
+    let n = chars.len();
+    let mut j = i + 1;
+    while j < n && (chars[j].is_alphanumeric() || chars[j] == '_') {
+        j += 1;
+    }
+    if j >= n || chars[j] != '$' {
+        return None;
+    }
+    let tag: String = chars[i..=j].iter().collect();
+    let body_start = j + 1;
+    let rest: String = chars[body_start..].iter().collect();
+    Some(match rest.find(&tag) {
+        Some(pos) => body_start + rest[..pos].chars().count() + tag.chars().count(),
+        None => n,
+    })
+}
+
+/// Past a numeric literal starting at `i` (digits, a point, an exponent with its sign).
+fn past_number(chars: &[char], mut i: usize) -> usize {
+    while i < chars.len()
+        && (chars[i].is_ascii_alphanumeric()
+            || chars[i] == '.'
+            || ((chars[i] == '+' || chars[i] == '-') && matches!(chars[i - 1], 'e' | 'E')))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Past a quoted identifier whose body starts at `i` (`""` is a quote inside it).
+fn past_quoted_identifier(chars: &[char], mut i: usize) -> usize {
+    while i < chars.len() {
+        if chars[i] == '"' {
+            if chars.get(i + 1) == Some(&'"') {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    i
 }
 
 fn prev_is_word(chars: &[char], i: usize) -> bool {

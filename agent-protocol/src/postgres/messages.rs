@@ -171,6 +171,36 @@ fn target(b: Option<u8>) -> Target {
     }
 }
 
+/// A message without a type byte, told apart by its code: an SSL or GSS encryption request,
+/// a cancel request, or a protocol-3 StartupMessage with its user and database.
+fn decode_untyped(r: &mut Reader<'_>) -> Result<Frontend, ProtocolError> {
+    Ok(match r.i32() {
+        Some(SSL_REQUEST) => Frontend::SslRequest,
+        Some(GSSENC_REQUEST) => Frontend::GssEncRequest,
+        Some(CANCEL_REQUEST) => Frontend::CancelRequest,
+        Some(v) if v >> 16 == 3 => {
+            let (mut user, mut database) = (None, None);
+            loop {
+                let (key, complete) = r.cstr();
+                if key.is_empty() || !complete {
+                    break;
+                }
+                let (value, _) = r.cstr();
+                match key.as_str() {
+                    "user" => user = Some(value),
+                    "database" => database = Some(value),
+                    _ => {}
+                }
+            }
+            if database.is_none() {
+                database = user.clone(); // the server's default
+            }
+            Frontend::Startup { user, database }
+        }
+        _ => return Err(ProtocolError::PgTruncated("startup")),
+    })
+}
+
 pub fn decode_frontend(m: &Message<'_>) -> Result<Frontend, ProtocolError> {
     let mut r = Reader::new(m.body);
     let need = |ok: bool, what| {
@@ -181,31 +211,7 @@ pub fn decode_frontend(m: &Message<'_>) -> Result<Frontend, ProtocolError> {
         }
     };
     Ok(match m.kind {
-        0 => match r.i32() {
-            Some(SSL_REQUEST) => Frontend::SslRequest,
-            Some(GSSENC_REQUEST) => Frontend::GssEncRequest,
-            Some(CANCEL_REQUEST) => Frontend::CancelRequest,
-            Some(v) if v >> 16 == 3 => {
-                let (mut user, mut database) = (None, None);
-                loop {
-                    let (key, complete) = r.cstr();
-                    if key.is_empty() || !complete {
-                        break;
-                    }
-                    let (value, _) = r.cstr();
-                    match key.as_str() {
-                        "user" => user = Some(value),
-                        "database" => database = Some(value),
-                        _ => {}
-                    }
-                }
-                if database.is_none() {
-                    database = user.clone(); // the server's default
-                }
-                Frontend::Startup { user, database }
-            }
-            _ => return Err(ProtocolError::PgTruncated("startup")),
-        },
+        0 => decode_untyped(&mut r)?,
         b'Q' => {
             let (sql, complete) = r.sql();
             need(complete, "Query")?;
