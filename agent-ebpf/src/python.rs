@@ -110,6 +110,71 @@ fn thread_state(py: &PyProcess, tid: u32) -> u64 {
     0
 }
 
+/// The thread's innermost Python frame and the walk's status so far (no thread state for
+/// it, or an unreadable pointer on the way).
+#[inline(always)]
+fn current_frame(py: &PyProcess, tid: u32) -> (u64, u32) {
+    let off = py.offsets;
+    let tstate = thread_state(py, tid);
+    if tstate == 0 {
+        return (0, py_status::NO_THREAD);
+    }
+    match read_ptr(tstate + off.tstate_frame as u64) {
+        Some(p) if off.cframe_current_frame == PY_NO_CFRAME => (p, 0),
+        Some(cframe) => match read_ptr(cframe + off.cframe_current_frame as u64) {
+            Some(p) => (p, 0),
+            None => (0, py_status::READ_FAILED),
+        },
+        None => (0, py_status::READ_FAILED),
+    }
+}
+
+/// Where a frame block keeps the frame's owner. Owner offsets lie in 8..72 (the agent
+/// refuses others); the mask proves it to the verifier, which a plain bounds check does not
+/// once the compiler hoists the address.
+#[inline(always)]
+fn owner_offset(frame_owner: u16) -> usize {
+    8 + ((frame_owner as usize).wrapping_sub(8) & 0x3f)
+}
+
+/// A stack record's head before the walk fills in the task, depth and frames.
+#[inline(always)]
+fn stack_head(tgid: u32, tid: u32, timestamp_ns: u64, status: u32) -> PyStackHead {
+    PyStackHead {
+        header: EventHeader {
+            kind: EventKind::PyStack as u32,
+            tid,
+            tgid,
+            _reserved: 0,
+            timestamp_ns,
+        },
+        task: 0,
+        depth: 0,
+        n_frames: 0,
+        status,
+        _reserved: 0,
+    }
+}
+
+/// Sends the scratch record's head and its first `n` frames.
+#[inline(always)]
+fn send_frames(scratch: *mut PyStackEvent, n: usize) {
+    if n > MAX_PY_FRAMES {
+        return;
+    }
+    let len = size_of::<PyStackHead>() + n * size_of::<PyFrameRef>();
+    if len > size_of::<PyStackEvent>() {
+        return;
+    }
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, len) };
+    if SOCKET_EVENTS
+        .output::<[u8]>(bytes, crate::socket::ring_flags())
+        .is_err()
+    {
+        count(stat::SOCKET_EVENTS_DROPPED);
+    }
+}
+
 /// Walks the calling thread's Python stack and sends it ahead of the socket record stamped
 /// `timestamp_ns`. Costs one map lookup for threads of processes that are not registered.
 #[inline(always)]
@@ -128,38 +193,9 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
     let ev = unsafe { &mut *scratch };
     let block = unsafe { &mut *block };
     let off = py.offsets;
-    let mut status = 0u32;
-    let mut frame = 0u64;
-    let tstate = thread_state(py, tid);
-    if tstate == 0 {
-        status |= py_status::NO_THREAD;
-    } else {
-        match read_ptr(tstate + off.tstate_frame as u64) {
-            Some(p) if off.cframe_current_frame == PY_NO_CFRAME => frame = p,
-            Some(cframe) => match read_ptr(cframe + off.cframe_current_frame as u64) {
-                Some(p) => frame = p,
-                None => status |= py_status::READ_FAILED,
-            },
-            None => status |= py_status::READ_FAILED,
-        }
-    }
-    // Owner offsets lie in 8..72 (the agent refuses others); the mask proves it to the
-    // verifier, which a plain bounds check does not once the compiler hoists the address.
-    let owner_at = 8 + ((off.frame_owner as usize).wrapping_sub(8) & 0x3f);
-    ev.head = PyStackHead {
-        header: EventHeader {
-            kind: EventKind::PyStack as u32,
-            tid,
-            tgid,
-            _reserved: 0,
-            timestamp_ns,
-        },
-        task: 0,
-        depth: 0,
-        n_frames: 0,
-        status,
-        _reserved: 0,
-    };
+    let (mut frame, status) = current_frame(py, tid);
+    let owner_at = owner_offset(off.frame_owner);
+    ev.head = stack_head(tgid, tid, timestamp_ns, status);
     // The counters live in the map value, read and written as memory: a verifier tracking
     // them in registers sees every (frames kept, depth) pair as a new state and gives up
     // long before the walk's end; from memory they are unknown numbers, and paths merge.
@@ -214,20 +250,7 @@ pub fn send_stack(tgid: u32, tid: u32, timestamp_ns: u64, http_write: bool) {
         unsafe { (*head).status |= py_status::TRUNCATED };
     }
     let n = unsafe { core::ptr::read_volatile(&raw const (*head).n_frames) } as usize;
-    if n > MAX_PY_FRAMES {
-        return;
-    }
-    let len = size_of::<PyStackHead>() + n * size_of::<PyFrameRef>();
-    if len > size_of::<PyStackEvent>() {
-        return;
-    }
-    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, len) };
-    if SOCKET_EVENTS
-        .output::<[u8]>(bytes, crate::socket::ring_flags())
-        .is_err()
-    {
-        count(stat::SOCKET_EVENTS_DROPPED);
-    }
+    send_frames(scratch, n);
     count(stat::PY_WALKS);
     add(
         stat::PY_WALK_NS,

@@ -1,7 +1,6 @@
-//! Socket tracing from syscall tracepoints (kprobes and fentry are unavailable by design):
-//! the maps and handlers, run from the raw `sys_enter`/`sys_exit` programs of `syscalls.rs`
-//! or, where the agent does not know the host's ABI, from one program per call
-//! (`per_call.rs`).
+//! Socket tracing: the maps and handlers, run from one `syscalls:*` tracepoint program per
+//! call (`per_call.rs`, the default), the raw `sys_enter`/`sys_exit` pair (`syscalls.rs`) or
+//! fentry/fexit programs on kernels that load them (`trampoline.rs`).
 //!
 //! Only sockets in `SOCKETS` are traced: client connections to a PostgreSQL port or Unix
 //! socket (`.s.PGSQL.<port>`), and connections accepted by processes in `HTTP_SERVERS` (pool
@@ -21,6 +20,11 @@ use herdwatch_common::{
 };
 
 use crate::maps::{THREADS, count};
+
+mod connect;
+
+use connect::{AF_INET, CANDIDATE_DESTINATIONS, candidate_decided};
+pub use connect::{connect_entered, connect_exited};
 
 #[map]
 pub static SOCKETS: LruHashMap<u64, SocketInfo> =
@@ -44,22 +48,6 @@ pub static AGENT_TGIDS: Array<u64> = Array::with_max_entries(TGID_FILTER_WORDS, 
 /// Words in the two filters (the maps' real size, patched by the loader).
 #[unsafe(no_mangle)]
 static TGID_WORDS: Global<u32> = Global::new(TGID_FILTER_WORDS);
-#[map]
-static PENDING_CONNECT: LruHashMap<u32, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
-/// TCP destinations whose candidate connection did not speak PostgreSQL first, with when that
-/// was learnt (ns). New connections to them are not candidates: no tracking, no first-write
-/// test, and the connecting process is not marked, so its later reads and writes stay behind
-/// the byte test. Without this every HTTP or Redis client on the host paid the candidate path
-/// on every connection. An entry counts for `NOT_POSTGRES_FOR_NS`, then is learnt again.
-#[map]
-pub static NOT_POSTGRES: LruHashMap<Destination, u64> =
-    LruHashMap::with_max_entries(NOT_POSTGRES_ENTRIES, 0);
-const NOT_POSTGRES_ENTRIES: u32 = 4_096;
-const NOT_POSTGRES_FOR_NS: u64 = 300_000_000_000;
-/// Where each undecided candidate socket (by `socket_key`) connects to.
-#[map]
-static CANDIDATE_DESTINATIONS: LruHashMap<u64, Destination> =
-    LruHashMap::with_max_entries(16_384, 0);
 /// The open read/write call of each thread that has used a traced socket, by thread id. The
 /// entry stays with its thread (a call is closed by zeroing `enter_ns`, reopened by writing it
 /// in place) and goes when the thread exits: inserting and deleting an LRU element around
@@ -94,32 +82,6 @@ pub fn ring_flags() -> u64 {
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const EINPROGRESS: i64 = -115;
-const PG_SOCKET_MARK: &[u8; 9] = b".s.PGSQL.";
-const SUN_PATH: usize = 108;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PendingConnect {
-    fd: u32,
-    family: u32,
-    port: u32,
-    kind: u32,
-    destination: Destination,
-}
-
-/// A TCP destination as a map key: the family and port, and the address (IPv4 in the last
-/// word). Zeroed for Unix sockets, which are never candidates.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct Destination {
-    family_port: u32,
-    address: [u32; 4],
-}
 
 /// How the exit handler finds the payload.
 pub const BUF_PLAIN: u32 = 0;
@@ -165,144 +127,6 @@ fn header(kind: EventKind, tid: u32, tgid: u32, ts: u64) -> EventHeader {
         _reserved: 0,
         timestamp_ns: ts,
     }
-}
-
-/// Whether a Unix socket path names a PostgreSQL socket (`…/.s.PGSQL.5432`).
-#[inline(always)]
-fn is_pg_unix_path(path: &[u8; SUN_PATH]) -> bool {
-    let mut i = 0;
-    while i < SUN_PATH - PG_SOCKET_MARK.len() {
-        if path[i] == 0 {
-            return false;
-        }
-        let mut j = 0;
-        while j < PG_SOCKET_MARK.len() && path[i + j] == PG_SOCKET_MARK[j] {
-            j += 1;
-        }
-        if j == PG_SOCKET_MARK.len() {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-/// `connect(fd, addr, …)` began: remember a connection to PostgreSQL (or one that may be) for
-/// its exit.
-#[inline(always)]
-pub fn connect_entered(fd: u64, addr: u64) -> u32 {
-    // One read serves every family's first 8 bytes (an IPv4 address whole): this runs for
-    // every connect on the host, and each helper call counts. A shorter Unix address ending
-    // at a page boundary can fail it; then the family alone is read.
-    let head = match unsafe { bpf_probe_read_user(addr as *const [u8; 8]) } {
-        Ok(head) => head,
-        Err(_) => match unsafe { bpf_probe_read_user(addr as *const [u8; 2]) } {
-            Ok([a, b]) if u16::from_ne_bytes([a, b]) == AF_UNIX => [a, b, 0, 0, 0, 0, 0, 0],
-            _ => return 0, // an IP address this short is not one connect accepts
-        },
-    };
-    let family = u16::from_ne_bytes([head[0], head[1]]);
-    let mut destination = Destination::default();
-    let port = match family {
-        AF_INET => {
-            // struct sockaddr_in: family, port (big-endian), address.
-            destination.address[3] = u32::from_ne_bytes([head[4], head[5], head[6], head[7]]);
-            u16::from_be_bytes([head[2], head[3]])
-        }
-        AF_INET6 => {
-            // struct sockaddr_in6: family, port (big-endian), flow info, address.
-            let Ok(sin6) = (unsafe { bpf_probe_read_user(addr as *const [u32; 6]) }) else {
-                return 0;
-            };
-            destination.address = [sin6[2], sin6[3], sin6[4], sin6[5]];
-            let port = sin6[0].to_ne_bytes();
-            u16::from_be_bytes([port[2], port[3]])
-        }
-        AF_UNIX => {
-            let Ok(path) = (unsafe { bpf_probe_read_user((addr + 2) as *const [u8; SUN_PATH]) })
-            else {
-                return 0;
-            };
-            if !is_pg_unix_path(&path) {
-                return 0;
-            }
-            0
-        }
-        _ => return 0,
-    };
-    let (tid, tgid) = ids();
-    destination.family_port = (u32::from(family) << 16) | u32::from(port);
-    // A known PostgreSQL port or socket path, or a TCP connection that may turn out to be one
-    // (unless this destination already showed it is not).
-    let kind = if family == AF_UNIX || unsafe { PG_PORTS.get(&port) }.is_some() {
-        sock_kind::POSTGRES
-    } else if known_not_postgres(&destination) {
-        count(stat::KNOWN_NOT_POSTGRES);
-        return 0;
-    } else {
-        sock_kind::CANDIDATE
-    };
-    let pending = PendingConnect {
-        fd: fd as u32,
-        family: family as u32,
-        port: port as u32,
-        kind,
-        destination,
-    };
-    if PENDING_CONNECT.insert(tid, pending, 0).is_err() {
-        count(stat::SOCKET_INSERT_FAILED);
-        return 0;
-    }
-    // Marked already, so the raw exit program (which turns unmarked groups away before it
-    // looks at the call) sees this connect's exit.
-    mark_traced(tgid, true);
-    0
-}
-
-/// `connect` returned `result`: a connection remembered at its entry is now traced.
-#[inline(always)]
-pub fn connect_exited(result: i64) -> u32 {
-    let (tid, tgid) = ids();
-    let Some(pending) = (unsafe { PENDING_CONNECT.get(&tid) }).copied() else {
-        return 0;
-    };
-    let _ = PENDING_CONNECT.remove(&tid);
-    match result {
-        0 | EINPROGRESS => {}
-        _ => return 0,
-    }
-    track(
-        tgid,
-        tid,
-        pending.fd,
-        pending.kind,
-        pending.family,
-        pending.port,
-    );
-    if pending.kind == sock_kind::CANDIDATE {
-        let key = socket_key(tgid, pending.fd);
-        let _ = CANDIDATE_DESTINATIONS.insert(key, pending.destination, 0);
-    }
-    0
-}
-
-/// Whether `destination` showed it does not speak PostgreSQL, recently enough to believe.
-#[inline(always)]
-fn known_not_postgres(destination: &Destination) -> bool {
-    match unsafe { NOT_POSTGRES.get(destination) } {
-        Some(learnt) => now().saturating_sub(*learnt) < NOT_POSTGRES_FOR_NS,
-        None => false,
-    }
-}
-
-/// The candidate socket `key` was decided: remember its destination when it is not
-/// PostgreSQL, and forget where it connects either way.
-#[inline(always)]
-fn candidate_decided(key: u64, postgres: bool) {
-    if !postgres && let Some(destination) = unsafe { CANDIDATE_DESTINATIONS.get(&key) }.copied() {
-        let _ = NOT_POSTGRES.insert(destination, now(), 0);
-    }
-    let _ = CANDIDATE_DESTINATIONS.remove(&key);
 }
 
 /// Whether `tgid` may have a traced socket: false only when neither side marked it.
@@ -465,23 +289,8 @@ pub fn io_exited(moved: i64) -> u32 {
     if moved <= 0 {
         return 0; // EAGAIN on a non-blocking socket, EOF, or an error: no bytes moved
     }
-    if call.kind == sock_kind::CANDIDATE {
-        let key = socket_key(tgid, call.fd);
-        let postgres = speaks_postgres(&call, moved as u64);
-        candidate_decided(key, postgres);
-        if !postgres {
-            let _ = SOCKETS.remove(&key);
-            return 0;
-        }
-        call.kind = sock_kind::POSTGRES;
-        let info = SocketInfo {
-            kind: sock_kind::POSTGRES,
-            _reserved: 0,
-        };
-        if SOCKETS.insert(socket_key(tgid, call.fd), info, 0).is_err() {
-            count(stat::SOCKET_INSERT_FAILED);
-        }
-        announce(tgid, tid, call.fd, sock_kind::POSTGRES, AF_INET as u32, 0);
+    if call.kind == sock_kind::CANDIDATE && !promote_candidate(tgid, tid, &mut call, moved) {
+        return 0;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -509,48 +318,13 @@ pub fn io_exited(moved: i64) -> u32 {
     } else {
         captured = 0;
     }
-    // The payload's end, when the prefix did not reach it and the first buffer holds it all.
-    let mut tail_len = 0usize;
-    let moved_u = moved as u64;
-    if captured > 0 && moved_u > captured as u64 && first_len >= moved_u {
-        let rest = moved_u - captured as u64;
-        tail_len = if rest > TAIL_CAPTURE as u64 {
-            TAIL_CAPTURE
-        } else {
-            rest as usize
-        };
-        let tail_src = src + moved_u - tail_len as u64;
-        if tail_len == TAIL_CAPTURE {
-            if unsafe { bpf_probe_read_user_buf(tail_src as *const u8, &mut ev.tail) }.is_err() {
-                tail_len = 0;
-            }
-        } else if tail_len > 0 && tail_len < TAIL_CAPTURE {
-            if unsafe { bpf_probe_read_user_buf(tail_src as *const u8, &mut ev.tail[..tail_len]) }
-                .is_err()
-            {
-                tail_len = 0;
-            }
-        } else {
-            tail_len = 0;
-        }
-    }
+    let tail_len = capture_tail(&mut ev.tail, src, moved as u64, captured, first_len);
     let exit_ns = now();
     if call.direction == direction::EGRESS && walks_stack(&call, &ev.data, captured) {
         // Before the data record, so the agent has the stack when the bytes arrive.
         crate::python::send_stack(tgid, tid, exit_ns, call.kind == sock_kind::HTTP_SERVER);
     }
-    let thread_on_cpu_ns = match THREADS.get_ptr(tid) {
-        Some(c) => {
-            let c = unsafe { &*c };
-            let running = if c.switched_in_at_ns != 0 && exit_ns > c.switched_in_at_ns {
-                exit_ns - c.switched_in_at_ns
-            } else {
-                0
-            };
-            c.on_cpu_ns + running
-        }
-        None => 0,
-    };
+    let thread_on_cpu_ns = on_cpu_at(tid, exit_ns);
     ev.head = SocketDataHead {
         header: header(EventKind::SocketData, tid, tgid, exit_ns),
         enter_ns: call.enter_ns,
@@ -572,6 +346,74 @@ pub fn io_exited(moved: i64) -> u32 {
         count(stat::SOCKET_EVENTS_DROPPED);
     }
     0
+}
+
+/// A candidate TCP connection's first write came back: PostgreSQL's (the socket is traced
+/// from now on and announced) or not (forgotten; false).
+#[inline(always)]
+fn promote_candidate(tgid: u32, tid: u32, call: &mut ActiveCall, moved: i64) -> bool {
+    let key = socket_key(tgid, call.fd);
+    let postgres = speaks_postgres(call, moved as u64);
+    candidate_decided(key, postgres);
+    if !postgres {
+        let _ = SOCKETS.remove(&key);
+        return false;
+    }
+    call.kind = sock_kind::POSTGRES;
+    let info = SocketInfo {
+        kind: sock_kind::POSTGRES,
+        _reserved: 0,
+    };
+    if SOCKETS.insert(key, info, 0).is_err() {
+        count(stat::SOCKET_INSERT_FAILED);
+    }
+    announce(tgid, tid, call.fd, sock_kind::POSTGRES, AF_INET as u32, 0);
+    true
+}
+
+/// The payload's end into `tail`, when the prefix did not reach it and the first buffer
+/// holds it all: how many bytes (0 = none or unreadable).
+#[inline(always)]
+fn capture_tail(
+    tail: &mut [u8; TAIL_CAPTURE],
+    src: u64,
+    moved: u64,
+    captured: usize,
+    first_len: u64,
+) -> usize {
+    if captured == 0 || moved <= captured as u64 || first_len < moved {
+        return 0;
+    }
+    let rest = moved - captured as u64;
+    let tail_len = if rest > TAIL_CAPTURE as u64 {
+        TAIL_CAPTURE
+    } else {
+        rest as usize
+    };
+    let tail_src = src + moved - tail_len as u64;
+    let read = if tail_len == TAIL_CAPTURE {
+        unsafe { bpf_probe_read_user_buf(tail_src as *const u8, tail) }
+    } else if tail_len > 0 && tail_len < TAIL_CAPTURE {
+        unsafe { bpf_probe_read_user_buf(tail_src as *const u8, &mut tail[..tail_len]) }
+    } else {
+        return 0;
+    };
+    if read.is_err() { 0 } else { tail_len }
+}
+
+/// The thread's on-CPU total at `now_ns`: its counted time plus the slice it is running.
+#[inline(always)]
+fn on_cpu_at(tid: u32, now_ns: u64) -> u64 {
+    let Some(c) = THREADS.get_ptr(tid) else {
+        return 0;
+    };
+    let c = unsafe { &*c };
+    let running = if c.switched_in_at_ns != 0 && now_ns > c.switched_in_at_ns {
+        now_ns - c.switched_in_at_ns
+    } else {
+        0
+    };
+    c.on_cpu_ns + running
 }
 
 /// Whether a write's Python stack is worth walking. A server's HTTP write is walked only
