@@ -123,16 +123,39 @@ pub fn sched(rounds: u32) -> anyhow::Result<()> {
         .map(|o| o.status.success())
         .unwrap_or(false);
 
-    let mut none = Vec::new();
-    let mut traced = Vec::new();
-    let mut sched_only = Vec::new();
-    let mut bpftrace = Vec::new();
+    let rounds_measured = sched_rounds(rounds, &herdwatch, bpftrace_available)?;
+    report_sched(rounds, rounds_measured);
+    Ok(())
+}
+
+/// Round-trip times of each tracer setting, one list per setting.
+#[derive(Default)]
+struct SchedRounds {
+    none: Vec<Duration>,
+    traced: Vec<Duration>,
+    sched_only: Vec<Duration>,
+    bpftrace: Vec<Duration>,
+}
+
+/// Runs the interleaved rounds: untraced, the agent, the agent without socket tracing, and
+/// bpftrace's scheduler one-liner where installed.
+fn sched_rounds(
+    rounds: u32,
+    herdwatch: &std::path::Path,
+    bpftrace_available: bool,
+) -> anyhow::Result<SchedRounds> {
+    let SchedRounds {
+        mut none,
+        mut traced,
+        mut sched_only,
+        mut bpftrace,
+    } = SchedRounds::default();
     ping_pong(ROUND_TRIPS / 10)?; // warm-up
     for round in 1..=rounds.max(1) {
         none.push(ping_pong(ROUND_TRIPS)?);
         {
             let _agent = start_tracer(
-                Command::new(&herdwatch).args(["run", "--json", "--interval-ms", "1000"]),
+                Command::new(herdwatch).args(["run", "--json", "--interval-ms", "1000"]),
                 "{",
             )?;
             traced.push(ping_pong(ROUND_TRIPS)?);
@@ -140,7 +163,7 @@ pub fn sched(rounds: u32) -> anyhow::Result<()> {
         {
             // Like for like with the bpftrace one-liner: scheduler tracepoints only.
             let _agent = start_tracer(
-                Command::new(&herdwatch).args([
+                Command::new(herdwatch).args([
                     "run",
                     "--json",
                     "--interval-ms",
@@ -171,6 +194,21 @@ pub fn sched(rounds: u32) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
+    Ok(SchedRounds {
+        none,
+        traced,
+        sched_only,
+        bpftrace,
+    })
+}
+
+fn report_sched(rounds: u32, measured: SchedRounds) {
+    let SchedRounds {
+        none,
+        traced,
+        sched_only,
+        bpftrace,
+    } = measured;
     let base = median(none).as_secs_f64();
     let per_rt = |d: f64| d / f64::from(ROUND_TRIPS) * 1e6;
     println!(
@@ -207,7 +245,6 @@ pub fn sched(rounds: u32) -> anyhow::Result<()> {
             hw / bt
         );
     }
-    Ok(())
 }
 
 /// Replays the recorded socket-event stream through decode, parse and stitch on one core

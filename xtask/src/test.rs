@@ -197,36 +197,74 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
     let mut tally = Tally::default();
 
     if filter.is_none() {
-        gate(
-            "cargo fmt --check",
-            Command::new("cargo")
-                .args(["fmt", "--all", "--", "--check"])
-                .current_dir(&root),
-            &mut tally,
-        )?;
-        gate(
-            "cargo clippy -D warnings",
-            Command::new("cargo")
-                .args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])
-                .current_dir(&root),
-            &mut tally,
-        )?;
+        lint_gates(&root, &mut tally)?;
     }
 
     let skip_dir = std::env::temp_dir().join(format!("herdwatch-skips-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&skip_dir);
     std::fs::create_dir_all(&skip_dir)?;
 
+    let failures = cargo_tests(&root, filter, &venv, &skip_dir, &mut tally)?;
+    if filter.is_none() {
+        datasource_checks(&skip_dir, &mut tally)?;
+        fuzz_targets(&mut tally)?;
+    }
+
+    let reasons = recorded_skips(&skip_dir)?;
+    let skipped = reasons.len() as u64;
+    let _ = std::fs::remove_dir_all(&skip_dir);
+    for r in &reasons {
+        println!("skipped: {r}");
+    }
+    failures.print();
+    let passed = tally.passed.saturating_sub(skipped);
+    println!(
+        "{passed} passed, {} failed, {skipped} skipped",
+        tally.failed
+    );
+    if tally.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `cargo fmt --check` and clippy with warnings denied.
+fn lint_gates(root: &std::path::Path, tally: &mut Tally) -> anyhow::Result<()> {
+    gate(
+        "cargo fmt --check",
+        Command::new("cargo")
+            .args(["fmt", "--all", "--", "--check"])
+            .current_dir(root),
+        tally,
+    )?;
+    gate(
+        "cargo clippy -D warnings",
+        Command::new("cargo")
+            .args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])
+            .current_dir(root),
+        tally,
+    )
+}
+
+/// Runs `cargo test` (one test at a time), echoing its output and counting its results; the
+/// failures seen, for the summary at the end.
+fn cargo_tests(
+    root: &std::path::Path,
+    filter: Option<&str>,
+    venv: &std::path::Path,
+    skip_dir: &std::path::Path,
+    tally: &mut Tally,
+) -> anyhow::Result<Failures> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--no-fail-fast"]).current_dir(&root);
+    cmd.args(["test", "--no-fail-fast"]).current_dir(root);
     cmd.arg("--");
     if let Some(f) = filter {
         cmd.arg(f);
     }
     // Kernel tests compare timings with /proc and start real servers: one at a time on 2 CPUs.
     cmd.args(["--test-threads=1"])
-        .env("HERDWATCH_TEST_VENV", &venv)
-        .env("HERDWATCH_SKIP_DIR", &skip_dir);
+        .env("HERDWATCH_TEST_VENV", venv)
+        .env("HERDWATCH_SKIP_DIR", skip_dir);
     // cargo names each test binary on stderr just before the binary writes its results on
     // stdout: one pipe for both keeps them in order, so each result has its binary's name.
     let (output, writer) = std::io::pipe().context("a pipe for cargo test's output")?;
@@ -243,7 +281,7 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         println!("{line}");
         failures.observe(&line);
         times.observe(&line);
-        saw_results |= add_result_line(&line, &mut tally);
+        saw_results |= add_result_line(&line, tally);
     }
     let status = child.wait()?;
     times.print();
@@ -252,38 +290,40 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         tally.failed += 1;
         eprintln!("xtask test: cargo test exited with {status} (saw results: {saw_results})");
     }
+    Ok(failures)
+}
 
-    if filter.is_none() {
-        datasource_checks(&skip_dir, &mut tally)?;
-    }
-
-    if filter.is_none() {
-        fuzz::ensure_cargo_fuzz()?;
-        for target in fuzz::TARGETS {
-            // libFuzzer's thousands of progress lines would bury the test report in CI's
-            // tail; they go to a file whose end is printed only when the target crashes.
-            let log = std::env::temp_dir().join(format!("herdwatch-fuzz-{target}.log"));
-            eprintln!(
-                "xtask test: fuzz {target} for {FUZZ_SECONDS_IN_TEST} s (log: {})",
-                log.display()
-            );
-            if fuzz::run_target(target, FUZZ_SECONDS_IN_TEST, Some(&log))? {
-                println!("fuzz {target} ... ok");
-                tally.passed += 1;
-            } else {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                for line in &lines[lines.len().saturating_sub(FAILURE_LINES_KEPT)..] {
-                    println!("{line}");
-                }
-                println!("fuzz {target} ... FAILED (crash input in fuzz/artifacts/{target}/)");
-                tally.failed += 1;
+/// Each fuzz target for `FUZZ_SECONDS_IN_TEST`, one result each.
+fn fuzz_targets(tally: &mut Tally) -> anyhow::Result<()> {
+    fuzz::ensure_cargo_fuzz()?;
+    for target in fuzz::TARGETS {
+        // libFuzzer's thousands of progress lines would bury the test report in CI's
+        // tail; they go to a file whose end is printed only when the target crashes.
+        let log = std::env::temp_dir().join(format!("herdwatch-fuzz-{target}.log"));
+        eprintln!(
+            "xtask test: fuzz {target} for {FUZZ_SECONDS_IN_TEST} s (log: {})",
+            log.display()
+        );
+        if fuzz::run_target(target, FUZZ_SECONDS_IN_TEST, Some(&log))? {
+            println!("fuzz {target} ... ok");
+            tally.passed += 1;
+        } else {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            for line in &lines[lines.len().saturating_sub(FAILURE_LINES_KEPT)..] {
+                println!("{line}");
             }
+            println!("fuzz {target} ... FAILED (crash input in fuzz/artifacts/{target}/)");
+            tally.failed += 1;
         }
     }
+    Ok(())
+}
 
+/// The reasons the tests recorded for what they skipped, sorted.
+fn recorded_skips(skip_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let mut reasons = Vec::new();
-    for entry in std::fs::read_dir(&skip_dir)?.filter_map(Result::ok) {
+    for entry in std::fs::read_dir(skip_dir)?.filter_map(Result::ok) {
         reasons.push(
             std::fs::read_to_string(entry.path())
                 .unwrap_or_default()
@@ -292,21 +332,7 @@ pub fn run(filter: Option<&str>) -> anyhow::Result<()> {
         );
     }
     reasons.sort();
-    let skipped = reasons.len() as u64;
-    let _ = std::fs::remove_dir_all(&skip_dir);
-    for r in &reasons {
-        println!("skipped: {r}");
-    }
-    failures.print();
-    let passed = tally.passed.saturating_sub(skipped);
-    println!(
-        "{passed} passed, {} failed, {skipped} skipped",
-        tally.failed
-    );
-    if tally.failed > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(reasons)
 }
 
 #[cfg(test)]
