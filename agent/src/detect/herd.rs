@@ -452,14 +452,14 @@ impl<F: Fn(u64) -> u64> TickContext<'_, F> {
             return;
         };
         let from = starts.partition_point(|s| s.at_ms <= b.last_ms);
-        let mut busy_until = busy_until(starts, *b);
+        let mut busy = busy_until(starts, *b, self.config);
         let mut grew = false;
         for s in &starts[from..] {
-            if !joins(s.at_ms, *b, busy_until, self.config) {
+            if !joins(s.at_ms, *b, busy, self.config) {
                 break;
             }
             b.last_ms = s.at_ms;
-            busy_until = busy_until.max(s.at_ms + s.took_ms as u64);
+            busy.until = busy.until.max(s.at_ms + s.took_ms as u64);
             grew = true;
         }
         track.decided_until_ms = track.decided_until_ms.max(Some(b.last_ms));
@@ -487,7 +487,12 @@ impl<F: Fn(u64) -> u64> TickContext<'_, F> {
             // A wave decided in the same tick as the burst before it, started while that
             // burst's copies still ran: the same burst.
             if let Some(b) = track.bursts.back_mut()
-                && joins(starts[first].at_ms, *b, busy_until(starts, *b), config)
+                && joins(
+                    starts[first].at_ms,
+                    *b,
+                    busy_until(starts, *b, config),
+                    config,
+                )
             {
                 b.last_ms = b.last_ms.max(starts[last].at_ms);
                 track.decided_until_ms = Some(starts[last].at_ms);

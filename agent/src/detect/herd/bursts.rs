@@ -43,20 +43,37 @@ pub(super) type HerdCopies = FxHashMap<(u32, u32), (u64, u64, Label)>;
 const ECHO_GAP_MS: u64 = 100;
 
 /// Whether a copy started at `at_ms` belongs to burst `b`: it started while the burst's
-/// copies still ran or within `settle_ms` of the last one, and the burst stays a burst — no
-/// longer than `LATE_MS` from its first copy (a database slow enough to keep every copy
-/// running must not chain the next cache expiry's burst onto this one).
-pub(super) fn joins(at_ms: u64, b: Span, busy_until: u64, config: &HerdConfig) -> bool {
-    at_ms < b.last_ms.max(busy_until) + config.settle_ms && at_ms < b.first_ms + LATE_MS
+/// copies still ran or within `settle_ms` of the last one, and the burst stays a burst. It
+/// lasts as long as its first wave of copies (those within `window_ms` of the first) keeps
+/// the database busy — until then the caches are not refilled and every request still
+/// misses — and at least `LATE_MS`. Copies started later, while copies of the stragglers
+/// still run, do not stretch it: a database slow enough to keep every copy running must not
+/// chain the next cache expiry's burst onto this one.
+pub(super) fn joins(at_ms: u64, b: Span, busy: Busy, config: &HerdConfig) -> bool {
+    let ends_by = (b.first_ms + LATE_MS).max(busy.first_wave_until + config.settle_ms);
+    at_ms < b.last_ms.max(busy.until) + config.settle_ms && at_ms < ends_by
 }
 
-/// When the database was last busy with a burst's copies (running ones count so far).
-pub(super) fn busy_until(starts: &[Start], span: Span) -> u64 {
-    in_span(starts, span)
-        .iter()
-        .map(|s| s.at_ms + s.took_ms as u64)
-        .max()
-        .unwrap_or(span.last_ms)
+/// When the database was last busy with a burst's copies, and with its first wave (running
+/// copies count so far).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Busy {
+    pub until: u64,
+    pub first_wave_until: u64,
+}
+
+pub(super) fn busy_until(starts: &[Start], span: Span, config: &HerdConfig) -> Busy {
+    let copies = in_span(starts, span);
+    let end = |s: &Start| s.at_ms + s.took_ms as u64;
+    Busy {
+        until: copies.iter().map(end).max().unwrap_or(span.last_ms),
+        first_wave_until: copies
+            .iter()
+            .take_while(|s| s.at_ms <= span.first_ms + config.window_ms)
+            .map(end)
+            .max()
+            .unwrap_or(span.first_ms),
+    }
 }
 
 /// The starts within a burst's span.

@@ -181,6 +181,63 @@ fn waves_started_while_the_copies_still_run_are_one_burst() {
     assert_eq!(onsets, 1, "one burst, one occurrence");
 }
 
+/// The agent's view of a slow database: every copy seen as it is sent, and answered
+/// `took` ms later; `copies` are (connection, sent at, took).
+fn replay_live(d: &mut HerdDetector, copies: &[(u32, f64, f64)], until_ms: u64) -> usize {
+    let mut onsets = 0;
+    let mut answered = vec![false; copies.len()];
+    for now in (0..=until_ms).step_by(50) {
+        let t = now as f64;
+        for &(conn, at, _) in copies
+            .iter()
+            .filter(|(_, at, _)| *at <= t && *at > t - 50.0)
+        {
+            d.on_query_start(&start("agg", conn, at));
+        }
+        for (i, &(conn, at, took)) in copies.iter().enumerate() {
+            if !answered[i] && at + took <= t {
+                answered[i] = true;
+                d.on_query(&obs("agg", conn, at, took));
+            }
+        }
+        onsets += run(d, now)
+            .iter()
+            .filter(|s| matches!(s, Signal::Onset(_)))
+            .count();
+    }
+    onsets
+}
+
+#[test]
+fn a_herd_outlasting_late_ms_on_a_slow_database_is_one_occurrence_per_expiry() {
+    let mut d = HerdDetector::new(HerdConfig::default());
+    // Caches expire every 4 s. At each expiry 8 workers miss at once; their copies take
+    // 3.4 s on a database the copies themselves slow down, and until they answer every
+    // request still misses: two more copies every 100 ms, for 3.5 s, with no quiet gap —
+    // longer than LATE_MS. Then quiet until the next expiry.
+    let mut copies = Vec::new();
+    for expiry in [5_000.0, 9_000.0, 13_000.0] {
+        for c in 0..8u32 {
+            copies.push((c, expiry + 5.0 * f64::from(c), 3_400.0));
+        }
+        for k in 1..35u32 {
+            for j in 0..2u32 {
+                let conn = 8 + (2 * k + j) % 12;
+                copies.push((
+                    conn,
+                    expiry + 100.0 * f64::from(k) + 7.0 * f64::from(j),
+                    3_000.0,
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        replay_live(&mut d, &copies, 20_000),
+        3,
+        "one occurrence per cache expiry, not one more for each refill storm's tail"
+    );
+}
+
 #[test]
 fn a_statement_slowed_by_someone_elses_herd_is_not_one() {
     let mut d = HerdDetector::new(HerdConfig::default());
