@@ -1,6 +1,6 @@
-//! The socket handlers attached as one `syscalls:*` tracepoint program per call: the
-//! fallback for hosts whose syscall ABI the agent does not describe (`syscalls.rs` runs the
-//! same handlers from two raw tracepoints elsewhere). All syscall tracepoint records share
+//! The socket handlers attached as one `syscalls:*` tracepoint program per call: what the
+//! agent runs by default, and wherever the raw pair (`syscalls.rs`) or the trampolines
+//! (`trampoline.rs`) are not asked for or not possible. All syscall tracepoint records share
 //! one layout: args at 16 + 8·i on entry, `ret` at 16 on exit.
 use aya_ebpf::{
     EbpfContext,
@@ -13,7 +13,7 @@ use herdwatch_common::{direction, stat};
 use crate::maps::count;
 use crate::socket::{
     BUF_IOVEC, BUF_MSGHDR, BUF_PLAIN, accepted, close_entered, connect_entered, connect_exited,
-    ids, io_entered, io_exited, maybe_traced,
+    ids, io_entered, io_exited, maybe_traced, traced_call,
 };
 
 /// Slot 0: `socket_exit_io`, the one copy of the read/write exit handler, which the eight
@@ -61,11 +61,9 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn enter_io(ctx: &TracePointContext, dir: u32, buf_mode: u32) -> u32 {
-    let (tid, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    io_entered(tid, tgid, arg(ctx, 0), arg(ctx, 1), dir, buf_mode)
+    traced_call(|| Some((arg(ctx, 0), arg(ctx, 1)))).map_or(0, |(tid, tgid, fd, buf)| {
+        io_entered(tid, tgid, fd, buf, dir, buf_mode)
+    })
 }
 
 /// What every read/write exit program runs (here and in `trampoline.rs`): turn away
@@ -117,9 +115,6 @@ io_programs! {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let (tid, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    close_entered(tid, tgid, arg(&ctx, 0))
+    traced_call(|| Some((arg(&ctx, 0), 0)))
+        .map_or(0, |(tid, tgid, fd, _)| close_entered(tid, tgid, fd))
 }

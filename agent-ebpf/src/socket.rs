@@ -107,6 +107,19 @@ struct Iovec {
     len: u64,
 }
 
+/// The calling thread's ids and its call's first two arguments, when its thread group may
+/// have a traced socket: the byte test comes before any argument is read, as every attach
+/// mode's entry programs run for every read, write and close on the host.
+#[inline(always)]
+pub fn traced_call(args: impl FnOnce() -> Option<(u64, u64)>) -> Option<(u32, u32, u64, u64)> {
+    let (tid, tgid) = ids();
+    if !maybe_traced(tgid) {
+        return None;
+    }
+    let (first, second) = args()?;
+    Some((tid, tgid, first, second))
+}
+
 #[inline(always)]
 pub fn ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();

@@ -19,7 +19,7 @@ use herdwatch_common::{SyscallAbi, direction};
 
 use crate::socket::{
     BUF_IOVEC, BUF_MSGHDR, BUF_PLAIN, accepted, close_entered, connect_entered, connect_exited,
-    ids, io_entered, io_exited, maybe_traced,
+    ids, io_entered, io_exited, maybe_traced, traced_call,
 };
 
 /// The host's syscall ABI; the agent patches it (inert until then). The trampoline programs
@@ -31,6 +31,12 @@ pub(crate) static SYSCALL_ABI: Global<SyscallAbi> = Global::new(SyscallAbi::INER
 #[inline(always)]
 pub(crate) fn saved(regs: u64, at: u32) -> Option<u64> {
     unsafe { bpf_probe_read_kernel((regs + u64::from(at)) as *const u64) }.ok()
+}
+
+/// The first two arguments of the call whose saved registers `regs` points to.
+#[inline(always)]
+pub(crate) fn saved_args(abi: &SyscallAbi, regs: u64) -> Option<(u64, u64)> {
+    Some((saved(regs, abi.regs_arg0)?, saved(regs, abi.regs_arg1)?))
 }
 
 /// Whether the call is a native one: a 32-bit process's numbers name other calls.
@@ -72,10 +78,9 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
         return 0; // -1 (no call) or an x32 number: nothing traced
     };
     let regs: u64 = ctx.arg(0);
-    let args = |regs: u64| Some((saved(regs, abi.regs_arg0)?, saved(regs, abi.regs_arg1)?));
     if nr == abi.nr.connect {
         // Any process may connect to PostgreSQL: no byte test here.
-        return match args(regs) {
+        return match saved_args(&abi, regs) {
             Some((fd, addr)) if native(&abi, regs) => connect_entered(fd, addr),
             _ => 0,
         };
@@ -84,11 +89,13 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> u32 {
     if io.is_none() && nr != abi.nr.close {
         return 0;
     }
-    let (tid, tgid) = ids();
-    if !maybe_traced(tgid) || !native(&abi, regs) {
-        return 0;
-    }
-    let Some((fd, buf)) = args(regs) else {
+    let Some((tid, tgid, fd, buf)) = traced_call(|| {
+        if native(&abi, regs) {
+            saved_args(&abi, regs)
+        } else {
+            None
+        }
+    }) else {
         return 0;
     };
     match io {

@@ -1,6 +1,6 @@
 //! The socket handlers as fentry/fexit programs on the kernel's syscall functions
-//! (`__x64_sys_recvfrom`, `__arm64_sys_read`, …), which the agent prefers where the kernel
-//! supports BPF trampolines.
+//! (`__x64_sys_recvfrom`, `__arm64_sys_read`, …), attached with `syscall_trampolines = true`
+//! where the kernel loads tracing programs.
 //!
 //! A `syscalls:*` tracepoint runs its program behind the perf machinery — a trace record
 //! allocated and filled with every argument, a recursion context — for every call of that
@@ -20,9 +20,9 @@ use herdwatch_common::direction;
 use crate::per_call::exit_io;
 use crate::socket::{
     BUF_IOVEC, BUF_MSGHDR, BUF_PLAIN, accepted, close_entered, connect_entered, connect_exited,
-    ids, io_entered, io_exited, maybe_traced,
+    io_entered, io_exited, traced_call,
 };
-use crate::syscalls::{SYSCALL_ABI, saved};
+use crate::syscalls::{SYSCALL_ABI, saved_args};
 
 /// The read/write exit handler for the exits of one source file's syscall functions. The
 /// kernel lets a tracing program tail-call only programs attached to functions of the same
@@ -42,8 +42,7 @@ fn args(ctx: &FEntryContext) -> Option<(u64, u64)> {
     if abi.enabled == 0 {
         return None;
     }
-    let regs: u64 = ctx.arg(0);
-    Some((saved(regs, abi.regs_arg0)?, saved(regs, abi.regs_arg1)?))
+    saved_args(&abi, ctx.arg(0))
 }
 
 /// The call's return value: an fexit program's context holds it after the one argument.
@@ -79,26 +78,14 @@ pub fn fexit_accept4(ctx: FExitContext) -> u32 {
 
 #[fentry]
 pub fn fentry_close(ctx: FEntryContext) -> u32 {
-    let (tid, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    match args(&ctx) {
-        Some((fd, _)) => close_entered(tid, tgid, fd),
-        None => 0,
-    }
+    traced_call(|| args(&ctx)).map_or(0, |(tid, tgid, fd, _)| close_entered(tid, tgid, fd))
 }
 
 #[inline(always)]
 fn enter_io(ctx: &FEntryContext, dir: u32, buf_mode: u32) -> u32 {
-    let (tid, tgid) = ids();
-    if !maybe_traced(tgid) {
-        return 0;
-    }
-    match args(ctx) {
-        Some((fd, buf)) => io_entered(tid, tgid, fd, buf, dir, buf_mode),
-        None => 0,
-    }
+    traced_call(|| args(ctx)).map_or(0, |(tid, tgid, fd, buf)| {
+        io_entered(tid, tgid, fd, buf, dir, buf_mode)
+    })
 }
 
 /// The read/write exit handler of `fs/read_write.c`'s calls, entered only by tail call (the

@@ -197,8 +197,7 @@ const ATTACH_CAPS: [&str; 1] = ["CAP_PERFMON"];
 fn check_programs(lines: &mut Vec<CheckLine>) {
     // The syscall ABI is patched in where known, so every way of attaching the socket
     // programs is checked: raw pair, trampolines, per-call tracepoints.
-    let options = LoadOptions::default();
-    match loader::load(&options) {
+    match loader::load(&LoadOptions::default()) {
         Err(e) => lines.push(line(
             false,
             "load",
@@ -207,7 +206,7 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
         Ok(loader::Loaded {
             mut ebpf,
             task_offsets_known,
-            syscall_abi_known: raw_syscalls,
+            syscall_abi_known,
         }) => {
             lines.push(line(true, "load", "eBPF object accepted by the kernel"));
             lines.push(line(
@@ -225,7 +224,11 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
             let raw = loader::RAW_SCHEDULER_PROGRAMS
                 .iter()
                 .filter(|_| task_offsets_known)
-                .chain(loader::RAW_SYSCALL_PROGRAMS.iter().filter(|_| raw_syscalls));
+                .chain(
+                    loader::RAW_SYSCALL_PROGRAMS
+                        .iter()
+                        .filter(|_| syscall_abi_known),
+                );
             for &(name, tracepoint) in raw {
                 lines.push(program_line(
                     name,
@@ -234,7 +237,7 @@ fn check_programs(lines: &mut Vec<CheckLine>) {
                     &ATTACH_CAPS,
                 ));
             }
-            if raw_syscalls {
+            if syscall_abi_known {
                 check_trampolines(&mut ebpf, lines);
             }
             lines.push(program_line(

@@ -42,6 +42,9 @@ pub enum Error {
     },
     #[error("eBPF map {name} is missing or has the wrong type: {detail}")]
     Map { name: &'static str, detail: String },
+    /// The fentry/fexit socket programs cannot be prepared on this host.
+    #[error("fentry/fexit programs: {0}")]
+    Trampolines(String),
     #[error("reading {what}: {source}")]
     Proc {
         what: String,

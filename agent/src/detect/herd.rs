@@ -29,7 +29,7 @@ mod bursts;
 mod report;
 
 use bursts::{
-    HerdCopies, busy_until, closed_clusters, herd_begins, in_span, is_echo, joins, note_copies,
+    HerdCopies, busy_of, closed_clusters, herd_begins, in_span, is_echo, joins, note_copies,
 };
 use report::{describe, with_copies};
 
@@ -452,7 +452,7 @@ impl<F: Fn(u64) -> u64> TickContext<'_, F> {
             return;
         };
         let from = starts.partition_point(|s| s.at_ms <= b.last_ms);
-        let mut busy = busy_until(starts, *b, self.config);
+        let mut busy = busy_of(starts, *b, self.config);
         let mut grew = false;
         for s in &starts[from..] {
             if !joins(s.at_ms, *b, busy, self.config) {
@@ -487,12 +487,7 @@ impl<F: Fn(u64) -> u64> TickContext<'_, F> {
             // A wave decided in the same tick as the burst before it, started while that
             // burst's copies still ran: the same burst.
             if let Some(b) = track.bursts.back_mut()
-                && joins(
-                    starts[first].at_ms,
-                    *b,
-                    busy_until(starts, *b, config),
-                    config,
-                )
+                && joins(starts[first].at_ms, *b, busy_of(starts, *b, config), config)
             {
                 b.last_ms = b.last_ms.max(starts[last].at_ms);
                 track.decided_until_ms = Some(starts[last].at_ms);

@@ -248,12 +248,12 @@ pub fn load_socket_exit_handler(ebpf: &mut Ebpf) -> Result<()> {
 /// Puts a loaded handler's program fd (duplicated) in slot 0 of jump table `table`.
 pub(super) fn into_jump_table(
     ebpf: &mut Ebpf,
-    table: &str,
+    table: &'static str,
     fd: std::io::Result<aya::programs::ProgramFd>,
 ) -> Result<()> {
     let fail = |detail: String| Error::Map {
-        name: "EXIT_IO",
-        detail: format!("{table}: {detail}"),
+        name: table,
+        detail,
     };
     let fd = fd.map_err(|e| fail(format!("duplicating the handler's fd: {e}")))?;
     let map = ebpf

@@ -63,17 +63,16 @@ pub fn syscall_function(call: &str) -> Option<String> {
 }
 
 fn function_of(call: &str) -> Result<String> {
-    syscall_function(call).ok_or_else(|| Error::Map {
-        name: "program",
-        detail: "no syscall function names for this architecture".into(),
-    })
+    syscall_function(call)
+        .ok_or_else(|| Error::Trampolines("no syscall function names for this architecture".into()))
 }
 
 /// The kernel's BTF, which fentry/fexit programs are loaded against.
 pub fn kernel_btf() -> Result<Btf> {
-    Btf::from_sys_fs().map_err(|e| Error::Map {
-        name: "program",
-        detail: format!("kernel BTF (/sys/kernel/btf/vmlinux) not readable: {e}"),
+    Btf::from_sys_fs().map_err(|e| {
+        Error::Trampolines(format!(
+            "kernel BTF (/sys/kernel/btf/vmlinux) not readable: {e}"
+        ))
     })
 }
 

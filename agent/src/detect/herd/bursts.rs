@@ -62,7 +62,7 @@ pub(super) struct Busy {
     pub first_wave_until: u64,
 }
 
-pub(super) fn busy_until(starts: &[Start], span: Span, config: &HerdConfig) -> Busy {
+pub(super) fn busy_of(starts: &[Start], span: Span, config: &HerdConfig) -> Busy {
     let copies = in_span(starts, span);
     let end = |s: &Start| s.at_ms + s.took_ms as u64;
     Busy {
